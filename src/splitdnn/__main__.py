@@ -1,0 +1,3 @@
+from splitdnn.cli import main
+
+main()
