@@ -1,0 +1,355 @@
+"""Exact top-N planner: dynamic programming over (block boundary, tier) states.
+
+States. ``End(j, t)``: tier t's range ends at boundary j (t ran blocks ..j-1 and holds their output).
+``Enter(i, t)``: the tensor crossing boundary i (the input when i = 0) has arrived on tier t, which will run
+blocks i.. . A plan is a path ``source -> Enter(0|., t1) -> End(j1, t1) -> Enter(j1, t2) -> ... -> End(n, tk)``
+with t1 < t2 < ... < tk. Edges ``End(i, t) -> Enter(i, t')`` are hops (link latency + bytes/bandwidth; filtered by
+links, upload caps, and "a required tier may not be jumped over"); edges ``Enter(i, t) -> End(j, t)`` run the
+range i..j-1 on t (filtered by pins/forbids and per-tier time caps, which turn the admissible i into a sliding
+window [lo(j), j-1] because compute times are non-negative).
+
+Latency and bytes objectives (``topn_dp``): each state keeps its N best labels ``(objective, tie-breaks, cut
+prefix)``. The cost of a range is ``S[t][j] - S[t][i]`` (prefix sums), so the best N over the window are the best N
+of the *shifted* labels ``label(i) - S[t][i]``, kept in a heap with lazy deletion of expired i. The per-state
+order is the global order restricted to paths that share a continuation, so keeping N labels per state is exact
+(classic k-best on a DAG). Work: O(n · T² · N log N).
+
+Throughput (``throughput``): the bottleneck is a max, not a sum, so it is handled by thresholds. Every plan's
+bottleneck is one of the candidate values (a range sum on a tier, or one hop's transfer time). A counting DP
+(same states, counts instead of labels, sliding-window sums) gives the number of feasible plans with bottleneck
+<= B; binary search finds the smallest candidate B_N with at least N plans. The answer is every plan with
+bottleneck < B_N (fewer than N: the latency DP capped at the previous candidate returns them all) plus the best
+remaining plans with bottleneck = B_N (the latency DP capped at B_N contains them). O(n · T² · log(#candidates)).
+
+Time-share constraints (``compute on tier <= share × total latency``) are not decomposable, but with integer
+ticks ``q·compute_t - p·latency <= 0`` is an *additive* resource. ``label_search`` keeps, per state, every label
+dominated by fewer than N others (dominated = worse order, not smaller resources, not smaller bottleneck): exact
+for any objective and constraint mix, with work growing with the number of non-dominated labels (in the worst
+case pseudo-polynomial; resource-constrained shortest path is weakly NP-hard, so no polynomial bound exists).
+It is used only when share constraints are present.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Optional
+
+from .problem import Compiled, all_cuts, evaluate, feasible, sort_key
+
+INF = float("inf")
+
+
+# ---- window helpers ----------------------------------------------------------------------------------------------
+
+def _windows(cp: Compiled, t: int, cap: Optional[int]) -> list[int]:
+    """lo[j] for j = 1..n (lo[0] unused): smallest admissible start of a range ending at j on tier t, or j if none.
+
+    Admissible start i: blocks i..j-1 allowed on t, and S[t][j]-S[t][i] <= cap (cap = min(tier time cap, B))."""
+    n = cp.n
+    S = cp.S[t]
+    allowed = cp.allowed[t]
+    tc = cp.time_cap.get(t)
+    if cap is None:
+        cap = tc
+    elif tc is not None:
+        cap = min(cap, tc)
+    lo = [0] * (n + 1)
+    barrier = 0          # first index after the last disallowed block seen
+    p = 0                # cap pointer
+    for j in range(1, n + 1):
+        if not allowed[j - 1]:
+            barrier = j
+            lo[j] = j    # empty window
+            continue
+        if cap is not None:
+            while S[j] - S[p] > cap:
+                p += 1
+        lo[j] = max(barrier, p)
+    return lo
+
+
+def _hop(cp: Compiled, a: int, b: int, i: int, cap: Optional[int]):
+    """(cost ticks, bytes) of a hop from tier a (-1 = source) to b carrying boundary i, or None if not allowed."""
+    if a == -1 and b == 0:
+        return (0, 0)
+    if not cp.hop_ok(a, b, i):
+        return None
+    src = 0 if a == -1 else a
+    nb = cp.hop_bytes(i)
+    tr = cp.transfer(src, b, nb)
+    if cap is not None and tr > cap:
+        return None
+    return (cp.link[(src, b)][0] + tr, nb)
+
+
+def _final_ok(cp: Compiled, t: int) -> bool:
+    return not any(r > t for r in cp.required)
+
+
+# ---- latency / bytes: top-N DP -----------------------------------------------------------------------------------
+
+def topn_dp(cp: Compiled, objective: str, top: int, cap: Optional[int] = None) -> list[tuple]:
+    """Exact top-N plans (cut tuples) by (objective, tie-breaks, cut order) for objective latency|bytes.
+
+    cap (ticks): optional bound on every tier's compute and every hop's transfer time (used by throughput)."""
+    T, n = cp.T, cp.n
+    lat_slot = 0 if objective == "latency" else 1      # label = (a, b, prefix); latency lives in slot lat_slot
+    tiers = [t for t in range(T) if t not in cp.skip]
+    lo = {t: _windows(cp, t, cap) for t in tiers}
+    heaps = {t: [] for t in tiers}
+    end: list[dict[int, list]] = [dict() for _ in range(n + 1)]   # end[j][t] = labels
+
+    def push_enter(i: int) -> None:
+        for t2 in tiers:
+            if i == n:
+                break
+            cands = []
+            if i == 0:
+                h = _hop(cp, -1, t2, 0, cap)
+                if h is not None:
+                    cost, nb = h
+                    lab = (cost, nb) if lat_slot == 0 else (nb, cost)
+                    cands.append((lab[0], lab[1], (0,) * t2))
+            else:
+                for t1, labs in end[i].items():
+                    if t1 >= t2:
+                        continue
+                    h = _hop(cp, t1, t2, i, cap)
+                    if h is None:
+                        continue
+                    cost, nb = h
+                    pad = (i,) * (t2 - t1 - 1)
+                    if lat_slot == 0:
+                        cands.extend((a + cost, b + nb, pre + pad) for a, b, pre in labs)
+                    else:
+                        cands.extend((a + nb, b + cost, pre + pad) for a, b, pre in labs)
+            if not cands:
+                continue
+            if len(cands) > top:
+                cands = heapq.nsmallest(top, cands)
+            s = cp.S[t2][i]
+            hp = heaps[t2]
+            for a, b, pre in cands:
+                if lat_slot == 0:
+                    heapq.heappush(hp, ((a - s, b, pre), i))
+                else:
+                    heapq.heappush(hp, ((a, b - s, pre), i))
+
+    for j in range(1, n + 1):
+        push_enter(j - 1)
+        for t in tiers:
+            lj = lo[t][j]
+            if lj >= j:
+                continue
+            hp = heaps[t]
+            got = []
+            while hp and len(got) < top:
+                item = heapq.heappop(hp)
+                if item[1] < lj:
+                    continue        # expired for good: lo is non-decreasing in j
+                got.append(item)
+            for item in got:
+                heapq.heappush(hp, item)
+            if not got:
+                continue
+            s = cp.S[t][j]
+            if lat_slot == 0:
+                end[j][t] = [(a + s, b, pre + (j,)) for (a, b, pre), _ in got]
+            else:
+                end[j][t] = [(a, b + s, pre + (j,)) for (a, b, pre), _ in got]
+    finals = []
+    for t, labs in end[n].items():
+        if _final_ok(cp, t):
+            finals.extend(pre + (n,) * (T - 1 - t) for _, _, pre in labs)
+    scored = []
+    for c in finals:
+        m = evaluate(cp, c)
+        scored.append((sort_key(objective, m, c), c))
+    scored.sort()
+    return [c for _, c in scored[:top]]
+
+
+# ---- throughput: thresholds + counting ---------------------------------------------------------------------------
+
+def count_plans(cp: Compiled, cap: Optional[int]) -> int:
+    """Number of feasible plans (share constraints ignored) whose bottleneck is <= cap (None: no cap)."""
+    T, n = cp.T, cp.n
+    tiers = [t for t in range(T) if t not in cp.skip]
+    lo = {t: _windows(cp, t, cap) for t in tiers}
+    pe = {t: [0] * (n + 1) for t in tiers}        # pe[t][i] = sum of Enter counts at boundaries < i
+    endc = [dict() for _ in range(n + 1)]
+    for j in range(1, n + 1):
+        i = j - 1
+        for t2 in tiers:
+            c = 0
+            if i == 0:
+                if _hop(cp, -1, t2, 0, cap) is not None:
+                    c = 1
+            else:
+                for t1, cnt in endc[i].items():
+                    if t1 < t2 and _hop(cp, t1, t2, i, cap) is not None:
+                        c += cnt
+            pe[t2][j] = pe[t2][j - 1] + c
+        for t in tiers:
+            lj = lo[t][j]
+            if lj < j:
+                c = pe[t][j] - pe[t][lj]
+                if c:
+                    endc[j][t] = c
+    return sum(c for t, c in endc[n].items() if _final_ok(cp, t))
+
+
+def bottleneck_candidates(cp: Compiled) -> list[int]:
+    """Every value a plan's bottleneck can take: range sums on (non-skipped) tiers and hop transfer times."""
+    import numpy as np
+    vals = []
+    for t in range(cp.T):
+        if t in cp.skip:
+            continue
+        S = np.asarray(cp.S[t], dtype=np.int64)
+        iu = np.triu_indices(cp.n + 1, k=1)
+        vals.append(np.unique(S[iu[1]] - S[iu[0]]))
+    hops = set()
+    for (a, b) in cp.link:
+        for i in range(cp.n):
+            if a == 0 or i > 0:
+                hops.add(cp.transfer(a, b, cp.hop_bytes(i)))
+    vals.append(np.asarray(sorted(hops), dtype=np.int64))
+    return np.unique(np.concatenate(vals)).tolist()
+
+
+def throughput(cp: Compiled, top: int) -> list[tuple]:
+    total = count_plans(cp, None)
+    if total == 0:
+        return []
+    if total <= top:
+        cand = topn_dp(cp, "latency", top, None)
+    else:
+        vals = bottleneck_candidates(cp)
+        lo_, hi = 0, len(vals) - 1          # count(vals[hi]) == total >= top
+        while lo_ < hi:
+            mid = (lo_ + hi) // 2
+            if count_plans(cp, vals[mid]) >= top:
+                hi = mid
+            else:
+                lo_ = mid + 1
+        cand = topn_dp(cp, "latency", top, vals[lo_])
+        if lo_ > 0:
+            cand += topn_dp(cp, "latency", top, vals[lo_ - 1])
+    scored = sorted({c: sort_key("throughput", evaluate(cp, c), c) for c in cand}.items(), key=lambda kv: kv[1])
+    return [c for c, _ in scored[:top]]
+
+
+# ---- label search (share constraints; exact for every objective) -------------------------------------------------
+
+def _prune(labels: list, top: int, use_bn: bool) -> list:
+    """Keep labels dominated by fewer than `top` others. label = (key, bn, g, prefix)."""
+    labels.sort(key=lambda l: l[0])
+    kept = []
+    for lab in labels:
+        key, bn, g, _ = lab
+        dom = 0
+        for other in kept:      # only earlier (smaller key) labels can dominate; kept ones suffice (transitivity)
+            if (not use_bn or other[1] <= bn) and all(x <= y for x, y in zip(other[2], g)):
+                dom += 1
+                if dom >= top:
+                    break
+        if dom < top:
+            kept.append(lab)
+    return kept
+
+
+def label_search(cp: Compiled, objective: str, top: int) -> list[tuple]:
+    T, n = cp.T, cp.n
+    use_bn = objective == "throughput"
+    shares = cp.shares
+
+    def key_add(key, dlat, dbytes, newpre):
+        lat, nb = (key[0], key[1]) if objective != "bytes" else (key[1], key[0])
+        lat += dlat
+        nb += dbytes
+        return (lat, nb, newpre) if objective != "bytes" else (nb, lat, newpre)
+
+    def g_hop(g, cost):
+        return tuple(x - p * cost for x, (t, p, q) in zip(g, shares))
+
+    def g_range(g, tier, x):
+        return tuple(v + ((q - p) * x if t == tier else -p * x) for v, (t, p, q) in zip(g, shares))
+
+    tiers = [t for t in range(T) if t not in cp.skip]
+    end: list[dict[int, list]] = [dict() for _ in range(n + 1)]
+    enter: list[dict[int, list]] = [dict() for _ in range(n + 1)]
+    g0 = tuple(0 for _ in shares)
+    for j in range(1, n + 1):
+        i = j - 1
+        for t2 in tiers:
+            cands = []
+            if i == 0:
+                h = _hop(cp, -1, t2, 0, None)
+                if h is not None:
+                    cost, nb = h
+                    tr = cost - (cp.link[(0, t2)][0] if t2 > 0 else 0)
+                    pre = (0,) * t2
+                    key = (cost, nb, pre) if objective != "bytes" else (nb, cost, pre)
+                    cands.append((key, tr, g_hop(g0, cost), pre))
+            else:
+                for t1, labs in end[i].items():
+                    if t1 >= t2:
+                        continue
+                    h = _hop(cp, t1, t2, i, None)
+                    if h is None:
+                        continue
+                    cost, nb = h
+                    tr = cost - cp.link[(t1, t2)][0]
+                    pad = (i,) * (t2 - t1 - 1)
+                    for key, bn, g, pre in labs:
+                        p2 = pre + pad
+                        cands.append((key_add(key, cost, nb, p2), max(bn, tr), g_hop(g, cost), p2))
+            if cands:
+                enter[i][t2] = _prune(cands, top, use_bn)
+        for t in tiers:
+            cands = []
+            for i0 in range(j - 1, -1, -1):
+                if not cp.allowed[t][i0]:
+                    break
+                x = cp.S[t][j] - cp.S[t][i0]
+                if t in cp.time_cap and x > cp.time_cap[t]:
+                    break
+                for key, bn, g, pre in enter[i0].get(t, ()):
+                    p2 = pre + (j,)
+                    cands.append((key_add(key, x, 0, p2), max(bn, x), g_range(g, t, x), p2))
+            if cands:
+                end[j][t] = _prune(cands, top, use_bn)
+    finals = []
+    for t, labs in end[n].items():
+        if not _final_ok(cp, t):
+            continue
+        for key, bn, g, pre in labs:
+            if all(x <= 0 for x in g):
+                finals.append(pre + (n,) * (T - 1 - t))
+    scored = sorted((sort_key(objective, evaluate(cp, c), c), c) for c in finals)
+    return [c for _, c in scored[:top]]
+
+
+# ---- strategy ----------------------------------------------------------------------------------------------------
+
+class DPStrategy:
+    """Default strategy: exact and polynomial (see the module docstring for the share-constraint caveat)."""
+
+    name = "dp"
+
+    def solve(self, cp: Compiled, objective: str, top: int) -> list[tuple]:
+        if cp.shares:
+            return label_search(cp, objective, top)
+        if objective == "throughput":
+            return throughput(cp, top)
+        return topn_dp(cp, objective, top)
+
+
+class LabelStrategy:
+    """Label-setting search for every objective (slower; a second exact method)."""
+
+    name = "labels"
+
+    def solve(self, cp: Compiled, objective: str, top: int) -> list[tuple]:
+        return label_search(cp, objective, top)
