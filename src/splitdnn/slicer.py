@@ -1,0 +1,197 @@
+"""Slicer: cut a model at layers L1 < L2 < … and export each slice as a TF SavedModel in TF Serving layout.
+
+Slice k runs layers (L_{k-1}, L_k]. Its inputs are exactly the tensors crossing the cut before it (the model
+inputs for slice 0) and its outputs exactly the tensors crossing the cut after it (the model outputs for the
+last slice). A tensor that crosses both cuts but is not used inside the slice is passed through unchanged, so
+each tier forwards its whole output dict to the next tier and nothing else: slice k's outputs are slice k+1's
+inputs, by name.
+
+Layout written by `export_slices(..., out_dir)`:
+    out_dir/slices.json
+    out_dir/slice0/1/saved_model.pb   (+ variables/)   signature `serving_default`, keys = tensor names
+    out_dir/slice1/1/saved_model.pb
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from splitdnn.graph import ModelGraph
+
+MANIFEST = "slices.json"
+VERSION = 1
+
+
+class CutError(ValueError):
+    """A split point that names no layer, or cuts that cannot be made."""
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    name: str
+    first: int  # first layer index (inclusive)
+    last: int  # last layer index (inclusive)
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def passthrough(self) -> tuple[str, ...]:
+        return tuple(n for n in self.outputs if n in self.inputs)
+
+
+def resolve_cuts(graph: ModelGraph, split_points: Sequence[str]) -> list[int]:
+    """Layer names → strictly increasing layer indices, with errors that name the problem."""
+    names = [layer.name for layer in graph.layers]
+    indices = []
+    for point in split_points:
+        point = point.strip()
+        if point not in names:
+            close = [n for n in names if point.lower() in n.lower()][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise CutError(f"split point {point!r} is not a layer of model {graph.model_name!r}{hint}")
+        index = names.index(point)
+        if index == len(names) - 1:
+            raise CutError(f"split point {point!r} is the last layer: a cut after it leaves an empty slice")
+        indices.append(index)
+    for a, b, pa, pb in zip(indices, indices[1:], split_points, split_points[1:]):
+        if b <= a:
+            raise CutError(
+                f"split points must follow the layer order: {pb!r} (layer {b}) comes after {pa!r} (layer {a})"
+            )
+    return indices
+
+
+def plan_slices(graph: ModelGraph, cuts: Sequence[int]) -> list[SliceSpec]:
+    bounds = [-1, *cuts, len(graph.layers) - 1]
+    slices = []
+    for k, (before, last) in enumerate(zip(bounds, bounds[1:])):
+        inputs = tuple(graph.crossing(before))
+        outputs = tuple(graph.outputs) if k == len(bounds) - 2 else tuple(graph.crossing(last))
+        slices.append(SliceSpec(f"slice{k}", before + 1, last, inputs, outputs))
+    return slices
+
+
+def submodel(model, graph: ModelGraph, first: int, last: int):
+    """A Keras model computing layers first..last from the tensors they consume that were produced earlier.
+
+    Returns (keras_model or None, input_names, output_names). Outputs are the tensors produced in the range that
+    are still needed after `last`; None when the range computes nothing needed later (an InputLayer alone).
+    """
+    import keras
+
+    kt = _keras_tensors(model, graph)
+    wanted_out = [
+        n for n in (graph.outputs if last == len(graph.layers) - 1 else graph.crossing(last))
+        if first <= graph.tensors[n].producer <= last
+    ]
+    if not wanted_out:
+        return None, [], []
+    used = []
+    for layer in graph.layers[first:last + 1]:
+        for n in layer.inputs:
+            if graph.tensors[n].producer < first and n not in used:
+                used.append(n)
+    sub = keras.Model([kt[n] for n in used], [kt[n] for n in wanted_out], name=f"{graph.model_name}_{first}_{last}")
+    return sub, used, wanted_out
+
+
+def _keras_tensors(model, graph: ModelGraph) -> dict:
+    """Tensor name → KerasTensor in `model`, following build_graph's naming."""
+    out = {name: t for name, t in zip(graph.inputs, model.inputs)}
+    for layer, info in zip(model.layers, graph.layers):
+        if info.cls == "InputLayer":
+            continue
+        outs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
+        for name, t in zip(info.outputs, outs):
+            out[name] = t
+    return out
+
+
+def slice_function(model, graph: ModelGraph, spec: SliceSpec) -> Callable[[dict], dict]:
+    """A plain callable {name: tensor} → {name: tensor} for one slice (Keras, no SavedModel round trip)."""
+    sub, used, computed = submodel(model, graph, spec.first, spec.last)
+
+    def run(feed: dict) -> dict:
+        result = {}
+        if sub is not None:
+            values = sub([feed[n] for n in used], training=False)
+            values = values if isinstance(values, (list, tuple)) else [values]
+            result.update(zip(computed, values))
+        for n in spec.passthrough:
+            result[n] = feed[n]
+        return {n: result[n] for n in spec.outputs}
+
+    run.keras_model = sub
+    return run
+
+
+def export_slices(model, graph: ModelGraph, cuts: Sequence[int], out_dir: str | Path,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Write every slice as a SavedModel and `slices.json`; returns the manifest."""
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"model": graph.model_name, "cuts": [graph.layers[i].name for i in cuts], "slices": []}
+    for spec in plan_slices(graph, cuts):
+        run = slice_function(model, graph, spec)
+        module = tf.Module()
+        module.model = run.keras_model  # tracks the slice's variables
+        signature = [tf.TensorSpec(graph.tensors[n].shape, graph.tensors[n].dtype, name=n) for n in spec.inputs]
+        fn = tf.function(_serving_fn(run, spec.inputs), input_signature=signature)
+        path = f"{spec.name}/{VERSION}"
+        tf.saved_model.save(module, str(out_dir / path), signatures={"serving_default": fn.get_concrete_function()})
+        manifest["slices"].append({
+            "name": spec.name,
+            "path": path,
+            "layers": [graph.layers[spec.first].name, graph.layers[spec.last].name],
+            "inputs": [_tensor_json(graph, n) for n in spec.inputs],
+            "outputs": [_tensor_json(graph, n) for n in spec.outputs],
+        })
+        if progress:
+            progress(f"{spec.name}: layers {spec.first}..{spec.last} → {out_dir / path}")
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _serving_fn(run: Callable[[dict], dict], names: Sequence[str]):
+    """Positional signature arguments (TF needs them) → the slice's dict-in/dict-out callable."""
+    import tensorflow as tf
+
+    def serve(*args):
+        return {n: tf.identity(v, name=n) for n, v in run(dict(zip(names, args))).items()}
+
+    return serve
+
+
+def _tensor_json(graph: ModelGraph, name: str) -> dict:
+    t = graph.tensors[name]
+    return {"name": name, "shape": list(t.shape), "dtype": t.dtype}
+
+
+def load_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `splitdnn slice` first")
+    return json.loads(path.read_text())
+
+
+def verify_slices(model, graph: ModelGraph, directory: str | Path, seed: int = 0) -> float:
+    """Chain the SavedModels in `directory` on a random frame; max abs difference to the full model's outputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    feed = {n: rng.random((1, *graph.tensors[n].shape[1:])).astype(graph.tensors[n].dtype) for n in graph.inputs}
+    expected = model([feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]],
+                     training=False)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    values = dict(feed)
+    for entry in load_manifest(directory)["slices"]:
+        signature = tf.saved_model.load(str(directory / entry["path"])).signatures["serving_default"]
+        values = {k: v.numpy() for k, v in signature(**{t["name"]: values[t["name"]] for t in entry["inputs"]}).items()}
+    return max(float(np.abs(values[n] - np.asarray(e)).max()) for n, e in zip(graph.outputs, expected))

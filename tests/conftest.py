@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Subprocesses (`python -m splitdnn …`) see the same source tree as the tests.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture(scope="session")
+def cnn14_model():
+    from splitdnn.models import load_model
+
+    return load_model("cnn14")
+
+
+@pytest.fixture(scope="session")
+def cnn14_graph(cnn14_model):
+    from splitdnn.graph import build_graph
+
+    return build_graph(cnn14_model)
+
+
+def run_cli(*args, check=True, timeout=600):
+    """Run `python -m splitdnn ARGS` as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "splitdnn", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"splitdnn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
