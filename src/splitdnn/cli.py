@@ -196,6 +196,29 @@ def plan_cmd(
             typer.echo(f"plot written to {plot}")
 
 
+@app.command("profile")
+def profile_cmd(
+    model: str = typer.Argument(..., help="Model: cnn14, a .keras path, or keras.applications.Name."),
+    tier: str = typer.Option(..., "--tier", help="Name of the tier this machine stands for (device, edge, ...)."),
+    out: str = typer.Option(..., "--out", help="Profile JSON to write."),
+    warmup: int = typer.Option(3, help="Untimed calls per block before timing."),
+    repeats: int = typer.Option(10, help="Timed calls per block (the median is kept)."),
+    multi_tensor: bool = typer.Option(False, "--multi-tensor", help="Blocks between every cut, not only "
+                                                                    "single-tensor cuts."),
+) -> None:
+    """Measure per-block compute time of MODEL on this machine (warm-up, repeats, median)."""
+    from splitdnn.planner.profile import profile_model
+    try:
+        doc = profile_model(model, tier, warmup=warmup, repeats=repeats, multi_tensor=multi_tensor)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    with open(out, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    total = sum(b["time"] for b in doc["blocks"])
+    typer.echo(f"{len(doc['blocks'])} blocks, {total * 1e3:.2f} ms total on {tier} "
+               f"(call overhead {doc['overhead_s'] * 1e3:.3f} ms subtracted) -> {out}")
+
+
 # --- agent: agent, run, netem ----------------------------------------------------------------------------------
 
 # --- operator ----------------------------------------------------------------------------------------------------
