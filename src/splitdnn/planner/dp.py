@@ -14,12 +14,13 @@ of the *shifted* labels ``label(i) - S[t][i]``, kept in a heap with lazy deletio
 order is the global order restricted to paths that share a continuation, so keeping N labels per state is exact
 (classic k-best on a DAG). Work: O(n · T² · N log N).
 
-Throughput (``throughput``): the bottleneck is a max, not a sum, so it is handled by thresholds. Every plan's
-bottleneck is one of the candidate values (a range sum on a tier, or one hop's transfer time). A counting DP
+Throughput (``throughput``): the bottleneck is a max, not a sum, so it is handled by thresholds. A counting DP
 (same states, counts instead of labels, sliding-window sums) gives the number of feasible plans with bottleneck
-<= B; binary search finds the smallest candidate B_N with at least N plans. The answer is every plan with
-bottleneck < B_N (fewer than N: the latency DP capped at the previous candidate returns them all) plus the best
-remaining plans with bottleneck = B_N (the latency DP capped at B_N contains them). O(n · T² · log(#candidates)).
+<= B (integer ticks); binary search over B in [max over blocks of the cheapest allowed tier, the largest
+bottleneck among the latency DP's top N] finds the smallest B_N with at least N plans -- necessarily some plan's
+bottleneck, since the count only changes there. The answer is every plan with bottleneck <= B_N - 1 (fewer than
+N: the latency DP capped at B_N - 1 returns them all) plus the best remaining plans with bottleneck = B_N (the
+latency DP capped at B_N contains them, ranked by latency, bytes, cuts). O(n · T² · log(range in ticks)).
 
 Time-share constraints (``compute on tier <= share × total latency``) are not decomposable, but with integer
 ticks ``q·compute_t - p·latency <= 0`` is an *additive* resource. ``label_search`` keeps, per state, every label
@@ -62,24 +63,51 @@ def _windows(cp: Compiled, t: int, cap: Optional[int]) -> list[int]:
             lo[j] = j    # empty window
             continue
         if cap is not None:
-            while S[j] - S[p] > cap:
+            while p < j and S[j] - S[p] > cap:
                 p += 1
+            if S[j] - S[p] > cap:
+                p = j            # cap < 0: nothing fits
         lo[j] = max(barrier, p)
     return lo
 
 
+def _hop_table(cp: Compiled) -> dict:
+    """{(a, b): [None | (cost ticks, bytes, transfer ticks)] * (n+1)} for every admissible hop (a = -1: source),
+    computed once per compiled problem (constraints that do not depend on a bottleneck cap included)."""
+    tab = getattr(cp, "_hop_cache", None)
+    if tab is not None:
+        return tab
+    tab = {}
+    for b in range(cp.T):
+        row = [None] * (cp.n + 1)
+        if b == 0:
+            row[0] = (0, 0, 0)
+        elif cp.hop_ok(-1, b, 0):
+            nb = cp.input_bytes
+            tr = cp.transfer(0, b, nb)
+            row[0] = (cp.link[(0, b)][0] + tr, nb, tr)
+        tab[(-1, b)] = row
+    for (a, b) in cp.link:
+        row = [None] * (cp.n + 1)
+        for i in range(1, cp.n):
+            if cp.hop_ok(a, b, i):
+                nb = cp.out[i - 1]
+                tr = cp.transfer(a, b, nb)
+                row[i] = (cp.link[(a, b)][0] + tr, nb, tr)
+        tab[(a, b)] = row
+    cp._hop_cache = tab
+    return tab
+
+
 def _hop(cp: Compiled, a: int, b: int, i: int, cap: Optional[int]):
     """(cost ticks, bytes) of a hop from tier a (-1 = source) to b carrying boundary i, or None if not allowed."""
-    if a == -1 and b == 0:
-        return (0, 0)
-    if not cp.hop_ok(a, b, i):
+    row = _hop_table(cp).get((a, b))
+    if row is None:
         return None
-    src = 0 if a == -1 else a
-    nb = cp.hop_bytes(i)
-    tr = cp.transfer(src, b, nb)
-    if cap is not None and tr > cap:
+    h = row[i]
+    if h is None or (cap is not None and h[2] > cap):
         return None
-    return (cp.link[(src, b)][0] + tr, nb)
+    return (h[0], h[1])
 
 
 def _final_ok(cp: Compiled, t: int) -> bool:
@@ -199,43 +227,24 @@ def count_plans(cp: Compiled, cap: Optional[int]) -> int:
     return sum(c for t, c in endc[n].items() if _final_ok(cp, t))
 
 
-def bottleneck_candidates(cp: Compiled) -> list[int]:
-    """Every value a plan's bottleneck can take: range sums on (non-skipped) tiers and hop transfer times."""
-    import numpy as np
-    vals = []
-    for t in range(cp.T):
-        if t in cp.skip:
-            continue
-        S = np.asarray(cp.S[t], dtype=np.int64)
-        iu = np.triu_indices(cp.n + 1, k=1)
-        vals.append(np.unique(S[iu[1]] - S[iu[0]]))
-    hops = set()
-    for (a, b) in cp.link:
-        for i in range(cp.n):
-            if a == 0 or i > 0:
-                hops.add(cp.transfer(a, b, cp.hop_bytes(i)))
-    vals.append(np.asarray(sorted(hops), dtype=np.int64))
-    return np.unique(np.concatenate(vals)).tolist()
-
-
 def throughput(cp: Compiled, top: int) -> list[tuple]:
-    total = count_plans(cp, None)
-    if total == 0:
-        return []
-    if total <= top:
-        cand = topn_dp(cp, "latency", top, None)
+    base = topn_dp(cp, "latency", top, None)
+    if len(base) < top:          # fewer than `top` feasible plans: they are all in `base`
+        cand = base
     else:
-        vals = bottleneck_candidates(cp)
-        lo_, hi = 0, len(vals) - 1          # count(vals[hi]) == total >= top
+        # every plan runs each block somewhere it is allowed: the bottleneck is at least the largest such minimum
+        lo_ = max((min(cp.ct[t][b] for t in range(cp.T) if cp.allowed[t][b]) for b in range(cp.n)), default=0)
+        hi = max(evaluate(cp, c).bottleneck for c in base)     # `top` plans have bottleneck <= hi
+        # smallest integer B with count(B) >= top; count only steps at actual bottleneck values, so B is one
         while lo_ < hi:
             mid = (lo_ + hi) // 2
-            if count_plans(cp, vals[mid]) >= top:
+            if count_plans(cp, mid) >= top:
                 hi = mid
             else:
                 lo_ = mid + 1
-        cand = topn_dp(cp, "latency", top, vals[lo_])
+        cand = topn_dp(cp, "latency", top, lo_)          # contains the best plans with bottleneck == B
         if lo_ > 0:
-            cand += topn_dp(cp, "latency", top, vals[lo_ - 1])
+            cand += topn_dp(cp, "latency", top, lo_ - 1)     # all (< top) plans with bottleneck < B
     scored = sorted({c: sort_key("throughput", evaluate(cp, c), c) for c in cand}.items(), key=lambda kv: kv[1])
     return [c for c, _ in scored[:top]]
 

@@ -6,6 +6,7 @@ best first. See docs/planner.md, "Writing a strategy".
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.metadata import entry_points
 
 GROUP = "splitdnn.strategies"
@@ -18,18 +19,22 @@ def _builtins() -> dict:
     return {"dp": DPStrategy, "labels": LabelStrategy, "brute": BruteStrategy}
 
 
+@lru_cache(maxsize=1)
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
 def available() -> dict:
     """name -> loader; entry points override nothing built in with the same name (built-ins win)."""
-    found = {}
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep
+    found = dict(_entry_points())
     found.update({k: v for k, v in _builtins().items()})
     return found
 
 
 def get(name: str = DEFAULT):
     """An instance of the named strategy."""
-    reg = available()
+    builtins = _builtins()
+    reg = builtins if name in builtins else available()
     if name not in reg:
         raise KeyError(f"unknown planner strategy {name!r}; available: {', '.join(sorted(reg))}")
     obj = reg[name]
