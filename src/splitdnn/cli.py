@@ -179,6 +179,8 @@ def plan_cmd(
             data = problem.to_json()
             data["constraints"] = c.get("constraints", c)
             problem = Problem.from_json(data, constraints)
+        for warning in problem.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         if save_problem:
             with open(save_problem, "w") as fh:
                 json.dump(problem.to_json(), fh, indent=1)

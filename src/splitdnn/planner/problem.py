@@ -77,6 +77,7 @@ class Problem:
     input_bytes: int
     links: dict[tuple[str, str], Link]
     constraints: Constraints = field(default_factory=Constraints)
+    warnings: list = field(default_factory=list, repr=False, compare=False)   # non-fatal findings while loading
 
     # ---- JSON ------------------------------------------------------------------------------------------------
     @classmethod
@@ -185,11 +186,11 @@ def _parse_problem(data: Any, src: str) -> Problem:
             except ValueError as exc:
                 raise ProblemError(f"{w}.bandwidth: {exc}") from None
         links[(a, b)] = Link(_num(lat, f"{w}.latency"), _num(bw, f"{w}.bandwidth (bytes/s)", positive=True))
-    constraints = _parse_constraints(data.get("constraints", {}) or {}, tiers, blocks, src)
-    return Problem(list(tiers), blocks, input_bytes, links, constraints)
+    constraints, warnings = _parse_constraints(data.get("constraints", {}) or {}, tiers, blocks, src)
+    return Problem(list(tiers), blocks, input_bytes, links, constraints, warnings)
 
 
-def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) -> Constraints:
+def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) -> tuple[Constraints, list]:
     w = f"{src}: constraints"
     _need(isinstance(c, dict), f"{w}: must be an object")
     unknown = set(c) - {"pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share"}
@@ -215,9 +216,15 @@ def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) 
             v = [v]
         _need(isinstance(v, list), f"{w}.forbid.{k}: must be a list of tiers")
         forbid2[str(k)] = [tier(t, f"{w}.forbid.{k}") for t in v]
-    for key, m in (("pin", pin), ("forbid", forbid2)):
-        for ref in m:
-            resolve_block(ref, blocks, f"{w}.{key}")   # raises on unknown references
+    for ref in pin:
+        resolve_block(ref, blocks, f"{w}.pin")   # a pin on a block that does not exist cannot hold: error
+    warnings = []
+    for ref in list(forbid2):
+        try:
+            resolve_block(ref, blocks, f"{w}.forbid")
+        except ProblemError as exc:              # forbidding a block that does not exist is vacuous: warn
+            warnings.append(f"{exc}; ignored")
+            del forbid2[ref]
     use = c.get("use", []) or []
     skip = c.get("skip", []) or []
     _need(isinstance(use, list) and isinstance(skip, list), f"{w}: 'use' and 'skip' must be lists of tiers")
@@ -244,9 +251,10 @@ def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) 
                 raise ProblemError(f"{where}: {exc}") from None
         return _num(v, where)
 
-    return Constraints(pin=pin, forbid=forbid2, use=use, skip=skip,
-                       max_upload_bytes=tier_map("max_upload_bytes", lambda v, wh: int(_num(v, wh))),
-                       max_time=tier_map("max_time", secs), max_time_share=tier_map("max_time_share", share))
+    out = Constraints(pin=pin, forbid=forbid2, use=use, skip=skip,
+                      max_upload_bytes=tier_map("max_upload_bytes", lambda v, wh: int(_num(v, wh))),
+                      max_time=tier_map("max_time", secs), max_time_share=tier_map("max_time_share", share))
+    return out, warnings
 
 
 def resolve_block(ref: str, blocks: list[Block], where: str = "constraint") -> int:
