@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from splitdnn.planner import Constraints, Infeasible, Problem, plan
 from splitdnn.planner.brute import brute_force
-from splitdnn.planner.dp import count_plans, label_search, throughput, topn_dp
+from splitdnn.planner.dp import count_plans, label_search, share_search, throughput, topn_dp
 from splitdnn.planner.problem import all_cuts, evaluate, feasible, sort_key
 
 TIER_NAMES = ["t0", "t1", "t2", "t3"]
@@ -76,6 +76,19 @@ def test_dp_equals_brute_force(problem, objective, top):
 def test_label_search_equals_brute_force(problem, objective, top):
     cp = problem.compile()
     assert label_search(cp, objective, top) == brute_force(cp, objective, top)
+
+
+@SETTINGS
+@given(problems(), objectives, tops)
+def test_pruned_label_search_and_share_fallback_equal_brute_force(problem, objective, top):
+    cp = problem.compile()
+    expected = brute_force(cp, objective, top)
+    # the K-best filter forced to give up at once, so the label search answers
+    assert share_search(cp, objective, top, k0=1, kmax=1) == expected
+    if len(expected) == top:     # with a bound that `top` feasible plans reach
+        m = evaluate(cp, expected[-1])
+        bound = {"latency": m.latency, "bytes": m.bytes, "throughput": m.bottleneck}[objective]
+        assert label_search(cp, objective, top, bound) == expected
 
 
 @SETTINGS

@@ -23,11 +23,14 @@ N: the latency DP capped at B_N - 1 returns them all) plus the best remaining pl
 latency DP capped at B_N contains them, ranked by latency, bytes, cuts). O(n · T² · log(range in ticks)).
 
 Time-share constraints (``compute on tier <= share × total latency``) are not decomposable, but with integer
-ticks ``q·compute_t - p·latency <= 0`` is an *additive* resource. ``label_search`` keeps, per state, every label
-dominated by fewer than N others (dominated = worse order, not smaller resources, not smaller bottleneck): exact
-for any objective and constraint mix, with work growing with the number of non-dominated labels (in the worst
-case pseudo-polynomial; resource-constrained shortest path is weakly NP-hard, so no polynomial bound exists).
-It is used only when share constraints are present.
+ticks ``q·compute_t - p·latency <= 0`` is an *additive* resource, so the problem is a resource-constrained
+k-shortest-path problem (weakly NP-hard in general: no polynomial bound is claimed here). ``share_search`` first
+enumerates plans in objective order with the polynomial DP ignoring the shares (top-K, K = 32, 128, ... 4096) and
+keeps the feasible ones: as soon as N feasible plans are among the K best, nothing better is missing. Otherwise
+``label_search`` answers: per state it keeps every label dominated by fewer than N others (dominated = worse
+order, no smaller share resources, no smaller bottleneck) and drops labels that provably cannot finish feasibly
+(suffix lower bounds on each share resource) or within a known bound. Both are exact and checked against the
+brute force in the property tests.
 """
 
 from __future__ import annotations
@@ -268,10 +271,59 @@ def _prune(labels: list, top: int, use_bn: bool) -> list:
     return kept
 
 
-def label_search(cp: Compiled, objective: str, top: int) -> list[tuple]:
+def _suffix_bounds(cp: Compiled, w_range, w_hop):
+    """Lower bounds on the cost of finishing a plan, ignoring every constraint except the links.
+
+    Returns (F, G): F[j][t] from End(j, t) (the next step is a hop to a later tier), G[j][t] from Enter(j, t)
+    (block j runs on t next). w_range(t, b) and w_hop(a, b, i) are the additive weights."""
+    T, n = cp.T, cp.n
+    INF_ = float("inf")
+    F = [[INF_] * T for _ in range(n + 1)]
+    G = [[INF_] * T for _ in range(n + 1)]
+    links = [[(a, b) in cp.link for b in range(T)] for a in range(T)]
+    for t in range(T):
+        F[n][t] = 0
+        G[n][t] = 0
+    for j in range(n - 1, -1, -1):
+        for t in range(T - 1, -1, -1):
+            G[j][t] = w_range(t, j) + min(G[j + 1][t] if j + 1 < n else 0, F[j + 1][t])
+        for t in range(T):
+            best = INF_
+            if j > 0:
+                for t2 in range(t + 1, T):
+                    if links[t][t2] and G[j][t2] < INF_:
+                        best = min(best, w_hop(t, t2, j) + G[j][t2])
+            F[j][t] = best
+    return F, G
+
+
+def label_search(cp: Compiled, objective: str, top: int, bound: Optional[int] = None) -> list[tuple]:
+    """Exact for every objective and constraint. bound: optional primary-objective value that `top` feasible
+    plans are known to reach (labels that cannot finish within it are dropped)."""
     T, n = cp.T, cp.n
     use_bn = objective == "throughput"
     shares = cp.shares
+    hopc = lambda a, b, i: cp.link[(a, b)][0] + cp.transfer(a, b, cp.hop_bytes(i))
+    lat_F, lat_G = _suffix_bounds(cp, lambda t, b: cp.ct[t][b], hopc)
+    g_bounds = []
+    for ts, p, q in shares:
+        g_bounds.append(_suffix_bounds(
+            cp, lambda t, b, ts=ts, p=p, q=q: ((q - p) if t == ts else -p) * cp.ct[t][b],
+            lambda a, b, i, p=p: -p * hopc(a, b, i)))
+    if objective == "bytes" and bound is not None:
+        by_F, by_G = _suffix_bounds(cp, lambda t, b: 0, lambda a, b, i: cp.hop_bytes(i))
+
+    def hopeless(key, bn, g, j, t, at_end):
+        for k, (F, G) in enumerate(g_bounds):
+            if g[k] + (F if at_end else G)[j][t] > 0:
+                return True
+        if bound is not None:
+            if objective == "latency":
+                return key[0] + (lat_F if at_end else lat_G)[j][t] > bound
+            if objective == "bytes":
+                return key[0] + (by_F if at_end else by_G)[j][t] > bound
+            return bn > bound
+        return False
 
     def key_add(key, dlat, dbytes, newpre):
         lat, nb = (key[0], key[1]) if objective != "bytes" else (key[1], key[0])
@@ -300,7 +352,9 @@ def label_search(cp: Compiled, objective: str, top: int) -> list[tuple]:
                     tr = cost - (cp.link[(0, t2)][0] if t2 > 0 else 0)
                     pre = (0,) * t2
                     key = (cost, nb, pre) if objective != "bytes" else (nb, cost, pre)
-                    cands.append((key, tr, g_hop(g0, cost), pre))
+                    g = g_hop(g0, cost)
+                    if not hopeless(key, tr, g, 0, t2, False):
+                        cands.append((key, tr, g, pre))
             else:
                 for t1, labs in end[i].items():
                     if t1 >= t2:
@@ -313,7 +367,9 @@ def label_search(cp: Compiled, objective: str, top: int) -> list[tuple]:
                     pad = (i,) * (t2 - t1 - 1)
                     for key, bn, g, pre in labs:
                         p2 = pre + pad
-                        cands.append((key_add(key, cost, nb, p2), max(bn, tr), g_hop(g, cost), p2))
+                        k2, b2, g2 = key_add(key, cost, nb, p2), max(bn, tr), g_hop(g, cost)
+                        if not hopeless(k2, b2, g2, i, t2, False):
+                            cands.append((k2, b2, g2, p2))
             if cands:
                 enter[i][t2] = _prune(cands, top, use_bn)
         for t in tiers:
@@ -326,7 +382,9 @@ def label_search(cp: Compiled, objective: str, top: int) -> list[tuple]:
                     break
                 for key, bn, g, pre in enter[i0].get(t, ()):
                     p2 = pre + (j,)
-                    cands.append((key_add(key, x, 0, p2), max(bn, x), g_range(g, t, x), p2))
+                    k2, b2, g2 = key_add(key, x, 0, p2), max(bn, x), g_range(g, t, x)
+                    if not hopeless(k2, b2, g2, j, t, True):
+                        cands.append((k2, b2, g2, p2))
             if cands:
                 end[j][t] = _prune(cands, top, use_bn)
     finals = []
@@ -340,6 +398,25 @@ def label_search(cp: Compiled, objective: str, top: int) -> list[tuple]:
     return [c for _, c in scored[:top]]
 
 
+def share_search(cp: Compiled, objective: str, top: int, k0: int = 32, kmax: int = 4096) -> list[tuple]:
+    """Share constraints: enumerate plans in objective order ignoring the shares (exact top-K DP, K = k0, 4·k0, ...
+    up to kmax) and keep the feasible ones -- once `top` feasible plans are among the K best, nothing better can
+    be missing. If that needs more than kmax plans, the label search (pruned by suffix bounds on the share
+    resources) finishes the job."""
+    import copy
+    free = copy.copy(cp)
+    free.shares = []
+    k = max(k0, top)
+    while True:
+        cand = throughput(free, k) if objective == "throughput" else topn_dp(free, objective, k)
+        ok = [c for c in cand if feasible(cp, c)]
+        if len(ok) >= top or len(cand) < k:      # enough, or every plan was enumerated
+            return ok[:top]
+        if k >= kmax:
+            return label_search(cp, objective, top)
+        k = min(kmax, 4 * k)
+
+
 # ---- strategy ----------------------------------------------------------------------------------------------------
 
 class DPStrategy:
@@ -349,7 +426,7 @@ class DPStrategy:
 
     def solve(self, cp: Compiled, objective: str, top: int) -> list[tuple]:
         if cp.shares:
-            return label_search(cp, objective, top)
+            return share_search(cp, objective, top)
         if objective == "throughput":
             return throughput(cp, top)
         return topn_dp(cp, objective, top)

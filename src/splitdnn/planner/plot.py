@@ -39,13 +39,17 @@ def plot_plan(problem, plan, path: str, title: Optional[str] = None) -> None:
                 ax.axvspan(prev - 0.5, c - 0.5, color=colors[k % len(colors)], alpha=0.10, lw=0)
             ax1.text((prev + c - 1) / 2, 0.97, t, transform=ax1.get_xaxis_transform(), ha="center", va="top",
                      fontsize=11, fontweight="bold", color=colors[k % len(colors)])
+            if last_used is None and k > 0:      # tier 0 unused: the input is shipped to this tier
+                last_used = f"input {problem.tiers[0]}"
             if last_used is not None:
-                nb = problem.blocks[prev - 1].out_bytes
+                nb = problem.blocks[prev - 1].out_bytes if prev > 0 else problem.input_bytes
                 for ax in (ax1, ax2):
                     ax.axvline(prev - 0.5, color="crimson", ls="--", lw=1.8)
-                ax2.annotate(f"cut {last_used}→{t}\n{nb / 1e3:.1f} kB", (prev - 0.5, 0.95),
+                label = f"{last_used}→{t}" if last_used.startswith("input") else f"cut {last_used}→{t}"
+                ax2.annotate(f"{label}\n{nb / 1e3:.1f} kB", (prev - 0.5, 0.95),
                              xycoords=ax2.get_xaxis_transform(), ha="left", va="top", fontsize=9,
-                             color="crimson", xytext=(4, 0), textcoords="offset points")
+                             color="crimson", xytext=(4, 0), textcoords="offset points",
+                             bbox=dict(fc="white", alpha=0.85, lw=0))
             last_used = t
             prev = c
     ax2.set_xticks(x)
