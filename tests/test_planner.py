@@ -239,3 +239,36 @@ def test_cli_human_output(tmp_path):
     f = write(tmp_path, three_blocks().to_json())
     r = run_cli("plan", "--problem", f, "--top", "2")
     assert "2 best plan(s)" in r.stdout and "latency" in r.stdout
+
+
+def fake_profile(path, tier, scale, multi=False):
+    blocks = [{"name": n, "layers": [k, k], "time": scale * (k + 1) * 1e-3, "median_s": 0, "samples_s": [],
+               "out_bytes": b, "flops": 1_000_000 * (k + 1)}
+              for k, (n, b) in enumerate([("conv", 40_000), ("pool", 10_000), ("dense", 40)])]
+    path.write_text(json.dumps({"format": "splitdnn.profile/1", "model": "cnn14", "tier": tier,
+                                "multi_tensor": multi, "input_bytes": 3136, "blocks": blocks}))
+    return path
+
+
+def test_plan_model_from_profiles_estimates_links_constraints(tmp_path):
+    dev = fake_profile(tmp_path / "dev.json", "device", 10)
+    edge = fake_profile(tmp_path / "edge.json", "edge", 2)
+    cons = tmp_path / "c.json"
+    cons.write_text(json.dumps({"use": ["cloud"], "pin": {"layer:0": "device"}}))
+    saved = tmp_path / "problem.json"
+    out = json.loads(run_cli("plan", "cnn14", "--profile", dev, "--profile", edge, "--estimate", "cloud=1gflops",
+                             "--link", "device,edge,2ms,8mbit", "--link", "edge,cloud,10ms,100mbit",
+                             "--constraints", cons, "--save-problem", saved, "--top", "3", "--json").stdout)
+    p = Problem.load(saved)
+    assert p.tiers == ["device", "edge", "cloud"] and p.input_bytes == 3136
+    assert [b.time["cloud"] for b in p.blocks] == pytest.approx([1e-3, 2e-3, 3e-3])     # FLOPs / speed
+    assert p.links[("device", "edge")].bandwidth == 1e6
+    ref = plan(p, "latency", top=3)
+    assert [q["latency"] for q in out["plans"]] == pytest.approx([q.latency for q in ref])
+    for q in out["plans"]:
+        assert q["assignment"]["device"][0] == "conv" and q["assignment"]["cloud"] is not None
+    r = run_cli("plan", "cnn14", "--profile", dev, "--profile", fake_profile(tmp_path / "e2.json", "device", 1),
+                "--link", "device,edge,2ms,8mbit", check=False)
+    assert r.returncode == 2 and "two profiles for tier 'device'" in r.stderr
+    r = run_cli("plan", "cnn14", "--profile", fake_profile(tmp_path / "m.json", "device", 1, multi=True), check=False)
+    assert r.returncode == 2 and "--multi-tensor" in r.stderr

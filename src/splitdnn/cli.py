@@ -185,8 +185,10 @@ def plan_cmd(
             with open(save_problem, "w") as fh:
                 json.dump(problem.to_json(), fh, indent=1)
         plans, dt = plan_timed(problem, objective=objective, top=top, fps=fps, strategy=strategy)
-    except (ProblemError, ValueError, KeyError, OSError) as exc:
-        fail(str(exc).strip("'\""))
+    except KeyError as exc:           # unknown strategy: the message is the first argument
+        fail(str(exc.args[0]) if exc.args else str(exc))
+    except (ProblemError, ValueError, OSError) as exc:
+        fail(str(exc))
     except Infeasible as exc:
         fail(str(exc), code=1)
     _print_plans(problem, plans, dt, as_json, fps)
