@@ -143,6 +143,13 @@ def test_issue_example_loads_forbid_of_unknown_block_is_a_warning():
         plan(p)      # pinned to the device, edge required (and its share cap rules out edge-only)
 
 
+def test_crd_spelling_of_constraints():
+    d = three_blocks().to_json()
+    d["constraints"] = {"maxUploadBytes": {"device": 10}, "maxTime": {"edge": "5ms"}, "maxTimeShare": {"cloud": 0.5}}
+    c = Problem.from_json(d).constraints
+    assert (c.max_upload_bytes, c.max_time, c.max_time_share) == ({"device": 10}, {"edge": 0.005}, {"cloud": 0.5})
+
+
 def test_units_in_links_and_caps():
     d = three_blocks().to_json()
     d["links"][0].update(latency="1ms", bandwidth="800kbit")

@@ -193,6 +193,11 @@ def _parse_problem(data: Any, src: str) -> Problem:
 def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) -> tuple[Constraints, list]:
     w = f"{src}: constraints"
     _need(isinstance(c, dict), f"{w}: must be an object")
+    aliases = {"maxUploadBytes": "max_upload_bytes", "maxTime": "max_time", "maxTimeShare": "max_time_share"}
+    for camel, snake in aliases.items():     # the CRD's spelling (spec.planner.constraints) is accepted too
+        if camel in c:
+            _need(snake not in c, f"{w}: both {camel!r} and {snake!r} given")
+            c = {**{k: v for k, v in c.items() if k != camel}, snake: c[camel]}
     unknown = set(c) - {"pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share"}
     _need(not unknown, f"{w}: unknown key(s) {sorted(unknown)}")
 
