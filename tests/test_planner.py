@@ -55,6 +55,23 @@ def test_cost_model_by_hand():
     assert q.drop_rate == 0.0
 
 
+def test_evaluate_a_given_split():
+    from splitdnn.planner import evaluate_plan
+    pr = three_blocks()
+    best = plan(pr, "throughput", top=3, fps=30)
+    for p in best:
+        again = evaluate_plan(pr, p.assignment, fps=30)
+        assert (again.cuts, again.latency, again.bottleneck, again.bytes, again.drop_rate) == \
+               (p.cuts, p.latency, p.bottleneck, p.bytes, p.drop_rate)
+    assert evaluate_plan(pr, (1, 3, 3)).latency == pytest.approx(0.061)
+    with pytest.raises(ValueError, match="does not continue"):
+        evaluate_plan(pr, {"device": ("b", "c"), "edge": None, "cloud": None})
+    data = pr.to_json()
+    data["links"] = data["links"][:1]
+    with pytest.raises(ValueError, match="no link"):
+        evaluate_plan(Problem.from_json(data), (0, 0, 3))
+
+
 def test_ranking_and_tie_breaks_are_deterministic():
     p = Problem.from_json({"tiers": ["x", "y"], "input_bytes": 0,
                            "blocks": [{"name": "a", "time": {"x": 0.001, "y": 0.001}, "out_bytes": 0},

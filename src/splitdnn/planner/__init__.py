@@ -30,8 +30,8 @@ from typing import Optional
 from .problem import (OBJECTIVES, Block, Compiled, Constraints, Infeasible, Link, Metrics, Problem, ProblemError,
                       evaluate, ranges_of, to_seconds)
 
-__all__ = ["Problem", "Block", "Link", "Constraints", "Plan", "plan", "plan_timed", "Infeasible", "ProblemError",
-           "OBJECTIVES"]
+__all__ = ["Problem", "Block", "Link", "Constraints", "Plan", "plan", "plan_timed", "evaluate_plan", "Infeasible",
+           "ProblemError", "OBJECTIVES"]
 
 
 @dataclass
@@ -92,6 +92,36 @@ def plan(problem: Problem, objective: str = "latency", top: int = 1, fps: Option
          strategy: str = "dp") -> list[Plan]:
     """The `top` best distinct plans, best first. Raises :class:`Infeasible` (with the reason) when none exists."""
     return plan_timed(problem, objective, top, fps, strategy)[0]
+
+
+def evaluate_plan(problem: Problem, split, fps: Optional[float] = None) -> Plan:
+    """Predicted figures of a given split (e.g. the one deployed now, under freshly measured figures).
+
+    split: cumulative cuts (tuple of ints, one per tier), or {tier: (first block, last block) | None}. Constraints
+    are not checked (the current split may violate new ones); a split needing a hop without a link raises
+    ValueError. In model mode blocks are named after their last layer, so assignment[tier][1] is the layer after
+    which that tier's slice ends (a split point)."""
+    cp = problem.compile()
+    if isinstance(split, dict):
+        names = [b.name for b in problem.blocks]
+        cuts, prev = [], 0
+        for t in problem.tiers:
+            r = split.get(t)
+            if r:
+                first, last = names.index(r[0]), names.index(r[1])
+                if first != prev or last < first:
+                    raise ValueError(f"tier {t!r}: range {r[0]}..{r[1]} does not continue at block {prev}")
+                prev = last + 1
+            cuts.append(prev)
+        if prev != len(names):
+            raise ValueError(f"split covers {prev} of {len(names)} blocks")
+        split = tuple(cuts)
+    split = tuple(int(c) for c in split)
+    if len(split) != cp.T or split[-1] != cp.n or any(a > b for a, b in zip(split, split[1:])):
+        raise ValueError(f"cuts must be {cp.T} non-decreasing block boundaries ending at {cp.n}, got {split}")
+    if evaluate(cp, split) is None:
+        raise ValueError("the split needs a hop between tiers that have no link")
+    return make_plan(problem, cp, split, fps)
 
 
 def diagnose(problem: Problem) -> str:
