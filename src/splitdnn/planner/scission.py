@@ -118,7 +118,8 @@ class Answer:
     nbytes: int
     cuts: tuple
 
-    def line(self, rank: int, device_host: str) -> str:
+    def line(self, rank: int, device_host: Optional[str] = None) -> str:
+        device_host = self.hosts.get("device") or device_host
         def part(t, label, host):
             r = self.layers[t]
             a, b = (r if r else (-1, -1))
@@ -203,7 +204,8 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
             continue
         for p in plans:
             used = {t: p.assignment[t] is not None for t in TIERS}
-            hs = {t: (triple[t] if used[t] else None) for t in TIERS}
+            # the device host stays part of the answer even when it computes nothing: the input starts there
+            hs = {t: (triple[t] if used[t] or t == "device" else None) for t in TIERS}
             layers = {}
             for t in TIERS:
                 r = p.assignment[t]
