@@ -38,9 +38,8 @@ from __future__ import annotations
 import heapq
 from typing import Optional
 
-from .problem import Compiled, all_cuts, evaluate, feasible, sort_key
+from .problem import Compiled, evaluate, feasible, sort_key
 
-INF = float("inf")
 
 
 # ---- window helpers ----------------------------------------------------------------------------------------------
