@@ -108,6 +108,18 @@ def test_constraints_each_bite():
         assert p.compute["device"] <= 0.5 * p.latency + 1e-12
 
 
+def test_time_share_of_latency_or_of_compute():
+    # device runs a (10 ms), edge runs b..c (10 ms), hop 41 ms: device share 10/61 of latency, 10/20 of compute
+    of_latency = [p.cuts for p in plan(three_blocks(max_time_share={"device": 0.3}), top=10)]
+    of_compute = [p.cuts for p in plan(three_blocks(max_time_share={"device": 0.3}, max_time_share_of="compute"),
+                                       top=10)]
+    assert (1, 3, 3) in of_latency and (1, 3, 3) not in of_compute
+    for p in plan(three_blocks(max_time_share={"device": 0.3}, max_time_share_of="compute"), top=10):
+        assert p.compute["device"] <= 0.3 * sum(p.compute.values()) + 1e-12
+    with pytest.raises(ProblemError, match="'latency' or 'compute'"):
+        three_blocks(max_time_share_of="frames")
+
+
 def test_skipping_a_tier_needs_a_link_for_that_pair():
     data = three_blocks().to_json()
     data["links"] = [l for l in data["links"] if (l["from"], l["to"]) != ("device", "cloud")]

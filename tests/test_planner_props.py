@@ -51,6 +51,7 @@ def problems(draw, with_shares: bool = True):
             cons["max_time_share"] = {t: draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75]))
                                       for t in draw(st.lists(st.sampled_from(tiers), min_size=1, max_size=2,
                                                              unique=True))}
+            cons["max_time_share_of"] = draw(st.sampled_from(["latency", "compute"]))
     return Problem.from_json({"tiers": tiers, "input_bytes": draw(st.integers(0, 8)) * 1000, "blocks": blocks,
                               "links": links, "constraints": cons})
 

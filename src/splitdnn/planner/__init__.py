@@ -142,4 +142,5 @@ def diagnose(problem: Problem) -> str:
             culprits.append(name)
     if culprits:
         return f"{base}; it becomes feasible without any one of: {', '.join(culprits)}"
-    return f"{base}; several constraint groups conflict together ({', '.join(k for k, v in vars(c).items() if v)})"
+    groups = [k for k, v in vars(c).items() if v and k != "max_time_share_of"]
+    return f"{base}; several constraint groups conflict together ({', '.join(groups)})"

@@ -308,7 +308,7 @@ def label_search(cp: Compiled, objective: str, top: int, bound: Optional[int] = 
     for ts, p, q in shares:
         g_bounds.append(_suffix_bounds(
             cp, lambda t, b, ts=ts, p=p, q=q: ((q - p) if t == ts else -p) * cp.ct[t][b],
-            lambda a, b, i, p=p: -p * hopc(a, b, i)))
+            lambda a, b, i, p=p: -p * hopc(a, b, i) if cp.share_of_latency else 0))
     if objective == "bytes" and bound is not None:
         by_F, by_G = _suffix_bounds(cp, lambda t, b: 0, lambda a, b, i: cp.hop_bytes(i))
 
@@ -331,6 +331,8 @@ def label_search(cp: Compiled, objective: str, top: int, bound: Optional[int] = 
         return (lat, nb, newpre) if objective != "bytes" else (nb, lat, newpre)
 
     def g_hop(g, cost):
+        if not cp.share_of_latency:
+            return g
         return tuple(x - p * cost for x, (t, p, q) in zip(g, shares))
 
     def g_range(g, tier, x):

@@ -59,6 +59,7 @@ class Constraints:
     max_upload_bytes: dict[str, int] = field(default_factory=dict)   # bytes sent out of a tier per frame
     max_time: dict[str, float] = field(default_factory=dict)         # compute seconds on a tier
     max_time_share: dict[str, float] = field(default_factory=dict)   # compute on tier <= share * total latency
+    max_time_share_of: str = "latency"     # or "compute": share of total compute (Scission's P%)
 
     def empty(self) -> bool:
         return not any((self.pin, self.forbid, self.use, self.skip, self.max_upload_bytes, self.max_time,
@@ -67,7 +68,8 @@ class Constraints:
     def to_json(self) -> dict:
         return {"pin": dict(self.pin), "forbid": {k: list(v) for k, v in self.forbid.items()}, "use": list(self.use),
                 "skip": list(self.skip), "max_upload_bytes": dict(self.max_upload_bytes),
-                "max_time": dict(self.max_time), "max_time_share": dict(self.max_time_share)}
+                "max_time": dict(self.max_time), "max_time_share": dict(self.max_time_share),
+                **({"max_time_share_of": self.max_time_share_of} if self.max_time_share_of != "latency" else {})}
 
 
 @dataclass
@@ -193,12 +195,14 @@ def _parse_problem(data: Any, src: str) -> Problem:
 def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) -> tuple[Constraints, list]:
     w = f"{src}: constraints"
     _need(isinstance(c, dict), f"{w}: must be an object")
-    aliases = {"maxUploadBytes": "max_upload_bytes", "maxTime": "max_time", "maxTimeShare": "max_time_share"}
+    aliases = {"maxUploadBytes": "max_upload_bytes", "maxTime": "max_time", "maxTimeShare": "max_time_share",
+               "maxTimeShareOf": "max_time_share_of"}
     for camel, snake in aliases.items():     # the CRD's spelling (spec.planner.constraints) is accepted too
         if camel in c:
             _need(snake not in c, f"{w}: both {camel!r} and {snake!r} given")
             c = {**{k: v for k, v in c.items() if k != camel}, snake: c[camel]}
-    unknown = set(c) - {"pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share"}
+    unknown = set(c) - {"pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share",
+                        "max_time_share_of"}
     _need(not unknown, f"{w}: unknown key(s) {sorted(unknown)}")
 
     def tier(t: Any, where: str) -> str:
@@ -259,6 +263,9 @@ def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) 
     out = Constraints(pin=pin, forbid=forbid2, use=use, skip=skip,
                       max_upload_bytes=tier_map("max_upload_bytes", lambda v, wh: int(_num(v, wh))),
                       max_time=tier_map("max_time", secs), max_time_share=tier_map("max_time_share", share))
+    basis = c.get("max_time_share_of", "latency")
+    _need(basis in ("latency", "compute"), f"{w}.max_time_share_of: 'latency' or 'compute', got {basis!r}")
+    out.max_time_share_of = basis
     return out, warnings
 
 
@@ -321,8 +328,10 @@ class Compiled:
         self.required = sorted({tix[t] for t in c.use})
         self.upload_cap = {tix[t]: v for t, v in c.max_upload_bytes.items()}
         self.time_cap = {tix[t]: to_ticks(v) for t, v in c.max_time.items()}
-        # share: compute_t <= p/q * latency  <=>  q*compute_t - p*latency <= 0 (exact in integers)
+        # share: compute_t <= p/q * total  <=>  q*compute_t - p*total <= 0 (exact in integers); total = latency
+        # (the default) or the sum of compute
         self.shares = []
+        self.share_of_latency = c.max_time_share_of != "compute"    # else: share of total compute
         for t, s in c.max_time_share.items():
             fr = Fraction(s).limit_denominator(10**9)
             self.shares.append((tix[t], fr.numerator, fr.denominator))
@@ -418,8 +427,9 @@ def feasible(cp: Compiled, cuts: tuple, m: Optional[Metrics] = None) -> bool:
     for r in cp.required:
         if rs[r][1] <= rs[r][0]:
             return False
+    total = m.latency if cp.share_of_latency else sum(m.compute)
     for t, p, q in cp.shares:
-        if q * m.compute[t] - p * m.latency > 0:
+        if q * m.compute[t] - p * total > 0:
             return False
     return True
 

@@ -188,7 +188,8 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
         if kind == "s":
             cons["max_time"][tier] = v
         else:
-            cons["max_time_share"][tier] = v / 100.0   # note: ours is a share of latency, Scission's of compute
+            cons["max_time_share"][tier] = v / 100.0
+            cons["max_time_share_of"] = "compute"      # Scission: P% of total compute time
     if impossible:
         return []
     answers: dict = {}
