@@ -72,6 +72,22 @@ def test_evaluate_a_given_split():
         evaluate_plan(Problem.from_json(data), (0, 0, 3))
 
 
+def test_recalibrate_to_measurements():
+    from splitdnn.planner import evaluate_plan, recalibrate
+    pr = three_blocks()
+    split = (1, 3, 3)                        # device: a, edge: b..c
+    new = recalibrate(pr, split, compute_seconds={"device": 0.030, "edge": 0.005},
+                      link_rtt_seconds={"device": 0.010}, link_bandwidth={"device": 50_000.0, "edge": 1.0})
+    now = evaluate_plan(new, split)
+    assert now.compute["device"] == pytest.approx(0.030) and now.compute["edge"] == pytest.approx(0.005)
+    assert new.links[("device", "edge")].latency == pytest.approx(0.005)
+    assert new.links[("device", "edge")].bandwidth == 50_000.0
+    assert new.links[("edge", "cloud")].bandwidth == 1_000_000.0      # not a hop of this split: unchanged
+    assert now.latency == pytest.approx(0.030 + 0.005 + 4000 / 50_000 + 0.005)
+    assert [b.time["device"] for b in new.blocks] == pytest.approx([0.030, 0.060, 0.015])   # x3 on every block
+    assert pr.blocks[0].time["device"] == 0.010                          # the original is untouched
+
+
 def test_ranking_and_tie_breaks_are_deterministic():
     p = Problem.from_json({"tiers": ["x", "y"], "input_bytes": 0,
                            "blocks": [{"name": "a", "time": {"x": 0.001, "y": 0.001}, "out_bytes": 0},

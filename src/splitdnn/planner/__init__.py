@@ -30,8 +30,8 @@ from typing import Optional
 from .problem import (OBJECTIVES, Block, Compiled, Constraints, Infeasible, Link, Metrics, Problem, ProblemError,
                       evaluate, ranges_of, to_seconds)
 
-__all__ = ["Problem", "Block", "Link", "Constraints", "Plan", "plan", "plan_timed", "evaluate_plan", "Infeasible",
-           "ProblemError", "OBJECTIVES"]
+__all__ = ["Problem", "Block", "Link", "Constraints", "Plan", "plan", "plan_timed", "evaluate_plan", "recalibrate",
+           "Infeasible", "ProblemError", "OBJECTIVES"]
 
 
 @dataclass
@@ -122,6 +122,44 @@ def evaluate_plan(problem: Problem, split, fps: Optional[float] = None) -> Plan:
     if evaluate(cp, split) is None:
         raise ValueError("the split needs a hop between tiers that have no link")
     return make_plan(problem, cp, split, fps)
+
+
+def recalibrate(problem: Problem, split, compute_seconds: Optional[dict] = None,
+                link_rtt_seconds: Optional[dict] = None, link_bandwidth: Optional[dict] = None) -> Problem:
+    """A copy of `problem` adjusted to live measurements of the deployed `split` (cuts or assignment).
+
+    compute_seconds {tier: measured seconds per frame}: every block time on that tier is scaled by
+    measured / predicted (predicted = the split's compute on that tier; tiers that run nothing keep their times).
+    link_rtt_seconds / link_bandwidth {sending tier: value}: the link from that tier to the next used tier of the
+    split gets latency = rtt / 2 (one way, as the cost model charges it) and the measured bandwidth (bytes/s).
+    These are the figures `splitdnn.adapt` reads from Prometheus (by tier)."""
+    import copy
+    current = evaluate_plan(problem, split)
+    new = copy.deepcopy(problem)
+    for tier, measured in (compute_seconds or {}).items():
+        if tier not in new.tiers:
+            raise ValueError(f"measured compute for unknown tier {tier!r}")
+        predicted = current.compute[tier]
+        if predicted > 0 and measured is not None and measured >= 0:
+            f = measured / predicted
+            for b in new.blocks:
+                b.time[tier] = b.time[tier] * f
+    used = [t for t in new.tiers if current.assignment[t] is not None]
+    if current.assignment[new.tiers[0]] is None:
+        used = [new.tiers[0]] + used             # the input hop leaves tier 0
+    nxt = dict(zip(used, used[1:]))
+    for what, values in (("rtt", link_rtt_seconds or {}), ("bw", link_bandwidth or {})):
+        for tier, v in values.items():
+            if v is None or tier not in nxt:
+                continue
+            link = new.links.get((tier, nxt[tier]))
+            if link is None:
+                continue
+            if what == "rtt":
+                link.latency = max(0.0, v / 2)
+            elif v > 0:
+                link.bandwidth = float(v)
+    return new
 
 
 def diagnose(problem: Problem) -> str:
