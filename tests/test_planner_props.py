@@ -12,13 +12,13 @@ from splitdnn.planner.dp import count_plans, label_search, share_search, through
 from splitdnn.planner.problem import all_cuts, evaluate, feasible, sort_key
 
 TIER_NAMES = ["t0", "t1", "t2", "t3"]
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def problems(draw, with_shares: bool = True):
     T = draw(st.integers(1, 4))
-    n = draw(st.integers(1, 6))
+    n = draw(st.integers(1, 8))
     tiers = TIER_NAMES[:T]
     # small integer values make exact ties common, which exercises the tie-breaking rules
     blocks = []
