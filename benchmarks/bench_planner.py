@@ -18,13 +18,14 @@ import statistics
 import sys
 import time
 from itertools import combinations_with_replacement, product
+import os
 from pathlib import Path
 
 from splitdnn.planner import Problem, plan
 from splitdnn.planner.problem import to_ticks
 from splitdnn.planner.scission import TIERS, answer, load_hosts, load_network, parse_expected, parse_query
 
-ANCHOR = Path("/work/shared/anchors/scission")
+ANCHOR = Path(os.environ.get("SPLITDNN_SCISSION_DATA", "/work/shared/anchors/scission"))
 
 
 # ---- Scission-style exhaustive enumeration ---------------------------------------------------------------------
