@@ -324,3 +324,15 @@ def test_plan_model_from_profiles_estimates_links_constraints(tmp_path):
     assert r.returncode == 2 and "two profiles for tier 'device'" in r.stderr
     r = run_cli("plan", "cnn14", "--profile", fake_profile(tmp_path / "m.json", "device", 1, multi=True), check=False)
     assert r.returncode == 2 and "--multi-tensor" in r.stderr
+
+
+def test_problem_from_profile_documents(tmp_path):
+    from splitdnn.planner.profile import problem_from_profiles
+    dev = json.loads(fake_profile(tmp_path / "d.json", "device", 10).read_text())
+    edge = json.loads(fake_profile(tmp_path / "e.json", "edge", 1).read_text())
+    p = problem_from_profiles("cnn14", [dev, edge], links=["device,edge,1ms,80mbit"],
+                              constraints={"use": ["edge"]})
+    assert p.tiers == ["device", "edge"] and p.constraints.use == ["edge"]
+    assert plan(p)[0].assignment["edge"] is not None
+    with pytest.raises(ProblemError, match="not a splitdnn profile"):
+        problem_from_profiles("cnn14", [{"blocks": []}])

@@ -135,8 +135,12 @@ def load_profile(path: str) -> dict:
         raise ProblemError(f"cannot read profile {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ProblemError(f"{path}: not valid JSON: {exc}") from None
+    return _check_profile(doc, path)
+
+
+def _check_profile(doc, where: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("blocks"), list):
-        raise ProblemError(f"{path}: not a splitdnn profile (expected format {FORMAT!r}; make one with "
+        raise ProblemError(f"{where}: not a splitdnn profile (expected format {FORMAT!r}; make one with "
                            f"`splitdnn profile MODEL --tier NAME --out FILE`)")
     return doc
 
@@ -180,12 +184,14 @@ def parse_link(text: str) -> dict:
         raise ProblemError(f"bad --link {text!r}: {exc}") from None
 
 
-def problem_from_profiles(model: str, profiles: Sequence[str], estimates: Sequence[str] = (),
+def problem_from_profiles(model: str, profiles: Sequence, estimates: Sequence[str] = (),
                           links: Sequence[str] = (), multi_tensor: bool = False,
                           constraints: Optional[dict] = None) -> Problem:
     """Tiers = the profiles' tiers in the order given, then the estimated tiers. Blocks come from the first
-    profile (or from the model graph when only estimates are given)."""
-    docs = [(p, load_profile(p)) for p in profiles]
+    profile (or from the model graph when only estimates are given). profiles: file paths or profile documents
+    (dicts, e.g. from a ConfigMap); links: "FROM,TO,LATENCY,RATE" strings."""
+    docs = [(p, load_profile(p)) if isinstance(p, (str, bytes)) or hasattr(p, "__fspath__")
+            else (f"profile[{k}]", _check_profile(p, f"profile[{k}]")) for k, p in enumerate(profiles)]
     ests = [parse_estimate(e) for e in estimates]
     if not docs and not ests:
         raise ProblemError("model mode needs at least one --profile FILE or --estimate TIER=SPEED")
