@@ -25,7 +25,9 @@ from splitdnn.planner import Problem, plan
 from splitdnn.planner.problem import to_ticks
 from splitdnn.planner.scission import TIERS, answer, load_hosts, load_network, parse_expected, parse_query
 
-ANCHOR = Path(os.environ.get("SPLITDNN_SCISSION_DATA", "/work/shared/anchors/scission"))
+# ../shared/anchors/scission beside the checkout (where CI puts it), unless SPLITDNN_SCISSION_DATA says otherwise
+ANCHOR = Path(os.environ.get("SPLITDNN_SCISSION_DATA",
+                             Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "scission"))
 
 
 # ---- Scission-style exhaustive enumeration ---------------------------------------------------------------------
