@@ -178,7 +178,9 @@ def run(
     out: Optional[str] = typer.Option(None, help="keep the slices here (default: a temporary directory)"),
 ):
     """Run a SplitInference on this machine: slice, start one agent per tier, run the workload, summarize."""
-    from splitdnn.agent.local import LocalRunError, run_local
+    from rich.console import Console
+
+    from splitdnn.agent.local import LocalRunError, run_local, summary_table
     from splitdnn.spec import SpecError, load_file
 
     try:
@@ -189,8 +191,11 @@ def run(
         summary = run_local(si, frames=frames, netns=netns, out=out, quiet=False)
     except (LocalRunError, SpecError) as exc:
         fail(str(exc))
+    Console(stderr=as_json).print(summary_table(summary))
     if as_json:
         typer.echo(json.dumps(summary))
+    if summary.get("interrupted"):
+        raise typer.Exit(130)
 
 
 netem_app = typer.Typer(no_args_is_help=True, help="Shape an interface's egress with tc (the agent's init container).")

@@ -139,15 +139,13 @@ class LinkMeter:
     def observe_transfer(self, nbytes: int, seconds: float) -> Optional[float]:
         """A message of `nbytes` reached the receiver `seconds` after the send started (ack included).
 
-        The payload time is `seconds - rtt`; it is only trusted when it is at least a tenth of the transfer
-        (otherwise latency dominates and the estimate is noise). Until a trusted sample exists, nbytes/seconds
-        (a lower bound on the bandwidth) stands in.
+        The payload time is `seconds - rtt`; it is only trusted when it is at least a tenth of the transfer and
+        1 ms (otherwise latency dominates and the estimate is noise): a link that only ever carries small messages
+        has no bandwidth estimate (None), rather than a wrong one.
         """
         with self._lock:
             payload = seconds - (self.rtt or 0.0)
-            if seconds > 0 and payload >= 0.1 * seconds and payload > 1e-4:
+            if seconds > 0 and payload >= 0.1 * seconds and payload >= 1e-3:
                 sample = nbytes / payload
                 self.bandwidth = sample if self.bandwidth is None else (1 - self.alpha) * self.bandwidth + self.alpha * sample
-            elif self.bandwidth is None and seconds > 0:
-                self.bandwidth = nbytes / seconds
             return self.bandwidth

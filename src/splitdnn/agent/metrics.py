@@ -84,7 +84,8 @@ def scrape(url: str, timeout: float = 2.0) -> dict:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # agents are local: never via a proxy
+    with opener.open(url, timeout=timeout) as resp:
         text = resp.read().decode()
     out = {}
     for family in text_string_to_metric_families(text):

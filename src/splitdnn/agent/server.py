@@ -48,7 +48,8 @@ log = logging.getLogger("splitdnn.agent")
 SERVICE = "tensorflow.serving.PredictionService"
 CHUNKED_METHOD = "/splitdnn.Link/PredictChunked"
 PING_METHOD = "/splitdnn.Link/Ping"
-GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                ("grpc.enable_http_proxy", 0)]  # tiers talk directly, whatever http_proxy says
 SIGNATURE = "serving_default"
 
 
@@ -72,7 +73,7 @@ class AgentConfig:
     host: str = "0.0.0.0"
     queue_size: int = 16
     timeout: float = 30.0
-    ping_interval: float = 2.0
+    ping_interval: float = 1.0
     seed: int = 0
     # frame source (first tier)
     source: Optional[str] = None
@@ -244,12 +245,13 @@ class Agent:
         self.metrics.link_bytes.inc(len(body))
         return self.emulator.send(chunks)
 
-    def ping_once(self, timeout: float = 5.0) -> float:
+    def ping_once(self, timeout: float = 5.0, record: bool = True) -> float:
         start = time.monotonic()
         self.emulator.delay_small_message()
         self._ping(b"", timeout=timeout)
         rtt = time.monotonic() - start
-        self.metrics.set_link(rtt=self.meter.observe_rtt(rtt))
+        if record:
+            self.metrics.set_link(rtt=self.meter.observe_rtt(rtt))
         return rtt
 
     def wait_next(self, timeout: float = 60.0) -> None:
@@ -259,6 +261,7 @@ class Agent:
         end = time.monotonic() + timeout
         while True:
             try:
+                self.ping_once(timeout=2.0, record=False)  # includes connecting: not a round trip sample
                 self.ping_once(timeout=2.0)
                 return
             except grpc.RpcError as exc:
