@@ -57,10 +57,11 @@ class TokenBucket:
         self._busy_until = 0.0
         self._lock = threading.Lock()
 
-    def reserve(self, nbytes: int) -> float:
-        """Book the wire for `nbytes`; returns the time (on `clock`) at which they have been sent."""
+    def reserve(self, nbytes: int, not_before: Optional[float] = None) -> float:
+        """Book the wire for `nbytes`, from `not_before` (default now) or when it is free, whichever is later.
+        Returns the time (on `clock`) at which they have been sent."""
         with self._lock:
-            start = max(self.clock(), self._busy_until)
+            start = max(self.clock() if not_before is None else not_before, self._busy_until)
             self._busy_until = start + nbytes / self.rate
             return self._busy_until
 
@@ -98,13 +99,18 @@ class LinkEmulator:
             yield from chunks
             return
         delay = self.propagation()
+        sent = None  # chunks of one message leave back to back: the next serializes while this one propagates
         for chunk in chunks:
-            sent = self.bucket.reserve(len(chunk)) if self.bucket else self.clock()
+            sent = self._transmit(len(chunk), sent)
             while self.lost():  # the receiver never sees this copy; the sender times out and sends it again
-                self._sleep_until(sent + self.rto)
-                sent = self.bucket.reserve(len(chunk)) if self.bucket else self.clock()
+                sent = self._transmit(len(chunk), sent + self.rto)
             self._sleep_until(sent + delay)
             yield chunk
+
+    def _transmit(self, nbytes: int, not_before: Optional[float]) -> float:
+        if self.bucket:
+            return self.bucket.reserve(nbytes, not_before)
+        return self.clock() if not_before is None else max(not_before, 0.0)
 
     def delay_small_message(self) -> None:
         """A small control message (a ping): propagation and loss only, it does not queue behind data."""
