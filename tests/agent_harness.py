@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from splitdnn.agent.local import AgentProcess, agent_argv, free_port, stop_all, wait_ready
 from splitdnn.agent.server import GRPC_OPTIONS
@@ -79,3 +80,13 @@ def splitdnn(*args, ns: str | None = None, timeout: float = 120) -> subprocess.C
 def tc_show(dev: str, ns: str) -> str:
     return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev], capture_output=True,
                           text=True, timeout=20).stdout
+
+
+@pytest.fixture(scope="session")
+def slices_dir(tmp_path_factory, cnn14_model, cnn14_graph):
+    """CNN14 cut after conv2d and flatten (the examples' split), exported once per session."""
+    from splitdnn.slicer import export_slices, resolve_cuts
+
+    out = tmp_path_factory.mktemp("cnn14-slices")
+    export_slices(cnn14_model, cnn14_graph, resolve_cuts(cnn14_graph, ["conv2d", "flatten"]), out)
+    return str(out)

@@ -130,7 +130,12 @@ class LinkEmulator:
 
 @dataclass
 class LinkMeter:
-    """Smoothed measurements of one link from real transfers (exponentially weighted, weight `alpha` on news)."""
+    """Measurements of one link from real transfers.
+
+    `rtt` is smoothed (exponentially weighted, weight `alpha` on the newest ping: pings are frequent and noisy);
+    `bandwidth` is the latest trustworthy sample, so it follows a link that changes at once (Prometheus smooths
+    over scrapes when a reader wants that).
+    """
 
     alpha: float = 0.3
     rtt: Optional[float] = None
@@ -152,6 +157,5 @@ class LinkMeter:
         with self._lock:
             payload = seconds - (self.rtt or 0.0)
             if seconds > 0 and payload >= 0.1 * seconds and payload >= 1e-3:
-                sample = nbytes / payload
-                self.bandwidth = sample if self.bandwidth is None else (1 - self.alpha) * self.bandwidth + self.alpha * sample
+                self.bandwidth = nbytes / payload
             return self.bandwidth
