@@ -221,11 +221,12 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
 
                 chain = Chain(len(si.tiers)).create()
             agents = _start_agents(si, slices, tmp, total, summary_file, chain, say)
-            say("waiting for the agents (each loads TensorFlow and its slice)…")
-            wait_ready(agents)
             started = time.monotonic()
             interrupted = False
             try:
+                say("waiting for the agents (each loads TensorFlow and its slice)…")
+                wait_ready(agents)
+                started = time.monotonic()
                 with Progress(total or None, quiet) as progress:
                     while not summary_file.exists():
                         for a in agents:
@@ -238,7 +239,7 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
                 interrupted = True
                 say("interrupted: stopping the agents")
             elapsed = time.monotonic() - started
-            samples = [scrape(a.metrics_url) for a in agents]
+            samples = [_scrape_or_empty(a) for a in agents]
             result = outcomes_of(samples[0])
             if summary_file.exists():
                 source = json.loads(summary_file.read_text())
@@ -255,6 +256,13 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
             if chain:
                 chain.destroy()
         return result
+
+
+def _scrape_or_empty(agent: AgentProcess) -> dict:
+    try:
+        return scrape(agent.metrics_url)
+    except OSError:  # interrupted before this agent was up
+        return {}
 
 
 def _slice(si, points, directory) -> None:
