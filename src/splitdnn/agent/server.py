@@ -155,7 +155,10 @@ class Agent:
         self.meter = LinkMeter()
         self._channel = None
         if config.next:
-            self._channel = grpc.insecure_channel(config.next, options=GRPC_OPTIONS)
+            # tiers start in any order and restart independently: reconnect quickly, and wait for the next tier
+            # (within the frame's deadline) rather than fail a frame because the channel was backing off
+            self._channel = grpc.insecure_channel(config.next, options=GRPC_OPTIONS + [
+                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
             self._push = self._channel.stream_stream(CHUNKED_METHOD)
             self._ping = self._channel.unary_unary(PING_METHOD)
         self._stop = threading.Event()
@@ -229,7 +232,7 @@ class Agent:
         data = predict_request(self.model, outputs).SerializeToString()
         start = time.monotonic()
         responses = self._push(self.emulator.send(split_chunks(data, self.config.max_message_bytes)),
-                               timeout=timeout)
+                               timeout=timeout, wait_for_ready=True)
         next(responses)  # the acknowledgement: the whole request has arrived
         took = time.monotonic() - start
         self.metrics.link_transfer.observe(took)
