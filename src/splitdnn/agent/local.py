@@ -54,6 +54,9 @@ class AgentProcess:
 
     def start(self, env: Optional[dict] = None) -> "AgentProcess":
         env = dict(env or os.environ)
+        # the agents import the same splitdnn as this process, installed or not
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log, "ab") as log:
