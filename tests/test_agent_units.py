@@ -116,6 +116,7 @@ def test_meter_estimates_bandwidth_from_transfers_minus_rtt():
     meter.observe_rtt(0.2)
     assert meter.observe_rtt(0.0) == pytest.approx(0.1)  # smoothed
     assert meter.observe_transfer(1000, 0.105) is None  # latency-dominated: no estimate rather than a wrong one
+    assert meter.observe_transfer(1000, 0.5) is None  # too small to say anything, however slow
     assert meter.observe_transfer(1_000_000, 2.1) == pytest.approx(500_000)
     assert meter.observe_transfer(1000, 0.105) == pytest.approx(500_000)  # kept
     assert meter.observe_transfer(1_000_000, 0.6) == pytest.approx(2_000_000)  # follows a faster link at once

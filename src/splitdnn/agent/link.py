@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
 MIN_RTO = 0.2
+MIN_BANDWIDTH_SAMPLE = 64 * 1024  # smaller messages say nothing about bandwidth (one TCP window, RTT noise)
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,12 @@ class LinkMeter:
     def observe_transfer(self, nbytes: int, seconds: float) -> Optional[float]:
         """A message of `nbytes` reached the receiver `seconds` after the send started (ack included).
 
-        The payload time is `seconds - rtt`; it is only trusted when it is at least a tenth of the transfer and
-        1 ms (otherwise latency dominates and the estimate is noise): a link that only ever carries small messages
-        has no bandwidth estimate (None), rather than a wrong one.
+        The payload time is `seconds - rtt`; it is only trusted for messages of at least 64 KiB whose payload
+        time is at least a tenth of the transfer and 1 ms (otherwise latency dominates and the estimate is noise):
+        a link that only ever carries small messages has no bandwidth estimate (None), rather than a wrong one.
         """
         with self._lock:
             payload = seconds - (self.rtt or 0.0)
-            if seconds > 0 and payload >= 0.1 * seconds and payload >= 1e-3:
+            if nbytes >= MIN_BANDWIDTH_SAMPLE and payload >= 0.1 * seconds and payload >= 1e-3:
                 self.bandwidth = nbytes / payload
             return self.bandwidth

@@ -248,6 +248,7 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
                 source = json.loads(summary_file.read_text())
                 result = {k: source[k] for k in ("offered", *OUTCOMES, "drop_rate")}
                 result["latency_mean_seconds"] = source.get("latency_mean")
+                result["source_seconds"] = source.get("seconds")
                 if source.get("last_error"):
                     result["last_error"] = source["last_error"]
             result["seconds"] = round(elapsed, 3)

@@ -7,7 +7,8 @@
 - failed:    the pipeline raised (an error, or no result within `timeout`).
 
 offered = completed + dropped + late + failed holds at every instant: a frame is counted when its outcome is
-known, and frames still in the pipeline are `inflight`. `run` returns after the last frame has an outcome.
+known, and frames still in the pipeline are `inflight`. `run` returns the counts, and `seconds` from the first frame to the last outcome, after the last frame has an
+outcome.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class FrameSource:
         finally:
             pool.shutdown(wait=True)
             self.finished.set()
-        return self.outcomes.snapshot()
+        return {**self.outcomes.snapshot(), "seconds": self.clock() - start}
 
     def _one(self, frame: dict, emitted: float) -> None:
         outcome, latency = "failed", None
