@@ -270,6 +270,37 @@ def test_apply_on_a_kernel_without_netem_writes_the_report(tmp_path):
     assert ran[-1][5:9] == ["root", "handle", "1:", "tbf"]
 
 
+def test_apply_without_tc_or_permission_still_reports_and_does_not_fail(tmp_path):
+    def no_tc(argv):
+        raise FileNotFoundError("tc")
+
+    result = netem.apply("eth0", netem.NetemParams(delay="5ms", rate="1mbit"), no_tc, str(tmp_path / "r.json"))
+    assert result["applied"] == {} and result["not_applied"] == {"delay": "5ms", "rate": "1mbit"}
+    assert result["errors"]
+
+    def denied(argv):
+        return subprocess.CompletedProcess(argv, 2, "", "RTNETLINK answers: Operation not permitted\n")
+
+    result = netem.apply("eth0", netem.NetemParams(rate="1mbit"), denied)
+    assert result["applied"] == {} and result["not_applied"] == {"rate": "1mbit"} and result["errors"]
+
+
+def test_image_frames_resize_and_cycle(tmp_path):
+    from PIL import Image
+
+    from splitdnn.agent.source import image_frames
+
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("L", (10, 10), 0).save(tmp_path / "b.jpg")
+    make = image_frames(tmp_path, [{"name": "input", "shape": [None, 28, 28, 1], "dtype": "float32"}])
+    a, b, a2 = make(0)["input"], make(1)["input"], make(2)["input"]
+    assert a.shape == (1, 28, 28, 1) and a.dtype == np.float32
+    assert 0 < a.mean() < 1 and b.max() == 0 and np.array_equal(a, a2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        image_frames(tmp_path / "empty", [{"name": "x", "shape": [None, 2, 2, 1], "dtype": "float32"}])
+
+
 def test_emulation_plan_follows_the_report():
     flags = {"delay": "250ms", "jitter": None, "loss": "1%", "rate": "4mbit"}
     params, applied, paths = emulation_plan(flags, None)  # no report: emulate everything given

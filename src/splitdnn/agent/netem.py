@@ -123,7 +123,8 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 def probe(dev: str, run: Runner = _run) -> dict:
     """Which of netem/tbf/htb the kernel has, by adding each as the root qdisc of `dev` (then removing it).
 
-    Raises NetemError when the device does not exist; other failures (no NET_ADMIN, no tc) mark the qdisc absent.
+    Raises NetemError when the device does not exist; other failures (no NET_ADMIN, no tc binary) mark the qdisc
+    absent, so the pod still starts and the agent emulates everything in-process.
     """
     trials = {
         "netem": ["netem", "delay", "0us"],
@@ -135,7 +136,7 @@ def probe(dev: str, run: Runner = _run) -> dict:
         try:
             proc = run(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", *args])
         except FileNotFoundError:
-            raise NetemError("tc not found: install iproute2") from None
+            return dict.fromkeys(QDISCS, False)
         if "Cannot find device" in proc.stderr:
             raise NetemError(f"no network device {dev!r}")
         found[kind] = proc.returncode == 0
@@ -146,7 +147,10 @@ def probe(dev: str, run: Runner = _run) -> dict:
 
 def clear(dev: str, run: Runner = _run) -> bool:
     """Remove the root qdisc of `dev` (back to the default). True if there was one to remove."""
-    proc = run(["tc", "qdisc", "del", "dev", dev, "root"])
+    try:
+        proc = run(["tc", "qdisc", "del", "dev", dev, "root"])
+    except FileNotFoundError:
+        return False
     if "Cannot find device" in proc.stderr:
         raise NetemError(f"no network device {dev!r}")
     return proc.returncode == 0
@@ -159,8 +163,14 @@ def apply(dev: str, params: NetemParams, run: Runner = _run, report: Optional[st
     clear(dev, run)
     commands, applied, not_applied = plan(dev, params, kernel)
     errors = []
+    if params.given() and not any(kernel.values()):
+        errors.append("no qdisc could be added (no tc binary, no NET_ADMIN, or a kernel without netem/tbf/htb)")
     for argv in commands:
-        proc = run(argv)
+        try:
+            proc = run(argv)
+        except FileNotFoundError:
+            errors.append("tc not found: install iproute2")
+            break
         if proc.returncode != 0:
             errors.append(f"{' '.join(argv)}: {proc.stderr.strip()}")
     if errors:  # all or nothing: a half-applied shaping is worse than emulating everything in-process
