@@ -1,0 +1,139 @@
+"""Loopback runs of real agent processes: overload, in-process link emulation, and `splitdnn run` end to end."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from agent_harness import rss_bytes, slices_dir, start_chain  # noqa: F401
+from conftest import ROOT, run_cli
+from splitdnn.agent.local import stop_all
+from splitdnn.agent.metrics import scrape, value
+
+pytestmark = pytest.mark.slow
+
+
+# --- loopback: overload -----------------------------------------------------------------------------------------
+
+def test_overload_drops_frames_accounts_for_all_and_memory_stays_flat(slices_dir, tmp_path):
+    frames = 2400
+    specs = [{"name": "device", "overheadRatio": 20}, {"name": "edge", "overheadRatio": 5}, {"name": "cloud"}]
+    summary = tmp_path / "summary.json"
+    source = ["--source", "synthetic", "--fps", "300", "--frames", str(frames), "--deadline", "500ms",
+              "--max-inflight", "4", "--summary", str(summary)]
+    agents = start_chain(slices_dir, tmp_path, specs, extra={0: source})
+    try:
+        rss = []
+        deadline = time.monotonic() + 120
+        while not summary.exists() and time.monotonic() < deadline:
+            rss.append([rss_bytes(a.proc.pid) for a in agents])
+            time.sleep(0.5)
+        assert summary.exists(), agents[0].log_tail()
+        result = json.loads(summary.read_text())
+        samples = scrape(agents[0].metrics_url)
+    finally:
+        stop_all(agents)
+    counted = {o: int(value(samples, "splitdnn_frames_total", outcome=o)) for o in ("completed", "dropped", "late", "failed")}
+    assert result["offered"] == frames == sum(counted.values())
+    assert {o: result[o] for o in counted} == counted
+    assert result["dropped"] > frames / 2 and result["completed"] > 0 and result["failed"] == 0
+    assert len(rss) >= 6
+    warm, end = np.array(rss[len(rss) // 4]), np.array(rss[-1])
+    assert (end - warm).max() < 40e6, f"RSS grew: {rss[len(rss) // 4]} -> {rss[-1]}"
+
+
+YAML = """
+apiVersion: splitdnn.io/v1alpha1
+kind: SplitInference
+metadata: {name: delayed}
+spec:
+  model: {builtin: cnn14}
+  splitPoints: [conv2d, flatten]
+  tiers:
+    - {name: device, overheadRatio: 2, maxMessageBytes: 50000, netem: {delay: 50ms}}
+    - {name: edge, overheadRatio: 1, netem: {delay: 250ms}}
+    - {name: cloud, netem: {delay: 100ms}}
+  workload: {fps: 8, frames: FRAMES, deadline: 3s, maxInFlight: 8, source: synthetic}
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """All descendants of `pid` (from /proc)."""
+    import os
+
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_run_in_process_delay(tmp_path):
+    spec = tmp_path / "delayed.yaml"
+    spec.write_text(YAML.replace("FRAMES", "10"))
+    proc = run_cli("run", spec, "--frames", "8", "--json", timeout=300)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"offered", "completed", "dropped", "late", "failed", "drop_rate", "tiers"}
+    assert result["offered"] == 8 == result["completed"] + result["dropped"] + result["late"] + result["failed"]
+    assert result["completed"] == 8 and result["drop_rate"] == 0.0
+    assert [t["name"] for t in result["tiers"]] == ["device", "edge", "cloud"]
+    assert all(t["link_emulation"] == "inprocess" for t in result["tiers"])
+    assert all(t["frames"] == 8 for t in result["tiers"])
+    device, edge, _ = result["tiers"]
+    # one trip around the ring crosses the three emulated links once: 50 + 250 + 100 ms
+    assert result["latency_mean_seconds"] >= 0.4
+    # the measured round trips follow the configured delays (the receivers add no delay to the pong)
+    assert 0.05 <= device["link_rtt_seconds"] < edge["link_rtt_seconds"]
+    assert edge["link_rtt_seconds"] - device["link_rtt_seconds"] >= 0.15
+    assert device["link_bytes"] >= 8 * 86528  # 26×26×32 float32 per frame, in 50 kB chunks
+    assert "frames" in proc.stderr and "drop rate" in proc.stderr  # progress and summary table on stderr
+
+
+def test_run_stops_cleanly_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    spec = tmp_path / "endless.yaml"
+    spec.write_text(YAML.replace("FRAMES", "0"))
+    proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        agents = set()
+        while time.monotonic() < deadline and len(agents) < 3:
+            agents = {p for p in _children(proc.pid) if b"agent" in open(f"/proc/{p}/cmdline", "rb").read()}
+            time.sleep(0.5)
+        assert len(agents) >= 3, "the three agents did not start"
+        time.sleep(15)  # agents up (TensorFlow loads in each), frames flowing
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["interrupted"] is True
+    assert result["offered"] == result["completed"] + result["dropped"] + result["late"] + result["failed"]
+    time.sleep(1)
+    import os
+
+    assert not [p for p in agents if os.path.exists(f"/proc/{p}")], "agent processes left behind"
+
+
+def test_run_rejects_a_bad_file(tmp_path):
+    missing = run_cli("run", tmp_path / "nope.yaml", check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(YAML.replace("FRAMES", "10").replace("[conv2d, flatten]", "[conv2d]"))
+    proc = run_cli("run", bad, check=False)
+    assert proc.returncode == 2 and "need exactly 2" in proc.stderr
