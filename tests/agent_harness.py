@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from splitdnn.agent.local import AgentProcess, agent_argv, free_port, stop_all, wait_ready
+from splitdnn.agent.local import AgentProcess, start_agents, stop_all, wait_ready
 from splitdnn.agent.server import GRPC_OPTIONS
 
 TIERS = ("device", "edge", "cloud")
@@ -20,25 +20,11 @@ TIERS = ("device", "edge", "cloud")
 
 def start_chain(slices: str, tmp: Path, tier_specs: list[dict], chain=None, extra: dict | None = None,
                 si: str = "test") -> list[AgentProcess]:
-    """Start one agent per tier (last first), on loopback or in `chain`'s namespaces; wait until all are ready."""
-    extra = extra or {}
-    n = len(tier_specs)
-    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [(8500, 9100)] * n
-    agents = []
+    """Start one agent per tier (as `splitdnn run` does), on loopback or in `chain`'s namespaces; wait until all
+    are ready. The caller stops them (`stop_all`)."""
+    specs = [{"name": TIERS[k], **spec} for k, spec in enumerate(tier_specs)]
+    agents = start_agents(slices, tmp, specs, si, chain, extra=extra)
     try:
-        for k in reversed(range(n)):
-            port, metrics_port = ports[k]
-            name = tier_specs[k].get("name", TIERS[k])
-            host = "127.0.0.1" if chain is None else chain.mgmt_addr(k)
-            nxt = None
-            if k < n - 1:
-                nxt = f"127.0.0.1:{ports[k + 1][0]}" if chain is None else f"{chain.next_addr(k)}:{ports[k + 1][0]}"
-            argv = agent_argv(slices=slices, slice_name=f"slice{k}", port=port, metrics_port=metrics_port, tier=name,
-                              si=si, next_addr=nxt, tier_spec=tier_specs[k], extra=tuple(extra.get(k, ())))
-            if chain is not None:
-                argv = chain.exec_prefix(k) + argv
-            agents.insert(0, AgentProcess(name, argv, tmp / f"{name}.log", f"http://{host}:{metrics_port}/metrics",
-                                          f"{host}:{port}").start())
         wait_ready(agents, timeout=240)
     except BaseException:
         stop_all(agents)

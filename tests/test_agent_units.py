@@ -65,6 +65,7 @@ def test_bad_tensor_content_is_named():
         from_tensor_proto(proto)
 
 
+@settings(deadline=None)
 @given(data=st.binary(max_size=5000), size=st.integers(1, 700))
 def test_chunks_reassemble_and_respect_the_limit(data, size):
     chunks = split_chunks(data, size)

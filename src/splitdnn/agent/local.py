@@ -193,7 +193,6 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
               quiet: bool = False) -> dict:
     """Run a SplitInference (from `splitdnn.spec`) locally; returns the summary (see README "splitdnn run")."""
     from splitdnn.spec import cross_field_problems
-    from splitdnn.units import parse_duration
 
     problems = cross_field_problems(si)
     if problems:
@@ -283,39 +282,51 @@ def _slice(si, points, directory) -> None:
     export_slices(model, graph, cuts, directory)
 
 
+def start_agents(slices: str, logdir: Path, tier_specs: list[dict], si: str, chain=None,
+                 extra: Optional[dict] = None, netem_reports: Optional[dict] = None) -> list[AgentProcess]:
+    """One `splitdnn agent` per tier (SplitInference tier dicts), last tier first, on loopback or in `chain`'s
+    namespaces; `extra[k]` and `netem_reports[k]` add flags to tier k. Does not wait for readiness."""
+    extra, netem_reports = extra or {}, netem_reports or {}
+    n = len(tier_specs)
+    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [(8500, 9100)] * n
+    agents: list[AgentProcess] = []
+    try:
+        for k in reversed(range(n)):  # last tier first, so each tier's next is up first
+            tier = tier_specs[k]
+            port, metrics_port = ports[k]
+            host = "127.0.0.1" if chain is None else chain.mgmt_addr(k)
+            next_addr = None
+            if k < n - 1:
+                next_host = "127.0.0.1" if chain is None else chain.next_addr(k)
+                next_addr = f"{next_host}:{ports[k + 1][0]}"
+            argv = agent_argv(slices=slices, slice_name=f"slice{k}", port=port, metrics_port=metrics_port,
+                              tier=tier["name"], si=si, next_addr=next_addr, tier_spec=tier,
+                              netem_report=netem_reports.get(k), extra=tuple(extra.get(k, ())))
+            if chain is not None:
+                argv = chain.exec_prefix(k) + argv
+            agent = AgentProcess(tier["name"], argv, Path(logdir) / f"{tier['name']}.log",
+                                 f"http://{host}:{metrics_port}/metrics", f"{host}:{port}")
+            agents.insert(0, agent.start())
+    except BaseException:
+        stop_all(agents)
+        raise
+    return agents
+
+
 def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, chain, say) -> list[AgentProcess]:
     workload = si.workload
-    n = len(si.tiers)
-    agents = []
-    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [(8500, 9100)] * n
-    for k in reversed(range(n)):  # last tier first, so each tier's next is up when frames flow
-        tier = si.tiers[k]
-        port, metrics_port = ports[k]
-        host = "127.0.0.1" if chain is None else chain.mgmt_addr(k)
-        next_addr = None
-        if k < n - 1:
-            next_addr = f"127.0.0.1:{ports[k + 1][0]}" if chain is None else f"{chain.next_addr(k)}:{ports[k + 1][0]}"
-        report = None
-        if chain is not None:
-            report = str(Path(tmp) / f"netem-{tier['name']}.json")
-            result = apply_netem(chain, k, tier.get("netem", {}), report)
+    reports = {}
+    if chain is not None:  # what the init containers do: tc on each tier's outgoing interface, with a report
+        for k, tier in enumerate(si.tiers):
+            reports[k] = str(Path(tmp) / f"netem-{tier['name']}.json")
+            result = apply_netem(chain, k, tier.get("netem", {}), reports[k])
             say(f"{tier['name']}: tc applied {result['applied'] or 'nothing'}; "
                 f"in-process: {result['not_applied'] or 'nothing'}")
-        extra = []
-        if k == 0:
-            extra = ["--source", str(workload.get("source", "synthetic")), "--fps", str(workload.get("fps", 5)),
-                     "--frames", str(total), "--deadline", str(workload.get("deadline", "1s")),
-                     "--max-inflight", str(workload.get("maxInFlight", 8)), "--seed", str(workload.get("seed", 0)),
-                     "--summary", str(summary_file)]
-        argv = agent_argv(slices=slices, slice_name=f"slice{k}", port=port, metrics_port=metrics_port,
-                          tier=tier["name"], si=si.name, next_addr=next_addr, tier_spec=tier,
-                          netem_report=report, extra=tuple(extra))
-        if chain is not None:
-            argv = chain.exec_prefix(k) + argv
-        agent = AgentProcess(tier["name"], argv, Path(tmp) / f"{tier['name']}.log",
-                             f"http://{host}:{metrics_port}/metrics", f"{host}:{port}")
-        agents.insert(0, agent.start())
-    return agents
+    source = ["--source", str(workload.get("source", "synthetic")), "--fps", str(workload.get("fps", 5)),
+              "--frames", str(total), "--deadline", str(workload.get("deadline", "1s")),
+              "--max-inflight", str(workload.get("maxInFlight", 8)), "--seed", str(workload.get("seed", 0)),
+              "--summary", str(summary_file)]
+    return start_agents(slices, Path(tmp), si.tiers, si.name, chain, extra={0: source}, netem_reports=reports)
 
 
 def apply_netem(chain, k: int, netem: dict, report: str) -> dict:

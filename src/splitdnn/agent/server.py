@@ -257,20 +257,26 @@ class Agent:
             self.metrics.set_link(rtt=self.meter.observe_rtt(rtt))
         return rtt
 
-    def wait_next(self, timeout: float = 60.0) -> None:
-        """Block until the next tier answers a ping (tiers start in any order)."""
+    def wait_next(self, timeout: Optional[float] = None) -> bool:
+        """Block until the next tier answers a ping (tiers start in any order); False if stopped or timed out."""
         if self.last:
-            return
-        end = time.monotonic() + timeout
-        while True:
+            return True
+        start = time.monotonic()
+        warned = start
+        while not self._stop.is_set():
             try:
                 self.ping_once(timeout=2.0, record=False)  # includes connecting: not a round trip sample
                 self.ping_once(timeout=2.0)
-                return
+                return True
             except grpc.RpcError as exc:
-                if time.monotonic() > end:
-                    raise RuntimeError(f"next tier {self.config.next} not reachable: {exc.details()}") from exc
-                time.sleep(0.2)
+                now = time.monotonic()
+                if timeout is not None and now - start > timeout:
+                    return False
+                if now - warned > 10:
+                    log.warning("waiting for the next tier %s: %s", self.config.next, exc.details())
+                    warned = now
+                self._stop.wait(0.2)
+        return False
 
     def _pinger(self) -> None:
         while not self._stop.wait(self.config.ping_interval):
@@ -297,7 +303,8 @@ class Agent:
 
         self.source = FrameSource(make, pipeline, c.fps, c.frames, c.deadline, c.max_inflight,
                                   timeout=max(c.timeout, c.deadline), on_outcome=on_outcome)
-        self.wait_next()
+        if not self.wait_next():
+            return
         log.info("source: %s at %g fps, %s frames, deadline %gs, max in flight %d", c.source, c.fps,
                  c.frames or "endless", c.deadline, c.max_inflight)
         summary = self.source.run()

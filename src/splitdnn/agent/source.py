@@ -31,6 +31,14 @@ class Outcomes:
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.inflight = 0
 
+    def admit(self, limit: int) -> bool:
+        """Let one more frame into the pipeline unless `limit` frames are already in it."""
+        with self._lock:
+            if self.inflight >= limit:
+                return False
+            self.inflight += 1
+            return True
+
     def record(self, outcome: str, leaving: bool = False) -> None:
         """Count an outcome; `leaving` frames also leave the pipeline (in the same step, so nothing is lost)."""
         with self._lock:
@@ -135,11 +143,7 @@ class FrameSource:
                 wait = start + i / self.fps - self.clock()
                 if wait > 0 and self.stopped.wait(wait):
                     break
-                with self.outcomes._lock:
-                    admitted = self.outcomes.inflight < self.max_inflight
-                    if admitted:
-                        self.outcomes.inflight += 1
-                if admitted:
+                if self.outcomes.admit(self.max_inflight):
                     frame = self.make_frame(i)
                     pool.submit(self._one, frame, self.clock())
                 else:
