@@ -375,6 +375,53 @@ def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e
 
 # --- experiment --------------------------------------------------------------------------------------------------
 
+experiment_app = typer.Typer(no_args_is_help=True, help="Reproduce published experiments with real agents.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("cho2021")
+def experiment_cho2021(
+    config: str = typer.Option("all", "--config", help="1, 2, 3 or all (Cho 2021, Table 2)"),
+    frames: int = typer.Option(50, help="frames per run (the paper: 50)"),
+    fps: float = typer.Option(40.0, help="source frame rate (see docs/experiment.md for the choice)"),
+    out: str = typer.Option("out/cho2021", help="results.json, results.md and configN.png go here"),
+    repeats: int = typer.Option(1, help="runs per (config, split pair); results report median [min–max]"),
+    pairs: Optional[str] = typer.Option(None, help="subset of the 8 pairs, 1-based in the paper's order: 1,5"),
+    seed: int = typer.Option(0, help="seed of the synthetic frames (repeat r uses seed + r)"),
+    slack: float = typer.Option(0.1, help="deadline = the ring's propagation delay + this many seconds"),
+    no_planner: bool = typer.Option(False, "--no-planner", help="skip the planner's split"),
+    loopback: bool = typer.Option(False, "--loopback", help="loopback even when network namespaces work"),
+):
+    """Cho 2021's CNN14 experiment: 8 split pairs × configurations, plus the planner's split, on real agents."""
+    from pathlib import Path
+
+    from splitdnn import experiment as exp
+
+    try:
+        configs = sorted(exp.CONFIGS) if config == "all" else [int(c) for c in config.split(",")]
+        if any(c not in exp.CONFIGS for c in configs):
+            raise ValueError
+    except ValueError:
+        fail(f"--config {config!r}: expected 1, 2, 3 or all")
+    try:
+        chosen = [int(p) for p in pairs.split(",")] if pairs else None
+    except ValueError:
+        chosen = [0]
+    if chosen is not None and any(not 1 <= p <= len(exp.PAIRS) for p in chosen):
+        fail(f"--pairs {pairs!r}: expected numbers 1..{len(exp.PAIRS)} separated by commas")
+    if frames < 1 or fps <= 0 or repeats < 1 or slack < 0:
+        fail("--frames ≥ 1, --fps > 0, --repeats ≥ 1 and --slack ≥ 0 are required")
+    workload = exp.Workload(frames=frames, fps=fps, seed=seed, deadline_slack=slack)
+    exp.say_stderr(f"cho2021: configs {configs}, {frames} frames at {fps:g} fps, {repeats} repeat(s) → {out}")
+    try:
+        result = exp.run_experiment(configs, workload, Path(out), repeats=repeats, pairs=chosen,
+                                    planner=not no_planner, netns=False if loopback else None, say=exp.say_stderr)
+    except RuntimeError as exc:  # LocalRunError and friends: an agent that does not start
+        fail(str(exc), 1)
+    typer.echo(exp.markdown(result))
+    exp.say_stderr(f"wrote {out}/results.json, {out}/results.md, "
+                   + ", ".join(f"{out}/config{c}.png" for c in configs) + f" ({result['wall_seconds']:.0f} s)")
+
 
 def main() -> None:
     app()

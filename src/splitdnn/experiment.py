@@ -1,0 +1,430 @@
+"""Cho 2021's CNN14 experiment (issue #6): 8 split-point pairs × 3 network configurations, plus the planner's split.
+
+Pure core (configs as data, the SplitInference per run, the planner problem, the writers) and one runner that
+starts the same `splitdnn agent` processes as `splitdnn run` (network namespaces when available, else loopback).
+The CLI shell is `splitdnn experiment cho2021` (see docs/experiment.md).
+
+Link mapping (the paper delays each *container's* traffic, in and out, with tc; we delay each tier's *outgoing*
+messages once, in-process when the kernel has no sch_netem). A message from container A to container B pays
+A's out-delay plus B's in-delay. Results travel back along the gRPC chain (cloud → edge → device), so in the paper
+the result pays cloud out + edge in + edge out + device in. Our agents charge the last tier's delay on the result
+it returns and nothing when a middle tier relays it, so the last tier's link carries the whole return path:
+
+    device → edge    = dev + edge                    (2.5 + 2.5 = 5 ms)
+    edge   → cloud   = edge + cloud                  (2.5 + 250 = 252.5 ms; Type 3: 1002.5 ms)
+    cloud  → device  = cloud + edge + edge + dev     (250 + 2.5 + 2.5 + 2.5 = 257.5 ms; Type 3: 1007.5 ms)
+
+Ring per frame: 515 ms (Types 1, 2), 2015 ms (Type 3), exactly the paper's sum of per-packet delays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+MODEL = "cnn14"
+TIERS = ("device", "edge", "cloud")
+# the paper's 1-based layer numbers (Table 1) -> our CNN14 layer names
+LAYERS = {1: "conv2d", 3: "max_pooling2d", 8: "batch_normalization_1", 9: "conv2d_4", 10: "max_pooling2d_2",
+          11: "flatten"}
+# the paper's table order: device side after layer 1 or 3, cloud side after layer 8, 9, 10 or 11
+PAIRS = tuple((d, e) for d in (1, 3) for e in (8, 9, 10, 11))
+# one gRPC stream message (chunk) costs about this much at the sender and receiver together on this kind of
+# machine; the planner sees chunking as a bandwidth maxMessageBytes / CHUNK_SECONDS (see docs/experiment.md)
+CHUNK_SECONDS = 1e-3
+
+
+@dataclass(frozen=True)
+class Config:
+    number: int
+    overhead: tuple          # overheadRatio per tier (the paper's ×10/×5/×1)
+    latency_ms: tuple        # the paper's per-container latency (in and out), per tier
+    max_bytes: int           # the paper's "max throughput": max serialized bytes per message
+
+    def link_delays_ms(self) -> tuple:
+        """Each tier's outgoing-link delay (ms) that reproduces the paper's per-container delays; see module doc."""
+        lat = self.latency_ms
+        n = len(lat)
+        out = [lat[k] + lat[k + 1] for k in range(n - 1)]
+        out.append(lat[-1] + 2 * sum(lat[1:-1]) + lat[0])   # the result: back through every middle container
+        return tuple(out)
+
+    def ring_seconds(self) -> float:
+        return sum(self.link_delays_ms()) / 1e3
+
+
+CONFIGS = {
+    1: Config(1, (10, 5, 1), (2.5, 2.5, 250.0), 500_000),
+    2: Config(2, (10, 5, 1), (2.5, 2.5, 250.0), 50_000),
+    3: Config(3, (10, 5, 1), (2.5, 2.5, 1000.0), 500_000),
+}
+
+# Cho 2021, Tables 3-5: split label -> (time for 50 frames in s, frame drop rate)
+PAPER = {
+    1: {"Conv2D - BatchNormalization": (49.7454, 0.18), "Conv2D - Conv2D": (49.7391, 0.14),
+        "Conv2D - MaxPooling2D": (49.7301, 0.34), "Conv2D - Flatten": (49.8100, 0.18),
+        "MaxPooling2D - BatchNormalization": (49.8244, 0.16), "MaxPooling2D - Conv2D": (49.8072, 0.18),
+        "MaxPooling2D - MaxPooling2D": (50.2666, 0.22), "MaxPooling2D - Flatten": (49.5615, 0.20)},
+    2: {"Conv2D - BatchNormalization": (50.7831, 0.68), "Conv2D - Conv2D": (49.5615, 0.78),
+        "Conv2D - MaxPooling2D": (50.2550, 0.62), "Conv2D - Flatten": (50.2487, 0.64),
+        "MaxPooling2D - BatchNormalization": (49.3895, 0.68), "MaxPooling2D - Conv2D": (49.3894, 0.66),
+        "MaxPooling2D - MaxPooling2D": (48.3246, 0.56), "MaxPooling2D - Flatten": (47.8205, 0.60)},
+    3: {"Conv2D - BatchNormalization": (49.8217, 0.28), "Conv2D - Conv2D": (49.7521, 0.22),
+        "Conv2D - MaxPooling2D": (49.7888, 0.08), "Conv2D - Flatten": (49.7549, 0.08),
+        "MaxPooling2D - BatchNormalization": (49.8062, 0.14), "MaxPooling2D - Conv2D": (49.7817, 0.08),
+        "MaxPooling2D - MaxPooling2D": (49.7446, 0.12), "MaxPooling2D - Flatten": (49.7721, 0.10)},
+}
+
+DEADLINE_SLACK = 0.1   # seconds a frame may take beyond the ring's propagation delay (≈ 4 frame periods at 40 fps)
+
+
+@dataclass(frozen=True)
+class Workload:
+    frames: int = 50
+    fps: float = 40.0
+    seed: int = 0
+    deadline_slack: float = DEADLINE_SLACK
+
+    def deadline(self, config: Config) -> float:
+        """Ring propagation + slack: a frame is late once it has waited `slack` beyond the network's own delay."""
+        return round(config.ring_seconds() + self.deadline_slack, 4)
+
+    def max_inflight(self, config: Config) -> int:
+        """Enough in flight that admission never refuses a frame that could still meet its deadline: drops then
+        come from the pipeline itself (late frames, full queues), which is what the split decides."""
+        return max(8, math.ceil(self.fps * self.deadline(config)) + 1)
+
+
+# ---- layers and labels -------------------------------------------------------------------------------------------
+
+_CLASSES: dict = {}
+
+
+def layer_classes() -> dict:
+    """{layer name: Keras class name} of CNN14 (built once; TensorFlow import)."""
+    if not _CLASSES:
+        from splitdnn.graph import build_graph
+        from splitdnn.models import load_model
+
+        _CLASSES.update({l.name: l.cls for l in build_graph(load_model(MODEL)).layers})
+    return _CLASSES
+
+
+def split_label(device_after: str, edge_after: str, classes: Optional[dict] = None) -> str:
+    classes = classes if classes is not None else layer_classes()
+    return f"{classes[device_after]} - {classes[edge_after]}"
+
+
+def fixed_splits() -> list[tuple[str, str]]:
+    return [(LAYERS[d], LAYERS[e]) for d, e in PAIRS]
+
+
+# ---- the SplitInference of one run ---------------------------------------------------------------------------------
+
+def split_inference(config: Config, device_after: str, edge_after: str, workload: Workload) -> dict:
+    """The SplitInference resource (a dict, valid against the CRD) for one (config, split) run."""
+    from splitdnn.units import format_duration
+
+    delays = config.link_delays_ms()
+    tiers = []
+    for k, name in enumerate(TIERS):
+        tiers.append({"name": name, "overheadRatio": config.overhead[k], "maxMessageBytes": config.max_bytes,
+                      "netem": {"delay": f"{delays[k]:g}ms"}})
+    return {
+        "apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference",
+        "metadata": {"name": f"cho2021-type{config.number}"},
+        "spec": {
+            "model": {"builtin": MODEL},
+            "splitPoints": [device_after, edge_after],
+            "tiers": tiers,
+            "workload": {"fps": workload.fps, "frames": workload.frames,
+                         "deadline": format_duration(workload.deadline(config)),
+                         "maxInFlight": workload.max_inflight(config), "source": "synthetic",
+                         "seed": workload.seed},
+            "planner": {"mode": "fixed", "objective": "throughput"},
+        },
+    }
+
+
+# ---- the planner's split -----------------------------------------------------------------------------------------
+
+def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS):
+    """Planner problem for one config: per-tier block times = the profile measured on this machine × (1 + overhead
+    ratio); links = the config's one-way delays, with chunking as a bandwidth of maxMessageBytes per chunk cost
+    (so bytes/bandwidth = chunks × chunk cost); every tier must run at least one block (a slice cannot be empty)."""
+    from splitdnn.planner.profile import problem_from_profiles
+
+    docs = []
+    for k, tier in enumerate(TIERS):
+        doc = json.loads(json.dumps(profile))
+        doc["tier"] = tier
+        for b in doc["blocks"]:
+            b["time"] = float(b["time"]) * (1 + config.overhead[k])
+        docs.append(doc)
+    delays = config.link_delays_ms()
+    bandwidth = config.max_bytes / chunk_seconds
+    links = [f"{TIERS[k]},{TIERS[k + 1]},{delays[k]:g}ms,{bandwidth:.0f}bps" for k in range(len(TIERS) - 1)]
+    return problem_from_profiles(MODEL, docs, links=links, constraints={"use": list(TIERS)})
+
+
+def planner_split(config: Config, profile: dict, fps: float) -> dict:
+    """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
+    from splitdnn.planner import evaluate_plan, plan
+
+    problem = planner_problem(config, profile)
+    best = plan(problem, objective="throughput", top=1, fps=fps)[0]
+    device_after, edge_after = best.assignment["device"][1], best.assignment["edge"][1]
+    predicted = {}
+    for d, e in fixed_splits() + [(device_after, edge_after)]:
+        p = evaluate_plan(problem, {"device": ("conv2d", d), "edge": (_next_block(problem, d), e),
+                                    "cloud": (_next_block(problem, e), problem.blocks[-1].name)}, fps=fps)
+        predicted[f"{d},{e}"] = {"bottleneck_s": p.bottleneck, "latency_s": p.latency, "drop_rate": p.drop_rate}
+    return {"device_after": device_after, "edge_after": edge_after, "bottleneck_s": best.bottleneck,
+            "latency_s": best.latency, "drop_rate": best.drop_rate, "predicted": predicted}
+
+
+def _next_block(problem, name: str) -> str:
+    names = [b.name for b in problem.blocks]
+    return names[names.index(name) + 1]
+
+
+# ---- running -----------------------------------------------------------------------------------------------------
+
+def export_pair(directory: Path, device_after: str, edge_after: str) -> Path:
+    """Slice CNN14 at the pair once (SavedModels), reused by every config and repeat."""
+    from splitdnn.graph import build_graph
+    from splitdnn.models import load_model
+    from splitdnn.slicer import export_slices, resolve_cuts
+
+    out = directory / f"{device_after}__{edge_after}"
+    if not (out / "slices.json").exists():
+        model = load_model(MODEL)
+        graph = build_graph(model)
+        export_slices(model, graph, resolve_cuts(graph, [device_after, edge_after]), str(out))
+    return out
+
+
+def run_once(resource: dict, slices: Path, netns: bool, say: Callable[[str], None] = lambda m: None) -> dict:
+    """One run of a SplitInference on pre-exported slices, with the agents of `splitdnn run`; the source's summary."""
+    from splitdnn.agent.local import LocalRunError, _scrape_or_empty, _start_agents, stop_all, wait_ready
+    from splitdnn.agent.metrics import value
+    from splitdnn.spec import from_resource
+
+    si = from_resource(resource)
+    frames = si.workload["frames"]
+    with tempfile.TemporaryDirectory(prefix="splitdnn-exp-") as tmp:
+        summary_file = Path(tmp) / "source.json"
+        chain, agents = None, []
+        try:
+            if netns:
+                from splitdnn.agent.netns import Chain
+
+                chain = Chain(len(si.tiers)).create()
+            agents = _start_agents(si, str(slices), tmp, frames, summary_file, chain, lambda m: None)
+            wait_ready(agents)
+            last = 0.0
+            while not summary_file.exists():
+                for a in agents:
+                    if a.proc.poll() is not None:
+                        raise LocalRunError(f"agent {a.tier} exited with {a.proc.returncode}:\n{a.log_tail()}")
+                if time.monotonic() - last > 2.0:
+                    s = _scrape_or_empty(agents[0])
+                    if s:
+                        done = sum(int(value(s, "splitdnn_frames_total", outcome=o))
+                                   for o in ("completed", "dropped", "late", "failed"))
+                        say(f"frames {done}/{frames}")
+                    last = time.monotonic()
+                time.sleep(0.2)
+            source = json.loads(summary_file.read_text())
+            stages = {}
+            for a in agents:
+                s = _scrape_or_empty(a)
+                n = value(s, "splitdnn_stage_compute_seconds_count") if s else 0
+                stages[a.tier] = value(s, "splitdnn_stage_compute_seconds_sum") / n if n else None
+        finally:
+            stop_all(agents)
+            if chain:
+                chain.destroy()
+    out = {k: source[k] for k in ("offered", "completed", "dropped", "late", "failed", "drop_rate")}
+    out["time_s"] = round(source["seconds"], 4)
+    out["latency_mean_s"] = source.get("latency_mean")
+    out["stage_seconds_mean"] = stages
+    if source.get("last_error"):
+        out["last_error"] = source["last_error"]
+    return out
+
+
+def summarize(samples: Sequence[dict]) -> dict:
+    """Median over repeats (time_s, drop_rate) with min/max, and the repeats themselves."""
+    times = [s["time_s"] for s in samples]
+    drops = [s["drop_rate"] for s in samples]
+    return {"time_s": round(statistics.median(times), 4), "drop_rate": round(statistics.median(drops), 4),
+            "time_s_min": min(times), "time_s_max": max(times), "drop_rate_min": min(drops),
+            "drop_rate_max": max(drops), "repeats": list(samples)}
+
+
+def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeats: int = 1,
+                   pairs: Optional[Sequence[int]] = None, planner: bool = True, netns: Optional[bool] = None,
+                   say: Callable[[str], None] = lambda m: None) -> dict:
+    """Run every (config, split pair) `repeats` times, plus the planner's split per config; write the outputs."""
+    out.mkdir(parents=True, exist_ok=True)
+    if netns is None:
+        from splitdnn.agent.netns import available
+
+        netns, why = available()
+        say("network namespaces: one per tier, joined by veth pairs" if netns
+            else f"network namespaces unavailable ({why}): running on loopback")
+    chosen = [fixed_splits()[i - 1] for i in pairs] if pairs else fixed_splits()
+    classes = layer_classes()
+    profile = None
+    if planner:
+        from splitdnn.planner.profile import profile_model
+
+        say("profiling CNN14 blocks on this machine for the planner…")
+        profile = profile_model(MODEL, tier="local", progress=False)
+    runs, plans = [], {}
+    todo = []
+    for c in configs:
+        config = CONFIGS[c]
+        items = [(d, e, False) for d, e in chosen]
+        if planner:
+            rec = planner_split(config, profile, workload.fps)
+            plans[c] = rec
+            say(f"config {c}: planner recommends {rec['device_after']} / {rec['edge_after']} "
+                f"({split_label(rec['device_after'], rec['edge_after'], classes)}), predicted bottleneck "
+                f"{rec['bottleneck_s'] * 1e3:.1f} ms, drop {rec['drop_rate']:.2f} at {workload.fps:g} fps")
+            items.append((rec["device_after"], rec["edge_after"], True))
+        todo += [(c, d, e, p) for d, e, p in items]
+    slices_dir = out / "slices"
+    started = time.monotonic()
+    for n, (c, d, e, is_plan) in enumerate(todo, 1):
+        config = CONFIGS[c]
+        label = split_label(d, e, classes)
+        slices = export_pair(slices_dir, d, e)
+        samples = []
+        for r in range(repeats):
+            w = Workload(workload.frames, workload.fps, workload.seed + r, workload.deadline_slack)
+            tag = f"[run {n}/{len(todo)} config {c} {label}{' (planner)' if is_plan else ''} repeat {r + 1}/{repeats}]"
+            say(f"{tag} starting agents")
+            samples.append(run_once(split_inference(config, d, e, w), slices, netns, lambda m: say(f"{tag} {m}")))
+            s = samples[-1]
+            say(f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f} "
+                f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)")
+        runs.append({"config": c, "split": label, "device_after": d, "edge_after": e, "frames": workload.frames,
+                     "fps": workload.fps, **summarize(samples), "planner": is_plan})
+    result = {
+        "experiment": "cho2021", "model": MODEL, "link_emulation": "netns" if netns else "loopback",
+        "workload": {"frames": workload.frames, "fps": workload.fps, "seed": workload.seed, "repeats": repeats,
+                     "deadline_s": {c: workload.deadline(CONFIGS[c]) for c in configs},
+                     "max_inflight": {c: workload.max_inflight(CONFIGS[c]) for c in configs}},
+        "configs": {c: {"overhead": CONFIGS[c].overhead, "latency_ms": CONFIGS[c].latency_ms,
+                        "max_bytes": CONFIGS[c].max_bytes, "link_delays_ms": CONFIGS[c].link_delays_ms()}
+                    for c in configs},
+        "planner": plans,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "runs": runs,
+    }
+    write_outputs(result, out)
+    return result
+
+
+# ---- outputs -----------------------------------------------------------------------------------------------------
+
+def write_outputs(result: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "results.json", out / "results.md"]
+    files[0].write_text(json.dumps(result, indent=1) + "\n")
+    files[1].write_text(markdown(result))
+    for c in sorted({r["config"] for r in result["runs"]}):
+        files.append(plot_config(result, c, out / f"config{c}.png"))
+    return files
+
+
+def _spread(run: dict, key: str, fmt: str) -> str:
+    lo, hi = run.get(f"{key}_min"), run.get(f"{key}_max")
+    text = format(run[key], fmt)
+    if lo is not None and hi is not None and len(run.get("repeats", [])) > 1:
+        text += f" [{format(lo, fmt)}–{format(hi, fmt)}]"
+    return text
+
+
+def best_fixed(runs: Sequence[dict]) -> Optional[dict]:
+    """The best fixed pair: lowest median drop rate, then lowest median time."""
+    fixed = [r for r in runs if not r["planner"]]
+    return min(fixed, key=lambda r: (r["drop_rate"], r["time_s"])) if fixed else None
+
+
+def markdown(result: dict) -> str:
+    w = result["workload"]
+    lines = [f"# Cho 2021 CNN14 experiment — {w['frames']} frames at {w['fps']:g} fps, "
+             f"{w['repeats']} repeat(s), links: {result['link_emulation']}", ""]
+    if w["repeats"] > 1:
+        lines += ["Ours: median [min–max] over the repeats.", ""]
+    for c in sorted({r["config"] for r in result["runs"]}):
+        runs = [r for r in result["runs"] if r["config"] == c]
+        cfg = result["configs"][c] if c in result["configs"] else result["configs"][str(c)]
+        lines += [f"## Configuration {c}", "",
+                  f"overhead ×{'/×'.join(f'{x:g}' for x in cfg['overhead'])}, latency "
+                  f"{'/'.join(f'{x:g}' for x in cfg['latency_ms'])} ms (links "
+                  f"{' / '.join(f'{x:g}' for x in cfg['link_delays_ms'])} ms), max message {cfg['max_bytes']:,} B", "",
+                  "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop |",
+                  "| --- | --- | --- | --- | --- |"]
+        paper = PAPER.get(int(c), {})
+        for r in runs:
+            name = r["split"] + (f" (planner: {r['device_after']} / {r['edge_after']})" if r["planner"] else "")
+            pt, pd = paper.get(r["split"], (None, None)) if not r["planner"] else (None, None)
+            lines.append(f"| {name} | {_spread(r, 'time_s', '.4f')} | {_spread(r, 'drop_rate', '.2f')} | "
+                         f"{'—' if pt is None else f'{pt:.4f}'} | {'—' if pd is None else f'{pd:.2f}'} |")
+        best = best_fixed(runs)
+        plan = next((r for r in runs if r["planner"]), None)
+        if best and plan:
+            ok = plan["drop_rate"] <= best["drop_rate"]
+            lines += ["", f"Planner: {plan['split']} ({plan['device_after']} / {plan['edge_after']}), drop "
+                          f"{plan['drop_rate']:.2f} vs best fixed pair {best['split']} {best['drop_rate']:.2f}: "
+                          f"{'not worse' if ok else 'WORSE'}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_config(result: dict, c: int, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in result["runs"] if r["config"] == c]
+    labels = [r["split"].replace(" - ", "-\n") + ("\n(planner)" if r["planner"] else "") for r in runs]
+    x = list(range(len(runs)))
+    paper = PAPER.get(int(c), {})
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(runs)), 7), sharex=True)
+    for ax, key, title in ((axes[0], "time_s", "time for the frames (s)"), (axes[1], "drop_rate", "frame drop rate")):
+        vals = [r[key] for r in runs]
+        lo = [r[key] - r.get(f"{key}_min", r[key]) for r in runs]
+        hi = [r.get(f"{key}_max", r[key]) - r[key] for r in runs]
+        colors = ["tab:orange" if r["planner"] else "tab:blue" for r in runs]
+        ax.bar(x, vals, color=colors, yerr=[lo, hi], capsize=3, label="ours (median, min–max)")
+        px = [i for i, r in enumerate(runs) if not r["planner"] and r["split"] in paper]
+        if px:
+            ax.scatter(px, [paper[runs[i]["split"]][0 if key == "time_s" else 1] for i in px], color="black",
+                       marker="x", zorder=3, label="Cho 2021")
+        ax.set_ylabel(title)
+        ax.legend(loc="best", fontsize=8)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(labels, fontsize=7)
+    w = result["workload"]
+    fig.suptitle(f"Configuration {c}: {w['frames']} frames at {w['fps']:g} fps ({result['link_emulation']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def say_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
