@@ -1,0 +1,134 @@
+"""`splitdnn experiment cho2021` (issue #6): the pure core (configs, link mapping, SplitInference per run, writers)
+and a smoke run of the real command (one config, few frames) checking the results.json contract and the files.
+The full experiment is a benchmark (docs/experiment.md), not a test."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from splitdnn import experiment as exp
+from splitdnn.spec import cross_field_problems, from_resource
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_configs_follow_table_2_and_the_link_mapping():
+    for c in (1, 2, 3):
+        assert exp.CONFIGS[c].overhead == (10, 5, 1)
+    assert [exp.CONFIGS[c].max_bytes for c in (1, 2, 3)] == [500_000, 50_000, 500_000]
+    assert exp.CONFIGS[1].latency_ms == exp.CONFIGS[2].latency_ms == (2.5, 2.5, 250.0)
+    assert exp.CONFIGS[3].latency_ms == (2.5, 2.5, 1000.0)
+    # out-delay of the sender + in-delay of the receiver; the result goes back through the edge (in and out)
+    assert exp.CONFIGS[1].link_delays_ms() == (5.0, 252.5, 257.5)
+    assert exp.CONFIGS[3].link_delays_ms() == (5.0, 1002.5, 1007.5)
+    # every packet of a frame's ring crosses dev out, edge in, edge out, cloud in, cloud out, edge in/out, dev in
+    assert exp.CONFIGS[1].ring_seconds() == pytest.approx(0.515)
+
+
+def test_pairs_and_labels_are_the_papers(cnn14_graph):
+    classes = {l.name: l.cls for l in cnn14_graph.layers}
+    labels = [exp.split_label(d, e, classes) for d, e in exp.fixed_splits()]
+    assert labels == list(exp.PAPER[1]) == list(exp.PAPER[2]) == list(exp.PAPER[3])
+    names = [l.name for l in cnn14_graph.layers]
+    # the paper's 1-based layer numbers (Table 1) are our 0-based indices + 1
+    for number, name in exp.LAYERS.items():
+        assert names.index(name) + 1 == number
+
+
+def test_split_inference_is_a_valid_resource_with_the_config(cnn14_graph):
+    w = exp.Workload(frames=50, fps=40.0, seed=3)
+    for c, config in exp.CONFIGS.items():
+        res = exp.split_inference(config, "max_pooling2d", "conv2d_4", w)
+        si = from_resource(res)
+        assert cross_field_problems(si, [l.name for l in cnn14_graph.layers]) == []
+        assert si.spec["splitPoints"] == ["max_pooling2d", "conv2d_4"]
+        assert [t["overheadRatio"] for t in si.tiers] == [10, 5, 1]
+        assert {t["maxMessageBytes"] for t in si.tiers} == {config.max_bytes}
+        assert [t["netem"]["delay"] for t in si.tiers] == [f"{d:g}ms" for d in config.link_delays_ms()]
+        assert si.workload["seed"] == 3 and si.workload["frames"] == 50
+        assert si.deadline_seconds == pytest.approx(config.ring_seconds() + w.deadline_slack)
+        assert si.workload["maxInFlight"] >= w.fps * si.deadline_seconds
+
+
+def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
+    profile = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "local", "multi_tensor": False,
+               "input_bytes": 3136,
+               "blocks": [{"name": n, "time": 1e-3, "out_bytes": b} for n, b in
+                          (("conv2d", 86528), ("conv2d_1", 147456), ("max_pooling2d", 36864),
+                           ("batch_normalization", 36864), ("conv2d_2", 51200), ("conv2d_3", 32768),
+                           ("max_pooling2d_1", 8192), ("batch_normalization_1", 8192), ("conv2d_4", 4096),
+                           ("max_pooling2d_2", 1024), ("flatten", 1024), ("batch_normalization_2", 1024),
+                           ("dense", 2048), ("dense_1", 40))]}
+    problem = exp.planner_problem(exp.CONFIGS[2], profile)
+    assert problem.blocks[0].time == pytest.approx({"device": 11e-3, "edge": 6e-3, "cloud": 2e-3})
+    link = problem.links[("edge", "cloud")]
+    assert link.latency == pytest.approx(0.2525)
+    assert link.bandwidth == pytest.approx(50_000 / exp.CHUNK_SECONDS)
+    assert problem.constraints.use == ["device", "edge", "cloud"]
+    rec = exp.planner_split(exp.CONFIGS[2], profile, fps=40.0)
+    # every tier used, in order, and the prediction covers the 8 fixed pairs
+    names = [b.name for b in problem.blocks]
+    assert names.index(rec["device_after"]) < names.index(rec["edge_after"]) < len(names) - 1
+    assert len(rec["predicted"]) >= 8
+
+
+def _fake_result():
+    runs = []
+    for c in (1, 3):
+        for (d, e), label in zip(exp.fixed_splits(), exp.PAPER[c]):
+            reps = [{"time_s": 1.5 + r / 10, "drop_rate": 0.1 * r} for r in range(3)]
+            runs.append({"config": c, "split": label, "device_after": d, "edge_after": e, "frames": 50,
+                         "fps": 40.0, **exp.summarize(reps), "planner": False})
+        runs.append({"config": c, "split": "Conv2D - Conv2D", "device_after": "conv2d", "edge_after": "conv2d_1",
+                     "frames": 50, "fps": 40.0, **exp.summarize([{"time_s": 1.6, "drop_rate": 0.0}]),
+                     "planner": True})
+    return {"link_emulation": "loopback", "workload": {"frames": 50, "fps": 40.0, "repeats": 3},
+            "configs": {c: {"overhead": (10, 5, 1), "latency_ms": exp.CONFIGS[c].latency_ms, "max_bytes": 1,
+                            "link_delays_ms": exp.CONFIGS[c].link_delays_ms()} for c in (1, 3)},
+            "runs": runs}
+
+
+def test_writers_markdown_and_plots(tmp_path):
+    result = _fake_result()
+    files = exp.write_outputs(result, tmp_path)
+    assert [f.name for f in files] == ["results.json", "results.md", "config1.png", "config3.png"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop |" in md
+    assert "| MaxPooling2D - Flatten | 1.6000 [1.5000–1.7000] | 0.10 [0.00–0.20] | 49.5615 | 0.20 |" in md
+    assert "planner: conv2d / conv2d_1" in md and "not worse" in md
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["time_s"] == 1.6
+
+
+def test_bad_options_exit_2():
+    for args in (["--config", "4"], ["--pairs", "9"], ["--fps", "0"]):
+        proc = run_cli("experiment", "cho2021", *args, check=False, timeout=60)
+        assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
+    """The real command: config 1, 3 frames per run, the first and last pair (`--pairs 1,8`; each run starts three
+    agents, ~10-20 s here) and the planner's split; results.json contract and files."""
+    frames = 3
+    proc = run_cli("experiment", "cho2021", "--config", "1", "--frames", frames, "--fps", "20", "--pairs", "1,8",
+                   "--out", tmp_path, timeout=900)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    runs = doc["runs"]
+    fixed = [r for r in runs if not r["planner"]]
+    assert [r["split"] for r in fixed] == [list(exp.PAPER[1])[0], list(exp.PAPER[1])[7]]
+    assert [(r["device_after"], r["edge_after"]) for r in fixed] == [exp.fixed_splits()[0], exp.fixed_splits()[7]]
+    assert sum(r["planner"] for r in runs) == 1
+    for r in runs:
+        assert r["config"] == 1 and r["frames"] == frames and r["fps"] == 20.0
+        assert isinstance(r["time_s"], float) and r["time_s"] > 0 and 0.0 <= r["drop_rate"] <= 1.0
+        for rep in r["repeats"]:
+            assert rep["offered"] == frames == rep["completed"] + rep["dropped"] + rep["late"] + rep["failed"]
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("\n| ") >= 5 and "Conv2D - BatchNormalization" in md
+    assert (tmp_path / "config1.png").read_bytes()[:8] == PNG_MAGIC
+    assert doc["link_emulation"] in ("netns", "loopback")
+    assert ("network namespaces" in proc.stderr)   # says which (and why, when unavailable)
+    assert "| Split point | Time (s) | Frame drop |" in proc.stdout
