@@ -383,7 +383,7 @@ app.add_typer(experiment_app, name="experiment")
 def experiment_cho2021(
     config: str = typer.Option("all", "--config", help="1, 2, 3 or all (Cho 2021, Table 2)"),
     frames: int = typer.Option(50, help="frames per run (the paper: 50)"),
-    fps: float = typer.Option(40.0, help="source frame rate (see docs/experiment.md for the choice)"),
+    fps: float = typer.Option(20.0, help="source frame rate (see docs/experiment.md for the choice)"),
     out: str = typer.Option("out/cho2021", help="results.json, results.md and configN.png go here"),
     repeats: int = typer.Option(1, help="runs per (config, split pair); results report median [min–max]"),
     pairs: Optional[str] = typer.Option(None, help="subset of the 8 pairs, 1-based in the paper's order: 1,5"),

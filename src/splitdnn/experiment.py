@@ -84,13 +84,13 @@ PAPER = {
         "MaxPooling2D - MaxPooling2D": (49.7446, 0.12), "MaxPooling2D - Flatten": (49.7721, 0.10)},
 }
 
-DEADLINE_SLACK = 0.1   # seconds a frame may take beyond the ring's propagation delay (≈ 4 frame periods at 40 fps)
+DEADLINE_SLACK = 0.1   # seconds a frame may take beyond the ring's propagation delay (2 frame periods at 20 fps)
 
 
 @dataclass(frozen=True)
 class Workload:
     frames: int = 50
-    fps: float = 40.0
+    fps: float = 20.0
     seed: int = 0
     deadline_slack: float = DEADLINE_SLACK
 
@@ -157,10 +157,15 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
 
 # ---- the planner's split -----------------------------------------------------------------------------------------
 
-def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS):
+def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS, call_seconds: float = 0.0):
     """Planner problem for one config: per-tier block times = the profile measured on this machine × (1 + overhead
     ratio); links = the config's one-way delays, with chunking as a bandwidth of maxMessageBytes per chunk cost
-    (so bytes/bandwidth = chunks × chunk cost); every tier must run at least one block (a slice cannot be empty)."""
+    (so bytes/bandwidth = chunks × chunk cost); every tier must run at least one block (a slice cannot be empty).
+
+    `call_seconds`: the fixed cost of one call of a served slice (SavedModel signature + tensor conversion, which the
+    profile subtracts), also × (1 + ratio). Blocks cannot carry a per-tier constant, but with every tier used the
+    device always runs the first block and the cloud the last, so it is added there exactly; the edge's share
+    (the same for every plan of this shape) is left out, so the edge's time is under-estimated by 6 × call_seconds."""
     from splitdnn.planner.profile import problem_from_profiles
 
     docs = []
@@ -169,6 +174,10 @@ def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_
         doc["tier"] = tier
         for b in doc["blocks"]:
             b["time"] = float(b["time"]) * (1 + config.overhead[k])
+        if k == 0:
+            doc["blocks"][0]["time"] += call_seconds * (1 + config.overhead[k])
+        if k == len(TIERS) - 1:
+            doc["blocks"][-1]["time"] += call_seconds * (1 + config.overhead[k])
         docs.append(doc)
     delays = config.link_delays_ms()
     bandwidth = config.max_bytes / chunk_seconds
@@ -176,11 +185,11 @@ def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_
     return problem_from_profiles(MODEL, docs, links=links, constraints={"use": list(TIERS)})
 
 
-def planner_split(config: Config, profile: dict, fps: float) -> dict:
+def planner_split(config: Config, profile: dict, fps: float, call_seconds: float = 0.0) -> dict:
     """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
     from splitdnn.planner import evaluate_plan, plan
 
-    problem = planner_problem(config, profile)
+    problem = planner_problem(config, profile, call_seconds=call_seconds)
     best = plan(problem, objective="throughput", top=1, fps=fps)[0]
     device_after, edge_after = best.assignment["device"][1], best.assignment["edge"][1]
     predicted = {}
@@ -190,6 +199,30 @@ def planner_split(config: Config, profile: dict, fps: float) -> dict:
         predicted[f"{d},{e}"] = {"bottleneck_s": p.bottleneck, "latency_s": p.latency, "drop_rate": p.drop_rate}
     return {"device_after": device_after, "edge_after": edge_after, "bottleneck_s": best.bottleneck,
             "latency_s": best.latency, "drop_rate": best.drop_rate, "predicted": predicted}
+
+
+def serving_call_seconds(slices: Path, repeats: int = 50) -> float:
+    """Median time of one call of slice0 of an exported split as the agent makes it (signature on tf.constant
+    inputs, outputs to numpy), on this machine: the per-frame cost a served slice pays besides its layers."""
+    import numpy as np
+    import tensorflow as tf
+
+    manifest = json.loads((slices / "slices.json").read_text())
+    first = manifest["slices"][0]
+    fn = tf.saved_model.load(str(slices / first["path"])).signatures["serving_default"]
+    feed = {t["name"]: np.zeros((1, *[d or 1 for d in t["shape"][1:]]), t["dtype"]) for t in first["inputs"]}
+
+    def call():
+        return {n: v.numpy() for n, v in fn(**{n: tf.constant(v) for n, v in feed.items()}).items()}
+
+    for _ in range(5):
+        call()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
 
 
 def _next_block(problem, name: str) -> str:
@@ -302,26 +335,31 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
             else f"network namespaces unavailable ({why}): running on loopback")
     chosen = [fixed_splits()[i - 1] for i in pairs] if pairs else fixed_splits()
     classes = layer_classes()
-    profile = None
+    slices_dir = out / "slices"
+    profile, call_seconds = None, 0.0
     if planner:
         from splitdnn.planner.profile import profile_model
 
         say("profiling CNN14 blocks on this machine for the planner…")
-        profile = profile_model(MODEL, tier="local", progress=False)
+        profile = profile_model(MODEL, tier="local", warmup=5, repeats=50, progress=False)
+        d0, e0 = fixed_splits()[0]
+        conv = next(b for b in profile["blocks"] if b["name"] == d0)
+        call_seconds = max(0.0, serving_call_seconds(export_pair(slices_dir, d0, e0)) - conv["time"])
+        say(f"served-slice call cost {call_seconds * 1e3:.2f} ms (besides the layers)")
     runs, plans = [], {}
     todo = []
     for c in configs:
         config = CONFIGS[c]
         items = [(d, e, False) for d, e in chosen]
         if planner:
-            rec = planner_split(config, profile, workload.fps)
+            rec = planner_split(config, profile, workload.fps, call_seconds)
+            rec["call_seconds"] = call_seconds
             plans[c] = rec
             say(f"config {c}: planner recommends {rec['device_after']} / {rec['edge_after']} "
                 f"({split_label(rec['device_after'], rec['edge_after'], classes)}), predicted bottleneck "
                 f"{rec['bottleneck_s'] * 1e3:.1f} ms, drop {rec['drop_rate']:.2f} at {workload.fps:g} fps")
             items.append((rec["device_after"], rec["edge_after"], True))
         todo += [(c, d, e, p) for d, e, p in items]
-    slices_dir = out / "slices"
     started = time.monotonic()
     for n, (c, d, e, is_plan) in enumerate(todo, 1):
         config = CONFIGS[c]
@@ -332,9 +370,11 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
             w = Workload(workload.frames, workload.fps, workload.seed + r, workload.deadline_slack)
             tag = f"[run {n}/{len(todo)} config {c} {label}{' (planner)' if is_plan else ''} repeat {r + 1}/{repeats}]"
             say(f"{tag} starting agents")
+            load = os.getloadavg()[0]
             samples.append(run_once(split_inference(config, d, e, w), slices, netns, lambda m: say(f"{tag} {m}")))
+            samples[-1]["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
             s = samples[-1]
-            say(f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f} "
+            say(f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f}, load {s['loadavg_1min'][1]:.1f} "
                 f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)")
         runs.append({"config": c, "split": label, "device_after": d, "edge_after": e, "frames": workload.frames,
                      "fps": workload.fps, **summarize(samples), "planner": is_plan})
