@@ -414,6 +414,16 @@ def _spread(run: dict, key: str, fmt: str) -> str:
     return text
 
 
+def _stages(run: dict) -> str:
+    """Median over repeats of each tier's mean stage time (compute + overhead), ms."""
+    cells = []
+    for tier in TIERS:
+        xs = [rep["stage_seconds_mean"][tier] for rep in run.get("repeats", [])
+              if (rep.get("stage_seconds_mean") or {}).get(tier) is not None]
+        cells.append(f"{statistics.median(xs) * 1e3:.1f}" if xs else "—")
+    return " / ".join(cells)
+
+
 def best_fixed(runs: Sequence[dict]) -> Optional[dict]:
     """The best fixed pair: lowest median drop rate, then lowest median time."""
     fixed = [r for r in runs if not r["planner"]]
@@ -433,14 +443,15 @@ def markdown(result: dict) -> str:
                   f"overhead ×{'/×'.join(f'{x:g}' for x in cfg['overhead'])}, latency "
                   f"{'/'.join(f'{x:g}' for x in cfg['latency_ms'])} ms (links "
                   f"{' / '.join(f'{x:g}' for x in cfg['link_delays_ms'])} ms), max message {cfg['max_bytes']:,} B", "",
-                  "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop | stage ms device / edge / cloud |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         paper = PAPER.get(int(c), {})
         for r in runs:
             name = r["split"] + (f" (planner: {r['device_after']} / {r['edge_after']})" if r["planner"] else "")
             pt, pd = paper.get(r["split"], (None, None)) if not r["planner"] else (None, None)
             lines.append(f"| {name} | {_spread(r, 'time_s', '.4f')} | {_spread(r, 'drop_rate', '.2f')} | "
-                         f"{'—' if pt is None else f'{pt:.4f}'} | {'—' if pd is None else f'{pd:.2f}'} |")
+                         f"{'—' if pt is None else f'{pt:.4f}'} | {'—' if pd is None else f'{pd:.2f}'} | "
+                         f"{_stages(r)} |")
         best = best_fixed(runs)
         plan = next((r for r in runs if r["planner"]), None)
         if best and plan:
