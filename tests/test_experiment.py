@@ -95,7 +95,7 @@ def test_writers_markdown_and_plots(tmp_path):
     assert [f.name for f in files] == ["results.json", "results.md", "config1.png", "config3.png"]
     md = (tmp_path / "results.md").read_text()
     assert "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop |" in md  # + stage times
-    assert "| MaxPooling2D - Flatten | 1.6000 [1.5000–1.7000] | 0.10 [0.00–0.20] | 49.5615 | 0.20 | — / — / — |" in md
+    assert "| MaxPooling2D - Flatten | 1.6000 [1.5000–1.7000] | 0.10 [0.00–0.20] | 49.5615 | 0.20 | — / — / — | — |" in md
     assert "planner: conv2d / conv2d_1" in md and "not worse" in md
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:8] == PNG_MAGIC

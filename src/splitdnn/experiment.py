@@ -424,6 +424,12 @@ def _stages(run: dict) -> str:
     return " / ".join(cells)
 
 
+def _load(run: dict) -> str:
+    """The host's 1-minute load average after each repeat (2 cores here): what the drops mostly follow."""
+    xs = [rep["loadavg_1min"][1] for rep in run.get("repeats", []) if rep.get("loadavg_1min")]
+    return ", ".join(f"{x:.0f}" for x in xs) or "—"
+
+
 def best_fixed(runs: Sequence[dict]) -> Optional[dict]:
     """The best fixed pair: lowest median drop rate, then lowest median time."""
     fixed = [r for r in runs if not r["planner"]]
@@ -443,15 +449,15 @@ def markdown(result: dict) -> str:
                   f"overhead ×{'/×'.join(f'{x:g}' for x in cfg['overhead'])}, latency "
                   f"{'/'.join(f'{x:g}' for x in cfg['latency_ms'])} ms (links "
                   f"{' / '.join(f'{x:g}' for x in cfg['link_delays_ms'])} ms), max message {cfg['max_bytes']:,} B", "",
-                  "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop | stage ms device / edge / cloud |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop | stage ms device / edge / cloud | load |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         paper = PAPER.get(int(c), {})
         for r in runs:
             name = r["split"] + (f" (planner: {r['device_after']} / {r['edge_after']})" if r["planner"] else "")
             pt, pd = paper.get(r["split"], (None, None)) if not r["planner"] else (None, None)
             lines.append(f"| {name} | {_spread(r, 'time_s', '.4f')} | {_spread(r, 'drop_rate', '.2f')} | "
                          f"{'—' if pt is None else f'{pt:.4f}'} | {'—' if pd is None else f'{pd:.2f}'} | "
-                         f"{_stages(r)} |")
+                         f"{_stages(r)} | {_load(r)} |")
         best = best_fixed(runs)
         plan = next((r for r in runs if r["planner"]), None)
         if best and plan:
