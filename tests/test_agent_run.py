@@ -80,21 +80,21 @@ def _children(pid: int) -> set[int]:
 def test_run_in_process_delay(tmp_path):
     spec = tmp_path / "delayed.yaml"
     spec.write_text(YAML.replace("FRAMES", "10"))
-    proc = run_cli("run", spec, "--frames", "8", "--json", timeout=300)
+    proc = run_cli("run", spec, "--frames", "16", "--json", timeout=300)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) >= {"offered", "completed", "dropped", "late", "failed", "drop_rate", "tiers"}
-    assert result["offered"] == 8 == result["completed"] + result["dropped"] + result["late"] + result["failed"]
-    assert result["completed"] == 8 and result["drop_rate"] == 0.0
+    assert result["offered"] == 16 == result["completed"] + result["dropped"] + result["late"] + result["failed"]
+    assert result["completed"] == 16 and result["drop_rate"] == 0.0
     assert [t["name"] for t in result["tiers"]] == ["device", "edge", "cloud"]
     assert all(t["link_emulation"] == "inprocess" for t in result["tiers"])
-    assert all(t["frames"] == 8 for t in result["tiers"])
+    assert all(t["frames"] == 16 for t in result["tiers"])
     device, edge, _ = result["tiers"]
     # one trip around the ring crosses the three emulated links once: 50 + 250 + 100 ms
     assert result["latency_mean_seconds"] >= 0.4
     # the measured round trips follow the configured delays (the receivers add no delay to the pong)
     assert 0.05 <= device["link_rtt_seconds"] < edge["link_rtt_seconds"]
     assert edge["link_rtt_seconds"] - device["link_rtt_seconds"] >= 0.15
-    assert device["link_bytes"] >= 8 * 86528  # 26×26×32 float32 per frame, in 50 kB chunks
+    assert device["link_bytes"] >= 16 * 86528  # 26×26×32 float32 per frame, in 50 kB chunks
     assert "frames" in proc.stderr and "drop rate" in proc.stderr  # progress and summary table on stderr
 
 

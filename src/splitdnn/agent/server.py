@@ -251,7 +251,7 @@ class Agent:
     def ping_once(self, timeout: float = 5.0, record: bool = True) -> float:
         start = time.monotonic()
         self.emulator.delay_small_message()
-        self._ping(b"", timeout=timeout)
+        self._ping(b"", timeout=timeout, wait_for_ready=True)
         rtt = time.monotonic() - start
         if record:
             self.metrics.set_link(rtt=self.meter.observe_rtt(rtt))
@@ -279,6 +279,7 @@ class Agent:
         return False
 
     def _pinger(self) -> None:
+        self.wait_next()  # first sample as soon as the next tier is up
         while not self._stop.wait(self.config.ping_interval):
             try:
                 self.ping_once()
