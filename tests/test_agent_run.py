@@ -1,6 +1,7 @@
 """Loopback runs of real agent processes: overload, in-process link emulation, and `splitdnn run` end to end."""
 
 import json
+import subprocess
 import time
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from agent_harness import rss_bytes, slices_dir, start_chain  # noqa: F401
 from conftest import ROOT, run_cli
+from splitdnn.agent import netns
 from splitdnn.agent.local import stop_all
 from splitdnn.agent.metrics import scrape, value
 
@@ -81,7 +83,7 @@ def test_run_in_process_delay(tmp_path):
     spec = tmp_path / "delayed.yaml"
     spec.write_text(YAML.replace("FRAMES", "10"))
     proc = run_cli("run", spec, "--frames", "16", "--json", timeout=300)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout)  # stdout is exactly one JSON object; progress and table go to stderr
     assert set(result) >= {"offered", "completed", "dropped", "late", "failed", "drop_rate", "tiers"}
     assert result["offered"] == 16 == result["completed"] + result["dropped"] + result["late"] + result["failed"]
     assert result["completed"] == 16 and result["drop_rate"] == 0.0
@@ -137,3 +139,26 @@ def test_run_rejects_a_bad_file(tmp_path):
     bad.write_text(YAML.replace("FRAMES", "10").replace("[conv2d, flatten]", "[conv2d]"))
     proc = run_cli("run", bad, check=False)
     assert proc.returncode == 2 and "need exactly 2" in proc.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not netns.available()[0], reason=f"splitdnn run --netns: {netns.available()[1]}")
+def test_run_netns_shapes_with_tc_and_emulates_the_rest(tmp_path):
+    spec = tmp_path / "netns.yaml"
+    spec.write_text(YAML.replace("FRAMES", "6").replace("netem: {delay: 50ms}", "netem: {delay: 50ms, rate: 40mbit}"))
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--netns", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout)
+    assert result["completed"] == 6 and result["link_emulation"] == "tc via netns"
+    device = result["tiers"][0]
+    kernel_has_netem = "tc applied {'delay'" in stderr
+    # the rate is always tc's (tbf/htb exist); the delay is tc's only if the kernel has sch_netem
+    assert device["link_emulation"] == ("tc" if kernel_has_netem else "inprocess+tc")
+    assert device["link_rtt_seconds"] >= 0.05
+    mine = netns.Chain(3, tag=str(proc.pid % 100000)).ns(0)[:-1]  # this run's namespaces: sdnn<pid>t<k>
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert not [ns for ns in listed if ns.startswith(mine)], "namespaces left behind"
