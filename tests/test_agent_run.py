@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from agent_harness import rss_bytes, slices_dir, start_chain  # noqa: F401
+from agent_harness import rss_bytes, slices_dir, start_chain, start_prometheus  # noqa: F401
 from conftest import ROOT, run_cli
 from splitdnn.agent import netns
 from splitdnn.agent.local import stop_all
@@ -18,31 +18,63 @@ pytestmark = pytest.mark.slow
 
 # --- loopback: overload -----------------------------------------------------------------------------------------
 
-def test_overload_drops_frames_accounts_for_all_and_memory_stays_flat(slices_dir, tmp_path):
+@pytest.fixture(scope="module")
+def overload(slices_dir, tmp_path_factory):
+    """A loopback chain driven at 300 fps, far above its ~40 fps capacity, for 8 s; a real Prometheus server
+    (when installed) scrapes the three agents meanwhile. Yields the source summary, the device's final metrics,
+    RSS samples of the agents and the Prometheus query function (or None)."""
+    tmp = tmp_path_factory.mktemp("overload")
     frames = 2400
     specs = [{"name": "device", "overheadRatio": 20}, {"name": "edge", "overheadRatio": 5}, {"name": "cloud"}]
-    summary = tmp_path / "summary.json"
+    summary = tmp / "summary.json"
     source = ["--source", "synthetic", "--fps", "300", "--frames", str(frames), "--deadline", "500ms",
               "--max-inflight", "4", "--summary", str(summary)]
-    agents = start_chain(slices_dir, tmp_path, specs, extra={0: source})
+    agents = start_chain(slices_dir, tmp, specs, extra={0: source}, si="overload")
+    prometheus = None
     try:
+        prometheus = start_prometheus(tmp, [a.metrics_url for a in agents])
         rss = []
         deadline = time.monotonic() + 120
         while not summary.exists() and time.monotonic() < deadline:
             rss.append([rss_bytes(a.proc.pid) for a in agents])
             time.sleep(0.5)
         assert summary.exists(), agents[0].log_tail()
+        time.sleep(2)  # a last scrape after the final frame
         result = json.loads(summary.read_text())
         samples = scrape(agents[0].metrics_url)
+        query = prometheus.query if prometheus else None
+        yield {"frames": frames, "result": result, "samples": samples, "rss": rss, "query": query}
     finally:
+        if prometheus:
+            prometheus.stop()
         stop_all(agents)
+
+
+def test_overload_drops_frames_and_accounts_for_every_one(overload):
+    result, samples, frames = overload["result"], overload["samples"], overload["frames"]
     counted = {o: int(value(samples, "splitdnn_frames_total", outcome=o)) for o in ("completed", "dropped", "late", "failed")}
     assert result["offered"] == frames == sum(counted.values())
     assert {o: result[o] for o in counted} == counted
     assert result["dropped"] > frames / 2 and result["completed"] > 0 and result["failed"] == 0
+
+
+def test_overload_memory_stays_flat(overload):
+    rss = overload["rss"]
     assert len(rss) >= 6
     warm, end = np.array(rss[len(rss) // 4]), np.array(rss[-1])
     assert (end - warm).max() < 40e6, f"RSS grew: {rss[len(rss) // 4]} -> {rss[-1]}"
+
+
+def test_a_real_prometheus_scrapes_the_agents(overload):
+    if overload["query"] is None:
+        pytest.skip("no prometheus binary (Debian package `prometheus`) on this machine")
+    query = overload["query"]
+    offered = query('sum(splitdnn_frames_total{si="overload"})')
+    assert offered == {(): overload["frames"]}
+    tiers = query('sum by (tier) (splitdnn_stage_compute_seconds_count{si="overload"})')
+    assert set(tiers) == {("device",), ("edge",), ("cloud",)} and all(v > 0 for v in tiers.values())
+    assert query('sum(splitdnn_link_rtt_seconds{si="overload",tier="device"})')[()] > 0
+    assert query('count(splitdnn_slice_info{si="overload"})') == {(): 3}
 
 
 YAML = """
