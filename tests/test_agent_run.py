@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def overload(slices_dir, tmp_path_factory):
-    """A loopback chain driven at 300 fps, far above its ~40 fps capacity, for 8 s; a real Prometheus server
+    """A loopback chain driven at 300 fps, far above its ~40 fps capacity, for 6 s; a real Prometheus server
     (when installed) scrapes the three agents meanwhile. Yields the source summary, the device's final metrics,
     RSS samples of the agents and the Prometheus query function (or None)."""
     tmp = tmp_path_factory.mktemp("overload")
-    frames = 2400
+    frames = 1800
     specs = [{"name": "device", "overheadRatio": 20}, {"name": "edge", "overheadRatio": 5}, {"name": "cloud"}]
     summary = tmp / "summary.json"
     source = ["--source", "synthetic", "--fps", "300", "--frames", str(frames), "--deadline", "500ms",
@@ -142,20 +143,26 @@ def test_run_stops_cleanly_on_ctrl_c(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--json"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
         deadline = time.monotonic() + 240
-        agents = set()
-        while time.monotonic() < deadline and len(agents) < 3:
-            agents = {p for p in _children(proc.pid) if b"agent" in open(f"/proc/{p}/cmdline", "rb").read()}
-            time.sleep(0.5)
+        while time.monotonic() < deadline and not any("agents ready" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)[-2000:]
+            time.sleep(0.3)
+        agents = {p for p in _children(proc.pid) if b"agent" in open(f"/proc/{p}/cmdline", "rb").read()}
         assert len(agents) >= 3, "the three agents did not start"
-        time.sleep(15)  # agents up (TensorFlow loads in each), frames flowing
+        time.sleep(3)  # frames flowing
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(60)
+        out = proc.stdout.read()
+        reader.join(10)
+        err = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
-    result = json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out)
     assert result["interrupted"] is True
     assert result["offered"] == result["completed"] + result["dropped"] + result["late"] + result["failed"]
     time.sleep(1)
