@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -76,3 +78,74 @@ def slices_dir(tmp_path_factory, cnn14_model, cnn14_graph):
     out = tmp_path_factory.mktemp("cnn14-slices")
     export_slices(cnn14_model, cnn14_graph, resolve_cuts(cnn14_graph, ["conv2d", "flatten"]), out)
     return str(out)
+
+
+class Prometheus:
+    """A real Prometheus server (the Debian package's binary) scraping the given /metrics URLs every second."""
+
+    def __init__(self, tmp: Path, metrics_urls: list[str]):
+        import shutil
+        import urllib.parse
+
+        from splitdnn.agent.local import free_port
+
+        self.binary = shutil.which("prometheus")
+        self.port = free_port()
+        targets = [urllib.parse.urlparse(u).netloc for u in metrics_urls]
+        config = tmp / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+                          "scrape_configs:\n  - job_name: splitdnn\n"
+                          f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
+        self.log = tmp / "prometheus.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._get("/-/ready")
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"prometheus did not start:\n{self.log.read_text()[-2000:]}")
+                time.sleep(0.3)
+
+    def _get(self, path: str) -> bytes:
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+            return resp.read()
+
+    def query(self, promql: str) -> dict:
+        """Instant query -> {tuple of label values (sorted by label name, without __name__): value}."""
+        import urllib.parse
+
+        body = json.loads(self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql})))
+        assert body["status"] == "success", body
+        out = {}
+        for item in body["data"]["result"]:
+            labels = tuple(v for k, v in sorted(item["metric"].items()) if k not in ("__name__", "instance", "job"))
+            out[labels] = float(item["value"][1])
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_prometheus(tmp: Path, metrics_urls: list[str]):
+    """A Prometheus scraping `metrics_urls`, or None when the binary is not installed."""
+    import shutil
+
+    if shutil.which("prometheus") is None:
+        return None
+    return Prometheus(tmp, metrics_urls)

@@ -228,6 +228,7 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
             try:
                 say("waiting for the agents (each loads TensorFlow and its slice)…")
                 wait_ready(agents)
+                say(f"agents ready: {', '.join(a.tier for a in agents)}; running {total or 'endless'} frames")
                 started = time.monotonic()
                 with Progress(total or None, quiet) as progress:
                     while not summary_file.exists():
