@@ -225,6 +225,152 @@ def profile_cmd(
 
 # --- agent: agent, run, netem ----------------------------------------------------------------------------------
 
+
+@app.command()
+def agent(
+    slices: str = typer.Option(..., "--slices", help="directory with slices.json (from `splitdnn slice`)"),
+    slice_name: str = typer.Option(..., "--slice", help="which slice this tier runs, e.g. slice0"),
+    port: int = typer.Option(8500, help="gRPC port (TF Serving PredictionService)"),
+    next_: Optional[str] = typer.Option(None, "--next", help="HOST:PORT of the next tier; none for the last tier"),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus /metrics port"),
+    si: str = typer.Option("local", help="SplitInference name (metric label)"),
+    tier: Optional[str] = typer.Option(None, help="tier name (metric label); default: the slice name"),
+    overhead_ratio: float = typer.Option(0.0, help="after computing t seconds, wait ratio·t more"),
+    max_message_bytes: int = typer.Option(4194304, help="larger messages to the next tier are chunked"),
+    delay: Optional[str] = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
+    jitter: Optional[str] = typer.Option(None, help="… jitter, e.g. 10ms"),
+    loss: Optional[str] = typer.Option(None, help="… loss, e.g. 1%"),
+    rate: Optional[str] = typer.Option(None, help="… rate, e.g. 4mbit (bits/s; kbps/mbps are bytes/s)"),
+    netem_report: Optional[str] = typer.Option(
+        None, help="report of `splitdnn netem apply`: emulate only what tc did not apply (no file: emulate all)"),
+    source: Optional[str] = typer.Option(None, help="frame source on the first tier: synthetic or an image DIR"),
+    fps: float = typer.Option(5.0, help="source frames per second"),
+    frames: int = typer.Option(0, help="source frames (0 = endless)"),
+    deadline: str = typer.Option("1s", help="per-frame deadline"),
+    max_inflight: int = typer.Option(8, help="at most this many frames in the pipeline; more are dropped"),
+    seed: int = typer.Option(0, help="seed of synthetic frames and of the link emulation"),
+    queue_size: int = typer.Option(16, help="frames waiting for this stage before RESOURCE_EXHAUSTED"),
+    timeout: str = typer.Option("30s", help="a frame with no result after this long fails"),
+    summary: Optional[str] = typer.Option(None, help="write the source's outcome counts here (JSON) when done"),
+    host: str = typer.Option("0.0.0.0", help="address to listen on"),
+    log_level: str = typer.Option("INFO", help="logging level"),
+):
+    """Serve one tier's slice (TF Serving Predict API), forward to the next tier, export metrics."""
+    import logging
+
+    from splitdnn.units import parse_duration
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from splitdnn.agent.netem import load_report
+    from splitdnn.agent.server import AgentConfig, emulation_plan, serve
+
+    try:
+        report = load_report(netem_report)
+        link, tc_applied, _ = emulation_plan({"delay": delay, "jitter": jitter, "loss": loss, "rate": rate}, report)
+        config = AgentConfig(
+            slices=slices, slice=slice_name, port=port, next=next_, metrics_port=metrics_port, si=si,
+            tier=tier or slice_name, overhead_ratio=overhead_ratio, max_message_bytes=max_message_bytes, link=link,
+            tc_applied=tc_applied, host=host, queue_size=queue_size, timeout=parse_duration(timeout), seed=seed,
+            source=source, fps=fps, frames=frames, deadline=parse_duration(deadline), max_inflight=max_inflight,
+            summary=summary,
+        )
+        if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0:
+            raise ValueError("--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, --fps > 0, --max-inflight ≥ 1, "
+                             "--frames ≥ 0 are required")
+        if source and source != "synthetic":
+            from pathlib import Path
+
+            if not Path(source).is_dir():
+                raise ValueError(f"--source {source!r}: expected 'synthetic' or an image directory")
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    try:
+        code = serve(config)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    file: str = typer.Argument(..., help="a SplitInference YAML file (its first SplitInference is run)"),
+    frames: Optional[int] = typer.Option(None, help="override workload.frames (0 = until Ctrl-C)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON summary object on stdout"),
+    netns: bool = typer.Option(False, "--netns", help="one network namespace per tier, real tc on veths (root)"),
+    out: Optional[str] = typer.Option(None, help="keep the slices here (default: a temporary directory)"),
+):
+    """Run a SplitInference on this machine: slice, start one agent per tier, run the workload, summarize."""
+    from rich.console import Console
+
+    from splitdnn.agent.local import LocalRunError, run_local, summary_table
+    from splitdnn.spec import SpecError, load_file
+
+    try:
+        si = load_file(file)[0]
+    except SpecError as exc:
+        fail(str(exc))
+    try:
+        summary = run_local(si, frames=frames, netns=netns, out=out, quiet=False)
+    except (LocalRunError, SpecError) as exc:
+        fail(str(exc))
+    Console(stderr=as_json).print(summary_table(summary))
+    if as_json:
+        typer.echo(json.dumps(summary))
+    if summary.get("interrupted"):
+        raise typer.Exit(130)
+
+
+netem_app = typer.Typer(no_args_is_help=True, help="Shape an interface's egress with tc (the agent's init container).")
+app.add_typer(netem_app, name="netem")
+
+
+@netem_app.command("apply")
+def netem_apply(
+    dev: str = typer.Option(..., "--dev", help="network interface, e.g. eth0"),
+    delay: Optional[str] = typer.Option(None, help="e.g. 250ms"),
+    jitter: Optional[str] = typer.Option(None, help="e.g. 10ms (needs --delay)"),
+    loss: Optional[str] = typer.Option(None, help="e.g. 1%"),
+    rate: Optional[str] = typer.Option(None, help="e.g. 4mbit (bits/s); kbps/mbps are bytes/s"),
+    limit: Optional[int] = typer.Option(None, help="netem queue limit in packets"),
+    report: Optional[str] = typer.Option(None, help="write what was applied and what was not here (JSON)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the tc commands for a kernel with everything"),
+):
+    """Apply delay/jitter/loss/rate/limit with tc; what the kernel cannot do is reported, not fatal."""
+    from splitdnn.agent import netem
+
+    params = netem.NetemParams(delay, jitter, loss, rate, limit)
+    try:
+        if dry_run:
+            commands, _, _ = netem.plan(dev, params, dict.fromkeys(netem.QDISCS, True))
+            for argv in commands:
+                typer.echo(" ".join(argv))
+            return
+        result = netem.apply(dev, params, report=report)
+    except netem.NetemError as exc:
+        fail(str(exc))
+    for argv in result["commands"]:
+        typer.echo("ran: " + " ".join(argv))
+    kernel = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in result["kernel"].items())
+    applied = ", ".join(f"{k} {v}" for k, v in result["applied"].items()) or "nothing"
+    typer.echo(f"{dev}: applied {applied}" + (f" (kernel: {kernel})" if kernel else ""))
+    if result["not_applied"]:
+        typer.echo(f"{dev}: NOT applied (the agent emulates these in-process): "
+                   + ", ".join(f"{k} {v}" for k, v in result["not_applied"].items()))
+    for error in result["errors"]:
+        typer.echo(f"warning: {error}", err=True)
+
+
+@netem_app.command("clear")
+def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e.g. eth0")):
+    """Remove the shaping from an interface (its root qdisc)."""
+    from splitdnn.agent import netem
+
+    try:
+        removed = netem.clear(dev)
+    except netem.NetemError as exc:
+        fail(str(exc))
+    typer.echo(f"{dev}: {'cleared' if removed else 'nothing to clear'}")
+
 # --- operator ----------------------------------------------------------------------------------------------------
 
 # --- experiment --------------------------------------------------------------------------------------------------

@@ -1,0 +1,377 @@
+"""`splitdnn run FILE.yaml`: a SplitInference on this machine, no cluster.
+
+Slices the model, starts one `splitdnn agent` process per tier (loopback and in-process link emulation; with
+`--netns`, one network namespace per tier joined by veth pairs and real `tc` through `splitdnn netem apply`, the
+same command the pods' init container runs), runs the workload from the first tier's frame source, shows
+progress on stderr, and returns the summary. Agents die with this process (PR_SET_PDEATHSIG) and are stopped in
+every exit path, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from splitdnn.agent.metrics import scrape, value
+from splitdnn.agent.source import OUTCOMES
+
+
+class LocalRunError(RuntimeError):
+    """Something that stops a local run (an agent that does not start, a spec it cannot run)."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AgentProcess:
+    tier: str
+    argv: list
+    log: Path
+    metrics_url: str
+    grpc_addr: str
+    proc: Optional[subprocess.Popen] = None
+
+    def start(self, env: Optional[dict] = None) -> "AgentProcess":
+        env = dict(env or os.environ)
+        # the agents import the same splitdnn as this process, installed or not
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, preexec_fn=_die_with_parent, start_new_session=True)
+        return self
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line for line in lines[-n:])
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise LocalRunError(f"agent {self.tier} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            scrape(self.metrics_url, timeout=1)
+            return True
+        except OSError:
+            return False
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def wait_ready(agents: list[AgentProcess], timeout: float = 180.0) -> None:
+    end = time.monotonic() + timeout
+    pending = list(agents)
+    while pending:
+        pending = [a for a in pending if not a.ready()]
+        if pending and time.monotonic() > end:
+            raise LocalRunError(f"agents not ready after {timeout:.0f} s: {', '.join(a.tier for a in pending)}")
+        if pending:
+            time.sleep(0.3)
+
+
+def stop_all(agents: list[AgentProcess]) -> None:
+    for a in agents:
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGTERM)
+    for a in agents:
+        a.stop()
+
+
+def agent_argv(*, slices: str, slice_name: str, port: int, metrics_port: int, tier: str, si: str,
+               next_addr: Optional[str] = None, tier_spec: Optional[dict] = None, link: bool = True,
+               netem_report: Optional[str] = None, extra: tuple = ()) -> list[str]:
+    """The `splitdnn agent` command line for one tier of a SplitInference (what the pods run, minus the image)."""
+    tier_spec = tier_spec or {}
+    argv = [sys.executable, "-m", "splitdnn", "agent", "--slices", slices, "--slice", slice_name,
+            "--port", str(port), "--metrics-port", str(metrics_port), "--si", si, "--tier", tier,
+            "--overhead-ratio", str(tier_spec.get("overheadRatio", 0)),
+            "--max-message-bytes", str(tier_spec.get("maxMessageBytes", 4194304))]
+    if next_addr:
+        argv += ["--next", next_addr]
+    if link:
+        for key in ("delay", "jitter", "loss", "rate"):
+            if tier_spec.get("netem", {}).get(key):
+                argv += [f"--{key}", str(tier_spec["netem"][key])]
+    if netem_report:
+        argv += ["--netem-report", netem_report]
+    return argv + list(extra)
+
+
+@dataclass
+class Progress:
+    """Live progress on stderr (rich), fed from the agents' own metrics."""
+
+    total: Optional[int]
+    quiet: bool = False
+    _progress: object = None
+    _task: object = None
+    started: float = field(default_factory=time.monotonic)
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+            self._progress = RichProgress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                          TextColumn("{task.description}"), console=Console(stderr=True),
+                                          transient=False)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def update(self, done: int, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, description=text)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+
+def tier_stats(agent: AgentProcess, samples: dict) -> dict:
+    count = value(samples, "splitdnn_stage_compute_seconds_count")
+    transfers = value(samples, "splitdnn_link_transfer_seconds_count")
+    rtt = [v for (n, _), v in samples.items() if n == "splitdnn_link_rtt_seconds"]
+    bandwidth = [v for (n, _), v in samples.items() if n == "splitdnn_link_bandwidth_bytes_per_second"]
+    paths = sorted(dict(lab)["path"] for (n, lab), v in samples.items() if n == "splitdnn_link_emulation_info" and v)
+    info = next((dict(lab) for (n, lab), v in samples.items() if n == "splitdnn_slice_info"), {})
+    return {
+        "name": agent.tier,
+        "slice": info.get("slice"),
+        "frames": int(count),
+        "stage_seconds_mean": value(samples, "splitdnn_stage_compute_seconds_sum") / count if count else None,
+        "link_bytes": int(value(samples, "splitdnn_link_bytes_total")),
+        "link_transfer_seconds_mean": (value(samples, "splitdnn_link_transfer_seconds_sum") / transfers
+                                       if transfers else None),
+        "link_rtt_seconds": rtt[0] if rtt else None,
+        "link_bandwidth_bytes_per_second": bandwidth[0] if bandwidth else None,
+        "link_emulation": "+".join(paths) or "none",
+    }
+
+
+def outcomes_of(samples: dict) -> dict:
+    counts = {o: int(value(samples, "splitdnn_frames_total", outcome=o)) for o in OUTCOMES}
+    offered = sum(counts.values())
+    lost = counts["dropped"] + counts["late"] + counts["failed"]
+    return {"offered": offered, **counts, "drop_rate": lost / offered if offered else 0.0}
+
+
+def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Optional[str] = None,
+              quiet: bool = False) -> dict:
+    """Run a SplitInference (from `splitdnn.spec`) locally; returns the summary (see README "splitdnn run")."""
+    from splitdnn.spec import cross_field_problems
+
+    problems = cross_field_problems(si)
+    if problems:
+        raise LocalRunError("; ".join(problems))
+    points = si.spec.get("splitPoints") or []
+    if len(points) != len(si.tiers) - 1:
+        raise LocalRunError("splitdnn run needs spec.splitPoints (one fewer than tiers)")
+    workload = si.workload
+    total = workload.get("frames", 50) if frames is None else frames
+    if netns:
+        from splitdnn.agent.netns import available
+
+        ok, why = available()
+        if not ok:
+            raise LocalRunError(f"--netns {why}")
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+
+    with tempfile.TemporaryDirectory(prefix="splitdnn-run-") as tmp:
+        slices = out or str(Path(tmp) / "slices")
+        say(f"slicing {si.model_source} at {', '.join(points)} → {slices}")
+        _slice(si, points, slices)
+        chain = None
+        agents: list[AgentProcess] = []
+        summary_file = Path(tmp) / "source.json"
+        try:
+            if netns:
+                from splitdnn.agent.netns import Chain
+
+                chain = Chain(len(si.tiers)).create()
+            agents = _start_agents(si, slices, tmp, total, summary_file, chain, say)
+            started = time.monotonic()
+            interrupted = False
+            try:
+                say("waiting for the agents (each loads TensorFlow and its slice)…")
+                wait_ready(agents)
+                say(f"agents ready: {', '.join(a.tier for a in agents)}; running {total or 'endless'} frames")
+                started = time.monotonic()
+                with Progress(total or None, quiet) as progress:
+                    while not summary_file.exists():
+                        for a in agents:
+                            if a.proc.poll() is not None:
+                                raise LocalRunError(f"agent {a.tier} exited with {a.proc.returncode}:\n{a.log_tail()}")
+                        _show(progress, agents)
+                        time.sleep(0.5)
+                    _show(progress, agents)
+            except KeyboardInterrupt:
+                interrupted = True
+                say("interrupted: stopping the agents")
+            elapsed = time.monotonic() - started
+            samples = [_scrape_or_empty(a) for a in agents]
+            result = outcomes_of(samples[0])
+            if summary_file.exists():
+                source = json.loads(summary_file.read_text())
+                result = {k: source[k] for k in ("offered", *OUTCOMES, "drop_rate")}
+                result["latency_mean_seconds"] = source.get("latency_mean")
+                result["source_seconds"] = source.get("seconds")
+                if source.get("last_error"):
+                    result["last_error"] = source["last_error"]
+            result["seconds"] = round(elapsed, 3)
+            result["link_emulation"] = "tc via netns" if netns else "inprocess"
+            result["tiers"] = [tier_stats(a, s) for a, s in zip(agents, samples)]
+            result["interrupted"] = interrupted
+        finally:
+            stop_all(agents)
+            if chain:
+                chain.destroy()
+        return result
+
+
+def _scrape_or_empty(agent: AgentProcess) -> dict:
+    try:
+        return scrape(agent.metrics_url)
+    except OSError:  # interrupted before this agent was up
+        return {}
+
+
+def _slice(si, points, directory) -> None:
+    from splitdnn.graph import build_graph
+    from splitdnn.models import load_model
+    from splitdnn.slicer import CutError, export_slices, resolve_cuts
+
+    model = load_model(si.model_source, si.input_shape)
+    graph = build_graph(model)
+    try:
+        cuts = resolve_cuts(graph, points)
+    except CutError as exc:
+        raise LocalRunError(str(exc)) from None
+    export_slices(model, graph, cuts, directory)
+
+
+def start_agents(slices: str, logdir: Path, tier_specs: list[dict], si: str, chain=None,
+                 extra: Optional[dict] = None, netem_reports: Optional[dict] = None) -> list[AgentProcess]:
+    """One `splitdnn agent` per tier (SplitInference tier dicts), last tier first, on loopback or in `chain`'s
+    namespaces; `extra[k]` and `netem_reports[k]` add flags to tier k. Does not wait for readiness."""
+    extra, netem_reports = extra or {}, netem_reports or {}
+    n = len(tier_specs)
+    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [(8500, 9100)] * n
+    agents: list[AgentProcess] = []
+    try:
+        for k in reversed(range(n)):  # last tier first, so each tier's next is up first
+            tier = tier_specs[k]
+            port, metrics_port = ports[k]
+            host = "127.0.0.1" if chain is None else chain.mgmt_addr(k)
+            next_addr = None
+            if k < n - 1:
+                next_host = "127.0.0.1" if chain is None else chain.next_addr(k)
+                next_addr = f"{next_host}:{ports[k + 1][0]}"
+            argv = agent_argv(slices=slices, slice_name=f"slice{k}", port=port, metrics_port=metrics_port,
+                              tier=tier["name"], si=si, next_addr=next_addr, tier_spec=tier,
+                              netem_report=netem_reports.get(k), extra=tuple(extra.get(k, ())))
+            if chain is not None:
+                argv = chain.exec_prefix(k) + argv
+            agent = AgentProcess(tier["name"], argv, Path(logdir) / f"{tier['name']}.log",
+                                 f"http://{host}:{metrics_port}/metrics", f"{host}:{port}")
+            agents.insert(0, agent.start())
+    except BaseException:
+        stop_all(agents)
+        raise
+    return agents
+
+
+def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, chain, say) -> list[AgentProcess]:
+    workload = si.workload
+    reports = {}
+    if chain is not None:  # what the init containers do: tc on each tier's outgoing interface, with a report
+        for k, tier in enumerate(si.tiers):
+            reports[k] = str(Path(tmp) / f"netem-{tier['name']}.json")
+            result = apply_netem(chain, k, tier.get("netem", {}), reports[k])
+            say(f"{tier['name']}: tc applied {result['applied'] or 'nothing'}; "
+                f"in-process: {result['not_applied'] or 'nothing'}")
+    source = ["--source", str(workload.get("source", "synthetic")), "--fps", str(workload.get("fps", 5)),
+              "--frames", str(total), "--deadline", str(workload.get("deadline", "1s")),
+              "--max-inflight", str(workload.get("maxInFlight", 8)), "--seed", str(workload.get("seed", 0)),
+              "--summary", str(summary_file)]
+    return start_agents(slices, Path(tmp), si.tiers, si.name, chain, extra={0: source}, netem_reports=reports)
+
+
+def apply_netem(chain, k: int, netem: dict, report: str) -> dict:
+    """`splitdnn netem apply` in tier k's namespace on its outgoing interface: what the init container runs."""
+    argv = chain.exec_prefix(k) + [sys.executable, "-m", "splitdnn", "netem", "apply", "--dev", chain.egress_dev(k),
+                                   "--report", report]
+    for key in ("delay", "jitter", "loss", "rate", "limit"):
+        if netem.get(key) not in (None, ""):
+            argv += [f"--{key}", str(netem[key])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise LocalRunError(f"netem apply for tier {k} failed: {proc.stderr.strip()}")
+    return json.loads(Path(report).read_text())
+
+
+def _show(progress: Progress, agents: list[AgentProcess]) -> None:
+    try:
+        samples = [scrape(a.metrics_url, timeout=1) for a in agents]
+    except OSError:
+        return
+    o = outcomes_of(samples[0])
+    stages = []
+    for a, s in zip(agents, samples):
+        count = value(s, "splitdnn_stage_compute_seconds_count")
+        mean = value(s, "splitdnn_stage_compute_seconds_sum") / count * 1e3 if count else 0.0
+        stages.append(f"{a.tier} {mean:.1f}ms")
+    progress.update(o["offered"], f"drop {o['drop_rate'] * 100:.1f}%  stage: {' | '.join(stages)}")
+
+
+def summary_table(result: dict):
+    from rich.table import Table
+
+    table = Table(title=(f"{result['offered']} frames: {result['completed']} completed, {result['dropped']} dropped, "
+                         f"{result['late']} late, {result['failed']} failed — drop rate "
+                         f"{result['drop_rate'] * 100:.1f}% in {result['seconds']:.1f} s"))
+    for column in ("tier", "slice", "frames", "stage ms", "sent bytes", "transfer ms", "rtt ms", "Mbit/s", "link"):
+        table.add_column(column, justify="left" if column in ("tier", "slice", "link") else "right")
+
+    def ms(v):
+        return "—" if v is None else f"{v * 1e3:.1f}"
+
+    for t in result["tiers"]:
+        bw = t["link_bandwidth_bytes_per_second"]
+        table.add_row(t["name"], t["slice"] or "", str(t["frames"]), ms(t["stage_seconds_mean"]),
+                      f"{t['link_bytes']:,}", ms(t["link_transfer_seconds_mean"]), ms(t["link_rtt_seconds"]),
+                      "—" if bw is None else f"{bw * 8 / 1e6:.2f}", t["link_emulation"])
+    return table

@@ -1,0 +1,203 @@
+"""Loopback runs of real agent processes: overload, in-process link emulation, and `splitdnn run` end to end."""
+
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from agent_harness import rss_bytes, slices_dir, start_chain, start_prometheus  # noqa: F401
+from conftest import ROOT, run_cli
+from splitdnn.agent import netns
+from splitdnn.agent.local import stop_all
+from splitdnn.agent.metrics import scrape, value
+
+pytestmark = pytest.mark.slow
+
+
+# --- loopback: overload -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def overload(slices_dir, tmp_path_factory):
+    """A loopback chain driven at 300 fps, far above its ~40 fps capacity, for 6 s; a real Prometheus server
+    (when installed) scrapes the three agents meanwhile. Yields the source summary, the device's final metrics,
+    RSS samples of the agents and the Prometheus query function (or None)."""
+    tmp = tmp_path_factory.mktemp("overload")
+    frames = 1800
+    specs = [{"name": "device", "overheadRatio": 20}, {"name": "edge", "overheadRatio": 5}, {"name": "cloud"}]
+    summary = tmp / "summary.json"
+    source = ["--source", "synthetic", "--fps", "300", "--frames", str(frames), "--deadline", "500ms",
+              "--max-inflight", "4", "--summary", str(summary)]
+    agents = start_chain(slices_dir, tmp, specs, extra={0: source}, si="overload")
+    prometheus = None
+    try:
+        prometheus = start_prometheus(tmp, [a.metrics_url for a in agents])
+        rss = []
+        deadline = time.monotonic() + 120
+        while not summary.exists() and time.monotonic() < deadline:
+            rss.append([rss_bytes(a.proc.pid) for a in agents])
+            time.sleep(0.5)
+        assert summary.exists(), agents[0].log_tail()
+        time.sleep(2)  # a last scrape after the final frame
+        result = json.loads(summary.read_text())
+        samples = scrape(agents[0].metrics_url)
+        query = prometheus.query if prometheus else None
+        yield {"frames": frames, "result": result, "samples": samples, "rss": rss, "query": query}
+    finally:
+        if prometheus:
+            prometheus.stop()
+        stop_all(agents)
+
+
+def test_overload_drops_frames_and_accounts_for_every_one(overload):
+    result, samples, frames = overload["result"], overload["samples"], overload["frames"]
+    counted = {o: int(value(samples, "splitdnn_frames_total", outcome=o)) for o in ("completed", "dropped", "late", "failed")}
+    assert result["offered"] == frames == sum(counted.values())
+    assert {o: result[o] for o in counted} == counted
+    assert result["dropped"] > frames / 2 and result["completed"] > 0 and result["failed"] == 0
+
+
+def test_overload_memory_stays_flat(overload):
+    rss = overload["rss"]
+    assert len(rss) >= 6
+    warm, end = np.array(rss[len(rss) // 4]), np.array(rss[-1])
+    assert (end - warm).max() < 40e6, f"RSS grew: {rss[len(rss) // 4]} -> {rss[-1]}"
+
+
+def test_a_real_prometheus_scrapes_the_agents(overload):
+    if overload["query"] is None:
+        pytest.skip("no prometheus binary (Debian package `prometheus`) on this machine")
+    query = overload["query"]
+    offered = query('sum(splitdnn_frames_total{si="overload"})')
+    assert offered == {(): overload["frames"]}
+    tiers = query('sum by (tier) (splitdnn_stage_compute_seconds_count{si="overload"})')
+    assert set(tiers) == {("device",), ("edge",), ("cloud",)} and all(v > 0 for v in tiers.values())
+    assert query('sum(splitdnn_link_rtt_seconds{si="overload",tier="device"})')[()] > 0
+    assert query('count(splitdnn_slice_info{si="overload"})') == {(): 3}
+
+
+YAML = """
+apiVersion: splitdnn.io/v1alpha1
+kind: SplitInference
+metadata: {name: delayed}
+spec:
+  model: {builtin: cnn14}
+  splitPoints: [conv2d, flatten]
+  tiers:
+    - {name: device, overheadRatio: 2, maxMessageBytes: 50000, netem: {delay: 50ms}}
+    - {name: edge, overheadRatio: 1, netem: {delay: 250ms}}
+    - {name: cloud, netem: {delay: 100ms}}
+  workload: {fps: 8, frames: FRAMES, deadline: 3s, maxInFlight: 8, source: synthetic}
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """All descendants of `pid` (from /proc)."""
+    import os
+
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_run_in_process_delay(tmp_path):
+    spec = tmp_path / "delayed.yaml"
+    spec.write_text(YAML.replace("FRAMES", "10"))
+    proc = run_cli("run", spec, "--frames", "16", "--json", timeout=300)
+    result = json.loads(proc.stdout)  # stdout is exactly one JSON object; progress and table go to stderr
+    assert set(result) >= {"offered", "completed", "dropped", "late", "failed", "drop_rate", "tiers"}
+    assert result["offered"] == 16 == result["completed"] + result["dropped"] + result["late"] + result["failed"]
+    assert result["completed"] == 16 and result["drop_rate"] == 0.0
+    assert [t["name"] for t in result["tiers"]] == ["device", "edge", "cloud"]
+    assert all(t["link_emulation"] == "inprocess" for t in result["tiers"])
+    assert all(t["frames"] == 16 for t in result["tiers"])
+    device, edge, _ = result["tiers"]
+    # one trip around the ring crosses the three emulated links once: 50 + 250 + 100 ms
+    assert result["latency_mean_seconds"] >= 0.4
+    # the measured round trips follow the configured delays (the receivers add no delay to the pong)
+    assert 0.05 <= device["link_rtt_seconds"] < edge["link_rtt_seconds"]
+    assert edge["link_rtt_seconds"] - device["link_rtt_seconds"] >= 0.15
+    assert device["link_bytes"] >= 16 * 86528  # 26×26×32 float32 per frame, in 50 kB chunks
+    assert "frames" in proc.stderr and "drop rate" in proc.stderr  # progress and summary table on stderr
+
+
+def test_run_stops_cleanly_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    spec = tmp_path / "endless.yaml"
+    spec.write_text(YAML.replace("FRAMES", "0"))
+    proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("agents ready" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)[-2000:]
+            time.sleep(0.3)
+        agents = {p for p in _children(proc.pid) if b"agent" in open(f"/proc/{p}/cmdline", "rb").read()}
+        assert len(agents) >= 3, "the three agents did not start"
+        time.sleep(3)  # frames flowing
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        out = proc.stdout.read()
+        reader.join(10)
+        err = "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    result = json.loads(out)
+    assert result["interrupted"] is True
+    assert result["offered"] == result["completed"] + result["dropped"] + result["late"] + result["failed"]
+    time.sleep(1)
+    import os
+
+    assert not [p for p in agents if os.path.exists(f"/proc/{p}")], "agent processes left behind"
+
+
+def test_run_rejects_a_bad_file(tmp_path):
+    missing = run_cli("run", tmp_path / "nope.yaml", check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(YAML.replace("FRAMES", "10").replace("[conv2d, flatten]", "[conv2d]"))
+    proc = run_cli("run", bad, check=False)
+    assert proc.returncode == 2 and "need exactly 2" in proc.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not netns.available()[0], reason=f"splitdnn run --netns: {netns.available()[1]}")
+def test_run_netns_shapes_with_tc_and_emulates_the_rest(tmp_path):
+    spec = tmp_path / "netns.yaml"
+    spec.write_text(YAML.replace("FRAMES", "6").replace("netem: {delay: 50ms}", "netem: {delay: 50ms, rate: 40mbit}"))
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--netns", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout)
+    assert result["completed"] == 6 and result["link_emulation"] == "tc via netns"
+    device = result["tiers"][0]
+    kernel_has_netem = "tc applied {'delay'" in stderr
+    # the rate is always tc's (tbf/htb exist); the delay is tc's only if the kernel has sch_netem
+    assert device["link_emulation"] == ("tc" if kernel_has_netem else "inprocess+tc")
+    assert device["link_rtt_seconds"] >= 0.05
+    mine = netns.Chain(3, tag=str(proc.pid % 100000)).ns(0)[:-1]  # this run's namespaces: sdnn<pid>t<k>
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert not [ns for ns in listed if ns.startswith(mine)], "namespaces left behind"
