@@ -1,0 +1,28 @@
+"""Entry point behind `splitdnn operator`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+
+def run(namespaces: list[str] | None = None, all_namespaces: bool = False, liveness: str | None = None,
+        verbose: bool = False, metrics_port: int = 0) -> None:
+    import kopf
+
+    from splitdnn.controller import handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    clusterwide = all_namespaces or not namespaces
+    asyncio.run(kopf.operator(
+        clusterwide=clusterwide,
+        namespaces=[] if clusterwide else list(namespaces),
+        standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
+        liveness_endpoint=liveness,
+    ))
