@@ -91,11 +91,12 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
             "name": t["name"],
             "slice": f"slice{i}",
             "service": f"{si.name}-{t['name']}",
-            "next": f"{si.name}-{tiers[i + 1]['name']}" if i + 1 < len(tiers) else None,
             "overheadRatio": t.get("overheadRatio", 0),
             "maxMessageBytes": t.get("maxMessageBytes"),
             "netem": dict(t.get("netem") or {}),
         }
+        if i + 1 < len(tiers):  # (no nulls: status is merge-patched, where null means delete)
+            entry["next"] = f"{si.name}-{tiers[i + 1]['name']}"
         if bounds:
             a, b = bounds[i]
             entry.update({
@@ -120,6 +121,7 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
             "bytesPerFrame": sum(sizes),
             "maxLinkBytes": max(sizes) if sizes else 0,
             "flopsPerTier": {t["name"]: t["flops"] for t in plan["tiers"]},
-            "bottleneckTier": plan["tiers"][flops.index(max(flops))]["name"] if flops else None,
         })
+        if flops:
+            plan["predicted"]["bottleneckTier"] = plan["tiers"][flops.index(max(flops))]["name"]
     return plan

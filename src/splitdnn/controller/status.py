@@ -105,7 +105,7 @@ def status_changed(old: dict, new: dict) -> bool:
     """Ignore lastTransitionTime-only differences (they are recomputed from the old ones anyway)."""
     def strip(s):
         s = dict(s or {})
-        s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s.get("conditions", [])]
+        s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in (s.get("conditions") or [])]
         return s
 
     keys = set(new)
