@@ -134,7 +134,9 @@ def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlpl
     assert "Deployed" in reasons and "Running" in reasons
 
     table = kubectl(kc, "get", "si", "-n", ns).stdout
-    assert "PHASE" in table and "Running" in table and "conv2d,flatten" in table
+    header, row = table.splitlines()[:2]
+    assert header.split()[:4] == ["NAME", "PHASE", "READY", "SPLIT"], header
+    assert row.split()[:4] == ["cnn14", "Running", "3/3", "conv2d,flatten"], row
 
 
 def test_edit_split_points_rolls_the_tiers(crd, ns, operator):
