@@ -139,13 +139,38 @@ def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlpl
     assert row.split()[:4] == ["cnn14", "Running", "3/3", "conv2d,flatten"], row
 
 
-def test_edit_split_points_rolls_the_tiers(crd, ns, operator):
+def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
+    import threading
+
+    from kubernetes import client, watch
+
     kc = crd
     before = children(kc, ns, "cnn14")["deployments"]
+    apps = client.AppsV1Api(kube_api)
+    rv = apps.list_namespaced_deployment(ns, label_selector="splitdnn.io/splitinference=cnn14").metadata.resource_version
+    seen, w = [], watch.Watch()
+
+    def record():  # every status the Deployments go through during the rollout
+        try:
+            for ev in w.stream(apps.list_namespaced_deployment, ns, label_selector="splitdnn.io/splitinference=cnn14",
+                               resource_version=rv, timeout_seconds=120):
+                d = ev["object"]
+                seen.append((d.metadata.name, d.metadata.generation, d.status.available_replicas or 0))
+        except Exception:  # noqa: BLE001 - the stream is cut by w.stop() once the rollout is done
+            pass
+
+    t = threading.Thread(target=record, daemon=True)
+    t.start()
     kubectl(kc, "patch", "si", "cnn14", "-n", ns, "--type", "merge",
             "-p", json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}))
     gen = get_si(kc, ns, "cnn14")["metadata"]["generation"]
     si = wait_phase(kc, ns, "cnn14", "Running", operator, generation=gen)
+    w.stop()
+    t.join(timeout=10)
+    # no downtime: every tier kept an available replica through its rollout (maxUnavailable 0)
+    rolled = {name for name, g, _ in seen if g > before[name]["metadata"]["generation"]}
+    assert rolled == {f"cnn14-{t}" for t in TIERS}, seen
+    assert min(avail for _, _, avail in seen) >= 1, seen
     assert si["status"]["splitPoints"] == ["max_pooling2d", "dense"]
     after = children(kc, ns, "cnn14")["deployments"]
     for t in TIERS:

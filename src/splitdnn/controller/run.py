@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 
 def run(namespaces: list[str] | None = None, all_namespaces: bool = False, liveness: str | None = None,
@@ -12,9 +11,7 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, liven
 
     from splitdnn.controller import handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)  # sets up logging once (no duplicate lines)
     if metrics_port:
         from prometheus_client import start_http_server
 
