@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 key=$(sha256sum pyproject.toml scripts/install.sh | sha256sum | cut -c1-12)
 venv=${SPLITDNN_VENV:-$HOME/.cache/splitdnn/venv-$key}
 start=$SECONDS
+# System tools the tests use for real: Prometheus (feedback loop), iproute2 (tc, network namespaces).
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v tc >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[install] apt-get install ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "[install] warning: ${missing[*]} missing and cannot apt-get install (not root): tests needing them will skip" >&2
+  fi
+fi
 if [ ! -f "$venv/.complete" ]; then
   echo "[install] creating $venv (TensorFlow is large: ~2 minutes on a warm pip cache)" >&2
   rm -rf "$venv"

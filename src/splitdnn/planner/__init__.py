@@ -1,0 +1,184 @@
+"""Exact split planner (issue #4).
+
+Python API::
+
+    from splitdnn.planner import Problem, plan, Infeasible
+    problem = Problem.load("problem.json")            # or Problem.from_json(dict), or build the dataclasses
+    plans = plan(problem, objective="throughput", top=3, fps=10.0)   # best first; raises Infeasible
+    p = plans[0]
+    p.assignment   # {"device": ("conv2d", "pool") | None, ...}   first and last block per tier, None = unused
+    p.cuts         # cumulative boundaries per tier: tier k runs blocks cuts[k-1] .. cuts[k]-1 (cuts[-1] = 0)
+    p.latency, p.bottleneck   # seconds: one frame end to end; the stream's period (slowest stage or transfer)
+    p.bytes                   # bytes over all hops per frame (the input too, if tier 0 computes nothing)
+    p.drop_rate               # with fps: max(0, 1 - (1/bottleneck)/fps), else None
+
+Cost model: latency = Σ compute on the used tiers + Σ over hops (link latency + bytes/bandwidth), where hops go from
+each used tier to the next used tier (a link entry for that ordered pair must exist), plus shipping the input from
+tier 0 when tier 0 is unused. bottleneck = max(used tiers' compute, hops' bytes/bandwidth). Objectives rank by
+the objective, then latency, then bytes, then cut order (lexicographic on ``cuts``).
+
+Strategies (``strategy=``): ``dp`` (default), ``labels``, ``brute`` and any registered under the entry-point
+group ``splitdnn.strategies`` (see :mod:`splitdnn.planner.strategies`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .problem import (OBJECTIVES, Block, Compiled, Constraints, Infeasible, Link, Metrics, Problem, ProblemError,
+                      evaluate, ranges_of, to_seconds)
+
+__all__ = ["Problem", "Block", "Link", "Constraints", "Plan", "plan", "plan_timed", "evaluate_plan", "recalibrate",
+           "Infeasible", "ProblemError", "OBJECTIVES"]
+
+
+@dataclass
+class Plan:
+    cuts: tuple
+    assignment: dict
+    latency: float
+    bottleneck: float
+    bytes: int
+    compute: dict = field(default_factory=dict)     # tier -> compute seconds
+    upload: dict = field(default_factory=dict)      # tier -> bytes sent out per frame
+    drop_rate: Optional[float] = None
+
+    def to_json(self) -> dict:
+        d = {"assignment": {t: (list(r) if r else None) for t, r in self.assignment.items()},
+             "latency": self.latency, "bottleneck": self.bottleneck, "bytes": self.bytes,
+             "cuts": list(self.cuts)}
+        if self.drop_rate is not None:
+            d["drop_rate"] = self.drop_rate
+        return d
+
+
+def make_plan(problem: Problem, cp: Compiled, cuts: tuple, fps: Optional[float] = None) -> Plan:
+    m = evaluate(cp, cuts)
+    assignment = {}
+    for t, (i, j) in zip(problem.tiers, ranges_of(cuts, cp.T)):
+        assignment[t] = (problem.blocks[i].name, problem.blocks[j - 1].name) if j > i else None
+    bn = to_seconds(m.bottleneck)
+    drop = None
+    if fps is not None:
+        drop = 0.0 if bn <= 0 else max(0.0, 1.0 - (1.0 / bn) / fps)
+    return Plan(tuple(cuts), assignment, to_seconds(m.latency), bn, m.bytes,
+                {t: to_seconds(x) for t, x in zip(problem.tiers, m.compute)},
+                {t: u for t, u in zip(problem.tiers, m.upload)}, drop)
+
+
+def plan_timed(problem: Problem, objective: str = "latency", top: int = 1, fps: Optional[float] = None,
+               strategy: str = "dp") -> tuple[list[Plan], float]:
+    """Like :func:`plan`, also returning the search time in seconds (compilation excluded)."""
+    from . import strategies
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
+    if top < 1:
+        raise ValueError("top must be >= 1")
+    if fps is not None and fps <= 0:
+        raise ValueError("fps must be > 0")
+    cp = problem.compile()
+    strat = strategies.get(strategy)
+    t0 = time.perf_counter()
+    cuts = strat.solve(cp, objective, top)
+    dt = time.perf_counter() - t0
+    if not cuts:
+        raise Infeasible(diagnose(problem))
+    return [make_plan(problem, cp, c, fps) for c in cuts], dt
+
+
+def plan(problem: Problem, objective: str = "latency", top: int = 1, fps: Optional[float] = None,
+         strategy: str = "dp") -> list[Plan]:
+    """The `top` best distinct plans, best first. Raises :class:`Infeasible` (with the reason) when none exists."""
+    return plan_timed(problem, objective, top, fps, strategy)[0]
+
+
+def evaluate_plan(problem: Problem, split, fps: Optional[float] = None) -> Plan:
+    """Predicted figures of a given split (e.g. the one deployed now, under freshly measured figures).
+
+    split: cumulative cuts (tuple of ints, one per tier), or {tier: (first block, last block) | None}. Constraints
+    are not checked (the current split may violate new ones); a split needing a hop without a link raises
+    ValueError. In model mode blocks are named after their last layer, so assignment[tier][1] is the layer after
+    which that tier's slice ends (a split point)."""
+    cp = problem.compile()
+    if isinstance(split, dict):
+        names = [b.name for b in problem.blocks]
+        cuts, prev = [], 0
+        for t in problem.tiers:
+            r = split.get(t)
+            if r:
+                first, last = names.index(r[0]), names.index(r[1])
+                if first != prev or last < first:
+                    raise ValueError(f"tier {t!r}: range {r[0]}..{r[1]} does not continue at block {prev}")
+                prev = last + 1
+            cuts.append(prev)
+        if prev != len(names):
+            raise ValueError(f"split covers {prev} of {len(names)} blocks")
+        split = tuple(cuts)
+    split = tuple(int(c) for c in split)
+    if len(split) != cp.T or split[-1] != cp.n or any(a > b for a, b in zip(split, split[1:])):
+        raise ValueError(f"cuts must be {cp.T} non-decreasing block boundaries ending at {cp.n}, got {split}")
+    if evaluate(cp, split) is None:
+        raise ValueError("the split needs a hop between tiers that have no link")
+    return make_plan(problem, cp, split, fps)
+
+
+def recalibrate(problem: Problem, split, compute_seconds: Optional[dict] = None,
+                link_rtt_seconds: Optional[dict] = None, link_bandwidth: Optional[dict] = None) -> Problem:
+    """A copy of `problem` adjusted to live measurements of the deployed `split` (cuts or assignment).
+
+    compute_seconds {tier: measured seconds per frame}: every block time on that tier is scaled by
+    measured / predicted (predicted = the split's compute on that tier; tiers that run nothing keep their times).
+    link_rtt_seconds / link_bandwidth {sending tier: value}: the link from that tier to the next used tier of the
+    split gets latency = rtt / 2 (one way, as the cost model charges it) and the measured bandwidth (bytes/s).
+    These are the figures `splitdnn.adapt` reads from Prometheus (by tier)."""
+    import copy
+    current = evaluate_plan(problem, split)
+    new = copy.deepcopy(problem)
+    for tier, measured in (compute_seconds or {}).items():
+        if tier not in new.tiers:
+            raise ValueError(f"measured compute for unknown tier {tier!r}")
+        predicted = current.compute[tier]
+        if predicted > 0 and measured is not None and measured >= 0:
+            f = measured / predicted
+            for b in new.blocks:
+                b.time[tier] = b.time[tier] * f
+    used = [t for t in new.tiers if current.assignment[t] is not None]
+    if current.assignment[new.tiers[0]] is None:
+        used = [new.tiers[0]] + used             # the input hop leaves tier 0
+    nxt = dict(zip(used, used[1:]))
+    for what, values in (("rtt", link_rtt_seconds or {}), ("bw", link_bandwidth or {})):
+        for tier, v in values.items():
+            if v is None or tier not in nxt:
+                continue
+            link = new.links.get((tier, nxt[tier]))
+            if link is None:
+                continue
+            if what == "rtt":
+                link.latency = max(0.0, v / 2)
+            elif v > 0:
+                link.bandwidth = float(v)
+    return new
+
+
+def diagnose(problem: Problem) -> str:
+    """Explain infeasibility: which constraint groups, when dropped alone, make the problem feasible."""
+    from .dp import DPStrategy
+    c = problem.constraints
+    base = "no plan satisfies the constraints"
+    unconstrained = problem.with_constraints(Constraints())
+    if not DPStrategy().solve(unconstrained.compile(), "latency", 1):
+        return (f"{base}: even without constraints no plan exists -- the links do not connect tier "
+                f"{problem.tiers[0]!r} (where frames originate) to a tier that can run the blocks")
+    culprits = []
+    for name in ("pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share"):
+        if not getattr(c, name):
+            continue
+        relaxed = Constraints(**{k: (type(v)() if k == name else v) for k, v in vars(c).items()})
+        if DPStrategy().solve(problem.with_constraints(relaxed).compile(), "latency", 1):
+            culprits.append(name)
+    if culprits:
+        return f"{base}; it becomes feasible without any one of: {', '.join(culprits)}"
+    groups = [k for k, v in vars(c).items() if v and k != "max_time_share_of"]
+    return f"{base}; several constraint groups conflict together ({', '.join(groups)})"

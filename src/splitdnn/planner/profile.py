@@ -1,0 +1,243 @@
+"""Per-block profiling on this machine, and assembling planner problems from a model plus tier profiles.
+
+Blocks come from the model graph's cuts: the layers between consecutive single-tensor cuts (default), or between
+consecutive cuts of any kind (``multi_tensor=True``). The cut after the InputLayer(s) is not used: shipping the raw
+input is the planner's "input hop". Each block is run alone as a Keras sub-model (``splitdnn.slicer.submodel``) on
+random inputs of the right shape: ``warmup`` untimed calls, then ``repeats`` timed calls of the public
+``keras.Model.predict_on_batch``; the block's time is the median minus the median cost of an empty call
+(an identity model, measured the same way), clamped at 0 -- so a tier running k blocks as one slice is not
+charged k call overheads. Raw medians and samples are kept in the file.
+
+Profile file (``splitdnn profile MODEL --tier NAME --out FILE``)::
+
+    {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device", "multi_tensor": false,
+     "input_bytes": 3136, "warmup": 3, "repeats": 10, "overhead_s": 0.0004, "host": "...",
+     "blocks": [{"name": "conv2d", "layers": [0, 1], "time": 0.0021, "median_s": 0.0025,
+                 "samples_s": [...], "out_bytes": 86528, "flops": 123456}]}
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+import time
+from typing import Callable, Optional, Sequence
+
+from .problem import Problem, ProblemError
+
+FORMAT = "splitdnn.profile/1"
+
+
+def blocks_from_graph(graph, multi_tensor: bool = False) -> list[dict]:
+    """[{name, layers: [first, last], out_bytes, flops}] in model order."""
+    L = len(graph.layers)
+    first_real = 0
+    while first_real < L - 1 and graph.layers[first_real].cls == "InputLayer":
+        first_real += 1
+    bounds = [c.index for c in graph.cuts
+              if c.index >= first_real and (multi_tensor or c.single_tensor)]
+    out = []
+    start = 0
+    cut_bytes = {c.index: c.bytes for c in graph.cuts}
+    for last in bounds + [L - 1]:
+        if last < start:
+            continue
+        nb = cut_bytes.get(last)
+        if nb is None:   # the last block: the model outputs
+            nb = sum(graph.tensors[n].bytes for n in graph.outputs)
+        out.append({"name": graph.layers[last].name, "layers": [start, last], "out_bytes": int(nb),
+                    "flops": int(sum(l.flops for l in graph.layers[start:last + 1]))})
+        start = last + 1
+    return out
+
+
+def _random_inputs(graph, names, seed: int = 0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    xs = []
+    for n in names:
+        t = graph.tensors[n]
+        shape = tuple(1 if d is None else d for d in t.shape)
+        dtype = t.dtype if t.dtype != "string" else "float32"
+        if "int" in dtype:
+            xs.append(rng.integers(0, 2, size=shape).astype(dtype))
+        else:
+            xs.append(rng.standard_normal(shape).astype(dtype))
+    return xs
+
+
+def _time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, multi_tensor: bool = False,
+                  progress: bool = True) -> dict:
+    """Measure per-block compute time of model `spec` on this machine. Returns the profile document."""
+    import keras
+    import numpy as np
+
+    from splitdnn.graph import build_graph
+    from splitdnn.models import load_model
+    from splitdnn.slicer import submodel
+
+    if warmup < 0 or repeats < 1:
+        raise ValueError("need warmup >= 0 and repeats >= 1")
+    model = load_model(spec)
+    graph = build_graph(model)
+    blocks = blocks_from_graph(graph, multi_tensor)
+    # call overhead: an identity model on a small tensor, timed like the blocks
+    inp = keras.Input((8,))
+    ident = keras.Model(inp, keras.layers.Identity()(inp))
+    x0 = np.zeros((1, 8), "float32")
+    overhead = statistics.median(_time_calls(lambda: ident.predict_on_batch(x0), max(warmup, 2), repeats))
+
+    def run_all(advance: Callable[[], None]) -> None:
+        for b in blocks:
+            first, last = b["layers"]
+            sub, used, _ = submodel(model, graph, first, last)
+            if sub is None:
+                samples = [0.0]
+            else:
+                xs = _random_inputs(graph, used)
+                feed = xs if len(xs) > 1 else xs[0]
+                samples = _time_calls(lambda: sub.predict_on_batch(feed), warmup, repeats)
+            med = statistics.median(samples)
+            b.update({"time": max(0.0, med - overhead), "median_s": med, "samples_s": samples})
+            advance()
+
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        with Progress(TextColumn("[bold]profiling {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), transient=False) as prog:
+            task = prog.add_task(f"{spec} on {tier}", total=len(blocks))
+            run_all(lambda: prog.advance(task))
+    else:
+        run_all(lambda: None)
+    return {"format": FORMAT, "model": spec, "tier": tier, "multi_tensor": multi_tensor,
+            "input_bytes": int(graph.input_bytes), "warmup": warmup, "repeats": repeats, "overhead_s": overhead,
+            "host": platform.node(), "machine": platform.machine(), "blocks": blocks}
+
+
+def load_profile(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise ProblemError(f"cannot read profile {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ProblemError(f"{path}: not valid JSON: {exc}") from None
+    return _check_profile(doc, path)
+
+
+def _check_profile(doc, where: str) -> dict:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("blocks"), list):
+        raise ProblemError(f"{where}: not a splitdnn profile (expected format {FORMAT!r}; make one with "
+                           f"`splitdnn profile MODEL --tier NAME --out FILE`)")
+    return doc
+
+
+_SPEED = re.compile(r"^([0-9.eE+-]+)\s*(flops|kflops|mflops|gflops|tflops)?$", re.I)
+_SPEED_UNITS = {None: 1.0, "flops": 1.0, "kflops": 1e3, "mflops": 1e6, "gflops": 1e9, "tflops": 1e12}
+
+
+def parse_estimate(text: str) -> tuple[str, str, float]:
+    """'edge=20gflops' -> ('edge', 'flops', 2e10); 'cloud=x0.1' -> ('cloud', 'ratio', 0.1)."""
+    if "=" not in text:
+        raise ProblemError(f"bad --estimate {text!r}: expected TIER=SPEED (20gflops, 2e10) or TIER=xFACTOR")
+    tier, val = text.split("=", 1)
+    tier, val = tier.strip(), val.strip()
+    if val.lower().startswith("x"):
+        try:
+            f = float(val[1:])
+        except ValueError:
+            raise ProblemError(f"bad --estimate {text!r}: factor after 'x' must be a number") from None
+        if f < 0:
+            raise ProblemError(f"bad --estimate {text!r}: factor must be >= 0")
+        return tier, "ratio", f
+    m = _SPEED.match(val)
+    if not m:
+        raise ProblemError(f"bad --estimate {text!r}: SPEED is FLOP/s like 2e10 or 20gflops")
+    speed = float(m.group(1)) * _SPEED_UNITS[m.group(2).lower() if m.group(2) else None]
+    if speed <= 0:
+        raise ProblemError(f"bad --estimate {text!r}: speed must be > 0")
+    return tier, "flops", speed
+
+
+def parse_link(text: str) -> dict:
+    from splitdnn.units import parse_duration, parse_rate
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ProblemError(f"bad --link {text!r}: expected FROM,TO,LATENCY,RATE like device,edge,5ms,4mbit")
+    try:
+        return {"from": parts[0], "to": parts[1], "latency": parse_duration(parts[2]),
+                "bandwidth": parse_rate(parts[3])}
+    except ValueError as exc:
+        raise ProblemError(f"bad --link {text!r}: {exc}") from None
+
+
+def problem_from_profiles(model: str, profiles: Sequence, estimates: Sequence[str] = (),
+                          links: Sequence[str] = (), multi_tensor: bool = False,
+                          constraints: Optional[dict] = None) -> Problem:
+    """Tiers = the profiles' tiers in the order given, then the estimated tiers. Blocks come from the first
+    profile (or from the model graph when only estimates are given). profiles: file paths or profile documents
+    (dicts, e.g. from a ConfigMap); links: "FROM,TO,LATENCY,RATE" strings."""
+    docs = [(p, load_profile(p)) if isinstance(p, (str, bytes)) or hasattr(p, "__fspath__")
+            else (f"profile[{k}]", _check_profile(p, f"profile[{k}]")) for k, p in enumerate(profiles)]
+    ests = [parse_estimate(e) for e in estimates]
+    if not docs and not ests:
+        raise ProblemError("model mode needs at least one --profile FILE or --estimate TIER=SPEED")
+    tiers: list[str] = []
+    times: dict[str, list[float]] = {}
+    if docs:
+        ref_path, ref = docs[0]
+        blocks = ref["blocks"]
+        input_bytes = int(ref.get("input_bytes", 0))
+        for path, d in docs:
+            if d.get("model") != model:
+                raise ProblemError(f"{path} profiles model {d.get('model')!r}, not {model!r}")
+            if [b["name"] for b in d["blocks"]] != [b["name"] for b in blocks]:
+                raise ProblemError(f"{path} and {ref_path} have different blocks (profiled with different "
+                                   f"--multi-tensor settings or model versions)")
+            if d["tier"] in times:
+                raise ProblemError(f"two profiles for tier {d['tier']!r}")
+            tiers.append(d["tier"])
+            times[d["tier"]] = [float(b["time"]) for b in d["blocks"]]
+        if bool(ref.get("multi_tensor")) != bool(multi_tensor):
+            raise ProblemError(f"profiles were made with multi_tensor={ref.get('multi_tensor')}; "
+                               f"pass the same --multi-tensor setting")
+    else:
+        from splitdnn.graph import build_graph
+        from splitdnn.models import load_model
+        g = build_graph(load_model(model))
+        blocks = blocks_from_graph(g, multi_tensor)
+        input_bytes = int(g.input_bytes)
+    for tier, kind, val in ests:
+        if tier in times:
+            raise ProblemError(f"tier {tier!r} is both profiled and estimated")
+        if kind == "ratio":
+            if not docs:
+                raise ProblemError(f"--estimate {tier}=x{val:g} scales a profiled tier, but no --profile given")
+            times[tier] = [x * val for x in times[tiers[0]]]
+        else:
+            times[tier] = [float(b.get("flops", 0)) / val for b in blocks]
+        tiers.append(tier)
+    if len(tiers) > 1 and not links:
+        raise ProblemError("model mode needs --link FROM,TO,LATENCY,RATE for every hop you allow "
+                           "(e.g. --link device,edge,5ms,4mbit --link edge,cloud,20ms,100mbit)")
+    data = {"tiers": tiers, "input_bytes": input_bytes, "model": model,
+            "blocks": [{"name": b["name"], "layers": b.get("layers"), "out_bytes": int(b["out_bytes"]),
+                        "time": {t: times[t][k] for t in tiers}} for k, b in enumerate(blocks)],
+            "links": [parse_link(l) for l in links], "constraints": constraints or {}}
+    for b in data["blocks"]:
+        if b["layers"] is None:
+            del b["layers"]
+    return Problem.from_json(data, f"model {model}")
