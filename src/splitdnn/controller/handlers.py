@@ -166,3 +166,55 @@ def on_change(body, patch, logger, reason, **_):
 def resync(body, patch, logger, **_):
     """Repairs drift (a deleted or edited child comes back) and refreshes per-tier readiness."""
     reconcile(body, patch, logger, cause="timer")
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": render.MANAGER})
+def on_child_deployment(body, logger, **_):
+    """A tier's Deployment changed (pods became ready, a rollout finished): refresh the owner's status now
+    instead of at the next timer pass. Only readiness is recomputed, from the plan already in the status; the
+    write is conditional on the owner's resourceVersion, so it never overwrites a newer status."""
+    si_name = (body.get("metadata", {}).get("labels") or {}).get(render.LABEL_SI)
+    namespace = body.get("metadata", {}).get("namespace")
+    if si_name and namespace:
+        refresh_status(namespace, si_name, logger)
+
+
+def refresh_status(namespace: str, name: str, logger) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    k = kube()
+    co = client.CustomObjectsApi(k.api)
+    try:
+        obj = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    previous = dict(obj.get("status") or {})
+    generation = obj["metadata"].get("generation", 0)
+    plan = previous.get("plan")
+    # Failed, or a spec change not reconciled yet: the change handler / timer own the status then.
+    if previous.get("phase") in (None, "Failed") or not plan or previous.get("observedGeneration") != generation:
+        return
+    try:
+        si = from_resource({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                            "metadata": {"name": name, "namespace": namespace}, "spec": obj.get("spec") or {}})
+    except SpecError:
+        return
+    deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
+    new = status_mod.running_status(si, plan, deployments, previous, generation)
+    if not status_mod.status_changed(previous, new):
+        return
+    body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}
+    try:
+        co.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name,
+            {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": new})
+    except ApiException as exc:
+        if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
+            return
+        raise
+    if new["phase"] != previous.get("phase"):
+        (kopf.warn if new["phase"] == "Degraded" else kopf.info)(body, reason=new["phase"], message=new["message"])
+    _observe(body, "child", "ok", new["phase"])
