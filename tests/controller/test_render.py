@@ -223,6 +223,15 @@ def test_status_phases(si, plan):
                               "replicas": 1, "readyReplicas": 1}
 
 
+def test_scaled_down_tier_is_not_ready(si, plan):
+    names = ["cnn14-device", "cnn14-edge", "cnn14-cloud"]
+    deps = {n: _dep() for n in names}
+    deps["cnn14-edge"] = _dep(replicas=0, ready=0, updated=0, available=0, total=0)
+    running = status_mod.running_status(si, plan, {n: _dep() for n in names}, {}, 1)
+    s = status_mod.running_status(si, plan, deps, running, 1)
+    assert s["phase"] == "Degraded" and s["readyTiers"] == "2/3"
+
+
 def test_failed_status_and_transition_times():
     s = status_mod.failed_status({}, 3, ["split point 'x' is not a layer of model 'cnn14'"])
     assert s["phase"] == "Failed" and s["observedGeneration"] == 3

@@ -196,6 +196,11 @@ def test_deleted_child_comes_back(crd, ns, operator):
 
     wait_for(repaired, timeout=60, what="re-created Deployment and Service")
     wait_phase(kc, ns, "cnn14", "Running", operator)
+    # an edited child is put back too (server-side apply owns the fields the operator renders)
+    kubectl(kc, "scale", "deployment", "cnn14-device", "-n", ns, "--replicas", "0")
+    wait_for(lambda: children(kc, ns, "cnn14")["deployments"]["cnn14-device"]["spec"]["replicas"] == 1,
+             timeout=60, what="replicas restored")
+    wait_phase(kc, ns, "cnn14", "Running", operator)
     assert any(r == "DriftRepaired" for r, _ in events_for(kc, ns, "cnn14"))
 
 
@@ -284,3 +289,26 @@ def test_delete_garbage_collects_children(crd, ns, operator):
         left = json.loads(kubectl(kc, "get", "pods", "-n", ns, "-l",
                                   "splitdnn.io/splitinference in (cnn14,crashy)", "-o", "json").stdout)["items"]
     assert left == []
+
+
+def test_status_follows_child_deployments_without_the_timer(crd, kube_api, tmp_path):
+    """With the resync timer far away, readiness still reaches the status (Deployment events)."""
+    from kubernetes import client
+
+    kc = crd
+    core = client.CoreV1Api(kube_api)
+    ns = f"ev-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    op = OperatorProcess(kc, ns, tmp_path / "operator.log", resync=600).start()
+    try:
+        wait_for(lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items),
+                 timeout=30, what="default ServiceAccount")
+        apply(kc, ns, example("ev"))
+        wait_phase(kc, ns, "ev", "Running", op, timeout=120)
+        kubectl(kc, "scale", "deployment", "ev-edge", "-n", ns, "--replicas", "0")  # someone breaks a tier
+        si = wait_phase(kc, ns, "ev", "Degraded", op, timeout=60)
+        assert "edge" in si["status"]["message"]
+        assert any(r == "Degraded" for r, _ in events_for(kc, ns, "ev"))
+    finally:
+        op.stop()
+        core.delete_namespace(ns)

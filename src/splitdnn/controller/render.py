@@ -30,6 +30,7 @@ RUN_DIR = "/run/splitdnn"
 NETEM_REPORT = f"{RUN_DIR}/netem.json"
 PLAN_DIR = "/etc/splitdnn"
 AGENT_UID = 10001
+REPLICAS = 1  # one agent per tier
 MANAGER = "splitdnn-operator"
 LABEL_SI = "splitdnn.io/splitinference"
 LABEL_TIER = "splitdnn.io/tier"
@@ -185,7 +186,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
         "metadata": {"name": name, "namespace": si.namespace, "labels": common_labels(si.name, tname),
                      "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)}},
         "spec": {
-            "replicas": 1,
+            "replicas": REPLICAS,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(si.name, tname)},
             # Changing split points rolls every tier without downtime: a new pod must be Ready before the old goes.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from splitdnn.controller.render import object_name
+from splitdnn.controller.render import REPLICAS, object_name
 
 PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
 
@@ -13,12 +13,16 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def deployment_ready(dep: dict | None) -> dict:
-    """Readiness of one child Deployment (a dict as read from the API); None = missing."""
+def deployment_ready(dep: dict | None, want: int = REPLICAS) -> dict:
+    """Readiness of one child Deployment (a dict as read from the API; None = missing) against the replicas the
+    operator wants (not the live spec: a Deployment someone scaled to 0 is not a ready tier)."""
     if dep is None:
-        return {"exists": False, "ready": False, "replicas": 0, "readyReplicas": 0, "updated": False}
+        return {"exists": False, "ready": False, "replicas": want, "readyReplicas": 0, "updated": False}
     spec, st, meta = dep.get("spec", {}), dep.get("status", {}) or {}, dep.get("metadata", {})
-    want = spec.get("replicas", 1)
+    want = max(want, 1)
+    if spec.get("replicas", want) != want:
+        return {"exists": True, "ready": False, "replicas": want, "readyReplicas": st.get("readyReplicas", 0) or 0,
+                "updated": False}
     ready = st.get("readyReplicas", 0) or 0
     updated = st.get("updatedReplicas", 0) or 0
     available = st.get("availableReplicas", 0) or 0
