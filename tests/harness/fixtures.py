@@ -33,14 +33,20 @@ def controlplane():
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    kubeconfig = str(cp.CACHE / "controlplane" / "kubeconfig")
+    keep = os.environ.get("SPLITDNN_KEEP_CONTROLPLANE") == "1"
+    # A kept cluster has a fixed kubeconfig (the next session reuses it); otherwise one per session, so two
+    # concurrent test sessions on the machine never share (or tear down) each other's control plane.
+    kubeconfig = str(cp.CACHE / "controlplane" / ("kept" if keep else f"session-{os.getpid()}") / "kubeconfig")
     info = cp.up(kubeconfig, build=False)
     info["kubeconfig"] = kubeconfig
     try:
         yield info
     finally:
-        if os.environ.get("SPLITDNN_KEEP_CONTROLPLANE") != "1":
+        if not keep:
             cp.down(kubeconfig)
+            import shutil
+
+            shutil.rmtree(Path(kubeconfig).parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
