@@ -182,6 +182,15 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
             op.stop()
             print(op.log()[-5000:])
             kubectl(kc, "delete", "namespace", ns, "--wait=false", check=False)
+        # upgrade: the CRD is a template, so it is re-applied with the release (and still kept)
+        helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--set", "resyncSeconds=5", "--wait",
+             "--timeout", "3m", kubeconfig=kc)
+        env = json.loads(kubectl(kc, "get", "deployment", "splitdnn", "-n", RELEASE_NS, "-o",
+                                 "jsonpath={.spec.template.spec.containers[0].env}").stdout)
+        assert {"name": "SPLITDNN_RESYNC_SECONDS", "value": "5"} in env
+        crd = json.loads(kubectl(kc, "get", "crd", "splitinferences.splitdnn.io", "-o", "json").stdout)
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     finally:
         helm("uninstall", RELEASE, "-n", RELEASE_NS, kubeconfig=kc, check=False)
     # the CRD outlives the release (helm.sh/resource-policy: keep)
