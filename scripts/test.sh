@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# Kubernetes control plane binaries (Go module proxy) for the `controlplane` tests: cached under
+# ~/.cache/splitdnn, a no-op in well under a second when warm (see scripts/build-k8s.sh for the cold timing).
+bash scripts/build-k8s.sh
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
