@@ -101,12 +101,13 @@ def emulation_plan(requested: dict, report: Optional[dict]) -> tuple[LinkParams,
         loss=parse_percent(todo["loss"]) if "loss" in todo else 0.0,
         rate=parse_rate(todo["rate"]) if "rate" in todo else None,
     )
-    paths = set()
-    if applied:
-        paths.add("tc")
-    if params.active:
-        paths.add("inprocess")
-    return params, applied, paths or {"none"}
+    return params, applied, emulation_paths(applied, params)
+
+
+def emulation_paths(tc_applied, link: LinkParams) -> set:
+    """Which paths shape the outgoing link: {"tc"}, {"inprocess"}, both, or {"none"}."""
+    paths = ({"tc"} if tc_applied else set()) | ({"inprocess"} if link.active else set())
+    return paths or {"none"}
 
 
 def _same_shape(expected: list, actual: tuple) -> bool:
@@ -137,8 +138,7 @@ class Agent:
 
         self.metrics = AgentMetrics(config.si, self.tier)
         self.metrics.set_slice(config.slice, self.cut, self.model)
-        self.emulation_paths = ({"tc"} if config.tc_applied else set()) | ({"inprocess"} if config.link.active else set())
-        self.emulation_paths = self.emulation_paths or {"none"}
+        self.emulation_paths = emulation_paths(config.tc_applied, config.link)
         self.metrics.set_emulation(self.emulation_paths)
 
         self._signature = tf.saved_model.load(str(Path(config.slices) / self.entry["path"])).signatures[SIGNATURE]
