@@ -35,16 +35,27 @@ class Kube:
         return client.CoreV1Api(self.api), client.AppsV1Api(self.api)
 
     def apply(self, obj: dict) -> dict:
-        core, apps = self._apis()
+        """Server-side apply (PATCH application/apply-patch+yaml, force, our field manager). Done through
+        call_api so it works with every kubernetes client version (the typed patch methods of clients < 36 cannot
+        send that content type). Both client generations serialize a dict body to JSON for this content type
+        (JSON is YAML)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-        kw = dict(field_manager=MANAGER, force=True, _content_type=APPLY)
-        if kind == "Deployment":
-            return apps.patch_namespaced_deployment(name, ns, obj, **kw)
-        if kind == "Service":
-            return core.patch_namespaced_service(name, ns, obj, **kw)
-        if kind == "ConfigMap":
-            return core.patch_namespaced_config_map(name, ns, obj, **kw)
-        raise ValueError(f"cannot apply kind {kind}")
+        path = {
+            "Deployment": f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+            "Service": f"/api/v1/namespaces/{ns}/services/{name}",
+            "ConfigMap": f"/api/v1/namespaces/{ns}/configmaps/{name}",
+        }.get(kind)
+        if path is None:
+            raise ValueError(f"cannot apply kind {kind}")
+        return self.api.call_api(
+            path, "PATCH",
+            query_params=[("fieldManager", MANAGER), ("force", "true")],
+            header_params={"Content-Type": APPLY, "Accept": "application/json"},
+            body=obj,
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _return_http_data_only=True,
+        )
 
     def children(self, namespace: str, si_name: str) -> dict:
         """Existing children by (kind, name): plain dicts as the API returns them."""
