@@ -34,17 +34,31 @@ class Kube:
 
         return client.CoreV1Api(self.api), client.AppsV1Api(self.api)
 
-    def apply(self, obj: dict) -> dict:
-        core, apps = self._apis()
-        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-        kw = dict(field_manager=MANAGER, force=True, _content_type=APPLY)
-        if kind == "Deployment":
-            return apps.patch_namespaced_deployment(name, ns, obj, **kw)
-        if kind == "Service":
-            return core.patch_namespaced_service(name, ns, obj, **kw)
-        if kind == "ConfigMap":
-            return core.patch_namespaced_config_map(name, ns, obj, **kw)
-        raise ValueError(f"cannot apply kind {kind}")
+    def apply(self, obj: dict):
+        """Server-side apply (application/apply-patch+yaml, force, our field manager) through the dynamic
+        client, whose server_side_apply is the same in every kubernetes client generation (the typed patch
+        methods and ApiClient.call_api changed between 35 and 37)."""
+        if obj["kind"] not in ("Deployment", "Service", "ConfigMap"):
+            raise ValueError(f"cannot apply kind {obj['kind']}")
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        return self.dynamic.server_side_apply(resource, body=obj, namespace=obj["metadata"]["namespace"],
+                                              field_manager=MANAGER, force_conflicts=True)
+
+    @property
+    def dynamic(self):
+        if getattr(self, "_dynamic", None) is None:
+            from kubernetes.dynamic import DynamicClient
+
+            self._dynamic = DynamicClient(self.api)
+            self._resources = {}
+        return self._dynamic
+
+    def _resource(self, api_version: str, kind: str):
+        dyn = self.dynamic
+        key = (api_version, kind)
+        if key not in self._resources:
+            self._resources[key] = dyn.resources.get(api_version=api_version, kind=kind)
+        return self._resources[key]
 
     def children(self, namespace: str, si_name: str) -> dict:
         """Existing children by (kind, name): plain dicts as the API returns them."""
