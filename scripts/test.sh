@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# Go-built Kubernetes control plane (kube-apiserver, controller-manager, scheduler, etcd, kwok, helm): cached by
+# version under ~/.cache/splitdnn, so only the first run on a machine builds (tens of minutes on 2 cores).
+bash scripts/build-k8s.sh
+# Kubernetes control plane binaries (Go module proxy) for the `controlplane` tests: cached under
+# ~/.cache/splitdnn, a no-op in well under a second when warm (see scripts/build-k8s.sh for the cold timing).
+bash scripts/build-k8s.sh
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -33,3 +33,6 @@ def run_cli(*args, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"splitdnn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+# The real Kubernetes control plane (Go-built, kwok nodes): see tests/harness/fixtures.py
+from harness.fixtures import controlplane, kube_api, namespace  # noqa: E402,F401  (re-exported fixtures)

@@ -21,7 +21,7 @@ def test_crd_identity():
     version = doc["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Split", "Drop", "Latency", "Age"]
+    assert columns == ["Phase", "Ready", "Split", "Drop", "Latency", "Age"]
     # the packaged copy is the very file in crds/
     assert (ROOT / "src/splitdnn/data/splitinference.yaml").resolve() == (ROOT / "crds/splitinference.yaml").resolve()
 

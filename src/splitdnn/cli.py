@@ -373,6 +373,25 @@ def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e
 
 # --- operator ----------------------------------------------------------------------------------------------------
 
+
+@app.command("operator")
+def operator_(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="watch this namespace (repeatable)"),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="watch every namespace (default)"),
+    liveness: Optional[str] = typer.Option("http://0.0.0.0:8080/healthz", "--liveness",
+                                           help="liveness endpoint URL; empty to disable"),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="serve Prometheus metrics on this port (0: off)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Run the SplitInference operator (Kopf) against KUBECONFIG or the in-cluster API."""
+    from splitdnn.controller.run import run
+
+    if namespace and all_namespaces:
+        fail("--namespace and --all-namespaces are exclusive")
+    run(namespaces=namespace, all_namespaces=all_namespaces, liveness=liveness or None, verbose=verbose,
+        metrics_port=metrics_port)
+
+
 # --- experiment --------------------------------------------------------------------------------------------------
 
 experiment_app = typer.Typer(no_args_is_help=True, help="Reproduce published experiments with real agents.")

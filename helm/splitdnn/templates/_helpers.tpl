@@ -1,0 +1,76 @@
+{{- define "splitdnn.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "splitdnn.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "splitdnn.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "splitdnn.labels" -}}
+helm.sh/chart: {{ include "splitdnn.chart" . }}
+{{ include "splitdnn.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: splitdnn
+{{- end }}
+
+{{- define "splitdnn.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "splitdnn.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "splitdnn.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "splitdnn.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "splitdnn.image" -}}
+{{- printf "%s:%s" .Values.image.repository (toString (default .Chart.AppVersion .Values.image.tag)) }}
+{{- end }}
+
+{{- define "splitdnn.agentImage" -}}
+{{- printf "%s:%s" .Values.agent.image.repository (toString (default .Chart.AppVersion .Values.agent.image.tag)) }}
+{{- end }}
+
+{{/* The operator's rules: least privilege for what handlers.py and kube.py do. */}}
+{{- define "splitdnn.rules" -}}
+# watch SplitInferences; kopf keeps its progress in annotations (patch)
+- apiGroups: [splitdnn.io]
+  resources: [splitinferences]
+  verbs: [get, list, watch, patch]
+- apiGroups: [splitdnn.io]
+  resources: [splitinferences/status]
+  verbs: [get, patch, update]
+# owner references with blockOwnerDeletion on the children
+- apiGroups: [splitdnn.io]
+  resources: [splitinferences/finalizers]
+  verbs: [update]
+# the children, by server-side apply (create + patch); deletion is the garbage collector's
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [get, list, watch, create, patch]
+# an Event per decision
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

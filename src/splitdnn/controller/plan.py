@@ -1,0 +1,127 @@
+"""The plan the operator deploys: which layers each tier runs, what crosses each link, predicted figures.
+
+`model_summary()` loads the model once per (source, input shape) and keeps only what planning needs (layer
+names, per-layer params/FLOPs, cut sizes); everything else here is pure.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from splitdnn.spec import SplitInference, cross_field_problems
+
+NAME_MAX = 63  # Service names are DNS-1035 labels
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    model: str
+    layers: tuple[str, ...]
+    params: tuple[int, ...] = ()
+    flops: tuple[int, ...] = ()
+    cut_bytes: dict = field(default_factory=dict)  # layer name → bytes crossing a cut after it (one frame)
+    cut_tensors: dict = field(default_factory=dict)
+    input_bytes: int = 0
+
+
+class ModelUnavailable(Exception):
+    """The operator cannot load the model itself (a .keras file that only the agent image has)."""
+
+
+@lru_cache(maxsize=16)
+def model_summary(source: str, input_shape: tuple | None = None) -> ModelSummary:
+    """Raises splitdnn.models.ModelSourceError for an unknown model, ModelUnavailable for a file not here."""
+    from splitdnn.graph import build_graph
+    from splitdnn.models import load_model
+
+    if source.endswith(".keras") and not Path(source).is_file():
+        raise ModelUnavailable(f"model file {source!r} is not in the operator's file system; the slicer checks it")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    graph = build_graph(load_model(source, input_shape))
+    return ModelSummary(
+        model=source,
+        layers=tuple(l.name for l in graph.layers),
+        params=tuple(l.params for l in graph.layers),
+        flops=tuple(l.flops for l in graph.layers),
+        cut_bytes={c.after: c.bytes for c in graph.cuts},
+        cut_tensors={c.after: list(c.tensors) for c in graph.cuts},
+        input_bytes=graph.input_bytes,
+    )
+
+
+def problems(si: SplitInference, summary: ModelSummary | None) -> list[str]:
+    """Everything that makes the resource undeployable, each naming the problem."""
+    found = cross_field_problems(si, list(summary.layers) if summary else None)
+    for t in si.tiers:
+        name = f"{si.name}-{t['name']}"
+        if len(name) > NAME_MAX:
+            found.append(f"object name {name!r} is longer than {NAME_MAX} characters: shorten the resource or tier name")
+    if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
+        found.append("planner.mode auto without splitPoints is not supported by this operator yet: set splitPoints")
+    return found
+
+
+def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
+    """The plan for valid split points (check `problems()` first)."""
+    points = list(si.spec.get("splitPoints") or [])
+    tiers = si.tiers
+    planner = si.spec.get("planner", {})
+    plan = {
+        "splitInference": si.name,
+        "namespace": si.namespace,
+        "model": si.model_source,
+        "mode": planner.get("mode", "fixed"),
+        "objective": planner.get("objective", "throughput"),
+        "splitPoints": points,
+        "tiers": [],
+        "links": [],
+        "predicted": {"source": "model graph" if summary else "unavailable"},
+    }
+    bounds = []
+    if summary:
+        idx = [summary.layers.index(p) for p in points]
+        starts = [0] + [i + 1 for i in idx]
+        ends = idx + [len(summary.layers) - 1]
+        bounds = list(zip(starts, ends))
+    for i, t in enumerate(tiers):
+        entry = {
+            "name": t["name"],
+            "slice": f"slice{i}",
+            "service": f"{si.name}-{t['name']}",
+            "overheadRatio": t.get("overheadRatio", 0),
+            "maxMessageBytes": t.get("maxMessageBytes"),
+            "netem": dict(t.get("netem") or {}),
+        }
+        if i + 1 < len(tiers):  # (no nulls: status is merge-patched, where null means delete)
+            entry["next"] = f"{si.name}-{tiers[i + 1]['name']}"
+        if bounds:
+            a, b = bounds[i]
+            entry.update({
+                "firstLayer": summary.layers[a] if a <= b else None,
+                "lastLayer": summary.layers[b] if a <= b else None,
+                "layers": max(0, b - a + 1),
+                "params": sum(summary.params[a:b + 1]),
+                "flops": sum(summary.flops[a:b + 1]),
+            })
+        plan["tiers"].append(entry)
+    for i, p in enumerate(points):
+        link = {"from": tiers[i]["name"], "to": tiers[i + 1]["name"], "after": p}
+        if summary:
+            link["bytes"] = summary.cut_bytes.get(p)
+            link["tensors"] = summary.cut_tensors.get(p, [])
+        plan["links"].append(link)
+    if summary:
+        sizes = [l.get("bytes") or 0 for l in plan["links"]]
+        flops = [t["flops"] for t in plan["tiers"]]
+        plan["predicted"].update({
+            "inputBytes": summary.input_bytes,
+            "bytesPerFrame": sum(sizes),
+            "maxLinkBytes": max(sizes) if sizes else 0,
+            "flopsPerTier": {t["name"]: t["flops"] for t in plan["tiers"]},
+        })
+        if flops:
+            plan["predicted"]["bottleneckTier"] = plan["tiers"][flops.index(max(flops))]["name"]
+    return plan

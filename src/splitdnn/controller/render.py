@@ -1,0 +1,280 @@
+"""Pure rendering: a SplitInference (defaults applied) + its plan → the Kubernetes objects of each tier.
+
+No I/O and no Kubernetes client here, so every rule of the pod contract is unit-tested:
+
+- per tier i (spec order; slice i = the i-th slice): Deployment and Service `<si>-<tier>`, and one ConfigMap
+  `<si>-plan` with the plan JSON;
+- init container `slicer`: `splitdnn slice MODEL --at L1,L2 --out /models` into the `models` emptyDir;
+- init container `netem`: `splitdnn netem apply --dev eth0 ... --report /run/splitdnn/netem.json`, the only
+  container with an added capability (NET_ADMIN);
+- container `agent`: non-root, read-only root filesystem, probes, the tier's resources.
+
+Owner references are not set here: the operator adopts the objects (kopf.adopt) just before applying them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from typing import Any
+
+from splitdnn import __version__
+from splitdnn.spec import SplitInference
+
+GRPC_PORT = 8500
+METRICS_PORT = 9100
+MODELS_DIR = "/models"
+RUN_DIR = "/run/splitdnn"
+NETEM_REPORT = f"{RUN_DIR}/netem.json"
+PLAN_DIR = "/etc/splitdnn"
+AGENT_UID = 10001
+REPLICAS = 1  # one agent per tier
+MANAGER = "splitdnn-operator"
+LABEL_SI = "splitdnn.io/splitinference"
+LABEL_TIER = "splitdnn.io/tier"
+ANNOTATION_PLAN_HASH = "splitdnn.io/plan-hash"
+NETEM_FLAGS = ("delay", "jitter", "loss", "rate")  # passed to both `netem apply` and the agent
+
+
+def agent_image(env: dict | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("SPLITDNN_AGENT_IMAGE") or f"splitdnn/agent:{__version__}"
+
+
+def object_name(si_name: str, tier: str) -> str:
+    return f"{si_name}-{tier}"
+
+
+def plan_configmap_name(si_name: str) -> str:
+    return f"{si_name}-plan"
+
+
+def selector_labels(si_name: str, tier: str) -> dict:
+    return {LABEL_SI: si_name, LABEL_TIER: tier}
+
+
+def common_labels(si_name: str, tier: str | None = None) -> dict:
+    labels = {
+        "app.kubernetes.io/name": "splitdnn-agent",
+        "app.kubernetes.io/instance": si_name,
+        "app.kubernetes.io/managed-by": MANAGER,
+        "app.kubernetes.io/part-of": "splitdnn",
+        LABEL_SI: si_name,
+    }
+    if tier is not None:
+        labels["app.kubernetes.io/component"] = tier
+        labels[LABEL_TIER] = tier
+    return labels
+
+
+def stable_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def slicer_command(si: SplitInference, split_points: list[str]) -> list[str]:
+    cmd = ["splitdnn", "slice", si.model_source, "--at", ",".join(split_points), "--out", MODELS_DIR]
+    if si.input_shape:
+        cmd += ["--input-shape", ",".join(str(d) for d in si.input_shape)]
+    return cmd
+
+
+def _netem_values(tier: dict) -> list[str]:
+    netem = tier.get("netem") or {}
+    args: list[str] = []
+    for key in NETEM_FLAGS:
+        if netem.get(key) is not None:
+            args += [f"--{key}", str(netem[key])]
+    return args
+
+
+def netem_command(tier: dict) -> list[str]:
+    cmd = ["splitdnn", "netem", "apply", "--dev", "eth0", *_netem_values(tier)]
+    netem = tier.get("netem") or {}
+    if netem.get("limit") is not None:
+        cmd += ["--limit", str(netem["limit"])]
+    return cmd + ["--report", NETEM_REPORT]
+
+
+def _num(value: Any) -> str:
+    """Numbers as the CLI expects them: 10.0 → '10', 0.5 → '0.5'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def agent_command(si: SplitInference, index: int) -> list[str]:
+    tiers = si.tiers
+    tier = tiers[index]
+    cmd = [
+        "splitdnn", "agent",
+        "--slices", MODELS_DIR,
+        "--slice", f"slice{index}",
+        "--port", str(GRPC_PORT),
+        "--metrics-port", str(METRICS_PORT),
+        "--si", si.name,
+        "--tier", tier["name"],
+        "--overhead-ratio", _num(tier.get("overheadRatio", 0)),
+        "--max-message-bytes", str(tier.get("maxMessageBytes", 4194304)),
+        "--netem-report", NETEM_REPORT,
+    ]
+    if index + 1 < len(tiers):
+        cmd += ["--next", f"{object_name(si.name, tiers[index + 1]['name'])}:{GRPC_PORT}"]
+    if index == 0:
+        w = si.workload
+        cmd += [
+            "--source", str(w.get("source", "synthetic")),
+            "--fps", _num(w.get("fps", 1)),
+            "--frames", str(w.get("frames", 50)),
+            "--deadline", str(w.get("deadline", "1s")),
+            "--max-inflight", str(w.get("maxInFlight", 4)),
+        ]
+    return cmd + _netem_values(tier)
+
+
+def _restricted(uid: int | None = AGENT_UID) -> dict:
+    sc = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if uid is not None:
+        sc.update({"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid})
+    return sc
+
+
+def render_deployment(si: SplitInference, plan: dict, index: int, image: str) -> dict:
+    tier = si.tiers[index]
+    tname = tier["name"]
+    name = object_name(si.name, tname)
+    split_points = plan["splitPoints"]
+    env = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
+        {"name": "SPLITDNN_PLAN", "value": f"{PLAN_DIR}/plan.json"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    models_mount = {"name": "models", "mountPath": MODELS_DIR}
+    run_mount = {"name": "run", "mountPath": RUN_DIR}
+    tmp_mount = {"name": "tmp", "mountPath": "/tmp"}
+    plan_mount = {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}
+    netem_sc = {
+        # tc needs CAP_NET_ADMIN in the pod's network namespace; an added capability only takes effect for uid 0.
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    resources = copy.deepcopy(tier.get("resources") or {})
+    pod_labels = common_labels(si.name, tname)
+    pod_annotations = {
+        # a new plan (split points, links, workload) rolls the pods even when the command line is unchanged
+        ANNOTATION_PLAN_HASH: plan_hash(plan),
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    container_defaults = {"image": image, "imagePullPolicy": "IfNotPresent", "env": env}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": si.namespace, "labels": common_labels(si.name, tname),
+                     "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)}},
+        "spec": {
+            "replicas": REPLICAS,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(si.name, tname)},
+            # Changing split points rolls every tier without downtime: a new pod must be Ready before the old goes.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+                "spec": {
+                    "nodeSelector": dict(tier.get("nodeSelector") or {}),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"fsGroup": AGENT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 10,
+                    "initContainers": [
+                        {**container_defaults, "name": "slicer", "command": slicer_command(si, split_points),
+                         "volumeMounts": [models_mount, tmp_mount], "securityContext": _restricted(),
+                         "resources": copy.deepcopy(resources)},
+                        {**container_defaults, "name": "netem", "command": netem_command(tier),
+                         "volumeMounts": [run_mount], "securityContext": netem_sc,
+                         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}},
+                    ],
+                    "containers": [
+                        {
+                            **container_defaults,
+                            "name": "agent",
+                            "command": agent_command(si, index),
+                            "ports": [
+                                {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                            ],
+                            "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "initialDelaySeconds": 2,
+                                               "periodSeconds": 5, "failureThreshold": 3},
+                            "livenessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT},
+                                              "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
+                            "resources": resources,
+                            "securityContext": _restricted(),
+                            "volumeMounts": [{**models_mount, "readOnly": True}, {**run_mount, "readOnly": True},
+                                             tmp_mount, plan_mount],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "models", "emptyDir": {}},
+                        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "plan", "configMap": {"name": plan_configmap_name(si.name)}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def render_service(si: SplitInference, index: int) -> dict:
+    tname = si.tiers[index]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": object_name(si.name, tname), "namespace": si.namespace,
+                     "labels": common_labels(si.name, tname)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(si.name, tname),
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def plan_hash(plan: dict) -> str:
+    return stable_hash(plan)
+
+
+def render_configmap(si: SplitInference, plan: dict) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": plan_configmap_name(si.name), "namespace": si.namespace,
+                     "labels": common_labels(si.name), "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)}},
+        "data": {"plan.json": json.dumps(plan, indent=2, sort_keys=True)},
+    }
+
+
+def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list[dict]:
+    """Every child object, in apply order: the plan first (pods mount it), then per tier Service + Deployment."""
+    image = image or agent_image()
+    objs = [render_configmap(si, plan)]
+    for i in range(len(si.tiers)):
+        objs.append(render_service(si, i))
+        objs.append(render_deployment(si, plan, i, image))
+    return objs

@@ -1,0 +1,116 @@
+"""Pure status computation: child Deployments + validation result → the SplitInference status."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from splitdnn.controller.render import REPLICAS, object_name
+
+PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deployment_ready(dep: dict | None, want: int = REPLICAS) -> dict:
+    """Readiness of one child Deployment (a dict as read from the API; None = missing) against the replicas the
+    operator wants (not the live spec: a Deployment someone scaled to 0 is not a ready tier)."""
+    if dep is None:
+        return {"exists": False, "ready": False, "replicas": want, "readyReplicas": 0, "updated": False}
+    spec, st, meta = dep.get("spec", {}), dep.get("status", {}) or {}, dep.get("metadata", {})
+    want = max(want, 1)
+    if spec.get("replicas", want) != want:
+        return {"exists": True, "ready": False, "replicas": want, "readyReplicas": st.get("readyReplicas", 0) or 0,
+                "updated": False}
+    ready = st.get("readyReplicas", 0) or 0
+    updated = st.get("updatedReplicas", 0) or 0
+    available = st.get("availableReplicas", 0) or 0
+    total = st.get("replicas", 0) or 0
+    observed = (st.get("observedGeneration") or 0) >= (meta.get("generation") or 0)
+    rolled = observed and updated == want and total == want  # no pod of an older template left
+    return {
+        "exists": True,
+        "ready": rolled and ready == want and available == want,
+        "replicas": want,
+        "readyReplicas": ready,
+        "updated": rolled,
+    }
+
+
+def _condition(previous: list, ctype: str, status: str, reason: str, message: str) -> dict:
+    old = next((c for c in previous or [] if c.get("type") == ctype), None)
+    changed = old is None or old.get("status") != status
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now() if changed else old.get("lastTransitionTime", now()),
+    }
+
+
+def failed_status(previous: dict, generation: int, problems: list[str]) -> dict:
+    message = "; ".join(problems)
+    prev_conditions = (previous or {}).get("conditions", [])
+    return {
+        "phase": "Failed",
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": [
+            _condition(prev_conditions, "Valid", "False", "InvalidSpec", message),
+            _condition(prev_conditions, "Ready", "False", "InvalidSpec", "not deployed: the spec is invalid"),
+        ],
+    }
+
+
+def running_status(si, plan: dict, deployments: dict, previous: dict, generation: int) -> dict:
+    """`deployments`: Deployment name → API dict (missing ones absent)."""
+    previous = previous or {}
+    tiers = []
+    for i, t in enumerate(si.tiers):
+        name = object_name(si.name, t["name"])
+        r = deployment_ready(deployments.get(name))
+        tiers.append({"name": t["name"], "slice": f"slice{i}", "deployment": name, "ready": r["ready"],
+                      "replicas": r["replicas"], "readyReplicas": r["readyReplicas"]})
+    ready_count = sum(1 for t in tiers if t["ready"])
+    not_ready = [t["name"] for t in tiers if not t["ready"]]
+    prev_phase = previous.get("phase")
+    same_generation = previous.get("observedGeneration") == generation
+    if not not_ready:
+        phase, message = "Running", f"all {len(tiers)} tiers ready"
+    elif same_generation and prev_phase in ("Running", "Degraded"):
+        phase, message = "Degraded", f"tiers not ready: {', '.join(not_ready)}"
+    elif ready_count == 0 and not any(deployments.get(object_name(si.name, t["name"])) for t in si.tiers):
+        phase, message = "Pending", "creating the tiers"
+    else:
+        phase, message = "Deploying", f"tiers not ready yet: {', '.join(not_ready)}"
+    points = plan["splitPoints"]
+    prev_conditions = previous.get("conditions", [])
+    status = {
+        "phase": phase,
+        "message": message,
+        "observedGeneration": generation,
+        "splitPoints": points,
+        "split": ",".join(points) if points else "-",
+        "readyTiers": f"{ready_count}/{len(tiers)}",
+        "tiers": tiers,
+        "plan": plan,
+        "conditions": [
+            _condition(prev_conditions, "Valid", "True", "SpecValid", "the spec is valid for the model"),
+            _condition(prev_conditions, "Ready", "True" if not not_ready else "False",
+                       "AllTiersReady" if not not_ready else "TiersNotReady", message),
+        ],
+    }
+    return status
+
+
+def status_changed(old: dict, new: dict) -> bool:
+    """Ignore lastTransitionTime-only differences (they are recomputed from the old ones anyway)."""
+    def strip(s):
+        s = dict(s or {})
+        s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in (s.get("conditions") or [])]
+        return s
+
+    keys = set(new)
+    return strip({k: (old or {}).get(k) for k in keys}) != strip(new)

@@ -1,0 +1,242 @@
+"""Rendering is pure: spec + plan → manifests. These tests pin the pod contract with the agent."""
+
+import copy
+import json
+
+import pytest
+
+from splitdnn.controller import plan as plan_mod
+from splitdnn.controller import render
+from splitdnn.controller import status as status_mod
+from splitdnn.spec import from_resource, load_file
+
+LAYERS = ("conv2d", "max_pooling2d", "conv2d_1", "flatten", "dense", "dense_1")
+SUMMARY = plan_mod.ModelSummary(
+    model="cnn14", layers=LAYERS, params=(10, 0, 20, 0, 30, 5), flops=(100, 10, 200, 0, 60, 6),
+    cut_bytes={"conv2d": 4000, "max_pooling2d": 1000, "conv2d_1": 800, "flatten": 800, "dense": 64},
+    cut_tensors={"conv2d": ["conv2d"], "flatten": ["flatten"]}, input_bytes=3000)
+
+
+@pytest.fixture
+def si():
+    return load_file("examples/cnn14.yaml")[0]
+
+
+@pytest.fixture
+def plan(si):
+    return plan_mod.build_plan(si, SUMMARY)
+
+
+def objs_by(objs):
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+def test_render_all_names_and_order(si, plan):
+    objs = render.render_all(si, plan, image="img:1")
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
+        ("ConfigMap", "cnn14-plan"),
+        ("Service", "cnn14-device"), ("Deployment", "cnn14-device"),
+        ("Service", "cnn14-edge"), ("Deployment", "cnn14-edge"),
+        ("Service", "cnn14-cloud"), ("Deployment", "cnn14-cloud"),
+    ]
+    assert all(o["metadata"]["namespace"] == "default" for o in objs)
+    cm = objs[0]
+    assert json.loads(cm["data"]["plan.json"]) == plan
+
+
+def test_render_is_deterministic_and_pure(si, plan):
+    before = copy.deepcopy(si.spec)
+    a = render.render_all(si, plan, image="img:1")
+    b = render.render_all(si, plan, image="img:1")
+    assert a == b
+    assert si.spec == before
+
+
+def test_deployment_pod_contract(si, plan):
+    d = objs_by(render.render_all(si, plan, image="img:1"))[("Deployment", "cnn14-device")]
+    pod = d["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"splitdnn.io/tier": "device"}
+    assert d["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    slicer, netem = pod["initContainers"]
+    assert slicer["name"] == "slicer"
+    assert slicer["command"] == ["splitdnn", "slice", "cnn14", "--at", "conv2d,flatten", "--out", "/models"]
+    assert {"name": "models", "mountPath": "/models"} in slicer["volumeMounts"]
+    assert netem["name"] == "netem"
+    assert netem["command"] == ["splitdnn", "netem", "apply", "--dev", "eth0", "--delay", "5ms",
+                                "--report", "/run/splitdnn/netem.json"]
+    assert {"name": "run", "mountPath": "/run/splitdnn"} in netem["volumeMounts"]
+    (agent,) = pod["containers"]
+    assert agent["name"] == "agent" and agent["image"] == "img:1"
+    assert agent["command"] == [
+        "splitdnn", "agent", "--slices", "/models", "--slice", "slice0", "--port", "8500", "--metrics-port", "9100",
+        "--si", "cnn14", "--tier", "device", "--overhead-ratio", "10", "--max-message-bytes", "500000",
+        "--netem-report", "/run/splitdnn/netem.json", "--next", "cnn14-edge:8500",
+        "--source", "synthetic", "--fps", "5", "--frames", "50", "--deadline", "2s", "--max-inflight", "8",
+        "--delay", "5ms",
+    ]
+    assert agent["readinessProbe"]["tcpSocket"]["port"] == 8500
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": 9100}
+    assert agent["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+    assert {p["containerPort"] for p in agent["ports"]} == {8500, 9100}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in vols["models"] and "emptyDir" in vols["run"]
+    assert vols["plan"]["configMap"]["name"] == "cnn14-plan"
+
+
+def test_only_netem_has_a_capability_and_agent_is_locked_down(si, plan):
+    for d in [o for o in render.render_all(si, plan, image="i") if o["kind"] == "Deployment"]:
+        pod = d["spec"]["template"]["spec"]
+        for c in pod["initContainers"] + pod["containers"]:
+            caps = c["securityContext"]["capabilities"]
+            assert caps["drop"] == ["ALL"]
+            if c["name"] == "netem":
+                assert caps["add"] == ["NET_ADMIN"]
+            else:
+                assert "add" not in caps
+                assert c["securityContext"]["runAsNonRoot"] is True
+                assert c["securityContext"]["readOnlyRootFilesystem"] is True
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"].get("privileged") is not True
+
+
+def test_middle_and_last_tier_commands(si, plan):
+    objs = objs_by(render.render_all(si, plan, image="i"))
+    edge = objs[("Deployment", "cnn14-edge")]["spec"]["template"]["spec"]["containers"][0]["command"]
+    cloud = objs[("Deployment", "cnn14-cloud")]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert edge[edge.index("--slice") + 1] == "slice1"
+    assert edge[edge.index("--next") + 1] == "cnn14-cloud:8500"
+    assert "--source" not in edge and "--fps" not in edge
+    assert cloud[cloud.index("--slice") + 1] == "slice2"
+    assert "--next" not in cloud
+    assert cloud[cloud.index("--overhead-ratio") + 1] == "1"
+    assert cloud[-2:] == ["--delay", "252.5ms"]
+
+
+def test_all_netem_fields(si, plan):
+    si.tiers[1]["netem"] = {"delay": "10ms", "jitter": "1ms", "loss": "0.5%", "rate": "4mbit", "limit": 100}
+    objs = objs_by(render.render_all(si, plan, image="i"))
+    pod = objs[("Deployment", "cnn14-edge")]["spec"]["template"]["spec"]
+    assert pod["initContainers"][1]["command"] == [
+        "splitdnn", "netem", "apply", "--dev", "eth0", "--delay", "10ms", "--jitter", "1ms", "--loss", "0.5%",
+        "--rate", "4mbit", "--limit", "100", "--report", "/run/splitdnn/netem.json"]
+    agent = pod["containers"][0]["command"]
+    assert agent[-8:] == ["--delay", "10ms", "--jitter", "1ms", "--loss", "0.5%", "--rate", "4mbit"]
+    assert "--limit" not in agent
+
+
+def test_model_sources():
+    base = {"apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference", "metadata": {"name": "m"},
+            "spec": {"splitPoints": ["a"], "tiers": [{"name": "x"}, {"name": "y"}]}}
+    r = copy.deepcopy(base)
+    r["spec"]["model"] = {"kerasApplication": "MobileNetV2", "inputShape": [96, 96, 3]}
+    assert render.slicer_command(from_resource(r), ["a"]) == [
+        "splitdnn", "slice", "keras.applications.MobileNetV2", "--at", "a", "--out", "/models",
+        "--input-shape", "96,96,3"]
+    r = copy.deepcopy(base)
+    r["spec"]["model"] = {"uri": "/data/m.keras"}
+    assert render.slicer_command(from_resource(r), ["a"])[2] == "/data/m.keras"
+
+
+def test_service(si, plan):
+    svc = objs_by(render.render_all(si, plan, image="i"))[("Service", "cnn14-edge")]
+    assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {("grpc", 8500), ("metrics", 9100)}
+    assert svc["spec"]["selector"] == {"splitdnn.io/splitinference": "cnn14", "splitdnn.io/tier": "edge"}
+    dep = objs_by(render.render_all(si, plan, image="i"))[("Deployment", "cnn14-edge")]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
+    assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+
+
+def test_new_split_points_change_pod_template(si, plan):
+    a = objs_by(render.render_all(si, plan, image="i"))[("Deployment", "cnn14-edge")]
+    si.spec["splitPoints"] = ["max_pooling2d", "dense"]
+    plan2 = plan_mod.build_plan(si, SUMMARY)
+    b = objs_by(render.render_all(si, plan2, image="i"))[("Deployment", "cnn14-edge")]
+    assert a["spec"]["template"] != b["spec"]["template"]
+    assert b["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == "max_pooling2d,dense"
+    assert a["spec"]["selector"] == b["spec"]["selector"]  # selectors are immutable
+
+
+def test_agent_image_from_env():
+    assert render.agent_image({"SPLITDNN_AGENT_IMAGE": "reg/a:9"}) == "reg/a:9"
+    assert render.agent_image({}).startswith("splitdnn/agent:")
+
+
+def test_plan_figures(si, plan):
+    assert plan["splitPoints"] == ["conv2d", "flatten"]
+    assert [(t["name"], t["firstLayer"], t["lastLayer"], t["layers"]) for t in plan["tiers"]] == [
+        ("device", "conv2d", "conv2d", 1), ("edge", "max_pooling2d", "flatten", 3), ("cloud", "dense", "dense_1", 2)]
+    assert [l["bytes"] for l in plan["links"]] == [4000, 800]
+    assert plan["predicted"]["bytesPerFrame"] == 4800
+    assert plan["predicted"]["bottleneckTier"] == "edge"
+    assert plan["tiers"][0]["next"] == "cnn14-edge" and "next" not in plan["tiers"][2]
+
+    def no_nulls(v):
+        return v is not None and all(no_nulls(x) for x in (v.values() if isinstance(v, dict) else
+                                                           v if isinstance(v, list) else []))
+    assert no_nulls(plan)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda s: s["spec"].update(splitPoints=["conv2d", "nope"]), "'nope' is not a layer"),
+    (lambda s: s["spec"].update(splitPoints=["conv2d"]), "1 split points for 3 tiers"),
+    (lambda s: s["spec"]["tiers"][1].update(name="device"), "duplicate tier names: device"),
+    (lambda s: s["metadata"].update(name="x" * 60), "longer than 63"),
+])
+def test_problems_name_the_problem(mutate, needle):
+    import yaml
+
+    r = yaml.safe_load(open("examples/cnn14.yaml"))
+    mutate(r)
+    found = plan_mod.problems(from_resource(r), SUMMARY)
+    assert any(needle in p for p in found), found
+
+
+def test_valid_example_has_no_problems(si):
+    assert plan_mod.problems(si, SUMMARY) == []
+
+
+def _dep(gen=1, observed=1, replicas=1, ready=1, updated=1, available=1, total=1):
+    return {"metadata": {"generation": gen}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": observed, "readyReplicas": ready, "updatedReplicas": updated,
+                       "availableReplicas": available, "replicas": total}}
+
+
+def test_status_phases(si, plan):
+    names = ["cnn14-device", "cnn14-edge", "cnn14-cloud"]
+    s0 = status_mod.running_status(si, plan, {}, {}, 1)
+    assert s0["phase"] == "Pending"
+    s1 = status_mod.running_status(si, plan, {n: _dep(ready=0, available=0) for n in names}, s0, 1)
+    assert s1["phase"] == "Deploying" and s1["readyTiers"] == "0/3"
+    s2 = status_mod.running_status(si, plan, {n: _dep() for n in names}, s1, 1)
+    assert s2["phase"] == "Running" and s2["readyTiers"] == "3/3" and s2["split"] == "conv2d,flatten"
+    assert {c["type"]: c["status"] for c in s2["conditions"]} == {"Valid": "True", "Ready": "True"}
+    deps = {n: _dep() for n in names}
+    deps["cnn14-edge"] = _dep(ready=0, available=0)
+    s3 = status_mod.running_status(si, plan, deps, s2, 1)
+    assert s3["phase"] == "Degraded" and "edge" in s3["message"]
+    # a spec change (new generation) rolling out is Deploying, not Degraded
+    deps["cnn14-edge"] = _dep(gen=2, observed=2, updated=1, total=2)
+    s4 = status_mod.running_status(si, plan, deps, s2, 2)
+    assert s4["phase"] == "Deploying"
+    assert s4["tiers"][1] == {"name": "edge", "slice": "slice1", "deployment": "cnn14-edge", "ready": False,
+                              "replicas": 1, "readyReplicas": 1}
+
+
+def test_scaled_down_tier_is_not_ready(si, plan):
+    names = ["cnn14-device", "cnn14-edge", "cnn14-cloud"]
+    deps = {n: _dep() for n in names}
+    deps["cnn14-edge"] = _dep(replicas=0, ready=0, updated=0, available=0, total=0)
+    running = status_mod.running_status(si, plan, {n: _dep() for n in names}, {}, 1)
+    s = status_mod.running_status(si, plan, deps, running, 1)
+    assert s["phase"] == "Degraded" and s["readyTiers"] == "2/3"
+
+
+def test_failed_status_and_transition_times():
+    s = status_mod.failed_status({}, 3, ["split point 'x' is not a layer of model 'cnn14'"])
+    assert s["phase"] == "Failed" and s["observedGeneration"] == 3
+    valid = next(c for c in s["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec" and "'x'" in valid["message"]
+    again = status_mod.failed_status(s, 3, ["split point 'x' is not a layer of model 'cnn14'"])
+    assert not status_mod.status_changed(s, again)
+    assert again["conditions"][0]["lastTransitionTime"] == valid["lastTransitionTime"]
