@@ -89,6 +89,14 @@ def _fake_result():
             "runs": runs}
 
 
+def test_summarize_one_repeat_plots_without_negative_whiskers(tmp_path):
+    s = exp.summarize([{"time_s": 2.123456789, "drop_rate": 0.1}])
+    assert s["time_s"] == s["time_s_min"] == s["time_s_max"] == 2.1235
+    result = _fake_result()
+    result["runs"][0].update(s)
+    assert exp.plot_config(result, 1, tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_writers_markdown_and_plots(tmp_path):
     result = _fake_result()
     files = exp.write_outputs(result, tmp_path)

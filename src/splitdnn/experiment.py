@@ -318,8 +318,8 @@ def summarize(samples: Sequence[dict]) -> dict:
     times = [s["time_s"] for s in samples]
     drops = [s["drop_rate"] for s in samples]
     return {"time_s": round(statistics.median(times), 4), "drop_rate": round(statistics.median(drops), 4),
-            "time_s_min": min(times), "time_s_max": max(times), "drop_rate_min": min(drops),
-            "drop_rate_max": max(drops), "repeats": list(samples)}
+            "time_s_min": round(min(times), 4), "time_s_max": round(max(times), 4),
+            "drop_rate_min": round(min(drops), 4), "drop_rate_max": round(max(drops), 4), "repeats": list(samples)}
 
 
 def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeats: int = 1,
@@ -482,8 +482,8 @@ def plot_config(result: dict, c: int, path: Path) -> Path:
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(runs)), 7), sharex=True)
     for ax, key, title in ((axes[0], "time_s", "time for the frames (s)"), (axes[1], "drop_rate", "frame drop rate")):
         vals = [r[key] for r in runs]
-        lo = [r[key] - r.get(f"{key}_min", r[key]) for r in runs]
-        hi = [r.get(f"{key}_max", r[key]) - r[key] for r in runs]
+        lo = [max(0.0, r[key] - r.get(f"{key}_min", r[key])) for r in runs]   # the median is rounded
+        hi = [max(0.0, r.get(f"{key}_max", r[key]) - r[key]) for r in runs]
         colors = ["tab:orange" if r["planner"] else "tab:blue" for r in runs]
         ax.bar(x, vals, color=colors, yerr=[lo, hi], capsize=3, label="ours (median, min–max)")
         px = [i for i, r in enumerate(runs) if not r["planner"] and r["split"] in paper]
