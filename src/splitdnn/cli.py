@@ -404,7 +404,7 @@ def experiment_cho2021(
     frames: int = typer.Option(50, help="frames per run (the paper: 50)"),
     fps: float = typer.Option(20.0, help="source frame rate (see docs/experiment.md for the choice)"),
     out: str = typer.Option("out/cho2021", help="results.json, results.md and configN.png go here"),
-    repeats: int = typer.Option(1, help="runs per (config, split pair); results report median [min–max]"),
+    repeats: int = typer.Option(1, help="runs per (config, split pair); results report the median, min and max"),
     pairs: Optional[str] = typer.Option(None, help="subset of the 8 pairs, 1-based in the paper's order: 1,5"),
     seed: int = typer.Option(0, help="seed of the synthetic frames (repeat r uses seed + r)"),
     slack: float = typer.Option(0.1, help="deadline = the ring's propagation delay + this many seconds"),

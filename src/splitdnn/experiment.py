@@ -333,6 +333,8 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
         netns, why = available()
         say("network namespaces: one per tier, joined by veth pairs" if netns
             else f"network namespaces unavailable ({why}): running on loopback")
+    elif not netns:
+        say("running on loopback (network namespaces not requested)")
     chosen = [fixed_splits()[i - 1] for i in pairs] if pairs else fixed_splits()
     classes = layer_classes()
     slices_dir = out / "slices"
