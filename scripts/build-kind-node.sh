@@ -12,7 +12,7 @@
 #   node image splitdnn/kind-node:<k8s>-<key> Debian bookworm (splitdnn/base) + systemd, containerd, runc, CNI plugins,
 #                                             iptables ... from Debian; kind's own node files (entrypoint, units) from
 #                                             the kind module; the images above preloaded into containerd; a small
-#                                             bridge CNI (kind-bridge-cni, a systemd unit) instead of kindnetd.
+#                                             bridge CNI (kind-bridge-cni, a DaemonSet) instead of kindnetd.
 # Outputs (cached, keyed by version):  $SPLITDNN_CACHE/kind/<K8S>-kind<KIND>/
 #   bin/{kind,helm,kubectl,...}   node-image.txt (the image reference)   images/*.tar   timings.txt
 # Idempotent: a warm run checks files and the docker image label and exits in seconds.
@@ -39,6 +39,7 @@ export GOMODCACHE="${GOMODCACHE:-$SPLITDNN_CACHE/go-mod}"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
+export DOCKER_BUILDKIT=0   # no registry: BuildKit would try to pull frontends; the legacy builder needs nothing
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
 OUT="$SPLITDNN_CACHE/kind/$K8S_VERSION-kind$KIND_VERSION"
@@ -210,6 +211,20 @@ COPY kube-proxy-wrapper.sh /usr/local/bin/kube-proxy
 ENTRYPOINT ["/usr/local/bin/kube-proxy"]
 EOF
   img_build "registry.k8s.io/kube-proxy:$K8S_VERSION" kube-proxy "$d"
+  # kind-bridge-cni: the DaemonSet that replaces kindnetd (scripts/kind-node/manifests/default-cni.yaml)
+  d="$WORK/img/kind-bridge-cni"; rm -rf "$d"; mkdir -p "$d"
+  cp "$BIN/kubectl" "$REPO/scripts/kind-node/kind-bridge-cni.sh" "$d/"
+  docker image inspect "$BASE_IMAGE" --format '{{ .Id }}' > "$d/base-id"
+  cat > "$d/Dockerfile" <<'EOF'
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      iptables nftables conntrack ipset kmod >/dev/null && rm -rf /var/lib/apt/lists/*
+COPY kubectl /usr/local/bin/kubectl
+COPY kind-bridge-cni.sh /usr/local/bin/kind-bridge-cni
+ENTRYPOINT ["/usr/local/bin/kind-bridge-cni"]
+EOF
+  img_build "splitdnn.local/kind-bridge-cni:v1" kind-bridge-cni "$d"
 fi
 
 # ------------------------------------------------------------------ node image
@@ -240,10 +255,11 @@ if want node; then
       for t in /preload/*.tar; do ctr --namespace=k8s.io images import --all-platforms --no-unpack --digests "$t" >/dev/null; done
       ctr --namespace=k8s.io images ls -q | grep -v "^sha256:" | sort
       pkill containerd; sleep 1
-      rm -rf /tmp/* /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/* 2>/dev/null || true' > "$OUT/preloaded.txt"
+      rm -rf /tmp/* /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/* 2>/dev/null || true' \
+      > "$OUT/preloaded.txt" 2>&1 || { echo "[kind-node] preloading failed:" >&2; cat "$OUT/preloaded.txt" >&2; exit 1; }
     docker commit \
       --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
-      --change 'STOPSIGNAL SIGRTMIN+3' --change 'ENV container=docker' \
+      --change 'ENV container=docker' \
       --change "LABEL splitdnn.kind-node.key=$key splitdnn.k8s.version=$K8S_VERSION" \
       "$cid" "$ref" >/dev/null
     docker rm -f "$cid" >/dev/null; trap - EXIT

@@ -1,19 +1,23 @@
 #!/bin/bash
 # kind-bridge-cni: a small stand-in for kindnetd (kind's default CNI, an image this project cannot pull or build
-# offline). Every node runs it as a systemd unit: it reads the nodes' podCIDRs with the kubelet's own credentials
-# (the Node authorizer lets a kubelet list nodes), writes a bridge + host-local CNI config for its own podCIDR, and
-# routes every other node's podCIDR via that node's InternalIP (all kind nodes share one docker network).
-# Pod traffic leaving the cluster's pod network is masqueraded.
+# offline). A DaemonSet (kind/manifests/default-cni.yaml, host network, privileged) runs it on every node: it
+# lists the nodes' podCIDRs with its ServiceAccount, writes a bridge + host-local CNI config for its own node's
+# podCIDR, and routes every other node's podCIDR via that node's InternalIP (all kind nodes share one docker
+# network). Pod traffic leaving the cluster's pod network is masqueraded.
 set -u
-KC=/etc/kubernetes/kubelet.conf
 CONF=/etc/cni/net.d/10-kind-bridge.conflist
-me=$(hostname)
+me="${NODE_NAME:-$(hostname)}"
+# the iptables backend the node already uses (as the kube-proxy image does)
+legacy=$( (iptables-legacy-save) 2>/dev/null | grep -c '^-' )
+nft=$( (iptables-nft-save) 2>/dev/null | grep -c '^-' )
+if [ "${legacy:-0}" -gt "${nft:-0}" ]; then mode=legacy; else mode=nft; fi
+update-alternatives --set iptables "/usr/sbin/iptables-$mode" >/dev/null 2>&1
+echo "kind-bridge-cni: node $me, iptables $mode"
 sysctl -qw net.ipv4.ip_forward=1 2>/dev/null || true
 sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
-[ -f /etc/default/kind-bridge-cni ] && . /etc/default/kind-bridge-cni
 while true; do
-  if [ -s "$KC" ]; then
-    out=$(kubectl --kubeconfig="$KC" get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDR}{" "}{.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null) || out=""
+  if true; then
+    out=$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.podCIDR}{" "}{.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null) || out=""
     while read -r name cidr ip _; do
       [ -n "$name" ] && [ -n "$cidr" ] || continue
       case "$cidr" in *:*) continue ;; esac
