@@ -147,10 +147,12 @@ def test_splitinference_end_to_end(kind_cluster):
         pytest.skip("not on this branch yet: " + "; ".join(missing))
     with timed("images (scripts/build-images.sh)"):
         sh("bash", "scripts/build-images.sh", timeout=3600)
-    workers = [n for n, t in node_tiers(kind_cluster).items() if t]
-    with timed("kind load splitdnn/agent:dev, splitdnn/operator:dev"):
-        load_image(kind_cluster, "splitdnn/agent:dev", workers)
-        load_image(kind_cluster, "splitdnn/operator:dev", workers)
+    tier_nodes = {t: n for n, t in node_tiers(kind_cluster).items() if t}
+    with timed("kind load splitdnn/agent:dev (3 workers)"):
+        load_image(kind_cluster, "splitdnn/agent:dev", list(tier_nodes.values()))
+    # the operator runs in the cloud tier (pinned below), so its image only goes there
+    with timed("kind load splitdnn/operator:dev (cloud node)"):
+        load_image(kind_cluster, "splitdnn/operator:dev", [tier_nodes["cloud"]])
 
     helm = kind_cluster.tools.helm
     kube = f"--kubeconfig={kind_cluster.kubeconfig_path}"
@@ -159,6 +161,7 @@ def test_splitinference_end_to_end(kind_cluster):
            "--namespace", "splitdnn-system", "--create-namespace",
            "--set", "image.repository=splitdnn/operator", "--set", "image.tag=dev",
            "--set", "agent.image.repository=splitdnn/agent", "--set", "agent.image.tag=dev",
+           "--set-string", r"nodeSelector.splitdnn\.io/tier=cloud",
            "--wait", "--timeout", "10m", timeout=700)
     try:
         with timed("kubectl apply examples/cnn14.yaml -> tiers Available"):
