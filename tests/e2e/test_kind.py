@@ -191,11 +191,15 @@ def test_splitinference_end_to_end(kind_cluster):
                 assert term.get("exitCode") == 0, (tier, name, inits[name]["state"])
             netem_log = kind_cluster.kubectl("logs", pods[tier], "-c", "netem")
             assert "netem" in netem_log, netem_log[-2000:]
+            print(f"[{tier}] pod {pods[tier]} on {p['spec']['nodeName']}; netem init container log (tail):\n"
+                  + "\n".join(netem_log.strip().splitlines()[-6:]))
 
         # netem is not in this kernel: the tc init container says so and the agent emulates the delay in-process
         for tier in TIERS:
             text = metrics_of(kind_cluster, pods[tier])
             assert metric_sum(text, "splitdnn_link_emulation_info", path="inprocess") == 1, (tier, text[-3000:])
+            print(f"[{tier}] " + "; ".join(line for line in text.splitlines()
+                                           if line.startswith("splitdnn_link_emulation_info")))
 
         def frames() -> float:
             return sum(metric_sum(metrics_of(kind_cluster, pods[t]), "splitdnn_frames_total") for t in TIERS)
