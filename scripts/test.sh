@@ -3,12 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# Go-built Kubernetes control plane (kube-apiserver, controller-manager, scheduler, etcd, kwok, helm): cached by
-# version under ~/.cache/splitdnn, so only the first run on a machine builds (tens of minutes on 2 cores).
-bash scripts/build-k8s.sh
 # Kubernetes control plane binaries (Go module proxy) for the `controlplane` tests: cached under
 # ~/.cache/splitdnn, a no-op in well under a second when warm (see scripts/build-k8s.sh for the cold timing).
 bash scripts/build-k8s.sh
+# kind e2e prerequisites: Docker, the offline base/node/project images, kind/kubectl/helm. Cached under
+# ~/.cache/splitdnn and in Docker; prints its own timing breakdown. The `kind_e2e` tests run with the rest.
+bash scripts/e2e.sh prepare
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build the project's images offline on top of the local base image (scripts/build-base-image.sh):
+#   splitdnn/agent:dev      from agent_image/Dockerfile
+#   splitdnn/operator:dev   from operator/Dockerfile
+# Both with --build-arg BASE_IMAGE=splitdnn/base:bookworm (the Dockerfiles keep registry defaults for users who
+# have one). Python wheels come from PyPI during the build (through the host's egress CA, baked into the base);
+# docker's layer cache makes warm re-runs take seconds. The legacy builder is used (DOCKER_BUILDKIT=0): BuildKit
+# would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
+# Usage: scripts/build-images.sh [agent|operator]...   (default: both). A missing Dockerfile is reported and
+# skipped with exit code 3 at the end, so callers can tell "not on this branch yet" from a failed build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DOCKER_BUILDKIT=0
+BASE_IMAGE="${BASE_IMAGE:-splitdnn/base:bookworm}"
+TAG="${SPLITDNN_IMAGE_TAG:-dev}"
+SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
+mkdir -p "$SPLITDNN_CACHE/logs"
+declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile)
+which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator)
+missing=0
+for name in "${which[@]}"; do
+  df="${DOCKERFILE[$name]:-}"
+  [[ -n "$df" ]] || { echo "[images] unknown image $name" >&2; exit 2; }
+  if [[ ! -f "$df" ]]; then
+    echo "[images] $df not present on this branch: splitdnn/$name:$TAG not built" >&2; missing=1; continue
+  fi
+  t0=$SECONDS
+  log="$SPLITDNN_CACHE/logs/build-image-$name.log"
+  echo "[images] splitdnn/$name:$TAG from $df (base $BASE_IMAGE; log $log)" >&2
+  if ! nice -n 10 docker build -f "$df" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "splitdnn/$name:$TAG" . >"$log" 2>&1; then
+    tail -n 40 "$log" >&2; echo "[images] FAILED: docker build -f $df" >&2; exit 1
+  fi
+  echo "[images] splitdnn/$name:$TAG built in $((SECONDS - t0)) s ($(docker image inspect "splitdnn/$name:$TAG" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))" >&2
+done
+[[ $missing -eq 0 ]] || exit 3
