@@ -11,7 +11,8 @@
 #   $SPLITDNN_CACHE/helm/<HELM_VERSION>/bin/helm
 #   $SPLITDNN_CACHE/bin/  -> symlinks to all of the above (put it on PATH)
 # Idempotent: a warm run only checks that the files exist and exits in well under a second.
-# Usage: scripts/build-k8s.sh [--print-bin-dir] [--only k8s|etcd|kwok|helm]...
+# Usage: scripts/build-k8s.sh [--print-bin-dir] [--only k8s|etcd|kwok|helm|node]...
+#   (node = kubelet, kubeadm, kube-proxy for a kind node image; built only when asked for)
 set -euo pipefail
 
 # Kubernetes 1.33: the Go module proxy reachable here serves no v0.32.x of several staging modules that the
@@ -52,7 +53,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --print-bin-dir) echo "$BIN"; exit 0 ;;
     --only) ONLY+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build-k8s: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -71,7 +72,7 @@ link() {  # link <dir> <name>...
 
 # ---------------------------------------------------------------- Kubernetes control plane + kubectl
 build_k8s() {
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local names=("$@")
   local missing=0 n
   for n in "${names[@]}"; do [[ -x "$K8S_BIN/$n" ]] || missing=1; done
   if [[ $missing -eq 0 ]]; then link "$K8S_BIN" "${names[@]}"; return 0; fi
@@ -108,6 +109,9 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubeadm"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
   (cd "$mod" && "$GO" mod tidy >/dev/null 2>"$mod/tidy.log" || { cat "$mod/tidy.log" >&2; exit 1; })
@@ -182,7 +186,9 @@ want helm && goinstall "$HELM_BIN" helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
      for p in pkg/lint/rules pkg/chartutil; do
        printf -- '-X helm.sh/helm/v3/%s.k8sVersionMajor=1 -X helm.sh/helm/v3/%s.k8sVersionMinor=%s ' "$p" "$p" "$HELM_K8S_MINOR"
      done)"
-want k8s && build_k8s
+want k8s && build_k8s kube-apiserver kube-controller-manager kube-scheduler kubectl
+# Node binaries for a kind node image: only on request (`--only node`), not part of the default run.
+for x in "${ONLY[@]}"; do [[ "$x" == node ]] && build_k8s kubelet kubeadm kube-proxy; done
 
 # A manifest of what is in the cache, read by tests/harness/controlplane.py.
 cat > "$BIN/versions.env" <<EOF
