@@ -25,6 +25,8 @@ class ModelSummary:
     cut_bytes: dict = field(default_factory=dict)  # layer name → bytes crossing a cut after it (one frame)
     cut_tensors: dict = field(default_factory=dict)
     input_bytes: int = 0
+    classes: tuple[str, ...] = ()  # layer classes (InputLayer blocks are not planned: shipping the input is a hop)
+    output_bytes: int = 0          # the model outputs, one frame
 
 
 class ModelUnavailable(Exception):
@@ -49,6 +51,8 @@ def model_summary(source: str, input_shape: tuple | None = None) -> ModelSummary
         cut_bytes={c.after: c.bytes for c in graph.cuts},
         cut_tensors={c.after: list(c.tensors) for c in graph.cuts},
         input_bytes=graph.input_bytes,
+        classes=tuple(l.cls for l in graph.layers),
+        output_bytes=sum(graph.tensors[n].bytes for n in graph.outputs),
     )
 
 
