@@ -95,11 +95,26 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     except SpecError as exc:
         return _fail(body, patch, previous, generation, [str(exc)], logger)
     summary, problems = _load_summary(si)
+    estimate = None
+    if not problems and summary and si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
+        from splitdnn.planner import Infeasible
+
+        try:  # the planner chooses; the feedback loop's later choices come through effective_spec
+            points, estimate = plan_mod.choose(si, summary, _profiles(namespace, name, si))
+            si.spec["splitPoints"] = points
+        except Infeasible as exc:
+            problems.append(f"planner.mode auto: {exc}")
     problems += plan_mod.problems(si, summary)
     if problems:
         return _fail(body, patch, previous, generation, problems, logger)
 
     plan = plan_mod.build_plan(si, summary)
+    if summary:
+        try:
+            plan["predicted"].update(estimate or plan_mod.predicted(si, summary, plan["splitPoints"],
+                                                                    _profiles(namespace, name, si)))
+        except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
+            plan["predicted"]["estimateError"] = str(exc)
     objs = render.render_all(si, plan)
     kopf.adopt(objs, owner=body)
     k = kube()
@@ -133,6 +148,31 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     new = status_mod.running_status(si, plan, deployments, previous, generation)
     _write_status(body, patch, previous, new)
     _observe(body, cause, "ok", new["phase"])
+
+
+def _profiles(namespace: str, name: str, si) -> dict:
+    """Per-tier profiles from the ConfigMap `<name>-profiles` (key `<tier>.json`), where they exist and are for
+    this model; FLOPs estimates stand in for the rest."""
+    import json
+
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        cm = client.CoreV1Api(kube().api).read_namespaced_config_map(plan_mod.profiles_configmap(name), namespace)
+    except ApiException:
+        return {}
+    except Exception:  # noqa: BLE001 - no cluster (unit tests): estimates only
+        return {}
+    out = {}
+    for tier in si.tier_names:
+        try:
+            doc = json.loads((cm.data or {}).get(f"{tier}.json", ""))
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("model") == si.model_source and isinstance(doc.get("blocks"), list):
+            out[tier] = doc
+    return out
 
 
 def _fail(body, patch, previous, generation, problems, logger):
