@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from harness.fixtures import OperatorProcess, wait_for
+from harness.fixtures import OperatorProcess, kubectl, wait_for
 from test_operator import apply, events_for, example, get_si, wait_phase, children  # noqa: F401
 from test_operator import crd, ns  # noqa: F401  (fixtures)
 
@@ -69,13 +69,39 @@ def condition(si, ctype):
     return next((c for c in (si.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
 
 
-def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def op(crd, ns, tmp_path_factory):  # noqa: F811
+    proc = OperatorProcess(crd, ns, tmp_path_factory.mktemp("operator") / "operator.log",
+                           extra_env={"SPLITDNN_ADAPT_TICK_SECONDS": "1"}).start()
+    yield proc
+    proc.stop()
+    print(proc.log()[-4000:])
+
+
+def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # noqa: F811
+    kc = crd
+    r = example("auto")
+    r["spec"].pop("splitPoints")
+    r["spec"]["planner"]["mode"] = "auto"
+    r["spec"]["tiers"][0]["netem"] = {"delay": "5ms", "rate": "1mbit"}
+    apply(kc, ns, r)
+    si = wait_phase(kc, ns, "auto", "Running", op)
+    st = si["status"]
+    assert len(st["splitPoints"]) == 2 and st["splitPoints"] != ["conv2d", "flatten"]
+    pred = st["plan"]["predicted"]
+    assert pred["source"] == "FLOPs estimates" and pred["objective"] == "throughput"
+    assert pred["latencySeconds"] > 0 and pred["bottleneckSeconds"] > 0 and "dropRate" in pred and pred["bottleneckAt"]
+    deps = children(kc, ns, "auto")["deployments"]
+    assert all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
+               for d in deps.values())
+
+
+def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # noqa: F811
     from harness.prometheus import PrometheusServer, free_port, prometheus_binary
 
     if prometheus_binary() is None:
         pytest.skip("prometheus binary not installed (scripts/install.sh installs Debian's package)")
     kc = crd
-    op = OperatorProcess(kc, ns, tmp_path / "operator.log", extra_env={"SPLITDNN_ADAPT_TICK_SECONDS": "1"}).start()
     try:
         with PrometheusServer([exporter]) as server:
             # 1. Prometheus unreachable: condition + one Event, the split stays, no crash
@@ -129,5 +155,4 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, tmp_path):
             assert si["spec"]["splitPoints"] == START
             assert op.alive()
     finally:
-        op.stop()
-        print(op.log()[-4000:])
+        kubectl(kc, "delete", "si", "loop", "-n", ns, "--wait=false", check=False)
