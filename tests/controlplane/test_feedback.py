@@ -61,7 +61,7 @@ def spec(url: str) -> dict:
     r = example("loop", START)
     r["spec"]["workload"]["fps"] = 4
     r["spec"]["adaptation"] = {"enabled": True, "prometheusUrl": url, "interval": "2s", "maxFrameDropRate": 0.1,
-                               "cooldown": "10m", "margin": 0.2}
+                               "cooldown": "30s", "margin": 0.2}
     return r
 
 
@@ -94,6 +94,24 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # n
     deps = children(kc, ns, "auto")["deployments"]
     assert all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
                for d in deps.values())
+    # a profiling Job per tier on that tier's nodes (kwok pods never finish, so no profile comes back here)
+    jobs = {j["metadata"]["name"]: j for j in json.loads(kubectl(kc, "get", "jobs", "-n", ns, "-o", "json").stdout)["items"]}
+    for t in ("device", "edge", "cloud"):
+        pod = jobs[f"auto-profile-{t}"]["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"splitdnn.io/tier": t}
+    assert "Profiling" in [r for r, _ in events_for(kc, ns, "auto")]
+    # a profile in the ConfigMap (as a finished Job leaves it, or made by hand) replaces the estimates: a device
+    # that is very slow after conv2d makes the planner cut right after it
+    from splitdnn import feedback
+    from splitdnn.controller.plan import model_summary
+
+    blocks = feedback.blocks_of(model_summary("cnn14"))
+    prof = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device",
+            "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)]}
+    kubectl(kc, "create", "configmap", "auto-profiles", "-n", ns, f"--from-literal=device.json={json.dumps(prof)}")
+    si = wait_for(lambda: (s := get_si(kc, ns, "auto"))["status"]["plan"]["predicted"].get("source") == "profiles"
+                  and s, timeout=60, what="planned with the profile")
+    assert si["status"]["splitPoints"][0] == "conv2d"
 
 
 def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # noqa: F811
@@ -121,8 +139,13 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
             # 2. the real server: measured figures, one re-split, the tiers rolled to it
             server.wait_for('sum(splitdnn_frames_total{si="loop"})', lambda v: v > 0, timeout=60)
             apply(kc, ns, spec(server.url))
+            # (not within the cooldown of the tiers becoming ready: a fresh deployment's warm-up is not judged)
             si = wait_for(lambda: (s := get_si(kc, ns, "loop")) and s["status"].get("resplits") and s,
                           timeout=180, what="a re-split")
+            ready = next(c for c in si["status"]["conditions"] if c["type"] == "Ready")
+            from splitdnn.controller.handlers import _epoch
+
+            assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready["lastTransitionTime"]) >= 30 - 1
             st = si["status"]
             (entry,) = st["resplits"]
             assert entry["from"] == START and entry["to"] != START and entry["to"] == st["adapted"]["splitPoints"]

@@ -99,8 +99,18 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     if not problems and summary and si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
         from splitdnn.planner import Infeasible
 
+        profiles = {}
+        try:  # per-tier profiling Jobs; their results land in the ConfigMap <name>-profiles
+            from splitdnn.controller import profiling
+
+            profiles, notes = profiling.sync(kube().api, si, body, render.agent_image(), logger)
+            for note in notes:
+                if not note.startswith("profiling Job"):
+                    kopf.info(body, reason="Profiling", message=note)
+        except Exception as exc:  # noqa: BLE001 - no profiles: FLOPs estimates
+            logger.warning("profiling: %s", exc)
         try:  # the planner chooses; the feedback loop's later choices come through effective_spec
-            points, estimate = plan_mod.choose(si, summary, _profiles(namespace, name, si))
+            points, estimate = plan_mod.choose(si, summary, profiles)
             si.spec["splitPoints"] = points
         except Infeasible as exc:
             problems.append(f"planner.mode auto: {exc}")
@@ -153,26 +163,14 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
 def _profiles(namespace: str, name: str, si) -> dict:
     """Per-tier profiles from the ConfigMap `<name>-profiles` (key `<tier>.json`), where they exist and are for
     this model; FLOPs estimates stand in for the rest."""
-    import json
-
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
+
+    from splitdnn.controller import profiling
 
     try:
-        cm = client.CoreV1Api(kube().api).read_namespaced_config_map(plan_mod.profiles_configmap(name), namespace)
-    except ApiException:
-        return {}
+        return profiling.read_profiles(client.CoreV1Api(kube().api), namespace, si)
     except Exception:  # noqa: BLE001 - no cluster (unit tests): estimates only
         return {}
-    out = {}
-    for tier in si.tier_names:
-        try:
-            doc = json.loads((cm.data or {}).get(f"{tier}.json", ""))
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("model") == si.model_source and isinstance(doc.get("blocks"), list):
-            out[tier] = doc
-    return out
 
 
 def _fail(body, patch, previous, generation, problems, logger):
@@ -329,11 +327,15 @@ def feedback_pass(body, patch, logger, now: float) -> str:
                             "metadata": {"name": name, "namespace": namespace},
                             "spec": effective_spec(spec, previous)})
         summary = plan_mod.model_summary(si.model_source, tuple(si.input_shape) if si.input_shape else None)
-        problem = feedback.base_problem(si, summary)
+        problem = feedback.base_problem(si, summary, _profiles(namespace, name, si))
     except Exception as exc:  # noqa: BLE001 - a model the operator cannot plan for: say so, keep the split
         patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
         return "cannot plan"
-    last_change = _epoch(((previous.get("resplits") or [{}])[-1]).get("time"))
+    # the last change: a re-split, or the tiers becoming ready (a fresh deployment's warm-up is not judged)
+    ready = next((c for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    changes = [t for t in (_epoch(((previous.get("resplits") or [{}])[-1]).get("time")),
+                           _epoch(ready.get("lastTransitionTime")) if ready else None) if t is not None]
+    last_change = max(changes) if changes else None
     if not url:
         s = feedback.Step(time=now, current_points=current, error="adaptation.prometheusUrl is not set")
     else:
