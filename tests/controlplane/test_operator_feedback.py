@@ -132,6 +132,7 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
             si = get_si(kc, ns, "loop")
             assert si["status"]["splitPoints"] == START and si["status"]["phase"] == "Running"
             assert not si["status"].get("resplits")
+            ready_since = next(c for c in si["status"]["conditions"] if c["type"] == "Ready")["lastTransitionTime"]
             warnings = [m for r, m in events_for(kc, ns, "loop") if r == "MetricsUnavailable"]
             assert len(warnings) == 1 and "keeping split conv2d_1,flatten" in warnings[0], warnings
             assert op.alive()
@@ -142,10 +143,9 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
             # (not within the cooldown of the tiers becoming ready: a fresh deployment's warm-up is not judged)
             si = wait_for(lambda: (s := get_si(kc, ns, "loop")) and s["status"].get("resplits") and s,
                           timeout=180, what="a re-split")
-            ready = next(c for c in si["status"]["conditions"] if c["type"] == "Ready")
             from splitdnn.controller.handlers import _epoch
 
-            assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready["lastTransitionTime"]) >= 30 - 1
+            assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready_since) >= 30 - 1
             st = si["status"]
             (entry,) = st["resplits"]
             assert entry["from"] == START and entry["to"] != START and entry["to"] == st["adapted"]["splitPoints"]
