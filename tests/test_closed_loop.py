@@ -214,6 +214,7 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
     for g in gens:
         assert g["offered"] == g["completed"] + g["dropped"] + g["late"] + g["failed"] == g["emitted"], g
         assert g["inflight"] == 0 and g["failed"] == 0, g
+    assert gens[1]["drop_rate"] < SLO, gens[1]  # the new split's own count agrees with Prometheus
     total = {k: sum(g[k] for g in gens) for k in ("offered", "completed", "dropped", "late", "failed")}
     assert total["offered"] == total["completed"] + total["dropped"] + total["late"] + total["failed"]
     print(json.dumps({"generations": gens, "total": total}))

@@ -121,3 +121,11 @@ def test_reconcile_status_keeps_the_loops_condition():
     plan = {"splitPoints": ["c2", "d1"]}
     st = running_status(s, plan, {}, {"conditions": conditions}, 1)
     assert [c["type"] for c in st["conditions"]] == ["Valid", "Ready", "MetricsAvailable"]
+
+
+def test_namespace_matcher_when_asked():
+    s = si()
+    p = feedback.base_problem(s, SUMMARY)
+    prom = FakeProm(drop=0.0)
+    feedback.step(s, ["c2", "d1"], p, prom, now=1000, policy=POLICY, namespace="prod")
+    assert all('si="toy",namespace="prod"' in q for q in prom.queries)

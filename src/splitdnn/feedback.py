@@ -162,8 +162,10 @@ class Step:
 
 
 def step(si, current_points: list, problem, prometheus, now: Optional[float] = None,
-         last_change: Optional[float] = None, policy: Optional[Policy] = None, window: Optional[str] = None) -> Step:
-    """One pass of the loop. Never raises for Prometheus trouble: `Step.error` says what went wrong."""
+         last_change: Optional[float] = None, policy: Optional[Policy] = None, window: Optional[str] = None,
+         namespace: Optional[str] = None) -> Step:
+    """One pass of the loop. Never raises for Prometheus trouble: `Step.error` says what went wrong.
+    `namespace`: also match the series' `namespace` label (what Kubernetes service discovery adds)."""
     from splitdnn.planner import Infeasible, evaluate_plan, plan, recalibrate
 
     now = _time.time() if now is None else now
@@ -171,7 +173,7 @@ def step(si, current_points: list, problem, prometheus, now: Optional[float] = N
     window = window or window_for(policy)
     s = Step(time=now, current_points=list(current_points))
     try:
-        s.measurements = read_measurements(prometheus, si.name, None, window)
+        s.measurements = read_measurements(prometheus, si.name, namespace, window)
     except PrometheusError as exc:
         s.error = str(exc)
         return s

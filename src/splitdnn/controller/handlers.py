@@ -23,6 +23,9 @@ RESYNC_SECONDS = float(os.environ.get("SPLITDNN_RESYNC_SECONDS", "10"))
 # How often the feedback timer wakes up; each SplitInference is measured every `adaptation.interval` of its own.
 ADAPT_TICK_SECONDS = float(os.environ.get("SPLITDNN_ADAPT_TICK_SECONDS", "2"))
 RESPLIT_HISTORY = 20
+# Match the agents' series on the `namespace` label too (Kubernetes service discovery adds it; a Prometheus that
+# does not relabel so has no such label: leave it off then).
+PROMQL_NAMESPACE = os.environ.get("SPLITDNN_PROMQL_NAMESPACE", "") in ("1", "true", "yes")
 EVENT_COMPONENT = "splitdnn-operator"
 
 _kube: kube_mod.Kube | None = None
@@ -341,7 +344,7 @@ def feedback_pass(body, patch, logger, now: float) -> str:
     else:
         try:
             s = feedback.step(si, current, problem, Prometheus(url, timeout=5), now=now, last_change=last_change,
-                              policy=policy)
+                              policy=policy, namespace=namespace if PROMQL_NAMESPACE else None)
         except ValueError as exc:  # a split the planner cannot express (multi-tensor cut)
             patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
             return "cannot plan"
