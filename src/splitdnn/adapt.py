@@ -1,7 +1,7 @@
 """The feedback loop's pure core: what to ask Prometheus, and whether the measurements justify a re-split.
 
-Every `interval` the operator (or `splitdnn run --adapt` locally) reads the SplitInference's measured figures,
-re-plans with them, and calls `decide`. A re-split happens only when all of these hold:
+Every `interval` the operator's feedback timer (through `splitdnn.feedback.step`, which the closed-loop test's
+local actuator runs too) reads the SplitInference's measured figures, re-plans with them, and calls `decide`. A re-split happens only when all of these hold:
 1. the measured frame drop rate exceeds `maxFrameDropRate` (the SLO);
 2. the last change is at least `cooldown` ago (no flapping while the new split warms up);
 3. the new plan differs from the current one and is predicted better, under the same measured figures, by at

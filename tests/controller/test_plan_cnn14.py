@@ -25,3 +25,50 @@ def test_unknown_keras_application_is_a_named_problem():
 
     with pytest.raises(ModelSourceError, match="NoSuchNet"):
         plan_mod.model_summary("keras.applications.NoSuchNet")
+
+
+def _auto(rate=None, points=None):
+    from splitdnn.spec import from_resource
+    import yaml
+
+    doc = yaml.safe_load(open("examples/cnn14.yaml"))
+    doc["spec"]["planner"]["mode"] = "auto"
+    doc["spec"].pop("splitPoints")
+    if points:
+        doc["spec"]["splitPoints"] = points
+    for t in doc["spec"]["tiers"]:
+        t["netem"] = {}
+    if rate:
+        doc["spec"]["tiers"][0]["netem"] = {"rate": rate}
+    return from_resource(doc)
+
+
+def test_auto_mode_plans_from_flops_and_the_links():
+    """planner.mode auto: a slow device→edge link keeps the big early tensors off it; the status figures say
+    why (predicted latency, bottleneck and where, drop rate at the workload's fps, source of the figures)."""
+    summary = plan_mod.model_summary("cnn14")
+    si = _auto(rate="1mbit")  # 125 kB/s
+    assert plan_mod.problems(si, summary) == []
+    points, predicted = plan_mod.choose(si, summary)
+    cut = dict(zip(summary.layers, range(len(summary.layers))))
+    assert summary.cut_bytes[points[0]] < summary.cut_bytes["conv2d"], points
+    assert cut[points[0]] < cut[points[1]]
+    assert predicted["source"] == "FLOPs estimates" and predicted["objective"] == "throughput"
+    assert {"latencySeconds", "bottleneckSeconds", "bytesPerFrame", "dropRate", "bottleneckAt"} <= set(predicted)
+    # the fixed example's split under the same slow link: its big tensor is the bottleneck, with drops at 5 fps
+    fixed = plan_mod.predicted(si, summary, ["conv2d", "flatten"])
+    assert fixed["bottleneckAt"] == "link device→edge" and fixed["dropRate"] > 0.5
+    assert predicted["bottleneckSeconds"] < fixed["bottleneckSeconds"]
+
+
+def test_auto_mode_prefers_profiles_where_they_exist():
+    summary = plan_mod.model_summary("cnn14")
+    si = _auto()
+    from splitdnn import feedback
+
+    blocks = feedback.blocks_of(summary)
+    # a device profile that makes everything after conv2d very slow there: the planner cuts right after it
+    prof = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device",
+            "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)]}
+    points, predicted = plan_mod.choose(si, summary, {"device": prof})
+    assert points[0] == "conv2d" and predicted["source"] == "profiles"

@@ -69,6 +69,16 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [get, list, watch, create, patch]
+# planner.mode auto: profiling Jobs on each tier's nodes, their pods' logs (the profile document)
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, create]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # an Event per decision
 - apiGroups: ["", events.k8s.io]
   resources: [events]

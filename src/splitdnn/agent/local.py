@@ -284,12 +284,15 @@ def _slice(si, points, directory) -> None:
 
 
 def start_agents(slices: str, logdir: Path, tier_specs: list[dict], si: str, chain=None,
-                 extra: Optional[dict] = None, netem_reports: Optional[dict] = None) -> list[AgentProcess]:
+                 extra: Optional[dict] = None, netem_reports: Optional[dict] = None,
+                 ports: Optional[tuple] = None) -> list[AgentProcess]:
     """One `splitdnn agent` per tier (SplitInference tier dicts), last tier first, on loopback or in `chain`'s
-    namespaces; `extra[k]` and `netem_reports[k]` add flags to tier k. Does not wait for readiness."""
+    namespaces; `extra[k]` and `netem_reports[k]` add flags to tier k. In namespaces every tier listens on
+    `ports` = (gRPC, metrics), default (8500, 9100); a second set of agents beside the first (a re-split's surge)
+    takes other ports. Does not wait for readiness."""
     extra, netem_reports = extra or {}, netem_reports or {}
     n = len(tier_specs)
-    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [(8500, 9100)] * n
+    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [tuple(ports or (8500, 9100))] * n
     agents: list[AgentProcess] = []
     try:
         for k in reversed(range(n)):  # last tier first, so each tier's next is up first

@@ -38,12 +38,14 @@ class Chain:
     octet: int = field(default_factory=lambda: 10 + os.getpid() % 200)
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     created: list = field(default_factory=list)
+    prefix: str = "sdnn"      # namespace names: <prefix><tag>t<k>
+    dev_prefix: str = "sd"    # interface names in the root namespace and on the links
 
     def ns(self, k: int) -> str:
-        return f"sdnn{self.tag}t{k}"
+        return f"{self.prefix}{self.tag}t{k}"
 
     def link_dev(self, k: int, side: int) -> str:
-        return f"sd{self.tag}l{k}{'ab'[side]}"
+        return f"{self.dev_prefix}{self.tag}l{k}{'ab'[side]}"
 
     def egress_dev(self, k: int) -> str:
         """The interface in tier k's namespace that carries what tier k sends on its outgoing link."""
@@ -71,7 +73,7 @@ class Chain:
                 _ip("netns", "add", self.ns(k))
                 self.created.append(self.ns(k))
                 _ip("-n", self.ns(k), "link", "set", "lo", "up")
-                root_dev, ns_dev = f"sd{self.tag}m{k}", "mgmt0"
+                root_dev, ns_dev = f"{self.dev_prefix}{self.tag}m{k}", "mgmt0"
                 _ip("link", "add", root_dev, "type", "veth", "peer", "name", ns_dev, "netns", self.ns(k))
                 _ip("addr", "add", f"10.77.{self.octet}.{128 + 4 * k + 1}/30", "dev", root_dev)
                 _ip("link", "set", root_dev, "up")

@@ -448,6 +448,13 @@ def serve(config: AgentConfig, ready_file: Optional[str] = None) -> int:
     print(f"ready {agent.tier} {bound}", flush=True)
     stopping.wait()
     log.info("tier %s stopping", agent.tier)
+    if threads and threads[-1].name == "source":
+        # drain: admit no more frames, let the ones in the pipeline finish (the next tiers are still up: a
+        # re-split or rollout stops the first tier before the others), write the summary, then close
+        agent._stop.set()
+        if agent.source is not None:
+            agent.source.stop()
+        threads[-1].join(timeout=max(config.timeout, config.deadline) + 5)
     agent.close()
     server.stop(grace=1).wait(2)
     return 0

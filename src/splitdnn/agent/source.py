@@ -152,7 +152,8 @@ class FrameSource:
         finally:
             pool.shutdown(wait=True)
             self.finished.set()
-        return {**self.outcomes.snapshot(), "seconds": self.clock() - start}
+        # emitted = frames the source produced; every one has an outcome once the pipeline is drained
+        return {**self.outcomes.snapshot(), "emitted": i, "seconds": self.clock() - start}
 
     def _one(self, frame: dict, emitted: float) -> None:
         outcome, latency = "failed", None

@@ -20,6 +20,12 @@ from splitdnn.controller import render, status as status_mod
 from splitdnn.spec import GROUP, PLURAL, VERSION, SpecError, from_resource
 
 RESYNC_SECONDS = float(os.environ.get("SPLITDNN_RESYNC_SECONDS", "10"))
+# How often the feedback timer wakes up; each SplitInference is measured every `adaptation.interval` of its own.
+ADAPT_TICK_SECONDS = float(os.environ.get("SPLITDNN_ADAPT_TICK_SECONDS", "2"))
+RESPLIT_HISTORY = 20
+# Match the agents' series on the `namespace` label too (Kubernetes service discovery adds it; a Prometheus that
+# does not relabel so has no such label: leave it off then).
+PROMQL_NAMESPACE = os.environ.get("SPLITDNN_PROMQL_NAMESPACE", "") in ("1", "true", "yes")
 EVENT_COMPONENT = "splitdnn-operator"
 
 _kube: kube_mod.Kube | None = None
@@ -85,17 +91,43 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     generation = meta.get("generation", 0)
     previous = dict(body.get("status") or {})
     resource = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                "metadata": {"name": name, "namespace": namespace}, "spec": dict(body.get("spec") or {})}
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": effective_spec(dict(body.get("spec") or {}), previous)}
     try:
         si = from_resource(resource)
     except SpecError as exc:
         return _fail(body, patch, previous, generation, [str(exc)], logger)
     summary, problems = _load_summary(si)
+    estimate = None
+    if not problems and summary and si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
+        from splitdnn.planner import Infeasible
+
+        profiles = {}
+        try:  # per-tier profiling Jobs; their results land in the ConfigMap <name>-profiles
+            from splitdnn.controller import profiling
+
+            profiles, notes = profiling.sync(kube().api, si, body, render.agent_image(), logger)
+            for note in notes:
+                if not note.startswith("profiling Job"):
+                    kopf.info(body, reason="Profiling", message=note)
+        except Exception as exc:  # noqa: BLE001 - no profiles: FLOPs estimates
+            logger.warning("profiling: %s", exc)
+        try:  # the planner chooses; the feedback loop's later choices come through effective_spec
+            points, estimate = plan_mod.choose(si, summary, profiles)
+            si.spec["splitPoints"] = points
+        except Infeasible as exc:
+            problems.append(f"planner.mode auto: {exc}")
     problems += plan_mod.problems(si, summary)
     if problems:
         return _fail(body, patch, previous, generation, problems, logger)
 
     plan = plan_mod.build_plan(si, summary)
+    if summary:
+        try:
+            plan["predicted"].update(estimate or plan_mod.predicted(si, summary, plan["splitPoints"],
+                                                                    _profiles(namespace, name, si)))
+        except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
+            plan["predicted"]["estimateError"] = str(exc)
     objs = render.render_all(si, plan)
     kopf.adopt(objs, owner=body)
     k = kube()
@@ -129,6 +161,19 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     new = status_mod.running_status(si, plan, deployments, previous, generation)
     _write_status(body, patch, previous, new)
     _observe(body, cause, "ok", new["phase"])
+
+
+def _profiles(namespace: str, name: str, si) -> dict:
+    """Per-tier profiles from the ConfigMap `<name>-profiles` (key `<tier>.json`), where they exist and are for
+    this model; FLOPs estimates stand in for the rest."""
+    from kubernetes import client
+
+    from splitdnn.controller import profiling
+
+    try:
+        return profiling.read_profiles(client.CoreV1Api(kube().api), namespace, si)
+    except Exception:  # noqa: BLE001 - no cluster (unit tests): estimates only
+        return {}
 
 
 def _fail(body, patch, previous, generation, problems, logger):
@@ -218,3 +263,129 @@ def refresh_status(namespace: str, name: str, logger) -> None:
     if new["phase"] != previous.get("phase"):
         (kopf.warn if new["phase"] == "Degraded" else kopf.info)(body, reason=new["phase"], message=new["message"])
     _observe(body, "child", "ok", new["phase"])
+
+
+# --- the feedback loop (issue #5) ---------------------------------------------------------------------------------
+
+def effective_spec(spec: dict, status: dict) -> dict:
+    """The spec with the split the feedback loop chose (`status.adapted`), as long as adaptation is on and the
+    user has not changed `splitPoints` since (a new spec split wins, and the loop starts from it)."""
+    adapted = (status or {}).get("adapted") or {}
+    if ((spec.get("adaptation") or {}).get("enabled") and adapted.get("splitPoints")
+            and list(adapted.get("specSplitPoints") or []) == list(spec.get("splitPoints") or [])):
+        spec = dict(spec)
+        spec["splitPoints"] = list(adapted["splitPoints"])
+    return spec
+
+
+def _epoch(stamp) -> float | None:
+    import datetime as dt
+
+    if not stamp:
+        return None
+    try:
+        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _adaptation_enabled(spec, **_) -> bool:
+    return bool((spec or {}).get("adaptation", {}).get("enabled"))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=ADAPT_TICK_SECONDS, initial_delay=ADAPT_TICK_SECONDS,
+            when=_adaptation_enabled)
+def adapt(body, patch, logger, **_):
+    """Every `adaptation.interval`: measure in Prometheus, re-plan with the measured figures, maybe re-split."""
+    import time
+
+    feedback_pass(body, patch, logger, now=time.time())
+
+
+def feedback_pass(body, patch, logger, now: float) -> str:
+    """One pass for one SplitInference; returns what it did (for logs and tests). Never raises for Prometheus
+    trouble: the MetricsAvailable condition (and an Event on the transition) say so and the split stays."""
+    from splitdnn import feedback
+    from splitdnn.adapt import Policy
+    from splitdnn.prom import Prometheus
+
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    previous = dict(body.get("status") or {})
+    spec = dict(body.get("spec") or {})
+    adaptation = spec.get("adaptation") or {}
+    if previous.get("phase") not in ("Running", "Degraded") or previous.get("observedGeneration") != meta.get("generation"):
+        return "not deployed yet"
+    policy = Policy.from_spec(adaptation)
+    measured_prev = previous.get("measured") or {}
+    checked = _epoch(measured_prev.get("time"))
+    if checked is not None and now - checked < policy.interval_seconds:
+        return "not due"
+    stamp = status_mod.now()
+    current = list(previous.get("splitPoints") or spec.get("splitPoints") or [])
+    conditions = list(previous.get("conditions") or [])
+    url = adaptation.get("prometheusUrl")
+    try:
+        si = from_resource({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                            "metadata": {"name": name, "namespace": namespace},
+                            "spec": effective_spec(spec, previous)})
+        summary = plan_mod.model_summary(si.model_source, tuple(si.input_shape) if si.input_shape else None)
+        problem = feedback.base_problem(si, summary, _profiles(namespace, name, si))
+    except Exception as exc:  # noqa: BLE001 - a model the operator cannot plan for: say so, keep the split
+        patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
+        return "cannot plan"
+    # the last change: a re-split, or the tiers becoming ready (a fresh deployment's warm-up is not judged)
+    ready = next((c for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    changes = [t for t in (_epoch(((previous.get("resplits") or [{}])[-1]).get("time")),
+                           _epoch(ready.get("lastTransitionTime")) if ready else None) if t is not None]
+    last_change = max(changes) if changes else None
+    if not url:
+        s = feedback.Step(time=now, current_points=current, error="adaptation.prometheusUrl is not set")
+    else:
+        try:
+            s = feedback.step(si, current, problem, Prometheus(url, timeout=5), now=now, last_change=last_change,
+                              policy=policy, namespace=namespace if PROMQL_NAMESPACE else None)
+        except ValueError as exc:  # a split the planner cannot express (multi-tensor cut)
+            patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
+            return "cannot plan"
+    if s.error:
+        conditions, changed = status_mod.set_condition(conditions, "MetricsAvailable", "False",
+                                                       "PrometheusUnavailable", s.error[:1000])
+        # one Event per outage (measured.error is only written here, so a status rewrite by another handler
+        # cannot make it flap)
+        if not measured_prev.get("error"):
+            kopf.warn(body, reason="MetricsUnavailable", message=f"{s.error[:900]}; keeping split "
+                                                                 f"{','.join(current)}")
+            logger.warning("metrics unavailable: %s", s.error)
+        patch.status["conditions"] = conditions
+        patch.status["measured"] = {**{k: v for k, v in measured_prev.items() if k != "decision"},
+                                    "time": stamp, "error": s.error[:1000]}
+        return "prometheus unavailable"
+    conditions, changed = status_mod.set_condition(conditions, "MetricsAvailable", "True", "PrometheusQueried",
+                                                   f"measured at {adaptation.get('prometheusUrl')}")
+    if measured_prev.get("error") and not str(measured_prev["error"]).startswith("cannot plan"):
+        kopf.info(body, reason="MetricsAvailable", message=f"Prometheus at {url} answers again")
+    m = s.measurements
+    objective = (spec.get("planner") or {}).get("objective", "throughput")
+    figures = s.figures(objective)
+    patch.status["conditions"] = conditions
+    patch.status["measured"] = {**m.to_status(), "time": stamp, "window": feedback.window_for(policy),
+                                "decision": s.decision.reason if s.decision else None,
+                                "predicted": {k: v for k, v in figures.items() if k != "measured"}, "error": None}
+    if m.drop_rate is not None:
+        patch.status["frameDropRate"] = round(m.drop_rate, 6)
+    if not s.resplit:
+        return "kept: " + (s.decision.reason if s.decision else "")
+    entry = feedback.resplit_entry(s, objective, stamp)
+    resplits = (list(previous.get("resplits") or []) + [entry])[-RESPLIT_HISTORY:]
+    adapted = {"splitPoints": list(s.best_points), "specSplitPoints": list(spec.get("splitPoints") or []),
+               "time": stamp}
+    patch.status["resplits"] = resplits
+    patch.status["adapted"] = adapted
+    kopf.info(body, reason="Resplit", message=f"{','.join(current)} → {','.join(s.best_points)}: "
+                                              f"{s.decision.reason}"[:1000])
+    logger.info("re-split %s -> %s: %s", current, s.best_points, s.decision.reason)
+    # roll the tiers to the new split now, through the same reconcile as every other change
+    status_now = {**previous, "conditions": conditions, "adapted": adapted, "resplits": resplits}
+    reconcile({**body, "status": status_now}, patch, logger, cause="resplit")
+    return "resplit"

@@ -25,6 +25,8 @@ class ModelSummary:
     cut_bytes: dict = field(default_factory=dict)  # layer name → bytes crossing a cut after it (one frame)
     cut_tensors: dict = field(default_factory=dict)
     input_bytes: int = 0
+    classes: tuple[str, ...] = ()  # layer classes (InputLayer blocks are not planned: shipping the input is a hop)
+    output_bytes: int = 0          # the model outputs, one frame
 
 
 class ModelUnavailable(Exception):
@@ -49,6 +51,8 @@ def model_summary(source: str, input_shape: tuple | None = None) -> ModelSummary
         cut_bytes={c.after: c.bytes for c in graph.cuts},
         cut_tensors={c.after: list(c.tensors) for c in graph.cuts},
         input_bytes=graph.input_bytes,
+        classes=tuple(l.cls for l in graph.layers),
+        output_bytes=sum(graph.tensors[n].bytes for n in graph.outputs),
     )
 
 
@@ -59,9 +63,50 @@ def problems(si: SplitInference, summary: ModelSummary | None) -> list[str]:
         name = f"{si.name}-{t['name']}"
         if len(name) > NAME_MAX:
             found.append(f"object name {name!r} is longer than {NAME_MAX} characters: shorten the resource or tier name")
-    if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
-        found.append("planner.mode auto without splitPoints is not supported by this operator yet: set splitPoints")
+    if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints") and summary is None:
+        found.append("planner.mode auto needs a model the operator can load (a .keras file in the operator's "
+                     "file system, or a builtin/kerasApplication model): set splitPoints")
     return found
+
+
+def profiles_configmap(si_name: str) -> str:
+    """The ConfigMap holding per-tier profiles (key `<tier>.json`, a `splitdnn profile` document)."""
+    return f"{si_name}-profiles"
+
+
+def choose(si: SplitInference, summary: ModelSummary, profiles: dict | None = None) -> tuple[list, dict]:
+    """planner.mode auto: the best split for the spec's objective, from per-tier profiles where they exist and
+    FLOPs estimates elsewhere, and the links' netem. Returns (split points, predicted figures); raises
+    splitdnn.planner.Infeasible when the constraints allow no split."""
+    from splitdnn import feedback
+    from splitdnn.planner import plan
+
+    problem = feedback.base_problem(si, summary, profiles)
+    objective = si.spec.get("planner", {}).get("objective", "throughput")
+    fps = float(si.workload.get("fps") or 0) or None
+    best = plan(problem, objective=objective, top=1, fps=fps)[0]
+    return feedback.points_of(problem, best), predicted(si, summary, feedback.points_of(problem, best), profiles)
+
+
+def predicted(si: SplitInference, summary: ModelSummary, points: list, profiles: dict | None = None) -> dict:
+    """Predicted latency, bottleneck (figure and where), bytes and drop rate of `points` before measurements."""
+    from splitdnn import feedback
+    from splitdnn.planner import evaluate_plan
+
+    problem = feedback.base_problem(si, summary, profiles)
+    fps = float(si.workload.get("fps") or 0) or None
+    p = evaluate_plan(problem, feedback.cuts_of(problem, points), fps)
+    objective = si.spec.get("planner", {}).get("objective", "throughput")
+    out = feedback.plan_status(p, objective, "profiles" if profiles else "FLOPs estimates")
+    # where the bottleneck is: the slowest stage, or the slowest link transfer
+    stages = {f"tier {t}": c for t, c in p.compute.items()}
+    names = [t["name"] for t in si.tiers]
+    for a, b in zip(names, names[1:]):
+        link = problem.links.get((a, b))
+        if link and p.upload.get(a):
+            stages[f"link {a}→{b}"] = p.upload[a] / link.bandwidth
+    out["bottleneckAt"] = max(stages, key=stages.get) if stages else None
+    return out
 
 
 def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:

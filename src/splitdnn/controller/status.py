@@ -100,9 +100,19 @@ def running_status(si, plan: dict, deployments: dict, previous: dict, generation
             _condition(prev_conditions, "Valid", "True", "SpecValid", "the spec is valid for the model"),
             _condition(prev_conditions, "Ready", "True" if not not_ready else "False",
                        "AllTiersReady" if not not_ready else "TiersNotReady", message),
+            # conditions other handlers own (the feedback loop's MetricsAvailable) are kept as they are
+            *[c for c in prev_conditions if c.get("type") not in ("Valid", "Ready")],
         ],
     }
     return status
+
+
+def set_condition(conditions: list, ctype: str, status: str, reason: str, message: str) -> tuple[list, bool]:
+    """`conditions` with `ctype` set; and whether its status changed (a transition worth an Event)."""
+    old = next((c for c in conditions or [] if c.get("type") == ctype), None)
+    new = _condition(conditions, ctype, status, reason, message)
+    rest = [c for c in conditions or [] if c.get("type") != ctype]
+    return rest + [new], old is None or old.get("status") != status
 
 
 def status_changed(old: dict, new: dict) -> bool:

@@ -1,0 +1,145 @@
+"""planner.mode auto: per-tier profiles measured on the tier's own nodes by profiling Jobs.
+
+For every tier without a profile the operator creates a Job `<si>-profile-<tier>` (the agent image, the tier's
+nodeSelector and resources) that runs `splitdnn profile MODEL --tier TIER` and prints the profile document after
+a marker line. When the Job has succeeded the operator reads the pod's log, checks the document and stores it in
+the ConfigMap `<si>-profiles` under `<tier>.json`, where the planner reads it (FLOPs estimates stand in until
+then). A user can also fill that ConfigMap by hand (`splitdnn profile … --out device.json`,
+`kubectl create configmap <si>-profiles --from-file=device.json`): tiers with a profile get no Job.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from splitdnn.controller.render import MANAGER, _restricted, common_labels
+
+MARKER = "---splitdnn-profile---"
+LABEL_ROLE = "splitdnn.io/role"
+
+
+def job_name(si_name: str, tier: str) -> str:
+    return f"{si_name}-profile-{tier}"[:63].rstrip("-")
+
+
+def configmap_name(si_name: str) -> str:
+    return f"{si_name}-profiles"
+
+
+def render_job(si, index: int, image: str) -> dict:
+    tier = si.tiers[index]
+    tname = tier["name"]
+    script = (f"splitdnn profile {shlex.quote(si.model_source)} --tier {shlex.quote(tname)} --out /tmp/profile.json"
+              f" >&2 && echo {MARKER} && cat /tmp/profile.json")
+    labels = {**common_labels(si.name, tname), LABEL_ROLE: "profile"}
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "nodeSelector": dict(tier.get("nodeSelector") or {}),
+        "containers": [{
+            "name": "profile", "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", script],
+            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+            "resources": dict(tier.get("resources") or {}),
+            "securityContext": _restricted(),
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": job_name(si.name, tname), "namespace": si.namespace, "labels": labels},
+        "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": labels}, "spec": pod}},
+    }
+
+
+def parse_log(text: str, model: str, tier: str) -> dict | None:
+    """The profile document printed after MARKER, if it is one for `model` and `tier`."""
+    if MARKER not in text:
+        return None
+    try:
+        doc = json.loads(text.split(MARKER, 1)[1])
+    except ValueError:
+        return None
+    if (not isinstance(doc, dict) or doc.get("format") != "splitdnn.profile/1" or doc.get("model") != model
+            or doc.get("tier") != tier or not isinstance(doc.get("blocks"), list)):
+        return None
+    for b in doc["blocks"]:
+        b.pop("samples_s", None)  # ConfigMaps are small; the medians are what the planner uses
+    return doc
+
+
+def read_profiles(core, namespace: str, si) -> dict:
+    """{tier: profile} from the ConfigMap, for this model; {} when there is none."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        cm = core.read_namespaced_config_map(configmap_name(si.name), namespace)
+    except ApiException:
+        return {}
+    out = {}
+    for tier in si.tier_names:
+        try:
+            doc = json.loads((cm.data or {}).get(f"{tier}.json", ""))
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("model") == si.model_source and isinstance(doc.get("blocks"), list):
+            out[tier] = doc
+    return out
+
+
+def sync(api_client, si, owner: dict, image: str, logger) -> tuple[dict, list[str]]:
+    """Profiles that exist; create the Jobs for tiers without one; collect finished Jobs into the ConfigMap.
+    Returns (profiles, what happened) -- never raises for API trouble (the planner falls back to estimates)."""
+    import kopf
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    ns = si.namespace
+    profiles = read_profiles(core, ns, si)
+    notes = []
+    for index, tier in enumerate(si.tier_names):
+        if tier in profiles:
+            continue
+        name = job_name(si.name, tier)
+        try:
+            try:
+                job = batch.read_namespaced_job(name, ns)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                obj = render_job(si, index, image)
+                kopf.adopt(obj, owner=owner)
+                batch.create_namespaced_job(ns, obj)
+                notes.append(f"created Job {name}")
+                continue
+            if not (job.status and job.status.succeeded):
+                continue
+            pods = core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items
+            doc = None
+            for pod in pods:
+                try:
+                    doc = parse_log(core.read_namespaced_pod_log(pod.metadata.name, ns, container="profile"),
+                                    si.model_source, tier)
+                except ApiException:
+                    doc = None
+                if doc:
+                    break
+            if doc is None:
+                notes.append(f"Job {name} succeeded but printed no profile")
+                continue
+            cm = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": configmap_name(si.name), "namespace": ns,
+                               "labels": {**common_labels(si.name), LABEL_ROLE: "profiles"}},
+                  "data": {f"{tier}.json": json.dumps(doc)}}
+            kopf.adopt(cm, owner=owner)
+            core.patch_namespaced_config_map(cm["metadata"]["name"], ns, cm, field_manager=f"{MANAGER}-{tier}",
+                                             force=True, _content_type="application/apply-patch+yaml")
+            profiles[tier] = doc
+            notes.append(f"stored the {tier} profile from Job {name}")
+        except ApiException as exc:
+            logger.warning("profiling Job %s: %s %s", name, exc.status, exc.reason)
+            notes.append(f"profiling Job {name}: {exc.status} {exc.reason}")
+    return profiles, notes

@@ -1,0 +1,181 @@
+"""The operator's feedback timer against the real control plane and a real Prometheus server.
+
+A small exporter (prometheus-client) publishes the agents' metric names for SplitInference `loop` as a throttled
+device → edge link would: half the frames lost, 100 kB/s measured on that link. Prometheus (Debian's binary)
+scrapes it. The operator (`splitdnn operator`, a subprocess):
+1. with `prometheusUrl` pointing at nothing: condition MetricsAvailable=False, one MetricsUnavailable Event, the
+   split and the phase unchanged, the operator alive;
+2. pointed at the real server: status.measured and status.frameDropRate from the PromQL, one re-split (Event
+   Resplit, status.resplits entry {time, from, to, reason}, status.splitPoints and the Deployments' slicer
+   argument changed), and no second one within the cooldown.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from harness.fixtures import OperatorProcess, kubectl, wait_for
+from test_operator import apply, events_for, example, get_si, wait_phase, children  # noqa: F401
+from test_operator import crd, ns  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.closed_loop]
+
+START = ["conv2d_1", "flatten"]
+
+
+@pytest.fixture(scope="module")
+def exporter():
+    from harness.prometheus import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from prometheus_client import Counter, Gauge, Histogram, start_http_server
+        frames = Counter("splitdnn_frames", "frames", ["si", "tier", "outcome"])
+        stage = Histogram("splitdnn_stage_compute_seconds", "stage", ["si", "tier"])
+        rtt = Gauge("splitdnn_link_rtt_seconds", "rtt", ["si", "tier"])
+        bw = Gauge("splitdnn_link_bandwidth_bytes_per_second", "bw", ["si", "tier"])
+        start_http_server({port}, addr="127.0.0.1")
+        rtt.labels("loop", "device").set(0.02)
+        rtt.labels("loop", "edge").set(0.002)
+        bw.labels("loop", "device").set(100000.0)
+        while True:
+            for outcome, n in (("completed", 1), ("dropped", 1)):
+                frames.labels("loop", "device", outcome).inc(n)
+            for tier, seconds in (("device", 0.02), ("edge", 0.02), ("cloud", 0.005)):
+                stage.labels("loop", tier).observe(seconds)
+            time.sleep(0.25)
+    """)])
+    yield f"127.0.0.1:{port}"
+    proc.kill()
+    proc.wait(10)
+
+
+def spec(url: str) -> dict:
+    r = example("loop", START)
+    r["spec"]["workload"]["fps"] = 4
+    r["spec"]["adaptation"] = {"enabled": True, "prometheusUrl": url, "interval": "2s", "maxFrameDropRate": 0.1,
+                               "cooldown": "30s", "margin": 0.2}
+    return r
+
+
+def condition(si, ctype):
+    return next((c for c in (si.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+
+
+@pytest.fixture(scope="module")
+def op(crd, ns, tmp_path_factory):  # noqa: F811
+    proc = OperatorProcess(crd, ns, tmp_path_factory.mktemp("operator") / "operator.log",
+                           extra_env={"SPLITDNN_ADAPT_TICK_SECONDS": "1"}).start()
+    yield proc
+    proc.stop()
+    print(proc.log()[-4000:])
+
+
+def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # noqa: F811
+    kc = crd
+    r = example("auto")
+    r["spec"].pop("splitPoints")
+    r["spec"]["planner"]["mode"] = "auto"
+    r["spec"]["tiers"][0]["netem"] = {"delay": "5ms", "rate": "1mbit"}
+    apply(kc, ns, r)
+    si = wait_phase(kc, ns, "auto", "Running", op)
+    st = si["status"]
+    assert len(st["splitPoints"]) == 2 and st["splitPoints"] != ["conv2d", "flatten"]
+    pred = st["plan"]["predicted"]
+    assert pred["source"] == "FLOPs estimates" and pred["objective"] == "throughput"
+    assert pred["latencySeconds"] > 0 and pred["bottleneckSeconds"] > 0 and "dropRate" in pred and pred["bottleneckAt"]
+    deps = children(kc, ns, "auto")["deployments"]
+    assert all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
+               for d in deps.values())
+    # a profiling Job per tier on that tier's nodes (kwok pods never finish, so no profile comes back here)
+    jobs = {j["metadata"]["name"]: j for j in json.loads(kubectl(kc, "get", "jobs", "-n", ns, "-o", "json").stdout)["items"]}
+    for t in ("device", "edge", "cloud"):
+        pod = jobs[f"auto-profile-{t}"]["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"splitdnn.io/tier": t}
+    assert "Profiling" in [r for r, _ in events_for(kc, ns, "auto")]
+    # a profile in the ConfigMap (as a finished Job leaves it, or made by hand) replaces the estimates: a device
+    # that is very slow after conv2d makes the planner cut right after it
+    from splitdnn import feedback
+    from splitdnn.controller.plan import model_summary
+
+    blocks = feedback.blocks_of(model_summary("cnn14"))
+    prof = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device",
+            "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)]}
+    kubectl(kc, "create", "configmap", "auto-profiles", "-n", ns, f"--from-literal=device.json={json.dumps(prof)}")
+    si = wait_for(lambda: (s := get_si(kc, ns, "auto"))["status"]["plan"]["predicted"].get("source") == "profiles"
+                  and s, timeout=60, what="planned with the profile")
+    assert si["status"]["splitPoints"][0] == "conv2d"
+
+
+def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # noqa: F811
+    from harness.prometheus import PrometheusServer, free_port, prometheus_binary
+
+    if prometheus_binary() is None:
+        pytest.skip("prometheus binary not installed (scripts/install.sh installs Debian's package)")
+    kc = crd
+    try:
+        with PrometheusServer([exporter]) as server:
+            # 1. Prometheus unreachable: condition + one Event, the split stays, no crash
+            apply(kc, ns, spec(f"http://127.0.0.1:{free_port()}"))
+            wait_phase(kc, ns, "loop", "Running", op)
+            si = wait_for(lambda: (s := get_si(kc, ns, "loop")) and (c := condition(s, "MetricsAvailable"))
+                          and c["status"] == "False" and s, timeout=120, what="MetricsAvailable=False")
+            assert "unreachable" in condition(si, "MetricsAvailable")["message"]
+            time.sleep(6)  # several more intervals: still one Event, still the same split
+            si = get_si(kc, ns, "loop")
+            assert si["status"]["splitPoints"] == START and si["status"]["phase"] == "Running"
+            assert not si["status"].get("resplits")
+            ready_since = next(c for c in si["status"]["conditions"] if c["type"] == "Ready")["lastTransitionTime"]
+            warnings = [m for r, m in events_for(kc, ns, "loop") if r == "MetricsUnavailable"]
+            assert len(warnings) == 1 and "keeping split conv2d_1,flatten" in warnings[0], warnings
+            assert op.alive()
+
+            # 2. the real server: measured figures, one re-split, the tiers rolled to it
+            server.wait_for('sum(splitdnn_frames_total{si="loop"})', lambda v: v > 0, timeout=60)
+            apply(kc, ns, spec(server.url))
+            # (not within the cooldown of the tiers becoming ready: a fresh deployment's warm-up is not judged)
+            si = wait_for(lambda: (s := get_si(kc, ns, "loop")) and s["status"].get("resplits") and s,
+                          timeout=180, what="a re-split")
+            from splitdnn.controller.handlers import _epoch
+
+            assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready_since) >= 30 - 1
+            st = si["status"]
+            (entry,) = st["resplits"]
+            assert entry["from"] == START and entry["to"] != START and entry["to"] == st["adapted"]["splitPoints"]
+            assert "> SLO 0.100" in entry["reason"] and entry["time"].endswith("Z")
+            assert entry["figures"]["best"]["bottleneckSeconds"] < entry["figures"]["current"]["bottleneckSeconds"]
+            assert entry["figures"]["measured"]["linkBandwidthBytesPerSecond"] == {"device": 100000.0}
+            assert st["frameDropRate"] == pytest.approx(0.5, abs=0.1)
+            assert st["measured"]["dropRate"] == pytest.approx(0.5, abs=0.1)
+            assert set(st["measured"]["computeSeconds"]) == {"device", "edge", "cloud"}
+            assert condition(si, "MetricsAvailable")["status"] == "True"
+            new = entry["to"]
+            wait_for(lambda: (s := get_si(kc, ns, "loop"))["status"].get("splitPoints") == new, timeout=60,
+                     what="status.splitPoints = the new split")
+            wait_phase(kc, ns, "loop", "Running", op)
+
+            def rolled():
+                deps = children(kc, ns, "loop")["deployments"]
+                return all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(new)
+                           for d in deps.values())
+
+            wait_for(rolled, timeout=60, what="Deployments rendered with the new split")
+            reasons = [r for r, _ in events_for(kc, ns, "loop")]
+            assert reasons.count("Resplit") == 1 and "SplitChanged" in reasons and "MetricsAvailable" in reasons
+            # the drop rate stays over the SLO, but the cooldown holds: no flapping
+            time.sleep(8)
+            si = get_si(kc, ns, "loop")
+            assert len(si["status"]["resplits"]) == 1 and si["status"]["splitPoints"] == new
+            assert "cooldown" in si["status"]["measured"]["decision"]
+            # the spec still says what the user wrote; the loop's choice lives in status
+            assert si["spec"]["splitPoints"] == START
+            assert op.alive()
+    finally:
+        kubectl(kc, "delete", "si", "loop", "-n", ns, "--wait=false", check=False)
