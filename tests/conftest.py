@@ -24,15 +24,5 @@ def cnn14_graph(cnn14_model):
     return build_graph(cnn14_model)
 
 
-def run_cli(*args, check=True, timeout=600):
-    """Run `python -m splitdnn ARGS` as a user would; returns the CompletedProcess."""
-    import subprocess
-
-    proc = subprocess.run([sys.executable, "-m", "splitdnn", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"splitdnn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
-
 # The real Kubernetes control plane (Go-built, kwok nodes): see tests/harness/fixtures.py
 from harness.fixtures import controlplane, kube_api, namespace  # noqa: E402,F401  (re-exported fixtures)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent_harness import rss_bytes, slices_dir, start_chain, start_prometheus  # noqa: F401
-from conftest import ROOT, run_cli
+from harness.cli import ROOT, run_cli
 from splitdnn.agent import netns
 from splitdnn.agent.local import stop_all
 from splitdnn.agent.metrics import scrape, value

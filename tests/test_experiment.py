@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from harness.cli import run_cli
 from splitdnn import experiment as exp
 from splitdnn.spec import cross_field_problems, from_resource
 

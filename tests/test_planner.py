@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli
+from harness.cli import run_cli
 from splitdnn.planner import Constraints, Infeasible, Problem, ProblemError, plan
 from splitdnn.planner import strategies
 
