@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -85,19 +86,16 @@ class ModelGraph:
             if t.producer <= index and needed_after[name] > index
         ]
 
-    @property
+    @cached_property
     def _last_use(self) -> dict[str, int]:
-        cached = getattr(self, "_last_use_cache", None)
-        if cached is None:
-            end = len(self.layers)  # model outputs are needed "after the last layer"
-            cached = {name: -1 for name in self.tensors}
-            for i, layer in enumerate(self.layers):
-                for name in layer.inputs:
-                    cached[name] = max(cached[name], i)
-            for name in self.outputs:
-                cached[name] = end
-            self._last_use_cache = cached
-        return cached
+        """Tensor name → index of the last layer that needs it (len(layers) for model outputs)."""
+        last = {name: -1 for name in self.tensors}
+        for i, layer in enumerate(self.layers):
+            for name in layer.inputs:
+                last[name] = max(last[name], i)
+        for name in self.outputs:
+            last[name] = len(self.layers)
+        return last
 
     def to_json(self) -> dict:
         """The `splitdnn inspect --json` contract."""
