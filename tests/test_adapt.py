@@ -52,23 +52,11 @@ def test_unreachable_prometheus_is_a_clear_error():
 @pytest.mark.slow
 def test_queries_against_a_real_prometheus():
     """A real exporter (prometheus-client) scraped by a real Prometheus: the loop's PromQL reads what was counted."""
-    import subprocess
-    import sys
-    import textwrap
-
-    from harness.prometheus import PrometheusServer, free_port, prometheus_binary
+    from harness.prometheus import PrometheusServer, prometheus_binary, start_exporter
 
     if prometheus_binary() is None:
         pytest.skip("prometheus binary not installed (scripts/install.sh installs Debian's package)")
-    port = free_port()
-    exporter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from prometheus_client import Counter, Gauge, Histogram, start_http_server
-        frames = Counter("splitdnn_frames", "frames", ["si", "tier", "outcome"])
-        stage = Histogram("splitdnn_stage_compute_seconds", "stage", ["si", "tier"])
-        rtt = Gauge("splitdnn_link_rtt_seconds", "rtt", ["si", "tier"])
-        bw = Gauge("splitdnn_link_bandwidth_bytes_per_second", "bw", ["si", "tier"])
-        start_http_server({port}, addr="127.0.0.1")
+    exporter, target = start_exporter("""
         rtt.labels("demo", "edge").set(0.5)
         bw.labels("demo", "edge").set(125000.0)
         for _ in range(600):
@@ -77,9 +65,9 @@ def test_queries_against_a_real_prometheus():
             stage.labels("demo", "device").observe(0.2)
             stage.labels("demo", "cloud").observe(0.01)
             time.sleep(0.1)
-    """)])
+    """)
     try:
-        with PrometheusServer([f"127.0.0.1:{port}"]) as server:
+        with PrometheusServer([target]) as server:
             q = promql("demo", window="10s")
             server.wait_for(q["drop_rate"], lambda v: True, timeout=40)
             m = read_measurements(Prometheus(server.url), "demo", window="10s")

@@ -13,9 +13,6 @@ scrapes it. The operator (`splitdnn operator`, a subprocess):
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
@@ -31,17 +28,9 @@ START = ["conv2d_1", "flatten"]
 
 @pytest.fixture(scope="module")
 def exporter():
-    from harness.prometheus import free_port
+    from harness.prometheus import start_exporter
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from prometheus_client import Counter, Gauge, Histogram, start_http_server
-        frames = Counter("splitdnn_frames", "frames", ["si", "tier", "outcome"])
-        stage = Histogram("splitdnn_stage_compute_seconds", "stage", ["si", "tier"])
-        rtt = Gauge("splitdnn_link_rtt_seconds", "rtt", ["si", "tier"])
-        bw = Gauge("splitdnn_link_bandwidth_bytes_per_second", "bw", ["si", "tier"])
-        start_http_server({port}, addr="127.0.0.1")
+    proc, target = start_exporter("""
         rtt.labels("loop", "device").set(0.02)
         rtt.labels("loop", "edge").set(0.002)
         bw.labels("loop", "device").set(100000.0)
@@ -51,8 +40,8 @@ def exporter():
             for tier, seconds in (("device", 0.02), ("edge", 0.02), ("cloud", 0.005)):
                 stage.labels("loop", tier).observe(seconds)
             time.sleep(0.25)
-    """)])
-    yield f"127.0.0.1:{port}"
+    """)
+    yield target
     proc.kill()
     proc.wait(10)
 

@@ -23,6 +23,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The agents' metric names (src/splitdnn/agent/metrics.py), for tests that publish chosen figures.
+_EXPORTER_PREAMBLE = """
+import time
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+frames = Counter("splitdnn_frames", "frames", ["si", "tier", "outcome"])
+stage = Histogram("splitdnn_stage_compute_seconds", "stage", ["si", "tier"])
+rtt = Gauge("splitdnn_link_rtt_seconds", "rtt", ["si", "tier"])
+bw = Gauge("splitdnn_link_bandwidth_bytes_per_second", "bw", ["si", "tier"])
+start_http_server({port}, addr="127.0.0.1")
+"""
+
+
+def start_exporter(body: str) -> tuple[subprocess.Popen, str]:
+    """A subprocess publishing the agents' metrics with prometheus-client; `body` (Python, dedented) sets them
+    using `frames`, `stage`, `rtt`, `bw` and must loop for as long as it should serve. Returns (process, target)."""
+    import sys
+    import textwrap
+
+    port = free_port()
+    code = _EXPORTER_PREAMBLE.format(port=port) + textwrap.dedent(body)
+    return subprocess.Popen([sys.executable, "-c", code]), f"127.0.0.1:{port}"
+
+
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
 
