@@ -133,6 +133,34 @@ def test_run_in_process_delay(tmp_path):
     assert "frames" in proc.stderr and "drop rate" in proc.stderr  # progress and summary table on stderr
 
 
+LONG_RING = """
+apiVersion: splitdnn.io/v1alpha1
+kind: SplitInference
+metadata: {name: longring}
+spec:
+  model: {builtin: cnn14}
+  splitPoints: [conv2d, flatten]
+  tiers:
+    - {name: device}
+    - {name: edge}
+    - {name: cloud, netem: {delay: 2s}}
+  workload: {fps: 30, frames: 90, deadline: 3s, maxInFlight: 100, source: synthetic, warmupFrames: 2}
+"""
+
+
+def test_a_middle_tier_keeps_up_behind_a_long_round_trip(tmp_path):
+    """90 frames at 30 fps behind a 2 s result link: about 60 frames are downstream of the edge at once. Each one
+    holds an edge gRPC thread until its result is back, so with a fixed 32 threads (the agent before every tier was
+    given --max-inflight) frames 33+ queued for a thread, a whole extra round trip, and came back late (> 3 s)."""
+    spec = tmp_path / "longring.yaml"
+    spec.write_text(LONG_RING)
+    result = json.loads(run_cli("run", spec, "--json", timeout=300).stdout)
+    assert result["offered"] == 90 == result["completed"] + result["dropped"] + result["late"] + result["failed"]
+    assert result["late"] == 0 and result["failed"] == 0 and result["completed"] == 90, result
+    # the 2 warm-up frames went through every tier first but are not among the offered ones
+    assert [t["frames"] for t in result["tiers"]] == [92, 92, 92]
+
+
 def test_run_stops_cleanly_on_ctrl_c(tmp_path):
     import signal
     import subprocess

@@ -47,6 +47,7 @@ def test_split_inference_is_a_valid_resource_with_the_config(cnn14_graph):
         assert {t["maxMessageBytes"] for t in si.tiers} == {config.max_bytes}
         assert [t["netem"]["delay"] for t in si.tiers] == [f"{d:g}ms" for d in config.link_delays_ms()]
         assert si.workload["seed"] == 3 and si.workload["frames"] == 50
+        assert si.workload["warmupFrames"] == exp.WARMUP_FRAMES
         assert si.deadline_seconds == pytest.approx(config.ring_seconds() + w.deadline_slack)
         assert si.workload["maxInFlight"] >= w.fps * si.deadline_seconds
 
@@ -110,8 +111,14 @@ def test_writers_markdown_and_plots(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["time_s"] == 1.6
 
 
+def test_chunk_cost_is_measured_on_a_real_grpc_stream():
+    """10 messages cost more than 1 with the same bytes; on any machine this runs on, well under 10 ms each."""
+    seconds = exp.measure_chunk_seconds(total_bytes=200_000, chunks=10, repeats=7)
+    assert 0.0 < seconds < 0.01
+
+
 def test_bad_options_exit_2():
-    for args in (["--config", "4"], ["--pairs", "9"], ["--fps", "0"]):
+    for args in (["--config", "4"], ["--pairs", "9"], ["--fps", "0"], ["--warmup", "-1"]):
         proc = run_cli("experiment", "cho2021", *args, check=False, timeout=60)
         assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
 
@@ -129,6 +136,8 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert [r["split"] for r in fixed] == [list(exp.PAPER[1])[0], list(exp.PAPER[1])[7]]
     assert [(r["device_after"], r["edge_after"]) for r in fixed] == [exp.fixed_splits()[0], exp.fixed_splits()[7]]
     assert sum(r["planner"] for r in runs) == 1
+    assert doc["workload"]["warmup_frames"] == exp.WARMUP_FRAMES
+    assert 0.0 < doc["planner"]["1"]["chunk_seconds"] < 0.01  # measured, not the 1-ms default
     for r in runs:
         assert r["config"] == 1 and r["frames"] == frames and r["fps"] == 20.0
         assert isinstance(r["time_s"], float) and r["time_s"] > 0 and 0.0 <= r["drop_rate"] <= 1.0

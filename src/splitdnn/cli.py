@@ -247,8 +247,11 @@ def agent(
     fps: float = typer.Option(5.0, help="source frames per second"),
     frames: int = typer.Option(0, help="source frames (0 = endless)"),
     deadline: str = typer.Option("1s", help="per-frame deadline"),
-    max_inflight: int = typer.Option(8, help="at most this many frames in the pipeline; more are dropped"),
+    max_inflight: int = typer.Option(
+        8, help="frames in the pipeline at once: the source drops more; every tier sizes its gRPC threads for it "
+                "(give all tiers the source's value)"),
     seed: int = typer.Option(0, help="seed of synthetic frames and of the link emulation"),
+    warmup: int = typer.Option(0, help="source: send this many frames one at a time first, not counted"),
     queue_size: int = typer.Option(16, help="frames waiting for this stage before RESOURCE_EXHAUSTED"),
     timeout: str = typer.Option("30s", help="a frame with no result after this long fails"),
     summary: Optional[str] = typer.Option(None, help="write the source's outcome counts here (JSON) when done"),
@@ -272,11 +275,11 @@ def agent(
             tier=tier or slice_name, overhead_ratio=overhead_ratio, max_message_bytes=max_message_bytes, link=link,
             tc_applied=tc_applied, host=host, queue_size=queue_size, timeout=parse_duration(timeout), seed=seed,
             source=source, fps=fps, frames=frames, deadline=parse_duration(deadline), max_inflight=max_inflight,
-            summary=summary,
+            warmup=warmup, summary=summary,
         )
-        if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0:
+        if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0 or warmup < 0:
             raise ValueError("--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, --fps > 0, --max-inflight ≥ 1, "
-                             "--frames ≥ 0 are required")
+                             "--frames ≥ 0, --warmup ≥ 0 are required")
         if source and source != "synthetic":
             from pathlib import Path
 
@@ -408,6 +411,7 @@ def experiment_cho2021(
     pairs: Optional[str] = typer.Option(None, help="subset of the 8 pairs, 1-based in the paper's order: 1,5"),
     seed: int = typer.Option(0, help="seed of the synthetic frames (repeat r uses seed + r)"),
     slack: float = typer.Option(0.1, help="deadline = the ring's propagation delay + this many seconds"),
+    warmup: int = typer.Option(3, help="frames sent one at a time before each run's counted frames"),
     no_planner: bool = typer.Option(False, "--no-planner", help="skip the planner's split"),
     loopback: bool = typer.Option(False, "--loopback", help="loopback even when network namespaces work"),
 ):
@@ -428,9 +432,9 @@ def experiment_cho2021(
         chosen = [0]
     if chosen is not None and any(not 1 <= p <= len(exp.PAIRS) for p in chosen):
         fail(f"--pairs {pairs!r}: expected numbers 1..{len(exp.PAIRS)} separated by commas")
-    if frames < 1 or fps <= 0 or repeats < 1 or slack < 0:
-        fail("--frames ≥ 1, --fps > 0, --repeats ≥ 1 and --slack ≥ 0 are required")
-    workload = exp.Workload(frames=frames, fps=fps, seed=seed, deadline_slack=slack)
+    if frames < 1 or fps <= 0 or repeats < 1 or slack < 0 or warmup < 0:
+        fail("--frames ≥ 1, --fps > 0, --repeats ≥ 1, --slack ≥ 0 and --warmup ≥ 0 are required")
+    workload = exp.Workload(frames=frames, fps=fps, seed=seed, deadline_slack=slack, warmup=warmup)
     exp.say_stderr(f"cho2021: configs {configs}, {frames} frames at {fps:g} fps, {repeats} repeat(s) → {out}")
     try:
         result = exp.run_experiment(configs, workload, Path(out), repeats=repeats, pairs=chosen,

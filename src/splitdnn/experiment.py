@@ -38,9 +38,10 @@ LAYERS = {1: "conv2d", 3: "max_pooling2d", 8: "batch_normalization_1", 9: "conv2
           11: "flatten"}
 # the paper's table order: device side after layer 1 or 3, cloud side after layer 8, 9, 10 or 11
 PAIRS = tuple((d, e) for d in (1, 3) for e in (8, 9, 10, 11))
-# one gRPC stream message (chunk) costs about this much at the sender and receiver together on this kind of
-# machine; the planner sees chunking as a bandwidth maxMessageBytes / CHUNK_SECONDS (see docs/experiment.md)
+# what one gRPC stream message (chunk) costs, sender and receiver together, when not measured (measure_chunk_seconds
+# is what the experiment uses); the planner sees chunking as a bandwidth maxMessageBytes / chunk cost
 CHUNK_SECONDS = 1e-3
+WARMUP_FRAMES = 3  # sent one at a time before each run's counted frames (see docs/experiment.md)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Workload:
     fps: float = 20.0
     seed: int = 0
     deadline_slack: float = DEADLINE_SLACK
+    warmup: int = WARMUP_FRAMES
 
     def deadline(self, config: Config) -> float:
         """Ring propagation + slack: a frame is late once it has waited `slack` beyond the network's own delay."""
@@ -149,7 +151,7 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
             "workload": {"fps": workload.fps, "frames": workload.frames,
                          "deadline": format_duration(workload.deadline(config)),
                          "maxInFlight": workload.max_inflight(config), "source": "synthetic",
-                         "seed": workload.seed},
+                         "seed": workload.seed, "warmupFrames": workload.warmup},
             "planner": {"mode": "fixed", "objective": "throughput"},
         },
     }
@@ -157,7 +159,8 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
 
 # ---- the planner's split -----------------------------------------------------------------------------------------
 
-def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS, call_seconds: float = 0.0):
+def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS,
+                    call_seconds: float = 0.0):
     """Planner problem for one config: per-tier block times = the profile measured on this machine × (1 + overhead
     ratio); links = the config's one-way delays, with chunking as a bandwidth of maxMessageBytes per chunk cost
     (so bytes/bandwidth = chunks × chunk cost); every tier must run at least one block (a slice cannot be empty).
@@ -180,16 +183,17 @@ def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_
             doc["blocks"][-1]["time"] += call_seconds * (1 + config.overhead[k])
         docs.append(doc)
     delays = config.link_delays_ms()
-    bandwidth = config.max_bytes / chunk_seconds
+    bandwidth = config.max_bytes / max(chunk_seconds, 1e-6)
     links = [f"{TIERS[k]},{TIERS[k + 1]},{delays[k]:g}ms,{bandwidth:.0f}bps" for k in range(len(TIERS) - 1)]
     return problem_from_profiles(MODEL, docs, links=links, constraints={"use": list(TIERS)})
 
 
-def planner_split(config: Config, profile: dict, fps: float, call_seconds: float = 0.0) -> dict:
+def planner_split(config: Config, profile: dict, fps: float, call_seconds: float = 0.0,
+                  chunk_seconds: float = CHUNK_SECONDS) -> dict:
     """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
     from splitdnn.planner import evaluate_plan, plan
 
-    problem = planner_problem(config, profile, call_seconds=call_seconds)
+    problem = planner_problem(config, profile, chunk_seconds=chunk_seconds, call_seconds=call_seconds)
     best = plan(problem, objective="throughput", top=1, fps=fps)[0]
     device_after, edge_after = best.assignment["device"][1], best.assignment["edge"][1]
     predicted = {}
@@ -223,6 +227,44 @@ def serving_call_seconds(slices: Path, repeats: int = 50) -> float:
         call()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def measure_chunk_seconds(total_bytes: int = 1_000_000, chunks: int = 20, repeats: int = 15) -> float:
+    """What one more stream message costs on this machine: the same `total_bytes` sent to a loopback gRPC server
+    as one message and as `chunks` messages (a bidirectional stream that joins them and acknowledges, like the
+    agents' PredictChunked); the median difference / (chunks - 1)."""
+    from concurrent import futures
+
+    import grpc
+
+    from splitdnn.agent.server import GRPC_OPTIONS
+    from splitdnn.agent.wire import split_chunks
+
+    def join(request_iterator, context):
+        yield str(len(b"".join(request_iterator))).encode()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "splitdnn.Bench", {"Join": grpc.stream_stream_rpc_method_handler(join)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    data = os.urandom(total_bytes)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+            call = channel.stream_stream("/splitdnn.Bench/Join")
+
+            def send(pieces) -> float:
+                t0 = time.perf_counter()
+                assert b"".join(call(iter(pieces), timeout=30)) == str(total_bytes).encode()
+                return time.perf_counter() - t0
+
+            one, many = [data], split_chunks(data, -(-total_bytes // chunks))
+            for _ in range(3):
+                send(one), send(many)
+            diffs = [send(many) - send(one) for _ in range(repeats)]
+    finally:
+        server.stop(None)
+    return max(0.0, statistics.median(diffs) / (chunks - 1))
 
 
 def _next_block(problem, name: str) -> str:
@@ -338,7 +380,7 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
     chosen = [fixed_splits()[i - 1] for i in pairs] if pairs else fixed_splits()
     classes = layer_classes()
     slices_dir = out / "slices"
-    profile, call_seconds = None, 0.0
+    profile, call_seconds, chunk_seconds = None, 0.0, CHUNK_SECONDS
     if planner:
         from splitdnn.planner.profile import profile_model
 
@@ -348,14 +390,17 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
         conv = next(b for b in profile["blocks"] if b["name"] == d0)
         call_seconds = max(0.0, serving_call_seconds(export_pair(slices_dir, d0, e0)) - conv["time"])
         say(f"served-slice call cost {call_seconds * 1e3:.2f} ms (besides the layers)")
+        chunk_seconds = measure_chunk_seconds()
+        say(f"one more gRPC stream message costs {chunk_seconds * 1e3:.3f} ms")
     runs, plans = [], {}
     todo = []
     for c in configs:
         config = CONFIGS[c]
         items = [(d, e, False) for d, e in chosen]
         if planner:
-            rec = planner_split(config, profile, workload.fps, call_seconds)
+            rec = planner_split(config, profile, workload.fps, call_seconds, chunk_seconds)
             rec["call_seconds"] = call_seconds
+            rec["chunk_seconds"] = chunk_seconds
             plans[c] = rec
             say(f"config {c}: planner recommends {rec['device_after']} / {rec['edge_after']} "
                 f"({split_label(rec['device_after'], rec['edge_after'], classes)}), predicted bottleneck "
@@ -363,26 +408,30 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
             items.append((rec["device_after"], rec["edge_after"], True))
         todo += [(c, d, e, p) for d, e, p in items]
     started = time.monotonic()
-    for n, (c, d, e, is_plan) in enumerate(todo, 1):
-        config = CONFIGS[c]
-        label = split_label(d, e, classes)
-        slices = export_pair(slices_dir, d, e)
-        samples = []
-        for r in range(repeats):
-            w = Workload(workload.frames, workload.fps, workload.seed + r, workload.deadline_slack)
+    samples = {item: [] for item in todo}
+    # repeat r of every run before repeat r + 1 of any: a trend in the machine's load spreads over all pairs
+    # instead of falling on the pairs that happened to run during it
+    for r in range(repeats):
+        w = Workload(workload.frames, workload.fps, workload.seed + r, workload.deadline_slack, workload.warmup)
+        for n, (c, d, e, is_plan) in enumerate(todo, 1):
+            label = split_label(d, e, classes)
             tag = f"[run {n}/{len(todo)} config {c} {label}{' (planner)' if is_plan else ''} repeat {r + 1}/{repeats}]"
             say(f"{tag} starting agents")
             load = os.getloadavg()[0]
-            samples.append(run_once(split_inference(config, d, e, w), slices, netns, lambda m: say(f"{tag} {m}")))
-            samples[-1]["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
-            s = samples[-1]
+            s = run_once(split_inference(CONFIGS[c], d, e, w), export_pair(slices_dir, d, e), netns,
+                         lambda m: say(f"{tag} {m}"))
+            s["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
+            samples[(c, d, e, is_plan)].append(s)
             say(f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f}, load {s['loadavg_1min'][1]:.1f} "
                 f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)")
-        runs.append({"config": c, "split": label, "device_after": d, "edge_after": e, "frames": workload.frames,
-                     "fps": workload.fps, **summarize(samples), "planner": is_plan})
+    for c, d, e, is_plan in todo:
+        runs.append({"config": c, "split": split_label(d, e, classes), "device_after": d, "edge_after": e,
+                     "frames": workload.frames, "fps": workload.fps, **summarize(samples[(c, d, e, is_plan)]),
+                     "planner": is_plan})
     result = {
         "experiment": "cho2021", "model": MODEL, "link_emulation": "netns" if netns else "loopback",
         "workload": {"frames": workload.frames, "fps": workload.fps, "seed": workload.seed, "repeats": repeats,
+                     "warmup_frames": workload.warmup,
                      "deadline_s": {c: workload.deadline(CONFIGS[c]) for c in configs},
                      "max_inflight": {c: workload.max_inflight(CONFIGS[c]) for c in configs}},
         "configs": {c: {"overhead": CONFIGS[c].overhead, "latency_ms": CONFIGS[c].latency_ms,

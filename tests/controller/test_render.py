@@ -70,9 +70,9 @@ def test_deployment_pod_contract(si, plan):
     assert agent["command"] == [
         "splitdnn", "agent", "--slices", "/models", "--slice", "slice0", "--port", "8500", "--metrics-port", "9100",
         "--si", "cnn14", "--tier", "device", "--overhead-ratio", "10", "--max-message-bytes", "500000",
-        "--netem-report", "/run/splitdnn/netem.json", "--next", "cnn14-edge:8500",
-        "--source", "synthetic", "--fps", "5", "--frames", "50", "--deadline", "2s", "--max-inflight", "8",
-        "--delay", "5ms",
+        "--netem-report", "/run/splitdnn/netem.json", "--max-inflight", "8", "--next", "cnn14-edge:8500",
+        "--source", "synthetic", "--fps", "5", "--frames", "50", "--deadline", "2s",
+        "--warmup", "0", "--delay", "5ms",
     ]
     assert agent["readinessProbe"]["tcpSocket"]["port"] == 8500
     assert agent["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": 9100}

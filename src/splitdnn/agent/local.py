@@ -328,9 +328,12 @@ def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, cha
                 f"in-process: {result['not_applied'] or 'nothing'}")
     source = ["--source", str(workload.get("source", "synthetic")), "--fps", str(workload.get("fps", 5)),
               "--frames", str(total), "--deadline", str(workload.get("deadline", "1s")),
-              "--max-inflight", str(workload.get("maxInFlight", 8)), "--seed", str(workload.get("seed", 0)),
+              "--seed", str(workload.get("seed", 0)), "--warmup", str(workload.get("warmupFrames", 0)),
               "--summary", str(summary_file)]
-    return start_agents(slices, Path(tmp), si.tiers, si.name, chain, extra={0: source}, netem_reports=reports)
+    # every tier: a frame holds a gRPC thread on each tier until its result is back (server.worker_count)
+    inflight = ["--max-inflight", str(workload.get("maxInFlight", 8))]
+    extra = {k: inflight + (source if k == 0 else []) for k in range(len(si.tiers))}
+    return start_agents(slices, Path(tmp), si.tiers, si.name, chain, extra=extra, netem_reports=reports)
 
 
 def apply_netem(chain, k: int, netem: dict, report: str) -> dict:

@@ -118,6 +118,8 @@ def agent_command(si: SplitInference, index: int) -> list[str]:
         "--overhead-ratio", _num(tier.get("overheadRatio", 0)),
         "--max-message-bytes", str(tier.get("maxMessageBytes", 4194304)),
         "--netem-report", NETEM_REPORT,
+        # every tier: a frame holds a gRPC thread on each tier until its result comes back (see worker_count)
+        "--max-inflight", str(si.workload.get("maxInFlight", 4)),
     ]
     if index + 1 < len(tiers):
         cmd += ["--next", f"{object_name(si.name, tiers[index + 1]['name'])}:{GRPC_PORT}"]
@@ -128,7 +130,7 @@ def agent_command(si: SplitInference, index: int) -> list[str]:
             "--fps", _num(w.get("fps", 1)),
             "--frames", str(w.get("frames", 50)),
             "--deadline", str(w.get("deadline", "1s")),
-            "--max-inflight", str(w.get("maxInFlight", 4)),
+            "--warmup", str(w.get("warmupFrames", 0)),
         ]
     return cmd + _netem_values(tier)
 
