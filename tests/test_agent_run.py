@@ -229,3 +229,64 @@ def test_run_netns_shapes_with_tc_and_emulates_the_rest(tmp_path):
     mine = netns.Chain(3, tag=str(proc.pid % 100000)).ns(0)[:-1]  # this run's namespaces: sdnn<pid>t<k>
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     assert not [ns for ns in listed if ns.startswith(mine)], "namespaces left behind"
+
+
+# --- readiness and draining: what a rollout relies on -----------------------------------------------------------
+
+def _ready(agent) -> int:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(agent.metrics_url.replace("/metrics", "/ready"), timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_stopping_tiers_drain_and_readiness_follows_the_next_tier(slices_dir, tmp_path):
+    """A rollout stops a tier's old pod once its new pod is Ready, while the previous tier's old pod may still
+    send to it. So a stopping agent keeps serving until no request has been in progress for --drain-quiet, and
+    /ready says whether the next tier answers (a pod is only Ready once the chain behind it works)."""
+    from agent_harness import frame, predict, stub
+
+    specs = [{}, {}, {"netem": {"delay": "700ms"}}]
+    drain = ["--drain-quiet", "1.5s", "--drain-timeout", "30s"]
+    agents = start_chain(slices_dir, tmp_path, specs, extra={0: drain, 1: drain, 2: drain}, si="drain")
+    try:
+        wait_for_all = time.monotonic() + 30
+        while any(_ready(a) != 200 for a in agents) and time.monotonic() < wait_for_all:
+            time.sleep(0.2)
+        assert [_ready(a) for a in agents] == [200, 200, 200]
+        device, edge, cloud = agents
+        s, channel = stub(device.grpc_addr)
+        results, errors = [], []
+
+        def frames():  # back to back, each waits ~0.7 s for the cloud's link
+            for i in range(6):
+                try:
+                    results.append(predict(s, {"input": frame(seed=i)}, timeout=30))
+                except Exception as exc:  # noqa: BLE001 - asserted below
+                    errors.append(exc)
+
+        sender = threading.Thread(target=frames)
+        sender.start()
+        time.sleep(0.3)  # the first frame is in flight
+        stopped = time.monotonic()
+        for a in (edge, cloud):
+            a.proc.send_signal(15)
+        sender.join(timeout=60)
+        channel.close()
+        assert not errors and len(results) == 6, errors
+        assert all(r["dense_1"].shape == (1, 10) for r in results)
+        # both served every frame after SIGTERM, then exited on their own once idle for 1.5 s
+        for a in (edge, cloud):
+            assert a.proc.wait(timeout=20) == 0, a.log_tail()
+        assert time.monotonic() - stopped >= 6 * 0.7
+        deadline = time.monotonic() + 15
+        while _ready(device) != 503 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _ready(device) == 503  # its next tier is gone
+    finally:
+        stop_all(agents)

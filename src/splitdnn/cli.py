@@ -254,6 +254,10 @@ def agent(
     warmup: int = typer.Option(0, help="source: send this many frames one at a time first, not counted"),
     queue_size: int = typer.Option(16, help="frames waiting for this stage before RESOURCE_EXHAUSTED"),
     timeout: str = typer.Option("30s", help="a frame with no result after this long fails"),
+    drain_quiet: str = typer.Option(
+        "1s", help="on SIGTERM keep serving until no request has been in progress for this long (the previous "
+                   "tier may still send while its replacement starts)"),
+    drain_timeout: str = typer.Option("30s", help="… but stop after this long in any case"),
     summary: Optional[str] = typer.Option(None, help="write the source's outcome counts here (JSON) when done"),
     host: str = typer.Option("0.0.0.0", help="address to listen on"),
     log_level: str = typer.Option("INFO", help="logging level"),
@@ -275,7 +279,8 @@ def agent(
             tier=tier or slice_name, overhead_ratio=overhead_ratio, max_message_bytes=max_message_bytes, link=link,
             tc_applied=tc_applied, host=host, queue_size=queue_size, timeout=parse_duration(timeout), seed=seed,
             source=source, fps=fps, frames=frames, deadline=parse_duration(deadline), max_inflight=max_inflight,
-            warmup=warmup, summary=summary,
+            warmup=warmup, summary=summary, drain_quiet=parse_duration(drain_quiet),
+            drain_timeout=parse_duration(drain_timeout),
         )
         if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0 or warmup < 0:
             raise ValueError("--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, --fps > 0, --max-inflight ≥ 1, "

@@ -33,11 +33,13 @@ def objs_by(objs):
 
 def test_render_all_names_and_order(si, plan):
     objs = render.render_all(si, plan, image="img:1")
+    split = render.split_id(si, ["conv2d", "flatten"])
+    assert plan["splitId"] == split and len(split) == 8
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("ConfigMap", "cnn14-plan"),
         ("Service", "cnn14-device"), ("Deployment", "cnn14-device"),
-        ("Service", "cnn14-edge"), ("Deployment", "cnn14-edge"),
-        ("Service", "cnn14-cloud"), ("Deployment", "cnn14-cloud"),
+        ("Service", "cnn14-edge"), ("Service", f"cnn14-edge-{split}"), ("Deployment", "cnn14-edge"),
+        ("Service", "cnn14-cloud"), ("Service", f"cnn14-cloud-{split}"), ("Deployment", "cnn14-cloud"),
     ]
     assert all(o["metadata"]["namespace"] == "default" for o in objs)
     cm = objs[0]
@@ -70,11 +72,15 @@ def test_deployment_pod_contract(si, plan):
     assert agent["command"] == [
         "splitdnn", "agent", "--slices", "/models", "--slice", "slice0", "--port", "8500", "--metrics-port", "9100",
         "--si", "cnn14", "--tier", "device", "--overhead-ratio", "10", "--max-message-bytes", "500000",
-        "--netem-report", "/run/splitdnn/netem.json", "--max-inflight", "8", "--next", "cnn14-edge:8500",
+        "--netem-report", "/run/splitdnn/netem.json", "--max-inflight", "8", "--drain-quiet", "2s",
+        "--drain-timeout", "90s", "--next", f"cnn14-edge-{plan['splitId']}:8500",
         "--source", "synthetic", "--fps", "5", "--frames", "50", "--deadline", "2s",
         "--warmup", "0", "--delay", "5ms",
     ]
-    assert agent["readinessProbe"]["tcpSocket"]["port"] == 8500
+    # Ready only while the next tier answers; the pod outlives its agent's drain
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 9100}
+    assert pod["terminationGracePeriodSeconds"] > render.DRAIN_TIMEOUT_SECONDS
+    assert d["spec"]["template"]["metadata"]["labels"]["splitdnn.io/split"] == plan["splitId"]
     assert agent["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": 9100}
     assert agent["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
     assert {p["containerPort"] for p in agent["ports"]} == {8500, 9100}
@@ -104,7 +110,7 @@ def test_middle_and_last_tier_commands(si, plan):
     edge = objs[("Deployment", "cnn14-edge")]["spec"]["template"]["spec"]["containers"][0]["command"]
     cloud = objs[("Deployment", "cnn14-cloud")]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert edge[edge.index("--slice") + 1] == "slice1"
-    assert edge[edge.index("--next") + 1] == "cnn14-cloud:8500"
+    assert edge[edge.index("--next") + 1] == f"cnn14-cloud-{plan['splitId']}:8500"
     assert "--source" not in edge and "--fps" not in edge
     assert cloud[cloud.index("--slice") + 1] == "slice2"
     assert "--next" not in cloud
@@ -157,6 +163,40 @@ def test_new_split_points_change_pod_template(si, plan):
     assert a["spec"]["selector"] == b["spec"]["selector"]  # selectors are immutable
 
 
+def test_each_split_has_its_own_services_so_generations_never_mix(si, plan):
+    """After a re-split the Deployments roll one by one; a tier calls its next tier through the Service of its own
+    split, which selects only pods of that split, so an old device never sends to a new edge (or vice versa)."""
+    old = objs_by(render.render_all(si, plan, image="i"))
+    si.spec["splitPoints"] = ["max_pooling2d", "dense"]
+    plan2 = plan_mod.build_plan(si, SUMMARY)
+    new = objs_by(render.render_all(si, plan2, image="i"))
+    a, b = plan["splitId"], plan2["splitId"]
+    assert a != b
+    for split, objs in ((a, old), (b, new)):
+        svc = objs[("Service", f"cnn14-edge-{split}")]
+        assert svc["spec"]["selector"] == {"splitdnn.io/splitinference": "cnn14", "splitdnn.io/tier": "edge",
+                                           "splitdnn.io/split": split}
+        assert svc["metadata"]["labels"]["splitdnn.io/split"] == split
+        device = objs[("Deployment", "cnn14-device")]["spec"]["template"]
+        assert device["metadata"]["labels"]["splitdnn.io/split"] == split
+        cmd = device["spec"]["containers"][0]["command"]
+        assert cmd[cmd.index("--next") + 1] == f"cnn14-edge-{split}:8500"
+        edge_pod = objs[("Deployment", "cnn14-edge")]["spec"]["template"]["metadata"]["labels"]
+        assert all(edge_pod.get(k) == v for k, v in svc["spec"]["selector"].items())
+    # a change that keeps the split (here the links) keeps the split id: old and new pods serve each other
+    si.tiers[1]["netem"] = {"delay": "1ms"}
+    assert plan_mod.build_plan(si, SUMMARY)["splitId"] == b
+    # the stable entry Service still selects every pod of the tier, whatever its split
+    assert "splitdnn.io/split" not in new[("Service", "cnn14-edge")]["spec"]["selector"]
+
+
+def test_drain_quiet_covers_a_few_frame_periods(si):
+    si.workload["fps"] = 5
+    assert render.drain_quiet_seconds(si) == 2.0
+    si.workload["fps"] = 0.5
+    assert render.drain_quiet_seconds(si) == 6.0
+
+
 def test_agent_image_from_env():
     assert render.agent_image({"SPLITDNN_AGENT_IMAGE": "reg/a:9"}) == "reg/a:9"
     assert render.agent_image({}).startswith("splitdnn/agent:")
@@ -169,7 +209,7 @@ def test_plan_figures(si, plan):
     assert [l["bytes"] for l in plan["links"]] == [4000, 800]
     assert plan["predicted"]["bytesPerFrame"] == 4800
     assert plan["predicted"]["bottleneckTier"] == "edge"
-    assert plan["tiers"][0]["next"] == "cnn14-edge" and "next" not in plan["tiers"][2]
+    assert plan["tiers"][0]["next"] == f"cnn14-edge-{plan['splitId']}" and "next" not in plan["tiers"][2]
 
     def no_nulls(v):
         return v is not None and all(no_nulls(x) for x in (v.values() if isinstance(v, dict) else

@@ -78,7 +78,9 @@ def test_render_defaults():
     assert ("ClusterRole", "splitdnn-crds") in kinds
     rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "splitdnn")["rules"]
     verbs = {v for r in rules for v in r["verbs"]}
-    assert "delete" not in verbs and "*" not in verbs
+    assert "*" not in verbs
+    # the only deletion: an earlier split's Services (everything else goes with its owner, by the GC)
+    assert [r["resources"] for r in rules if "delete" in r["verbs"]] == [["services"]]
     assert not any("secrets" in r["resources"] or "*" in r["resources"] for r in rules)
 
 

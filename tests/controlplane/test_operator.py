@@ -117,7 +117,8 @@ def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlpl
 
     kids = children(kc, ns, "cnn14")
     assert set(kids["deployments"]) == {f"cnn14-{t}" for t in TIERS}
-    assert set(kids["services"]) == {f"cnn14-{t}" for t in TIERS}
+    split = st["plan"]["splitId"]
+    assert set(kids["services"]) == {f"cnn14-{t}" for t in TIERS} | {f"cnn14-{t}-{split}" for t in TIERS[1:]}
     assert set(kids["configmaps"]) == {"cnn14-plan"}
     uid = si["metadata"]["uid"]
     for kind in kids.values():
@@ -181,6 +182,14 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         assert d["status"]["updatedReplicas"] == d["status"]["readyReplicas"] == 1
     assert any(r == "SplitChanged" for r, _ in events_for(kc, ns, "cnn14"))
+    # the new split's Services came with it; the old split's go once none of its pods is left
+    old_split = before["cnn14-device"]["spec"]["template"]["metadata"]["labels"]["splitdnn.io/split"]
+    new_split = si["status"]["plan"]["splitId"]
+    assert new_split != old_split
+    want = {f"cnn14-{t}" for t in TIERS} | {f"cnn14-{t}-{new_split}" for t in TIERS[1:]}
+    wait_for(lambda: set(children(kc, ns, "cnn14")["services"]) == want, timeout=TIMEOUT, interval=1,
+             what=f"services {sorted(want)}")
+    assert any(r == "SplitRetired" and old_split in m for r, m in events_for(kc, ns, "cnn14"))
 
 
 def test_deleted_child_comes_back(crd, ns, operator):
@@ -262,10 +271,11 @@ def test_operator_killed_mid_reconcile_makes_no_duplicates(crd, ns, operator):
     operator.kill()
     partial = children(kc, ns, name)
     operator.start()
-    wait_phase(kc, ns, name, "Running", operator)
+    si = wait_phase(kc, ns, name, "Running", operator)
     kids = children(kc, ns, name)
+    split = si["status"]["plan"]["splitId"]
     assert set(kids["deployments"]) == {f"{name}-{t}" for t in TIERS}
-    assert set(kids["services"]) == {f"{name}-{t}" for t in TIERS}
+    assert set(kids["services"]) == {f"{name}-{t}" for t in TIERS} | {f"{name}-{t}-{split}" for t in TIERS[1:]}
     assert set(kids["configmaps"]) == {f"{name}-plan"}
     for kind, objs in partial.items():  # what existed before the crash was kept, not replaced
         for n, o in objs.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +123,79 @@ def missing_pieces() -> list[str]:
     return [f"{path} ({what})" for path, what in need.items() if not (ROOT / path).exists()]
 
 
+def serving_pods(cluster, tier: str) -> list[dict]:
+    """The tier's pods that are Ready and not terminating."""
+    items = kubectl_json(cluster, "get", "pods", "-l", f"{SI_SELECTOR},{TIER_LABEL}={tier}")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+
+def rolled_out(cluster):
+    for tier in TIERS:
+        cluster.kubectl("rollout", "status", f"deployment/{SI}-{tier}", "--timeout=900s")
+
+
+def resplit_without_failed_frames(cluster) -> None:
+    """An endless source, then a new split while frames flow. The old device's source summary (its last log
+    line, written when its drain ends) and the new device's counters must show no failed frame: each split's
+    tiers reach each other through that split's Services, pods are Ready only once the chain behind them is,
+    and stopping agents drain (docs/closed-loop.md, "Frames across a re-split")."""
+    import json
+    import subprocess
+
+    cluster.kubectl("patch", "si", SI, "--type", "merge", "-p",
+                    json.dumps({"spec": {"workload": {"frames": 0, "deadline": "5s"}}}))
+    time.sleep(3)  # the operator renders the new pod template (same split: the pods roll among themselves)
+    rolled_out(cluster)
+    old = wait_for("one serving device pod", lambda: (p := serving_pods(cluster, "device")) and len(p) == 1 and p,
+                   timeout=300)[0]["metadata"]["name"]
+    wait_for(f"frames completed on {old}", lambda: metric_sum(metrics_of(cluster, old), "splitdnn_frames_total",
+                                                              outcome="completed") > 0, timeout=300)
+    import tempfile
+
+    log_path = Path(tempfile.mkdtemp(prefix="splitdnn-e2e-")) / "old-device.log"
+    with open(log_path, "w") as log:
+        follow = subprocess.Popen([str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig_path}", "logs",
+                                   "-f", old, "-c", "agent"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        old_split = kubectl_json(cluster, "get", "pod", old)["metadata"]["labels"]["splitdnn.io/split"]
+        cluster.kubectl("patch", "si", SI, "--type", "merge", "-p",
+                        json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}))
+        time.sleep(3)
+        rolled_out(cluster)
+        wait_for(f"old device pod {old} gone (drained)",
+                 lambda: cluster.kubectl("get", "pods", "-l", SI_SELECTOR, "-o", "name").find(old) < 0, timeout=300)
+        follow.wait(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    done = [line for line in log_path.read_text().splitlines() if "source done:" in line]
+    assert done, log_path.read_text()[-3000:]
+    summary = json.loads(done[-1].split("source done:", 1)[1])
+    print(f"old split {old_split}: {summary}")
+    assert summary["offered"] == sum(summary[o] for o in ("completed", "dropped", "late", "failed"))
+    assert summary["completed"] > 0 and summary["failed"] == 0, summary
+
+    (new,) = serving_pods(cluster, "device")
+    new_name = new["metadata"]["name"]
+    new_split = new["metadata"]["labels"]["splitdnn.io/split"]
+    assert new_split != old_split
+    wait_for(f"frames completed on {new_name}", lambda: metric_sum(metrics_of(cluster, new_name),
+                                                                   "splitdnn_frames_total", outcome="completed") > 5,
+             timeout=300)
+    text = metrics_of(cluster, new_name)
+    counts = {o: metric_sum(text, "splitdnn_frames_total", outcome=o) for o in ("completed", "dropped", "late", "failed")}
+    print(f"new split {new_split}: {counts}")
+    assert counts["failed"] == 0, counts
+    # every tier runs the new split's slices
+    for tier, cut in (("device", "max_pooling2d"), ("edge", "dense")):
+        (pod,) = serving_pods(cluster, tier)
+        assert metric_sum(metrics_of(cluster, pod["metadata"]["name"]), "splitdnn_slice_info", cut=cut) == 1, tier
+    # the old split's Services go once its pods are gone
+    wait_for(f"split {old_split} Services retired", lambda: old_split not in cluster.kubectl(
+        "get", "services", "-l", SI_SELECTOR, "-o", "name"), timeout=120)
+
+
 def metrics_of(cluster, pod: str, port: int = 9100) -> str:
     return cluster.kubectl("get", "--raw", f"/api/v1/namespaces/default/pods/{pod}:{port}/proxy/metrics")
 
@@ -212,6 +286,9 @@ def test_splitinference_end_to_end(kind_cluster):
                         for t in TIERS)
         print(f"splitdnn_frames_total: {first} -> {later}; completed {completed}")
         assert completed > 0
+
+        with timed("re-split while frames flow: no frame fails"):
+            resplit_without_failed_frames(kind_cluster)
 
         with timed("delete SplitInference -> everything gone"):
             kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--timeout=180s")

@@ -62,12 +62,16 @@ app.kubernetes.io/component: operator
 - apiGroups: [splitdnn.io]
   resources: [splitinferences/finalizers]
   verbs: [update]
-# the children, by server-side apply (create + patch); deletion is the garbage collector's
+# the children, by server-side apply (create + patch); deleting them with their SplitInference is the garbage
+# collector's; the operator deletes only an earlier split's Services once its pods are gone
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
-  resources: [services, configmaps]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps]
   verbs: [get, list, watch, create, patch]
 # planner.mode auto: profiling Jobs on each tier's nodes, their pods' logs (the profile document)
 - apiGroups: [batch]

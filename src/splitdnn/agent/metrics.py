@@ -72,10 +72,34 @@ class AgentMetrics:
         for path in EMULATION_PATHS:
             self._emulation.labels(**self.base, path=path).set(1 if path in paths else 0)
 
-    def serve(self, port: int, addr: str = "0.0.0.0"):
-        from prometheus_client import start_http_server
+    def serve(self, port: int, addr: str = "0.0.0.0", ready=None):
+        """/metrics, and /ready (200 when `ready()` is true, else 503) for the pod's readiness probe."""
+        import threading
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-        return start_http_server(port, addr=addr, registry=self.registry)
+        from prometheus_client import make_wsgi_app
+
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/ready":
+                ok = ready is None or ready()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ready\n" if ok else b"not ready: the next tier does not answer\n"]
+            return metrics(environ, start_response)
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):  # probes and scrapes every few seconds: not worth a log line each
+                pass
+
+        server = make_server(addr, port, app, Server, handler_class=Quiet)
+        thread = threading.Thread(target=server.serve_forever, daemon=True, name="metrics")
+        thread.start()
+        return server, thread
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict:

@@ -82,6 +82,9 @@ class AgentConfig:
     deadline: float = 1.0
     max_inflight: int = 8
     warmup: int = 0  # frames sent one at a time before the counted ones (not counted)
+    # on SIGTERM keep serving until no request has been in progress for `drain_quiet` s (at most `drain_timeout`)
+    drain_quiet: float = 1.0
+    drain_timeout: float = 30.0
     summary: Optional[str] = None
 
 
@@ -150,6 +153,8 @@ class Agent:
         self.metrics.queue_depth.set_function(lambda: self.stage.depth)
         self._active = 0
         self._active_lock = threading.Lock()
+        self._last_active = time.monotonic()
+        self._next_ok = self.last  # the next tier answered the last ping (readiness)
         self.metrics.inflight.set_function(lambda: self._active)
 
         self.emulator = LinkEmulator(config.link, seed=config.seed)
@@ -218,6 +223,7 @@ class Agent:
         feed = self.validate(tensors)
         with self._active_lock:
             self._active += 1
+            self._last_active = time.monotonic()
         try:
             outputs = self.stage(feed, timeout)
             if self.last:
@@ -226,6 +232,25 @@ class Agent:
         finally:
             with self._active_lock:
                 self._active -= 1
+                self._last_active = time.monotonic()
+
+    def ready(self) -> bool:
+        """Ready for frames: the last tier always, the others while the next tier answers pings. A pod is only
+        Ready once its whole downstream chain is, so a rollout keeps the old pods until the new chain works."""
+        return self._next_ok and not self._stop.is_set()
+
+    def drain(self, quiet: float, timeout: float) -> bool:
+        """After SIGTERM: keep serving until no request has been in progress for `quiet` seconds (the previous
+        tier still sends while its own replacement starts: in a rollout every tier's old pod is told to stop
+        once its new pod is Ready, the first tier's last), at most `timeout`. True if it went quiet."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._active_lock:
+                idle = 0.0 if self._active else time.monotonic() - self._last_active
+            if idle >= quiet:
+                return True
+            time.sleep(min(0.1, quiet))
+        return False
 
     # --- links --------------------------------------------------------------------------------------------------
 
@@ -268,6 +293,7 @@ class Agent:
             try:
                 self.ping_once(timeout=2.0, record=False)  # includes connecting: not a round trip sample
                 self.ping_once(timeout=2.0)
+                self._next_ok = True
                 return True
             except grpc.RpcError as exc:
                 now = time.monotonic()
@@ -284,7 +310,9 @@ class Agent:
         while not self._stop.wait(self.config.ping_interval):
             try:
                 self.ping_once()
+                self._next_ok = True
             except grpc.RpcError as exc:
+                self._next_ok = False
                 log.warning("ping to %s failed: %s", self.config.next, exc.details())
 
     # --- frame source -------------------------------------------------------------------------------------------
@@ -456,7 +484,7 @@ def serve(config: AgentConfig, ready_file: Optional[str] = None) -> int:
         raise RuntimeError(f"cannot listen on {config.host}:{config.port}")
     server.start()
     if config.metrics_port is not None:
-        agent.metrics.serve(config.metrics_port, addr=config.host)
+        agent.metrics.serve(config.metrics_port, addr=config.host, ready=agent.ready)
     log.info("tier %s serving %s of model %s on :%d%s; link emulation: %s (in-process: %s; tc: %s)",
              agent.tier, config.slice, agent.model, bound,
              f" -> {config.next}" if config.next else " (last tier)", "+".join(sorted(agent.emulation_paths)),
@@ -487,6 +515,8 @@ def serve(config: AgentConfig, ready_file: Optional[str] = None) -> int:
         if agent.source is not None:
             agent.source.stop()
         threads[-1].join(timeout=max(config.timeout, config.deadline) + 5)
+    if not agent.drain(config.drain_quiet, config.drain_timeout):
+        log.warning("tier %s: still busy after %gs of draining; stopping anyway", agent.tier, config.drain_timeout)
     agent.close()
     server.stop(grace=1).wait(2)
     return 0

@@ -153,14 +153,38 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
         kopf.info(body, reason="Deployed",
                   message=f"created {len(si.tiers)} tiers ({', '.join(si.tier_names)}) split at "
                           f"{','.join(plan['splitPoints']) or '-'}")
-    if old_points is not None and old_points != plan["splitPoints"] and not missing:
+    # (a new split brings new per-split Services, so some children are always missing then)
+    if old_points is not None and old_points != plan["splitPoints"] and len(missing) < len(objs):
         kopf.info(body, reason="SplitChanged",
                   message=f"rolling tiers from {','.join(old_points) or '-'} to {','.join(plan['splitPoints'])}")
 
+    retire_splits(k, body, existing, plan["splitId"], logger)
     deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
     new = status_mod.running_status(si, plan, deployments, previous, generation)
     _write_status(body, patch, previous, new)
     _observe(body, cause, "ok", new["phase"])
+
+
+def retire_splits(k: kube_mod.Kube, body, existing: dict, current: str, logger) -> list[str]:
+    """Delete the per-split Services of earlier splits once no pod of that split is left (terminating pods are
+    still draining frames of the old split, and reach each other through those Services). Returns the names."""
+    meta = body["metadata"]
+    namespace, name = meta.get("namespace", "default"), meta["name"]
+    old = {}
+    for (kind, n), o in existing.items():
+        split = (o["metadata"].get("labels") or {}).get(render.LABEL_SPLIT)
+        if kind == "Service" and split and split != current:
+            old.setdefault(split, []).append(n)
+    deleted = []
+    for split, names in sorted(old.items()):
+        if k.has_pods(namespace, f"{render.LABEL_SI}={name},{render.LABEL_SPLIT}={split}"):
+            continue
+        for n in sorted(names):
+            k.delete_service(namespace, n)
+            deleted.append(n)
+        kopf.info(body, reason="SplitRetired", message=f"split {split} has no pods left: deleted {', '.join(names)}")
+        logger.info("split %s retired: deleted %s", split, names)
+    return deleted
 
 
 def _profiles(namespace: str, name: str, si) -> dict:

@@ -60,6 +60,22 @@ class Kube:
             self._resources[key] = dyn.resources.get(api_version=api_version, kind=kind)
         return self._resources[key]
 
+    def has_pods(self, namespace: str, selector: str) -> bool:
+        """Any pod (terminating ones too) matches the label selector."""
+        core, _ = self._apis()
+        return bool(core.list_namespaced_pod(namespace, label_selector=selector, limit=1).items)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        """Delete a Service; already gone is fine."""
+        from kubernetes.client.exceptions import ApiException
+
+        core, _ = self._apis()
+        try:
+            core.delete_namespaced_service(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def children(self, namespace: str, si_name: str) -> dict:
         """Existing children by (kind, name): plain dicts as the API returns them."""
         core, apps = self._apis()

@@ -60,9 +60,11 @@ def problems(si: SplitInference, summary: ModelSummary | None) -> list[str]:
     """Everything that makes the resource undeployable, each naming the problem."""
     found = cross_field_problems(si, list(summary.layers) if summary else None)
     for t in si.tiers:
-        name = f"{si.name}-{t['name']}"
-        if len(name) > NAME_MAX:
-            found.append(f"object name {name!r} is longer than {NAME_MAX} characters: shorten the resource or tier name")
+        name = f"{si.name}-{t['name']}-<split id>"  # the longest name made: a split's Service (render.split_id)
+        length = len(si.name) + len(t["name"]) + 10
+        if length > NAME_MAX:
+            found.append(f"object name {name!r} ({length} characters with the 8-character split id) is longer "
+                         f"than {NAME_MAX}: shorten the resource or tier name")
     if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints") and summary is None:
         found.append("planner.mode auto needs a model the operator can load (a .keras file in the operator's "
                      "file system, or a builtin/kerasApplication model): set splitPoints")
@@ -111,7 +113,10 @@ def predicted(si: SplitInference, summary: ModelSummary, points: list, profiles:
 
 def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
     """The plan for valid split points (check `problems()` first)."""
+    from splitdnn.controller.render import split_id, split_service_name
+
     points = list(si.spec.get("splitPoints") or [])
+    split = split_id(si, points)
     tiers = si.tiers
     planner = si.spec.get("planner", {})
     plan = {
@@ -121,6 +126,7 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
         "mode": planner.get("mode", "fixed"),
         "objective": planner.get("objective", "throughput"),
         "splitPoints": points,
+        "splitId": split,
         "tiers": [],
         "links": [],
         "predicted": {"source": "model graph" if summary else "unavailable"},
@@ -141,7 +147,7 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
             "netem": dict(t.get("netem") or {}),
         }
         if i + 1 < len(tiers):  # (no nulls: status is merge-patched, where null means delete)
-            entry["next"] = f"{si.name}-{tiers[i + 1]['name']}"
+            entry["next"] = split_service_name(si.name, tiers[i + 1]["name"], split)
         if bounds:
             a, b = bounds[i]
             entry.update({

@@ -4,6 +4,11 @@ No I/O and no Kubernetes client here, so every rule of the pod contract is unit-
 
 - per tier i (spec order; slice i = the i-th slice): Deployment and Service `<si>-<tier>`, and one ConfigMap
   `<si>-plan` with the plan JSON;
+- per tier after the first, a Service `<si>-<tier>-<split id>` that selects only the pods of one split (the
+  split id hashes model, input shape and split points): a tier calls its next tier through it, so a frame never
+  meets a tier of another split while the Deployments roll one by one after a re-split (see `split_id`);
+- readiness = the agent's /ready (its next tier answers), so a rollout keeps a tier's old pod until the new
+  chain behind the new pod works; on SIGTERM an agent drains (keeps serving until idle) before it exits;
 - init container `slicer`: `splitdnn slice MODEL --at L1,L2 --out /models` into the `models` emptyDir;
 - init container `netem`: `splitdnn netem apply --dev eth0 ... --report /run/splitdnn/netem.json`, the only
   container with an added capability (NET_ADMIN);
@@ -34,6 +39,8 @@ REPLICAS = 1  # one agent per tier
 MANAGER = "splitdnn-operator"
 LABEL_SI = "splitdnn.io/splitinference"
 LABEL_TIER = "splitdnn.io/tier"
+LABEL_SPLIT = "splitdnn.io/split"
+DRAIN_TIMEOUT_SECONDS = 90  # an old pod keeps serving its previous tier this long at most (see render_deployment)
 ANNOTATION_PLAN_HASH = "splitdnn.io/plan-hash"
 NETEM_FLAGS = ("delay", "jitter", "loss", "rate")  # passed to both `netem apply` and the agent
 
@@ -45,6 +52,18 @@ def agent_image(env: dict | None = None) -> str:
 
 def object_name(si_name: str, tier: str) -> str:
     return f"{si_name}-{tier}"
+
+
+def split_service_name(si_name: str, tier: str, split: str) -> str:
+    """The Service of one tier's pods of one split (`split_id`): what the previous tier of that split calls."""
+    return f"{si_name}-{tier}-{split}"
+
+
+def split_id(si: SplitInference, split_points: list[str]) -> str:
+    """Which slices the pods run: pods of one split id compose, pods of two do not. Changing anything else (links,
+    workload, resources) rolls the pods within the same split, and old and new pods can then serve each other."""
+    return stable_hash({"model": si.model_source, "inputShape": si.input_shape, "splitPoints": list(split_points),
+                        "tiers": len(si.tiers)})[:8]
 
 
 def plan_configmap_name(si_name: str) -> str:
@@ -104,7 +123,7 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def agent_command(si: SplitInference, index: int) -> list[str]:
+def agent_command(si: SplitInference, index: int, split: str) -> list[str]:
     tiers = si.tiers
     tier = tiers[index]
     cmd = [
@@ -120,9 +139,10 @@ def agent_command(si: SplitInference, index: int) -> list[str]:
         "--netem-report", NETEM_REPORT,
         # every tier: a frame holds a gRPC thread on each tier until its result comes back (see worker_count)
         "--max-inflight", str(si.workload.get("maxInFlight", 4)),
+        "--drain-quiet", f"{drain_quiet_seconds(si):g}s", "--drain-timeout", f"{DRAIN_TIMEOUT_SECONDS}s",
     ]
     if index + 1 < len(tiers):
-        cmd += ["--next", f"{object_name(si.name, tiers[index + 1]['name'])}:{GRPC_PORT}"]
+        cmd += ["--next", f"{split_service_name(si.name, tiers[index + 1]['name'], split)}:{GRPC_PORT}"]
     if index == 0:
         w = si.workload
         cmd += [
@@ -133,6 +153,12 @@ def agent_command(si: SplitInference, index: int) -> list[str]:
             "--warmup", str(w.get("warmupFrames", 0)),
         ]
     return cmd + _netem_values(tier)
+
+
+def drain_quiet_seconds(si: SplitInference) -> float:
+    """How long a stopping tier must see no request before it exits: a few frame periods (a gap between two
+    frames is not the end of the previous tier's stream), at least 2 s."""
+    return round(max(2.0, 3.0 / float(si.workload.get("fps", 1))), 3)
 
 
 def _restricted(uid: int | None = AGENT_UID) -> dict:
@@ -152,6 +178,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
     tname = tier["name"]
     name = object_name(si.name, tname)
     split_points = plan["splitPoints"]
+    split = split_id(si, split_points)
     env = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
@@ -173,7 +200,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     resources = copy.deepcopy(tier.get("resources") or {})
-    pod_labels = common_labels(si.name, tname)
+    pod_labels = {**common_labels(si.name, tname), LABEL_SPLIT: split}
     pod_annotations = {
         # a new plan (split points, links, workload) rolls the pods even when the command line is unchanged
         ANNOTATION_PLAN_HASH: plan_hash(plan),
@@ -200,7 +227,8 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {"fsGroup": AGENT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "terminationGracePeriodSeconds": 10,
+                    # the agent drains before it exits (at most DRAIN_TIMEOUT_SECONDS, plus the source's frames)
+                    "terminationGracePeriodSeconds": DRAIN_TIMEOUT_SECONDS + 30,
                     "initContainers": [
                         {**container_defaults, "name": "slicer", "command": slicer_command(si, split_points),
                          "volumeMounts": [models_mount, tmp_mount], "securityContext": _restricted(),
@@ -213,13 +241,14 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                         {
                             **container_defaults,
                             "name": "agent",
-                            "command": agent_command(si, index),
+                            "command": agent_command(si, index, split),
                             "ports": [
                                 {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                                 {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                             ],
-                            "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "initialDelaySeconds": 2,
-                                               "periodSeconds": 5, "failureThreshold": 3},
+                            # Ready = this tier serves and its next tier answers (the whole chain behind it)
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": METRICS_PORT},
+                                               "initialDelaySeconds": 2, "periodSeconds": 2, "failureThreshold": 3},
                             "livenessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT},
                                               "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
                             "resources": resources,
@@ -258,6 +287,22 @@ def render_service(si: SplitInference, index: int) -> dict:
     }
 
 
+def render_split_service(si: SplitInference, index: int, split: str) -> dict:
+    """Tier `index`'s pods of one split, for the previous tier of that split to call (gRPC only)."""
+    tname = si.tiers[index]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": split_service_name(si.name, tname, split), "namespace": si.namespace,
+                     "labels": {**common_labels(si.name, tname), LABEL_SPLIT: split}},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**selector_labels(si.name, tname), LABEL_SPLIT: split},
+            "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}],
+        },
+    }
+
+
 def plan_hash(plan: dict) -> str:
     return stable_hash(plan)
 
@@ -273,10 +318,14 @@ def render_configmap(si: SplitInference, plan: dict) -> dict:
 
 
 def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list[dict]:
-    """Every child object, in apply order: the plan first (pods mount it), then per tier Service + Deployment."""
+    """Every child object, in apply order: the plan first (pods mount it), then per tier its Services and its
+    Deployment."""
     image = image or agent_image()
+    split = split_id(si, plan["splitPoints"])
     objs = [render_configmap(si, plan)]
     for i in range(len(si.tiers)):
         objs.append(render_service(si, i))
+        if i > 0:
+            objs.append(render_split_service(si, i, split))
         objs.append(render_deployment(si, plan, i, image))
     return objs
