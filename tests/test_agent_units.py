@@ -311,3 +311,22 @@ def test_emulation_plan_follows_the_report():
     params, _, paths = emulation_plan(flags, {"applied": {"delay": "", "loss": "", "rate": ""}})
     assert not params.active and paths == {"tc"}
     assert emulation_plan({}, None)[2] == {"none"}
+
+
+def test_a_second_agent_server_on_a_taken_port_fails():
+    """gRPC servers share a port by default (SO_REUSEPORT) and the kernel then splits connections between them;
+    an agent must refuse to start instead (two local runs at once, a stale agent)."""
+    from splitdnn.agent.server import build_server
+
+    first = build_server(None)
+    port = first.add_insecure_port("127.0.0.1:0")
+    first.start()
+    try:
+        second = build_server(None)
+        try:
+            bound = second.add_insecure_port(f"127.0.0.1:{port}")
+        except RuntimeError:
+            bound = 0
+        assert bound == 0
+    finally:
+        first.stop(None)

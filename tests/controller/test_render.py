@@ -190,6 +190,15 @@ def test_each_split_has_its_own_services_so_generations_never_mix(si, plan):
     assert "splitdnn.io/split" not in new[("Service", "cnn14-edge")]["spec"]["selector"]
 
 
+def test_probe_timeouts_cover_the_tiers_egress_delay(si, plan):
+    objs = objs_by(render.render_all(si, plan, image="i"))
+    for name, want in (("cnn14-device", 2), ("cnn14-cloud", 2)):  # 5 ms, 252.5 ms: 2 × delay + 1 s, at least 2
+        agent = objs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        assert agent["readinessProbe"]["timeoutSeconds"] == agent["livenessProbe"]["timeoutSeconds"] == want
+    si.tiers[2]["netem"] = {"delay": "1007.5ms", "jitter": "10ms"}  # Cho 2021 Type 3's result link
+    assert render.probe_timeout_seconds(si.tiers[2]) == 4
+
+
 def test_drain_quiet_covers_a_few_frame_periods(si):
     si.workload["fps"] = 5
     assert render.drain_quiet_seconds(si) == 2.0

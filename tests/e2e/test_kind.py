@@ -196,6 +196,50 @@ def resplit_without_failed_frames(cluster) -> None:
         "get", "services", "-l", SI_SELECTOR, "-o", "name"), timeout=120)
 
 
+AUTO = "auto"
+
+
+def auto_plan_from_profiling_jobs(cluster) -> None:
+    """planner.mode auto without splitPoints: the operator runs `splitdnn profile` as a Job on each tier's nodes,
+    stores the profiles in the ConfigMap auto-profiles and plans from them (FLOPs estimates until then)."""
+    import json
+
+    import yaml
+
+    resource = yaml.safe_load((ROOT / "examples" / "cnn14.yaml").read_text())
+    resource["metadata"]["name"] = AUTO
+    spec = resource["spec"]
+    del spec["splitPoints"]
+    spec["planner"] = {"mode": "auto", "objective": "latency"}
+    spec["workload"]["frames"] = 10
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource))
+    tiers = node_tiers(cluster)
+    for tier in TIERS:
+        job = f"{AUTO}-profile-{tier}"
+        wait_for(f"Job {job}", lambda job=job: cluster.kubectl("get", "job", job, "-o", "name"), timeout=180)
+        cluster.kubectl("wait", "--for=condition=Complete", f"job/{job}", "--timeout=600s")
+        (pod,) = kubectl_json(cluster, "get", "pods", "-l", f"job-name={job}")["items"]
+        assert tiers[pod["spec"]["nodeName"]] == tier, (job, pod["spec"]["nodeName"])
+
+    def profiles():
+        data = kubectl_json(cluster, "get", "configmap", f"{AUTO}-profiles").get("data") or {}
+        return data if set(data) == {f"{t}.json" for t in TIERS} else None
+
+    data = wait_for("the three profiles stored in auto-profiles", profiles, timeout=180)
+    for tier in TIERS:
+        doc = json.loads(data[f"{tier}.json"])
+        assert doc["model"] == "cnn14" and doc["tier"] == tier and doc["blocks"], tier
+
+    def planned():
+        st = kubectl_json(cluster, "get", "si", AUTO).get("status") or {}
+        predicted = (st.get("plan") or {}).get("predicted") or {}
+        return st if predicted.get("source") == "profiles" and st.get("phase") == "Running" else None
+
+    st = wait_for("a plan from the profiles, Running", planned, timeout=600)
+    print(f"auto plan from profiles: split {st['split']}, predicted {st['plan']['predicted']}")
+    assert len(st["splitPoints"]) == 2
+
+
 def metrics_of(cluster, pod: str, port: int = 9100) -> str:
     return cluster.kubectl("get", "--raw", f"/api/v1/namespaces/default/pods/{pod}:{port}/proxy/metrics")
 
@@ -299,7 +343,11 @@ def test_splitinference_end_to_end(kind_cluster):
                 return not left or None
 
             wait_for("every object of the SplitInference to be deleted", gone, timeout=180)
+
+        with timed("planner.mode auto: profiling Jobs on the tier nodes -> plan from profiles"):
+            auto_plan_from_profiling_jobs(kind_cluster)
     finally:
+        kind_cluster.kubectl("delete", "si", AUTO, "--ignore-not-found", "--wait=false")
         kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--ignore-not-found",
                              "--wait=false")
         sh(helm, "uninstall", "splitdnn", kube, "--namespace", "splitdnn-system", check=False, timeout=300)

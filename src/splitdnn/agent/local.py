@@ -17,7 +17,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -91,15 +93,32 @@ class AgentProcess:
             self.proc.wait(5)
 
 
-def wait_ready(agents: list[AgentProcess], timeout: float = 180.0) -> None:
+def wait_ready(agents: list[AgentProcess], timeout: float = 180.0, stop: Optional[threading.Event] = None) -> None:
+    """Until every agent serves /metrics (or `stop` is set)."""
     end = time.monotonic() + timeout
     pending = list(agents)
-    while pending:
+    while pending and not (stop and stop.is_set()):
         pending = [a for a in pending if not a.ready()]
         if pending and time.monotonic() > end:
             raise LocalRunError(f"agents not ready after {timeout:.0f} s: {', '.join(a.tier for a in pending)}")
         if pending:
-            time.sleep(0.3)
+            (stop or threading.Event()).wait(0.3)
+
+
+@contextmanager
+def interrupt_event():
+    """Ctrl-C (SIGINT) sets the yielded Event instead of raising KeyboardInterrupt wherever the main thread is:
+    an exception raised inside a library's locked section (rich's live display, urllib) can leave a lock held and
+    the clean-up that follows waiting on it forever. Outside the main thread it is a plain Event."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def stop_all(agents: list[AgentProcess]) -> None:
@@ -224,22 +243,22 @@ def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Option
                 chain = Chain(len(si.tiers)).create()
             agents = _start_agents(si, slices, tmp, total, summary_file, chain, say)
             started = time.monotonic()
-            interrupted = False
-            try:
+            with interrupt_event() as stop:
                 say("waiting for the agents (each loads TensorFlow and its slice)…")
-                wait_ready(agents)
-                say(f"agents ready: {', '.join(a.tier for a in agents)}; running {total or 'endless'} frames")
+                wait_ready(agents, stop=stop)
+                if not stop.is_set():
+                    say(f"agents ready: {', '.join(a.tier for a in agents)}; running {total or 'endless'} frames")
                 started = time.monotonic()
                 with Progress(total or None, quiet) as progress:
-                    while not summary_file.exists():
+                    while not summary_file.exists() and not stop.is_set():
                         for a in agents:
                             if a.proc.poll() is not None:
                                 raise LocalRunError(f"agent {a.tier} exited with {a.proc.returncode}:\n{a.log_tail()}")
                         _show(progress, agents)
-                        time.sleep(0.5)
+                        stop.wait(0.5)
                     _show(progress, agents)
-            except KeyboardInterrupt:
-                interrupted = True
+            interrupted = stop.is_set() and not summary_file.exists()
+            if interrupted:
                 say("interrupted: stopping the agents")
             elapsed = time.monotonic() - started
             samples = [_scrape_or_empty(a) for a in agents]

@@ -451,8 +451,9 @@ def build_server(agent: Agent, max_workers: int = 32) -> grpc.Server:
     def ping(request, context):
         return b""
 
+    # no SO_REUSEPORT (gRPC's default): a second agent on a taken port must fail, not share its connections
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                         options=GRPC_OPTIONS)
+                         options=GRPC_OPTIONS + [("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     link = grpc.method_handlers_generic_handler("splitdnn.Link", {
         "PredictChunked": grpc.stream_stream_rpc_method_handler(chunked),

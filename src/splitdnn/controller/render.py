@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -161,6 +162,17 @@ def drain_quiet_seconds(si: SplitInference) -> float:
     return round(max(2.0, 3.0 / float(si.workload.get("fps", 1))), 3)
 
 
+def probe_timeout_seconds(tier: dict) -> int:
+    """The kubelet's probes cross the pod's egress qdisc too: with tc netem a probe's answer waits the tier's delay
+    (+ jitter), and the default 1-s timeout would make a 1-s link (Cho 2021 Type 3) never Ready."""
+    from splitdnn.units import parse_duration
+
+    netem = tier.get("netem") or {}
+    delay = parse_duration(str(netem["delay"])) if netem.get("delay") else 0.0
+    jitter = parse_duration(str(netem["jitter"])) if netem.get("jitter") else 0.0
+    return max(2, math.ceil(2 * (delay + jitter)) + 1)
+
+
 def _restricted(uid: int | None = AGENT_UID) -> dict:
     sc = {
         "allowPrivilegeEscalation": False,
@@ -248,9 +260,11 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                             ],
                             # Ready = this tier serves and its next tier answers (the whole chain behind it)
                             "readinessProbe": {"httpGet": {"path": "/ready", "port": METRICS_PORT},
-                                               "initialDelaySeconds": 2, "periodSeconds": 2, "failureThreshold": 3},
+                                               "initialDelaySeconds": 2, "periodSeconds": 2, "failureThreshold": 3,
+                                               "timeoutSeconds": probe_timeout_seconds(tier)},
                             "livenessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT},
-                                              "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6},
+                                              "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6,
+                                              "timeoutSeconds": probe_timeout_seconds(tier)},
                             "resources": resources,
                             "securityContext": _restricted(),
                             "volumeMounts": [{**models_mount, "readOnly": True}, {**run_mount, "readOnly": True},
