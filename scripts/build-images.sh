@@ -25,10 +25,17 @@ for name in "${which[@]}"; do
     echo "[images] $df not present on this branch: splitdnn/$name:$TAG not built" >&2; missing=1; continue
   fi
   t0=$SECONDS
+  previous="$(docker image inspect -f '{{.Id}}' "splitdnn/$name:$TAG" 2>/dev/null || true)"
   log="$SPLITDNN_CACHE/logs/build-image-$name.log"
   echo "[images] splitdnn/$name:$TAG from $df (base $BASE_IMAGE; log $log)" >&2
   if ! nice -n 10 docker build -f "$df" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "splitdnn/$name:$TAG" . >"$log" 2>&1; then
     tail -n 40 "$log" >&2; echo "[images] FAILED: docker build -f $df" >&2; exit 1
+  fi
+  # the image this build replaced is now untagged: ~2 GB per source change, which filled the disk after a few
+  # dozen rebuilds. Remove it (only that image; layers it shares with the new one stay; in use → left alone).
+  current="$(docker image inspect -f '{{.Id}}' "splitdnn/$name:$TAG")"
+  if [[ -n "$previous" && "$previous" != "$current" ]]; then
+    docker rmi "$previous" >/dev/null 2>&1 && echo "[images] removed the replaced image ${previous:7:12}" >&2 || true
   fi
   echo "[images] splitdnn/$name:$TAG built in $((SECONDS - t0)) s ($(docker image inspect "splitdnn/$name:$TAG" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 done
