@@ -95,14 +95,15 @@ class AgentProcess:
 
 def wait_ready(agents: list[AgentProcess], timeout: float = 180.0, stop: Optional[threading.Event] = None) -> None:
     """Until every agent serves /metrics (or `stop` is set)."""
+    stop = stop or threading.Event()
     end = time.monotonic() + timeout
     pending = list(agents)
-    while pending and not (stop and stop.is_set()):
+    while pending and not stop.is_set():
         pending = [a for a in pending if not a.ready()]
         if pending and time.monotonic() > end:
             raise LocalRunError(f"agents not ready after {timeout:.0f} s: {', '.join(a.tier for a in pending)}")
         if pending:
-            (stop or threading.Event()).wait(0.3)
+            stop.wait(0.3)
 
 
 @contextmanager

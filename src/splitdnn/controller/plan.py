@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from splitdnn.controller.render import split_id, split_service_name
 from splitdnn.spec import SplitInference, cross_field_problems
 
 NAME_MAX = 63  # Service names are DNS-1035 labels
@@ -113,8 +114,6 @@ def predicted(si: SplitInference, summary: ModelSummary, points: list, profiles:
 
 def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
     """The plan for valid split points (check `problems()` first)."""
-    from splitdnn.controller.render import split_id, split_service_name
-
     points = list(si.spec.get("splitPoints") or [])
     split = split_id(si, points)
     tiers = si.tiers

@@ -190,7 +190,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
     tname = tier["name"]
     name = object_name(si.name, tname)
     split_points = plan["splitPoints"]
-    split = split_id(si, split_points)
+    split = plan["splitId"]
     env = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
@@ -335,7 +335,7 @@ def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list
     """Every child object, in apply order: the plan first (pods mount it), then per tier its Services and its
     Deployment."""
     image = image or agent_image()
-    split = split_id(si, plan["splitPoints"])
+    split = plan["splitId"]
     objs = [render_configmap(si, plan)]
     for i in range(len(si.tiers)):
         objs.append(render_service(si, i))
