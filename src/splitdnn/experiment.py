@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -208,25 +208,20 @@ def planner_split(config: Config, profile: dict, fps: float, call_seconds: float
 def serving_call_seconds(slices: Path, repeats: int = 50) -> float:
     """Median time of one call of slice0 of an exported split as the agent makes it (signature on tf.constant
     inputs, outputs to numpy), on this machine: the per-frame cost a served slice pays besides its layers."""
-    import numpy as np
     import tensorflow as tf
+
+    from splitdnn.agent.source import zero_frame
+    from splitdnn.planner.profile import time_calls
 
     manifest = json.loads((slices / "slices.json").read_text())
     first = manifest["slices"][0]
     fn = tf.saved_model.load(str(slices / first["path"])).signatures["serving_default"]
-    feed = {t["name"]: np.zeros((1, *[d or 1 for d in t["shape"][1:]]), t["dtype"]) for t in first["inputs"]}
+    feed = zero_frame(first["inputs"])
 
     def call():
         return {n: v.numpy() for n, v in fn(**{n: tf.constant(v) for n, v in feed.items()}).items()}
 
-    for _ in range(5):
-        call()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return statistics.median(time_calls(call, warmup=5, repeats=repeats))
 
 
 def measure_chunk_seconds(total_bytes: int = 1_000_000, chunks: int = 20, repeats: int = 15) -> float:
@@ -412,7 +407,7 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
     # repeat r of every run before repeat r + 1 of any: a trend in the machine's load spreads over all pairs
     # instead of falling on the pairs that happened to run during it
     for r in range(repeats):
-        w = Workload(workload.frames, workload.fps, workload.seed + r, workload.deadline_slack, workload.warmup)
+        w = replace(workload, seed=workload.seed + r)
         for n, (c, d, e, is_plan) in enumerate(todo, 1):
             label = split_label(d, e, classes)
             tag = f"[run {n}/{len(todo)} config {c} {label}{' (planner)' if is_plan else ''} repeat {r + 1}/{repeats}]"

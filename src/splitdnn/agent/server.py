@@ -173,8 +173,9 @@ class Agent:
     # --- compute ------------------------------------------------------------------------------------------------
 
     def _warm_up(self) -> None:
-        feed = {t["name"]: np.zeros((1, *[d or 1 for d in t["shape"][1:]]), t["dtype"]) for t in self.inputs}
-        self._compute(feed)
+        from splitdnn.agent.source import zero_frame
+
+        self._compute(zero_frame(self.inputs))
 
     def _compute(self, feed: dict) -> dict:
         tf = self._tf

@@ -64,8 +64,18 @@ def synthetic_frames(inputs: Sequence[dict], seed: int = 0) -> Callable[[int], d
     return make
 
 
+def zero_frame(inputs: Sequence[dict]) -> dict:
+    """{input name: zeros of shape (1, *shape[1:])}: a frame for warming up a slice."""
+    return {t["name"]: np.zeros(_frame_shape(t), t["dtype"]) for t in inputs}
+
+
+def _frame_shape(tensor: dict) -> tuple:
+    """Batch of one; unknown dimensions 1."""
+    return (1, *[d or 1 for d in tensor["shape"][1:]])
+
+
 def _random(rng, tensor: dict) -> np.ndarray:
-    shape = (1, *[d or 1 for d in tensor["shape"][1:]])
+    shape = _frame_shape(tensor)
     dtype = np.dtype(tensor["dtype"])
     if dtype.kind == "f":
         return rng.random(shape, dtype=np.float32).astype(dtype)

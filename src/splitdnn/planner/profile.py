@@ -68,7 +68,8 @@ def _random_inputs(graph, names, seed: int = 0):
     return xs
 
 
-def _time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """`warmup` untimed calls, then the durations (s) of `repeats` timed ones."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -98,7 +99,7 @@ def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, mult
     inp = keras.Input((8,))
     ident = keras.Model(inp, keras.layers.Identity()(inp))
     x0 = np.zeros((1, 8), "float32")
-    overhead = statistics.median(_time_calls(lambda: ident.predict_on_batch(x0), max(warmup, 2), repeats))
+    overhead = statistics.median(time_calls(lambda: ident.predict_on_batch(x0), max(warmup, 2), repeats))
 
     def run_all(advance: Callable[[], None]) -> None:
         for b in blocks:
@@ -109,7 +110,7 @@ def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, mult
             else:
                 xs = _random_inputs(graph, used)
                 feed = xs if len(xs) > 1 else xs[0]
-                samples = _time_calls(lambda: sub.predict_on_batch(feed), warmup, repeats)
+                samples = time_calls(lambda: sub.predict_on_batch(feed), warmup, repeats)
             med = statistics.median(samples)
             b.update({"time": max(0.0, med - overhead), "median_s": med, "samples_s": samples})
             advance()
