@@ -72,3 +72,7 @@ def test_auto_mode_prefers_profiles_where_they_exist():
             "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)]}
     points, predicted = plan_mod.choose(si, summary, {"device": prof})
     assert points[0] == "conv2d" and predicted["source"] == "profiles"
+    # a device 10 s per block past conv2d: any split that keeps one there makes the device the slowest tier, and
+    # the status names it in both fields (bottleneckTier no longer stays at the FLOPs-heaviest tier)
+    slow = plan_mod.predicted(si, summary, ["max_pooling2d", "flatten"], {"device": prof})
+    assert slow["bottleneckTier"] == "device" and slow["bottleneckAt"] == "tier device", slow

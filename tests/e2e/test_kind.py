@@ -240,6 +240,24 @@ def auto_plan_from_profiling_jobs(cluster) -> None:
     assert len(st["splitPoints"]) == 2
 
 
+def print_cluster_state(cluster) -> None:
+    """On a failure: what the SplitInferences, their children, the Events and the operator said (a timeout's
+    message alone says nothing about why)."""
+    def show(title, *args):
+        try:
+            out = cluster.kubectl(*args)
+        except Exception as exc:  # noqa: BLE001 - a dump must not hide the failure it explains
+            out = f"({exc})"
+        print(f"--- {title}\n{out[-6000:]}")
+
+    show("SplitInference status", "get", "si", "-o",
+         "custom-columns=NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,"
+         "PHASE:.status.phase,SPLIT:.status.split,SOURCE:.status.plan.predicted.source,MESSAGE:.status.message")
+    show("children", "get", "deployments,replicasets,pods,jobs,services,configmaps", "-o", "wide")
+    show("Events", "get", "events", "--sort-by=.lastTimestamp")
+    show("operator log", "logs", "-n", "splitdnn-system", "deployment/splitdnn", "--tail=150")
+
+
 def metrics_of(cluster, pod: str, port: int = 9100) -> str:
     return cluster.kubectl("get", "--raw", f"/api/v1/namespaces/default/pods/{pod}:{port}/proxy/metrics")
 
@@ -346,6 +364,9 @@ def test_splitinference_end_to_end(kind_cluster):
 
         with timed("planner.mode auto: profiling Jobs on the tier nodes -> plan from profiles"):
             auto_plan_from_profiling_jobs(kind_cluster)
+    except BaseException:
+        print_cluster_state(kind_cluster)
+        raise
     finally:
         kind_cluster.kubectl("delete", "si", AUTO, "--ignore-not-found", "--wait=false")
         kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--ignore-not-found",

@@ -109,6 +109,9 @@ def predicted(si: SplitInference, summary: ModelSummary, points: list, profiles:
         if link and p.upload.get(a):
             stages[f"link {a}→{b}"] = p.upload[a] / link.bandwidth
     out["bottleneckAt"] = max(stages, key=stages.get) if stages else None
+    # the slowest tier by these figures (it replaces build_plan's FLOPs-only guess, which profiles can overturn)
+    if p.compute:
+        out["bottleneckTier"] = max(p.compute, key=p.compute.get)
     return out
 
 
@@ -172,6 +175,6 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
             "maxLinkBytes": max(sizes) if sizes else 0,
             "flopsPerTier": {t["name"]: t["flops"] for t in plan["tiers"]},
         })
-        if flops:
+        if flops:  # the FLOPs-heaviest tier until predicted() has per-tier times
             plan["predicted"]["bottleneckTier"] = plan["tiers"][flops.index(max(flops))]["name"]
     return plan
