@@ -110,7 +110,7 @@ def predicted(si: SplitInference, summary: ModelSummary, points: list, profiles:
             stages[f"link {a}→{b}"] = p.upload[a] / link.bandwidth
     out["bottleneckAt"] = max(stages, key=stages.get) if stages else None
     # the slowest tier by these figures (it replaces build_plan's FLOPs-only guess, which profiles can overturn)
-    if p.compute:
+    if p.compute and max(p.compute.values()) > 0:
         out["bottleneckTier"] = max(p.compute, key=p.compute.get)
     return out
 

@@ -5,14 +5,16 @@ consecutive cuts of any kind (``multi_tensor=True``). The cut after the InputLay
 input is the planner's "input hop". Each block is run alone as a Keras sub-model (``splitdnn.slicer.submodel``) on
 random inputs of the right shape: ``warmup`` untimed calls, then ``repeats`` timed calls of the public
 ``keras.Model.predict_on_batch``; the block's time is the median minus the median cost of an empty call
-(an identity model, measured the same way), clamped at 0 -- so a tier running k blocks as one slice is not
-charged k call overheads. Raw medians and samples are kept in the file.
+(an identity model), clamped at 0 -- so a tier running k blocks as one slice is not charged k call overheads.
+The empty call is timed alternately with each block's calls, not once up front: on a busy machine (three
+profiling Jobs starting on one host) a cost measured during a burst would otherwise swallow every block timed
+after it. Raw medians and samples are kept in the file; ``overhead_s`` is the median over all blocks.
 
 Profile file (``splitdnn profile MODEL --tier NAME --out FILE``)::
 
     {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device", "multi_tensor": false,
      "input_bytes": 3136, "warmup": 3, "repeats": 10, "overhead_s": 0.0004, "host": "...",
-     "blocks": [{"name": "conv2d", "layers": [0, 1], "time": 0.0021, "median_s": 0.0025,
+     "blocks": [{"name": "conv2d", "layers": [0, 1], "time": 0.0021, "median_s": 0.0025, "call_s": 0.0004,
                  "samples_s": [...], "out_bytes": 86528, "flops": 123456}]}
 """
 
@@ -68,6 +70,22 @@ def _random_inputs(graph, names, seed: int = 0):
     return xs
 
 
+def time_paired(fn: Callable[[], object], ref: Callable[[], object], warmup: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+    """Like time_calls for two functions, alternating them call by call, so both see the same machine load.
+    Returns (fn's durations, ref's durations)."""
+    for _ in range(warmup):
+        fn()
+        ref()
+    a, b = [], []
+    for _ in range(repeats):
+        for f, out in ((fn, a), (ref, b)):
+            t0 = clock()
+            f()
+            out.append(clock() - t0)
+    return a, b
+
+
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
     """`warmup` untimed calls, then the durations (s) of `repeats` timed ones."""
     for _ in range(warmup):
@@ -95,24 +113,28 @@ def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, mult
     model = load_model(spec)
     graph = build_graph(model)
     blocks = blocks_from_graph(graph, multi_tensor)
-    # call overhead: an identity model on a small tensor, timed like the blocks
+    # the empty call: an identity model on a small tensor, timed alternately with each block
     inp = keras.Input((8,))
     ident = keras.Model(inp, keras.layers.Identity()(inp))
     x0 = np.zeros((1, 8), "float32")
-    overhead = statistics.median(time_calls(lambda: ident.predict_on_batch(x0), max(warmup, 2), repeats))
+    empty = lambda: ident.predict_on_batch(x0)  # noqa: E731
+    time_calls(empty, max(warmup, 2), 0)  # its first calls build the predict function
+    calls = []
 
     def run_all(advance: Callable[[], None]) -> None:
         for b in blocks:
             first, last = b["layers"]
             sub, used, _ = submodel(model, graph, first, last)
             if sub is None:
-                samples = [0.0]
+                samples, call = [0.0], 0.0
             else:
                 xs = _random_inputs(graph, used)
                 feed = xs if len(xs) > 1 else xs[0]
-                samples = time_calls(lambda: sub.predict_on_batch(feed), warmup, repeats)
+                samples, refs = time_paired(lambda: sub.predict_on_batch(feed), empty, warmup, repeats)
+                call = statistics.median(refs)
+                calls.extend(refs)
             med = statistics.median(samples)
-            b.update({"time": max(0.0, med - overhead), "median_s": med, "samples_s": samples})
+            b.update({"time": max(0.0, med - call), "median_s": med, "call_s": call, "samples_s": samples})
             advance()
 
     if progress:
@@ -124,7 +146,7 @@ def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, mult
     else:
         run_all(lambda: None)
     return {"format": FORMAT, "model": spec, "tier": tier, "multi_tensor": multi_tensor,
-            "input_bytes": int(graph.input_bytes), "warmup": warmup, "repeats": repeats, "overhead_s": overhead,
+            "input_bytes": int(graph.input_bytes), "warmup": warmup, "repeats": repeats, "overhead_s": statistics.median(calls) if calls else 0.0,
             "host": platform.node(), "machine": platform.machine(), "blocks": blocks}
 
 
