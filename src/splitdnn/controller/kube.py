@@ -14,15 +14,35 @@ from splitdnn.controller.render import LABEL_SI, MANAGER
 APPLY = "application/apply-patch+yaml"
 
 
-def api_client():
-    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+# (connect, read) seconds for every API call that does not set its own
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
+def api_client(timeout: tuple = REQUEST_TIMEOUT):
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config; every call times out."""
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
-        return client.ApiClient()
+        api = client.ApiClient()
     except config.ConfigException:
-        return config.new_client_from_config()
+        api = config.new_client_from_config()
+    return with_default_timeout(api, timeout)
+
+
+def with_default_timeout(api, timeout: tuple = REQUEST_TIMEOUT):
+    """The kubernetes client waits for an answer forever unless each call passes `_request_timeout`. A call on a
+    connection that died silently then holds its kopf worker thread for good, and the object's timer with it (a
+    timer runs again only once its last run returned), so the status stops moving. Every request of `api` (typed
+    and dynamic clients alike go through rest_client.request) gets `timeout` unless it brings its own."""
+    rest = api.rest_client
+    request = rest.request
+
+    def request_with_timeout(*args, _request_timeout=None, **kwargs):
+        return request(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+    rest.request = request_with_timeout
+    return api
 
 
 @dataclass
