@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kind end-to-end sequence (issue #7), idempotent and cached; prints a timing breakdown.
-#   scripts/e2e.sh prepare   docker up, base image, kind node image + kind/kubectl/helm, project images
+#   scripts/e2e.sh prepare   docker up, base image, kind node image + kind/kubectl/helm, host inotify limits,
+#                            project images
 #   scripts/e2e.sh test      prepare, then `pytest -m kind_e2e tests/e2e` (extra args go to pytest)
 # Caches: $SPLITDNN_CACHE (default ~/.cache/splitdnn): base/, kind/<k8s>-kind<kind>/, go-build/, go-mod/, and
 # Docker's own image/layer store. A warm `prepare` takes seconds.
@@ -25,6 +26,7 @@ trap summary EXIT
 step "docker up" bash scripts/docker-up.sh
 step "base image" bash scripts/build-base-image.sh
 step "kind node image + tools" bash scripts/build-kind-node.sh
+step "host inotify limits" bash scripts/kind-host-limits.sh
 rc=0; step "project images" bash scripts/build-images.sh || rc=$?
 if [[ $rc -eq 3 ]]; then echo "[e2e] project images skipped: Dockerfile(s) not on this branch (the test skips that part)" >&2
 elif [[ $rc -ne 0 ]]; then exit $rc; fi

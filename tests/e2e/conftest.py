@@ -42,6 +42,8 @@ def kind_tools():
         sh("bash", "scripts/build-base-image.sh", timeout=1800)
     with timed("kind node image + tools (build-kind-node.sh)"):
         sh("bash", "scripts/build-kind-node.sh", timeout=4800)
+    with timed("host inotify limits (kind-host-limits.sh)"):
+        sh("bash", "scripts/kind-host-limits.sh", timeout=60)
     bin_dir = Path(sh("bash", "scripts/build-kind-node.sh", "--print-bin-dir").stdout.strip())
     image = sh("bash", "scripts/build-kind-node.sh", "--print-image").stdout.strip()
     return SimpleNamespace(bin=bin_dir, kind=bin_dir / "kind", kubectl=bin_dir / "kubectl",
