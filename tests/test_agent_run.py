@@ -1,6 +1,7 @@
 """Loopback runs of real agent processes: overload, in-process link emulation, and `splitdnn run` end to end."""
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -290,3 +291,115 @@ def test_stopping_tiers_drain_and_readiness_follows_the_next_tier(slices_dir, tm
         assert _ready(device) == 503  # its next tier is gone
     finally:
         stop_all(agents)
+
+
+class StickyProxy:
+    """A TCP forwarder that picks its target when it accepts a connection and keeps it for that connection's life:
+    what conntrack does in kind to a connection made to a Service's ClusterIP before kube-proxy had its rules (it
+    went out through the node's default route, and an egress proxy there answered HTTP/2 404 to every call)."""
+
+    def __init__(self, target: str):
+        import socket
+
+        self.target, self.accepted = target, 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            host, port = self.target.rsplit(":", 1)
+            try:
+                upstream = socket.create_connection((host, int(port)))
+            except OSError:  # the target is down: the client sees the connection close, as it would
+                client.close()
+                continue
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+        for s in self.conns:
+            s.close()
+
+
+def test_a_connection_that_answers_every_call_with_an_error_is_replaced(slices_dir, tmp_path):
+    """The next tier's address first leads to a server that answers every call with an error and keeps the
+    connection up (gRPC never reconnects on its own then), later to the real next tier: after
+    SPLITDNN_RECONNECT_SECONDS of failed pings the agent opens a new connection, becomes Ready and serves frames.
+    The control, a device that waits 1000 s before reconnecting, is still not Ready. (The kind e2e hung on this:
+    new pods dialled their split's new Service before kube-proxy had its rules.)"""
+    from concurrent import futures
+
+    import grpc
+
+    from agent_harness import frame, predict, stub
+    from splitdnn.agent.local import AgentProcess, agent_argv, free_port
+
+    wrong = grpc.server(futures.ThreadPoolExecutor(2))  # no services: UNIMPLEMENTED for every call
+    wrong_port = wrong.add_insecure_port("127.0.0.1:0")
+    wrong.start()
+    chain = start_chain(slices_dir, tmp_path, [{}, {}, {}], si="sticky")
+    edge = chain[1]
+    devices, proxies = [], []
+    try:
+        for name, reconnect in (("fixed", "2"), ("control", "1000")):
+            proxy = StickyProxy(f"127.0.0.1:{wrong_port}")
+            port, metrics_port = free_port(), free_port()
+            argv = agent_argv(slices=slices_dir, slice_name="slice0", port=port, metrics_port=metrics_port,
+                              tier="device", si=f"sticky-{name}", next_addr=proxy.addr)
+            devices.append(AgentProcess("device", argv, tmp_path / f"device-{name}.log",
+                                        f"http://127.0.0.1:{metrics_port}/metrics", f"127.0.0.1:{port}")
+                           .start(env=dict(os.environ, SPLITDNN_RECONNECT_SECONDS=reconnect)))
+            proxies.append(proxy)
+        deadline = time.monotonic() + 240  # both devices have dialled the wrong server
+        while any(p.accepted == 0 for p in proxies) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(p.accepted for p in proxies), [d.log_tail() for d in devices]
+        for p in proxies:
+            p.target = edge.grpc_addr  # kube-proxy's rules are in place now: new connections reach the edge
+        fixed, control = devices
+        deadline = time.monotonic() + 60
+        while _ready(fixed) != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _ready(fixed) == 200, fixed.log_tail()
+        assert value(scrape(fixed.metrics_url), "splitdnn_link_reconnects_total") >= 1
+        assert proxies[0].accepted >= 2
+        s, channel = stub(fixed.grpc_addr)
+        out = predict(s, {"input": frame()}, timeout=30)
+        channel.close()
+        assert out["dense_1"].shape == (1, 10)
+        time.sleep(3)  # the control has been failing for longer than the fixed device needed
+        assert _ready(control) == 503, control.log_tail()
+        assert value(scrape(control.metrics_url), "splitdnn_link_reconnects_total") == 0
+    finally:
+        stop_all(devices + chain)
+        for p in proxies:
+            p.close()
+        wrong.stop(0)

@@ -38,3 +38,23 @@ def test_the_profile_is_read_from_the_log_after_the_marker():
     assert profiling.parse_log(log, "resnet", "device") is None
     assert profiling.parse_log("Traceback ...", "cnn14", "device") is None
     assert profiling.parse_log(profiling.MARKER + "\n{not json", "cnn14", "device") is None
+
+
+def test_a_job_holds_the_profiles_back_only_while_it_can_still_bring_one():
+    import datetime as dt
+
+    from kubernetes.client import V1Job, V1JobCondition, V1JobStatus, V1ObjectMeta
+
+    from splitdnn.controller.profiling import running
+
+    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
+
+    def job(age_s, **status):
+        return V1Job(metadata=V1ObjectMeta(creation_timestamp=now - dt.timedelta(seconds=age_s)),
+                     status=V1JobStatus(**status))
+
+    assert running(job(30), now, wait=600)                       # just created, no pod done yet
+    assert running(job(30, active=1, failed=1), now, wait=600)   # a pod failed, the next attempt runs
+    assert not running(job(30, succeeded=1), now, wait=600)      # its profile is there to read
+    assert not running(job(30, failed=3, conditions=[V1JobCondition(type="Failed", status="True")]), now, wait=600)
+    assert not running(job(601, active=1), now, wait=600)        # e.g. no node can run it: stop waiting

@@ -83,23 +83,39 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # n
     deps = children(kc, ns, "auto")["deployments"]
     assert all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
                for d in deps.values())
-    # a profiling Job per tier on that tier's nodes (kwok pods never finish, so no profile comes back here)
+    # a profiling Job per tier on that tier's nodes
     jobs = {j["metadata"]["name"]: j for j in json.loads(kubectl(kc, "get", "jobs", "-n", ns, "-o", "json").stdout)["items"]}
     for t in ("device", "edge", "cloud"):
         pod = jobs[f"auto-profile-{t}"]["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"splitdnn.io/tier": t}
     assert "Profiling" in [r for r, _ in events_for(kc, ns, "auto")]
-    # a profile in the ConfigMap (as a finished Job leaves it, or made by hand) replaces the estimates: a device
+    # profiles in the ConfigMap (as finished Jobs leave them, or made by hand) replace the estimates: a device
     # that is very slow after conv2d makes the planner cut right after it
     from splitdnn import feedback
     from splitdnn.controller.plan import model_summary
 
     blocks = feedback.blocks_of(model_summary("cnn14"))
-    prof = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device",
-            "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)]}
-    kubectl(kc, "create", "configmap", "auto-profiles", "-n", ns, f"--from-literal=device.json={json.dumps(prof)}")
+
+    def profile(tier, slow_after_first):
+        return json.dumps({"format": "splitdnn.profile/1", "model": "cnn14", "tier": tier,
+                           "blocks": [{"name": b["name"], "time": 10.0 if slow_after_first and k else 1e-4}
+                                      for k, b in enumerate(blocks)]})
+
+    # kwok completes Job pods without running them: each Job succeeds and prints nothing. The tiers stay on the
+    # estimates, status.profiling says why, and each says it in one Event (not one per reconcile)
+    si = wait_for(lambda: (s := get_si(kc, ns, "auto")) and len([v for v in (s["status"].get("profiling") or {}).values()
+                                                                 if "printed no profile" in v]) == 3 and s,
+                  timeout=120, what="status.profiling: the three Jobs printed no profile")
+    assert si["status"]["plan"]["predicted"]["source"] == "FLOPs estimates"
+    time.sleep(op.resync)
+    failed = [m for r, m in events_for(kc, ns, "auto") if r == "ProfilingFailed"]
+    assert {m.split(":")[0] for m in failed} == {"cloud", "device", "edge"}, failed
+    time.sleep(4 * op.resync)  # four more reconciles, no more Events
+    assert len([r for r, _ in events_for(kc, ns, "auto") if r == "ProfilingFailed"]) == len(failed)
+    kubectl(kc, "create", "configmap", "auto-profiles", "-n", ns,
+            *[f"--from-literal={t}.json={profile(t, t == 'device')}" for t in ("device", "edge", "cloud")])
     si = wait_for(lambda: (s := get_si(kc, ns, "auto"))["status"]["plan"]["predicted"].get("source") == "profiles"
-                  and s, timeout=60, what="planned with the profile")
+                  and s, timeout=60, what="planned with the profiles")
     assert si["status"]["splitPoints"][0] == "conv2d"
 
 

@@ -49,6 +49,8 @@ class AgentMetrics:
         self.link_transfer = histogram("splitdnn_link_transfer_seconds",
                                        "Time to send one message to the next tier until acknowledged.")
         self.link_bytes = counter("splitdnn_link_bytes_total", "Bytes sent on the outgoing link.").labels(**base)
+        self.reconnects = counter("splitdnn_link_reconnects_total",
+                                  "New connections opened to the next tier after its pings kept failing.").labels(**base)
         # measured gauges appear once there is a measurement (the last tier, with no next tier, has none)
         self._link_rtt = gauge("splitdnn_link_rtt_seconds", "Measured round trip to the next tier.")
         self._link_bandwidth = gauge("splitdnn_link_bandwidth_bytes_per_second",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -48,6 +49,8 @@ log = logging.getLogger("splitdnn.agent")
 SERVICE = "tensorflow.serving.PredictionService"
 CHUNKED_METHOD = "/splitdnn.Link/PredictChunked"
 PING_METHOD = "/splitdnn.Link/Ping"
+# failed pings for this long replace the channel to the next tier (see Agent._ping_result)
+RECONNECT_SECONDS = float(os.environ.get("SPLITDNN_RECONNECT_SECONDS", "10"))
 GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
                 ("grpc.enable_http_proxy", 0)]  # tiers talk directly, whatever http_proxy says
 SIGNATURE = "serving_default"
@@ -160,13 +163,10 @@ class Agent:
         self.emulator = LinkEmulator(config.link, seed=config.seed)
         self.meter = LinkMeter()
         self._channel = None
+        self._failing_since = None  # when pings to the next tier started failing (None: the last one answered)
+        self._connected_at = 0.0
         if config.next:
-            # tiers start in any order and restart independently: reconnect quickly, and wait for the next tier
-            # (within the frame's deadline) rather than fail a frame because the channel was backing off
-            self._channel = grpc.insecure_channel(config.next, options=GRPC_OPTIONS + [
-                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
-            self._push = self._channel.stream_stream(CHUNKED_METHOD)
-            self._ping = self._channel.unary_unary(PING_METHOD)
+            self._connect()
         self._stop = threading.Event()
         self.source = None
 
@@ -284,6 +284,37 @@ class Agent:
             self.metrics.set_link(rtt=self.meter.observe_rtt(rtt))
         return rtt
 
+    def _connect(self) -> None:
+        """Open a new channel to the next tier, and close the one it replaces (if any)."""
+        old = self._channel
+        # tiers start in any order and restart independently: reconnect quickly, and wait for the next tier
+        # (within the frame's deadline) rather than fail a frame because the channel was backing off
+        self._channel = grpc.insecure_channel(self.config.next, options=GRPC_OPTIONS + [
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
+        self._push = self._channel.stream_stream(CHUNKED_METHOD)
+        self._ping = self._channel.unary_unary(PING_METHOD)
+        self._connected_at = time.monotonic()
+        if old is not None:
+            old.close()
+
+    def _ping_result(self, exc: Optional[grpc.RpcError]) -> None:
+        """Bookkeeping after a ping. gRPC only reconnects a connection that breaks; one that stays up but answers
+        every call with an error stays in use for ever. That happens in kind: a pod that dials a Service's
+        ClusterIP before kube-proxy has its rules goes out through the node's default route, and whatever
+        answers there (an egress proxy: HTTP/2 404) keeps the connection, which conntrack keeps pinned. So after
+        RECONNECT_SECONDS of failed pings, the channel is replaced: a new connection meets the rules now in place."""
+        now = time.monotonic()
+        if exc is None:
+            self._failing_since = None
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= RECONNECT_SECONDS and now - self._connected_at >= RECONNECT_SECONDS:
+            log.warning("the next tier %s has not answered for %.0f s (%s): opening a new connection",
+                        self.config.next, now - self._failing_since, exc.details())
+            self.metrics.reconnects.inc()
+            self._connect()
+
     def wait_next(self, timeout: Optional[float] = None) -> bool:
         """Block until the next tier answers a ping (tiers start in any order); False if stopped or timed out."""
         if self.last:
@@ -294,9 +325,11 @@ class Agent:
             try:
                 self.ping_once(timeout=2.0, record=False)  # includes connecting: not a round trip sample
                 self.ping_once(timeout=2.0)
+                self._ping_result(None)
                 self._next_ok = True
                 return True
             except grpc.RpcError as exc:
+                self._ping_result(exc)
                 now = time.monotonic()
                 if timeout is not None and now - start > timeout:
                     return False
@@ -311,10 +344,12 @@ class Agent:
         while not self._stop.wait(self.config.ping_interval):
             try:
                 self.ping_once()
+                self._ping_result(None)
                 self._next_ok = True
             except grpc.RpcError as exc:
                 self._next_ok = False
                 log.warning("ping to %s failed: %s", self.config.next, exc.details())
+                self._ping_result(exc)
 
     # --- frame source -------------------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     except SpecError as exc:
         return _fail(body, patch, previous, generation, [str(exc)], logger)
     summary, problems = _load_summary(si)
-    estimate = None
+    estimate, profiling_state = None, None
     if not problems and summary and si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
         from splitdnn.planner import Infeasible
 
@@ -106,10 +106,15 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
         try:  # per-tier profiling Jobs; their results land in the ConfigMap <name>-profiles
             from splitdnn.controller import profiling
 
-            profiles, notes = profiling.sync(kube().api, si, body, render.agent_image(), logger)
-            for note in notes:
-                if not note.startswith("profiling Job"):
-                    kopf.info(body, reason="Profiling", message=note)
+            prof = profiling.sync(kube().api, si, body, render.agent_image(), logger)
+            for note in prof.notes:
+                kopf.info(body, reason="Profiling", message=note)
+            for tier, state in prof.state.items():  # a tier left on estimates: one Event when that happens
+                if state != (previous.get("profiling") or {}).get(tier) and not state.startswith(("running", "profiled")):
+                    kopf.warn(body, reason="ProfilingFailed", message=f"{tier}: {state}")
+            profiling_state = prof.state
+            # all profiles at once: one roll from the estimates' split, not one per arriving profile
+            profiles = {} if prof.waiting else prof.profiles
         except Exception as exc:  # noqa: BLE001 - no profiles: FLOPs estimates
             logger.warning("profiling: %s", exc)
         try:  # the planner chooses; the feedback loop's later choices come through effective_spec
@@ -146,21 +151,24 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
                                                              f"{(exc.body or '')[:300]}"], logger)
         raise kopf.TemporaryError(f"applying children failed: {exc.status} {exc.reason}", delay=5)
 
-    if cause == "timer" and missing and len(missing) < len(objs):
+    # (a new split brings new per-split Services, so some children are always missing then: not drift)
+    split_changed = old_points is not None and old_points != plan["splitPoints"]
+    if cause == "timer" and missing and len(missing) < len(objs) and not split_changed:
         kopf.warn(body, reason="DriftRepaired", message=f"re-created {', '.join(missing)}")
         logger.info("drift repaired: %s", missing)
     elif missing and len(missing) == len(objs):
         kopf.info(body, reason="Deployed",
                   message=f"created {len(si.tiers)} tiers ({', '.join(si.tier_names)}) split at "
                           f"{','.join(plan['splitPoints']) or '-'}")
-    # (a new split brings new per-split Services, so some children are always missing then)
-    if old_points is not None and old_points != plan["splitPoints"] and len(missing) < len(objs):
+    if split_changed and len(missing) < len(objs):
         kopf.info(body, reason="SplitChanged",
                   message=f"rolling tiers from {','.join(old_points) or '-'} to {','.join(plan['splitPoints'])}")
 
     retire_splits(k, body, existing, plan["splitId"], logger)
     deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
     new = status_mod.running_status(si, plan, deployments, previous, generation)
+    if profiling_state:
+        new["profiling"] = profiling_state
     _write_status(body, patch, previous, new)
     _observe(body, cause, "ok", new["phase"])
 

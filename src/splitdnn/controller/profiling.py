@@ -6,17 +6,27 @@ a marker line. When the Job has succeeded the operator reads the pod's log, chec
 the ConfigMap `<si>-profiles` under `<tier>.json`, where the planner reads it (FLOPs estimates stand in until
 then). A user can also fill that ConfigMap by hand (`splitdnn profile … --out device.json`,
 `kubectl create configmap <si>-profiles --from-file=device.json`): tiers with a profile get no Job.
+
+The profiles go into the plan together: while any tier's Job is still running (for at most WAIT_SECONDS after it
+was created) the plan stays on FLOPs estimates. Profiles arrive seconds apart, and planning with each as it comes
+rolled every tier up to three times in a minute, each roll re-slicing the model in every pod.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import shlex
+from dataclasses import dataclass, field
 
 from splitdnn.controller.render import MANAGER, _restricted, common_labels
 
 MARKER = "---splitdnn-profile---"
 LABEL_ROLE = "splitdnn.io/role"
+# how long a running profiling Job holds back the other tiers' profiles (a Job whose pod cannot be scheduled must
+# not keep the plan on estimates for ever)
+WAIT_SECONDS = float(os.environ.get("SPLITDNN_PROFILE_WAIT_SECONDS", "600"))
 
 
 def job_name(si_name: str, tier: str) -> str:
@@ -89,19 +99,47 @@ def read_profiles(core, namespace: str, si) -> dict:
     return out
 
 
-def sync(api_client, si, owner: dict, image: str, logger) -> tuple[dict, list[str]]:
+def failed(job) -> bool:
+    st = job.status
+    return any(c.type == "Failed" and c.status == "True" for c in ((st.conditions if st else None) or []))
+
+
+def running(job, now: dt.datetime, wait: float = WAIT_SECONDS) -> bool:
+    """The Job may still bring a profile: neither succeeded nor failed, and created less than `wait` s ago."""
+    if (job.status and job.status.succeeded) or failed(job):
+        return False
+    created = job.metadata.creation_timestamp
+    return created is None or (now - created).total_seconds() < wait
+
+
+@dataclass
+class Profiling:
+    """One pass of sync: the profiles there are, each tier's profiling state (for status.profiling) and what this
+    pass did (one Event each)."""
+    profiles: dict = field(default_factory=dict)  # tier -> profile document
+    state: dict = field(default_factory=dict)     # tier -> "profiled" | "running (Job …)" | why there is none
+    notes: list = field(default_factory=list)
+
+    @property
+    def waiting(self) -> list:
+        """Tiers whose Job may still bring a profile."""
+        return [t for t, s in self.state.items() if s.startswith("running")]
+
+
+def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
     """Profiles that exist; create the Jobs for tiers without one; collect finished Jobs into the ConfigMap.
-    Returns (profiles, what happened) -- never raises for API trouble (the planner falls back to estimates)."""
+    Never raises for API trouble (the planner falls back to estimates)."""
     import kopf
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
     ns = si.namespace
-    profiles = read_profiles(core, ns, si)
-    notes = []
+    out = Profiling(profiles=read_profiles(core, ns, si))
+    now = dt.datetime.now(dt.timezone.utc)
     for index, tier in enumerate(si.tier_names):
-        if tier in profiles:
+        if tier in out.profiles:
+            out.state[tier] = "profiled"
             continue
         name = job_name(si.name, tier)
         try:
@@ -112,10 +150,21 @@ def sync(api_client, si, owner: dict, image: str, logger) -> tuple[dict, list[st
                     raise
                 obj = render_job(si, index, image)
                 kopf.adopt(obj, owner=owner)
-                batch.create_namespaced_job(ns, obj)
-                notes.append(f"created Job {name}")
+                try:
+                    batch.create_namespaced_job(ns, obj)
+                    out.notes.append(f"created Job {name}")
+                except ApiException as exc:
+                    if exc.status != 409:  # 409: a reconcile running beside this one has just created it
+                        raise
+                out.state[tier] = f"running (Job {name})"
+                continue
+            if running(job, now):
+                out.state[tier] = f"running (Job {name})"
                 continue
             if not (job.status and job.status.succeeded):
+                out.state[tier] = (f"Job {name} failed: FLOPs estimates; delete the Job to profile again"
+                                   if failed(job) else
+                                   f"Job {name} still running after {WAIT_SECONDS:g} s: FLOPs estimates until it ends")
                 continue
             pods = core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items
             doc = None
@@ -128,7 +177,7 @@ def sync(api_client, si, owner: dict, image: str, logger) -> tuple[dict, list[st
                 if doc:
                     break
             if doc is None:
-                notes.append(f"Job {name} succeeded but printed no profile")
+                out.state[tier] = f"Job {name} succeeded but printed no profile: FLOPs estimates"
                 continue
             cm = {"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": {"name": configmap_name(si.name), "namespace": ns,
@@ -137,9 +186,10 @@ def sync(api_client, si, owner: dict, image: str, logger) -> tuple[dict, list[st
             kopf.adopt(cm, owner=owner)
             core.patch_namespaced_config_map(cm["metadata"]["name"], ns, cm, field_manager=f"{MANAGER}-{tier}",
                                              force=True, _content_type="application/apply-patch+yaml")
-            profiles[tier] = doc
-            notes.append(f"stored the {tier} profile from Job {name}")
+            out.profiles[tier] = doc
+            out.state[tier] = "profiled"
+            out.notes.append(f"stored the {tier} profile from Job {name}")
         except ApiException as exc:
             logger.warning("profiling Job %s: %s %s", name, exc.status, exc.reason)
-            notes.append(f"profiling Job {name}: {exc.status} {exc.reason}")
-    return profiles, notes
+            out.state[tier] = f"Job {name}: API error {exc.status} {exc.reason}: FLOPs estimates"
+    return out
