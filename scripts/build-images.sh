@@ -25,6 +25,7 @@ for name in "${which[@]}"; do
     echo "[images] $df not present on this branch: splitdnn/$name:$TAG not built" >&2; missing=1; continue
   fi
   t0=$SECONDS
+  started="$(date +%s)"
   previous="$(docker image inspect -f '{{.Id}}' "splitdnn/$name:$TAG" 2>/dev/null || true)"
   log="$SPLITDNN_CACHE/logs/build-image-$name.log"
   echo "[images] splitdnn/$name:$TAG from $df (base $BASE_IMAGE; log $log)" >&2
@@ -37,6 +38,11 @@ for name in "${which[@]}"; do
   if [[ -n "$previous" && "$previous" != "$current" ]]; then
     docker rmi "$previous" >/dev/null 2>&1 && echo "[images] removed the replaced image ${previous:7:12}" >&2 || true
   fi
+  # the operator's multi-stage build leaves its build stage behind as an untagged image, ~2 GB per source change
+  # (the legacy builder keeps it as cache). Remove the ones older than this build: the new one is the cache.
+  reclaimed="$(docker image prune -f --filter label=io.splitdnn.stage=build --filter "until=$started" 2>/dev/null \
+               | awk '/Total reclaimed space/ {print $4}')"
+  [[ -z "$reclaimed" || "$reclaimed" == 0B ]] || echo "[images] removed earlier build stages: $reclaimed" >&2
   echo "[images] splitdnn/$name:$TAG built in $((SECONDS - t0)) s ($(docker image inspect "splitdnn/$name:$TAG" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 done
 [[ $missing -eq 0 ]] || exit 3

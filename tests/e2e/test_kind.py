@@ -236,8 +236,15 @@ def auto_plan_from_profiling_jobs(cluster) -> None:
         return st if predicted.get("source") == "profiles" and st.get("phase") == "Running" else None
 
     st = wait_for("a plan from the profiles, Running", planned, timeout=600)
-    print(f"auto plan from profiles: split {st['split']}, predicted {st['plan']['predicted']}")
+    print(f"auto plan from profiles: split {st['split']}, predicted {st['plan']['predicted']}; "
+          f"profiling {st.get('profiling')}")
     assert len(st["splitPoints"]) == 2
+    assert st["profiling"] == {t: "profiled" for t in TIERS}, st.get("profiling")
+    # the profiles went into the plan together: each tier rolled at most once (estimates' split -> profiles')
+    for tier in TIERS:
+        sets = kubectl_json(cluster, "get", "replicasets", "-l",
+                            f"splitdnn.io/splitinference={AUTO},{TIER_LABEL}={tier}")["items"]
+        assert len(sets) <= 2, (tier, [r["metadata"]["name"] for r in sets])
 
 
 def print_cluster_state(cluster) -> None:
