@@ -40,7 +40,8 @@ for name in "${which[@]}"; do
   fi
   # the operator's multi-stage build leaves its build stage behind as an untagged image, ~2 GB per source change
   # (the legacy builder keeps it as cache). Remove the ones older than this build: the new one is the cache.
-  reclaimed="$(docker image prune -f --filter label=io.splitdnn.stage=build --filter "until=$started" 2>/dev/null \
+  # (Labelled per image: the agent's build must not remove the operator's current stage.)
+  reclaimed="$(docker image prune -f --filter "label=io.splitdnn.build-stage-of=$name" --filter "until=$started" 2>/dev/null \
                | awk '/Total reclaimed space/ {print $4}')"
   [[ -z "$reclaimed" || "$reclaimed" == 0B ]] || echo "[images] removed earlier build stages: $reclaimed" >&2
   echo "[images] splitdnn/$name:$TAG built in $((SECONDS - t0)) s ($(docker image inspect "splitdnn/$name:$TAG" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))" >&2
