@@ -285,17 +285,24 @@ class Agent:
         return rtt
 
     def _connect(self) -> None:
-        """Open a new channel to the next tier, and close the one it replaces (if any)."""
+        """Open a new channel to the next tier. The one it replaces (if any) is closed a minute later: closing it
+        now would cancel frames still in flight on it (pings can fail while frames get through, e.g. behind a
+        long queue)."""
         old = self._channel
         # tiers start in any order and restart independently: reconnect quickly, and wait for the next tier
         # (within the frame's deadline) rather than fail a frame because the channel was backing off
+        # (a channel of its own subchannel pool: channels to one address otherwise share the connection, and the
+        # new channel would reuse the one it replaces)
         self._channel = grpc.insecure_channel(self.config.next, options=GRPC_OPTIONS + [
-            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.use_local_subchannel_pool", 1)])
         self._push = self._channel.stream_stream(CHUNKED_METHOD)
         self._ping = self._channel.unary_unary(PING_METHOD)
         self._connected_at = time.monotonic()
         if old is not None:
-            old.close()
+            closer = threading.Timer(60.0, old.close)
+            closer.daemon = True
+            closer.start()
 
     def _ping_result(self, exc: Optional[grpc.RpcError]) -> None:
         """Bookkeeping after a ping. gRPC only reconnects a connection that breaks; one that stays up but answers
