@@ -109,9 +109,9 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
             prof = profiling.sync(kube().api, si, body, render.agent_image(), logger)
             for note in prof.notes:
                 kopf.info(body, reason="Profiling", message=note)
-            for tier, state in prof.state.items():  # a tier left on estimates: one Event when that happens
-                if state != (previous.get("profiling") or {}).get(tier) and not state.startswith(("running", "profiled")):
-                    kopf.warn(body, reason="ProfilingFailed", message=f"{tier}: {state}")
+            for tier, why in prof.on_estimates.items():  # one Event when a tier is left on estimates
+                if why != (previous.get("profiling") or {}).get(tier):
+                    kopf.warn(body, reason="ProfilingFailed", message=f"{tier}: {why}")
             profiling_state = prof.state
             # all profiles at once: one roll from the estimates' split, not one per arriving profile
             profiles = {} if prof.waiting else prof.profiles

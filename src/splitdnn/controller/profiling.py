@@ -112,18 +112,27 @@ def running(job, now: dt.datetime, wait: float = WAIT_SECONDS) -> bool:
     return created is None or (now - created).total_seconds() < wait
 
 
+PROFILED = "profiled"
+RUNNING = "running"  # the state of a tier whose Job may still bring a profile starts with this
+
+
 @dataclass
 class Profiling:
     """One pass of sync: the profiles there are, each tier's profiling state (for status.profiling) and what this
     pass did (one Event each)."""
     profiles: dict = field(default_factory=dict)  # tier -> profile document
-    state: dict = field(default_factory=dict)     # tier -> "profiled" | "running (Job …)" | why there is none
+    state: dict = field(default_factory=dict)     # tier -> PROFILED | "running (Job …)" | why there is none
     notes: list = field(default_factory=list)
 
     @property
     def waiting(self) -> list:
         """Tiers whose Job may still bring a profile."""
-        return [t for t, s in self.state.items() if s.startswith("running")]
+        return [t for t, s in self.state.items() if s.startswith(RUNNING)]
+
+    @property
+    def on_estimates(self) -> dict:
+        """{tier: why}: tiers that have no profile and will get none from their Job."""
+        return {t: s for t, s in self.state.items() if s != PROFILED and not s.startswith(RUNNING)}
 
 
 def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
@@ -139,7 +148,7 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
     now = dt.datetime.now(dt.timezone.utc)
     for index, tier in enumerate(si.tier_names):
         if tier in out.profiles:
-            out.state[tier] = "profiled"
+            out.state[tier] = PROFILED
             continue
         name = job_name(si.name, tier)
         try:
@@ -156,10 +165,10 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
                 except ApiException as exc:
                     if exc.status != 409:  # 409: a reconcile running beside this one has just created it
                         raise
-                out.state[tier] = f"running (Job {name})"
+                out.state[tier] = f"{RUNNING} (Job {name})"
                 continue
             if running(job, now):
-                out.state[tier] = f"running (Job {name})"
+                out.state[tier] = f"{RUNNING} (Job {name})"
                 continue
             if not (job.status and job.status.succeeded):
                 out.state[tier] = (f"Job {name} failed: FLOPs estimates; delete the Job to profile again"
@@ -187,7 +196,7 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
             core.patch_namespaced_config_map(cm["metadata"]["name"], ns, cm, field_manager=f"{MANAGER}-{tier}",
                                              force=True, _content_type="application/apply-patch+yaml")
             out.profiles[tier] = doc
-            out.state[tier] = "profiled"
+            out.state[tier] = PROFILED
             out.notes.append(f"stored the {tier} profile from Job {name}")
         except ApiException as exc:
             logger.warning("profiling Job %s: %s %s", name, exc.status, exc.reason)
