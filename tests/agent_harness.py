@@ -20,8 +20,9 @@ from splitdnn.agent.server import GRPC_OPTIONS
 TIERS = ("device", "edge", "cloud")
 
 
-def start_chain(slices: str, tmp: Path, tier_specs: list[dict], chain=None, extra: dict | None = None,
-                si: str = "test") -> list[AgentProcess]:
+def start_chain(
+    slices: str, tmp: Path, tier_specs: list[dict], chain=None, extra: dict | None = None, si: str = "test"
+) -> list[AgentProcess]:
     """Start one agent per tier (as `splitdnn run` does), on loopback or in `chain`'s namespaces; wait until all
     are ready. The caller stops them (`stop_all`)."""
     specs = [{"name": TIERS[k], **spec} for k, spec in enumerate(tier_specs)]
@@ -61,13 +62,19 @@ def rss_bytes(pid: int) -> int:
 def splitdnn(*args, ns: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m splitdnn ARGS`, optionally inside a network namespace."""
     prefix = ["ip", "netns", "exec", ns] if ns else []
-    return subprocess.run(prefix + [sys.executable, "-m", "splitdnn", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        prefix + [sys.executable, "-m", "splitdnn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 def tc_show(dev: str, ns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev], capture_output=True,
-                          text=True, timeout=20).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev], capture_output=True, text=True, timeout=20
+    ).stdout
 
 
 @pytest.fixture(scope="session")
@@ -93,15 +100,25 @@ class Prometheus:
         self.port = free_port()
         targets = [urllib.parse.urlparse(u).netloc for u in metrics_urls]
         config = tmp / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
-                          "scrape_configs:\n  - job_name: splitdnn\n"
-                          f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
+        config.write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+            "scrape_configs:\n  - job_name: splitdnn\n"
+            f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
+        )
         self.log = tmp / "prometheus.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -110,7 +127,7 @@ class Prometheus:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"prometheus did not start:\n{self.log.read_text()[-2000:]}")
+                    raise RuntimeError(f"prometheus did not start:\n{self.log.read_text()[-2000:]}") from None
                 time.sleep(0.3)
 
     def _get(self, path: str) -> bytes:

@@ -12,19 +12,31 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from agent_harness import frame, predict, slices_dir, splitdnn, start_chain, stub, tc_show  # noqa: F401
+
 from splitdnn.agent import netns
 from splitdnn.agent.local import stop_all
 from splitdnn.agent.metrics import scrape, value
 
 NETNS_OK, NETNS_WHY = netns.available()
-pytestmark = [pytest.mark.slow, pytest.mark.netns,
-              pytest.mark.skipif(not NETNS_OK, reason=f"data-plane netns tests: {NETNS_WHY}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.netns,
+    pytest.mark.skipif(not NETNS_OK, reason=f"data-plane netns tests: {NETNS_WHY}"),
+]
 
-METRICS = ("splitdnn_frames_total", "splitdnn_stage_compute_seconds_count", "splitdnn_link_transfer_seconds_count",
-           "splitdnn_link_bytes_total", "splitdnn_link_rtt_seconds", "splitdnn_link_bandwidth_bytes_per_second",
-           "splitdnn_inflight_frames", "splitdnn_queue_depth", "splitdnn_slice_info", "splitdnn_link_emulation_info")
+METRICS = (
+    "splitdnn_frames_total",
+    "splitdnn_stage_compute_seconds_count",
+    "splitdnn_link_transfer_seconds_count",
+    "splitdnn_link_bytes_total",
+    "splitdnn_link_rtt_seconds",
+    "splitdnn_link_bandwidth_bytes_per_second",
+    "splitdnn_inflight_frames",
+    "splitdnn_queue_depth",
+    "splitdnn_slice_info",
+    "splitdnn_link_emulation_info",
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +78,16 @@ def test_tensors_above_4mb_are_chunked(chain_agents, cnn14_model):
     assert value(scrape(agents[0].metrics_url), "splitdnn_link_bytes_total") - before > 5_000_000
 
 
-@pytest.mark.parametrize("tensors, model, message", [
-    ({"image": frame()}, "cnn14", "missing input 'input'; unexpected input 'image'"),
-    ({"input": frame().astype(np.float64)}, "cnn14", "dtype float64, expected float32"),
-    ({"input": frame()[:, :27]}, "cnn14", "shape [1, 27, 28, 1], expected [None, 28, 28, 1]"),
-    ({"input": frame()[0]}, "cnn14", "shape [28, 28, 1]"),
-    ({"input": frame()}, "resnet", "model 'resnet' is not served here"),
-])
+@pytest.mark.parametrize(
+    "tensors, model, message",
+    [
+        ({"image": frame()}, "cnn14", "missing input 'input'; unexpected input 'image'"),
+        ({"input": frame().astype(np.float64)}, "cnn14", "dtype float64, expected float32"),
+        ({"input": frame()[:, :27]}, "cnn14", "shape [1, 27, 28, 1], expected [None, 28, 28, 1]"),
+        ({"input": frame()[0]}, "cnn14", "shape [28, 28, 1]"),
+        ({"input": frame()}, "resnet", "model 'resnet' is not served here"),
+    ],
+)
 def test_bad_requests_get_invalid_argument_and_the_agent_keeps_serving(chain_agents, tensors, model, message):
     _, agents = chain_agents
     client, channel = stub(agents[0].grpc_addr)
@@ -138,8 +153,10 @@ def test_tc_rate_shaping_on_a_veth_limits_the_measured_bandwidth(chain_agents):
         s0 = scrape(agents[0].metrics_url)
         predict(client, {"input": x})
         s1 = scrape(agents[0].metrics_url)
-        return (value(s1, "splitdnn_link_transfer_seconds_sum") - value(s0, "splitdnn_link_transfer_seconds_sum"),
-                value(s1, "splitdnn_link_bytes_total") - value(s0, "splitdnn_link_bytes_total"))
+        return (
+            value(s1, "splitdnn_link_transfer_seconds_sum") - value(s0, "splitdnn_link_transfer_seconds_sum"),
+            value(s1, "splitdnn_link_bytes_total") - value(s0, "splitdnn_link_bytes_total"),
+        )
 
     free_seconds, nbytes = transfer_seconds()
     proc = splitdnn("netem", "apply", "--dev", dev, "--rate", "8mbit", ns=ns)  # 1 MB/s
@@ -160,8 +177,23 @@ def test_netem_apply_and_clear_on_a_real_interface(chain_agents, tmp_path):
     chain, _ = chain_agents
     dev, ns = chain.egress_dev(2), chain.ns(2)
     report = tmp_path / "netem.json"
-    proc = splitdnn("netem", "apply", "--dev", dev, "--delay", "20ms", "--jitter", "1ms", "--loss", "0.5%",
-                    "--rate", "50mbit", "--report", report, ns=ns)
+    proc = splitdnn(
+        "netem",
+        "apply",
+        "--dev",
+        dev,
+        "--delay",
+        "20ms",
+        "--jitter",
+        "1ms",
+        "--loss",
+        "0.5%",
+        "--rate",
+        "50mbit",
+        "--report",
+        report,
+        ns=ns,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(report.read_text())
     shown = tc_show(dev, ns)
@@ -186,8 +218,10 @@ def test_netem_delay_shaping_when_the_kernel_has_netem(chain_agents):
     try:
         assert probe.returncode == 0, probe.stderr
         if "netem" not in tc_show(dev, ns):
-            pytest.skip("kernel probe: sch_netem is absent on this kernel, so tc cannot delay; in-process delay is "
-                        "tested by test_agent_run.py::test_run_in_process_delay")
+            pytest.skip(
+                "kernel probe: sch_netem is absent on this kernel, so tc cannot delay; in-process delay is "
+                "tested by test_agent_run.py::test_run_in_process_delay"
+            )
         client, channel = stub(agents[0].grpc_addr)
         start = time.monotonic()
         predict(client, {"input": frame()})

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-
 from agent_harness import rss_bytes, slices_dir, start_chain, start_prometheus  # noqa: F401
+
 from harness.cli import ROOT, run_cli
 from splitdnn.agent import netns
 from splitdnn.agent.local import stop_all
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 # --- loopback: overload -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def overload(slices_dir, tmp_path_factory):
     """A loopback chain driven at 300 fps, far above its ~40 fps capacity, for 6 s; a real Prometheus server
@@ -29,8 +30,20 @@ def overload(slices_dir, tmp_path_factory):
     frames = 1800
     specs = [{"name": "device", "overheadRatio": 20}, {"name": "edge", "overheadRatio": 5}, {"name": "cloud"}]
     summary = tmp / "summary.json"
-    source = ["--source", "synthetic", "--fps", "300", "--frames", str(frames), "--deadline", "500ms",
-              "--max-inflight", "4", "--summary", str(summary)]
+    source = [
+        "--source",
+        "synthetic",
+        "--fps",
+        "300",
+        "--frames",
+        str(frames),
+        "--deadline",
+        "500ms",
+        "--max-inflight",
+        "4",
+        "--summary",
+        str(summary),
+    ]
     agents = start_chain(slices_dir, tmp, specs, extra={0: source}, si="overload")
     prometheus = None
     try:
@@ -54,7 +67,9 @@ def overload(slices_dir, tmp_path_factory):
 
 def test_overload_drops_frames_and_accounts_for_every_one(overload):
     result, samples, frames = overload["result"], overload["samples"], overload["frames"]
-    counted = {o: int(value(samples, "splitdnn_frames_total", outcome=o)) for o in ("completed", "dropped", "late", "failed")}
+    counted = {
+        o: int(value(samples, "splitdnn_frames_total", outcome=o)) for o in ("completed", "dropped", "late", "failed")
+    }
     assert result["offered"] == frames == sum(counted.values())
     assert {o: result[o] for o in counted} == counted
     assert result["dropped"] > frames / 2 and result["completed"] > 0 and result["failed"] == 0
@@ -169,8 +184,13 @@ def test_run_stops_cleanly_on_ctrl_c(tmp_path):
 
     spec = tmp_path / "endless.yaml"
     spec.write_text(YAML.replace("FRAMES", "0"))
-    proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--json"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitdnn", "run", str(spec), "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
@@ -216,8 +236,13 @@ def test_run_netns_shapes_with_tc_and_emulates_the_rest(tmp_path):
     spec.write_text(YAML.replace("FRAMES", "6").replace("netem: {delay: 50ms}", "netem: {delay: 50ms, rate: 40mbit}"))
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "splitdnn", "run", str(spec), "--netns", "--json"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitdnn", "run", str(spec), "--netns", "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     result = json.loads(stdout)
@@ -233,6 +258,7 @@ def test_run_netns_shapes_with_tc_and_emulates_the_rest(tmp_path):
 
 
 # --- readiness and draining: what a rollout relies on -----------------------------------------------------------
+
 
 def _ready(agent) -> int:
     import urllib.error
@@ -358,8 +384,8 @@ def test_a_connection_that_answers_every_call_with_an_error_is_replaced(slices_d
     from concurrent import futures
 
     import grpc
-
     from agent_harness import frame, predict, stub
+
     from splitdnn.agent.local import AgentProcess, agent_argv, free_port
 
     wrong = grpc.server(futures.ThreadPoolExecutor(2))  # no services: UNIMPLEMENTED for every call
@@ -372,11 +398,24 @@ def test_a_connection_that_answers_every_call_with_an_error_is_replaced(slices_d
         for name, reconnect in (("fixed", "2"), ("control", "1000")):
             proxy = StickyProxy(f"127.0.0.1:{wrong_port}")
             port, metrics_port = free_port(), free_port()
-            argv = agent_argv(slices=slices_dir, slice_name="slice0", port=port, metrics_port=metrics_port,
-                              tier="device", si=f"sticky-{name}", next_addr=proxy.addr)
-            devices.append(AgentProcess("device", argv, tmp_path / f"device-{name}.log",
-                                        f"http://127.0.0.1:{metrics_port}/metrics", f"127.0.0.1:{port}")
-                           .start(env=dict(os.environ, SPLITDNN_RECONNECT_SECONDS=reconnect)))
+            argv = agent_argv(
+                slices=slices_dir,
+                slice_name="slice0",
+                port=port,
+                metrics_port=metrics_port,
+                tier="device",
+                si=f"sticky-{name}",
+                next_addr=proxy.addr,
+            )
+            devices.append(
+                AgentProcess(
+                    "device",
+                    argv,
+                    tmp_path / f"device-{name}.log",
+                    f"http://127.0.0.1:{metrics_port}/metrics",
+                    f"127.0.0.1:{port}",
+                ).start(env=dict(os.environ, SPLITDNN_RECONNECT_SECONDS=reconnect))
+            )
             proxies.append(proxy)
         deadline = time.monotonic() + 240  # both devices have dialled the wrong server
         while any(p.accepted == 0 for p in proxies) and time.monotonic() < deadline:

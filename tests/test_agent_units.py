@@ -34,10 +34,13 @@ class FakeClock:
 
 # --- wire ---------------------------------------------------------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
-@given(shape=st.lists(st.integers(0, 5), max_size=4),
-       dtype=st.sampled_from(["float32", "float64", "int32", "int64", "uint8", "int8", "bool", "float16"]),
-       seed=st.integers(0, 1000))
+@given(
+    shape=st.lists(st.integers(0, 5), max_size=4),
+    dtype=st.sampled_from(["float32", "float64", "int32", "int64", "uint8", "int8", "bool", "float16"]),
+    seed=st.integers(0, 1000),
+)
 def test_tensor_proto_round_trip_uses_tensor_content(shape, dtype, seed):
     rng = np.random.default_rng(seed)
     array = (rng.random(shape) * 100).astype(dtype)
@@ -75,6 +78,7 @@ def test_chunks_reassemble_and_respect_the_limit(data, size):
 
 
 # --- link ---------------------------------------------------------------------------------------------------------
+
 
 def test_token_bucket_serializes_concurrent_senders():
     clock = FakeClock()
@@ -125,6 +129,7 @@ def test_meter_estimates_bandwidth_from_transfers_minus_rtt():
 
 # --- stage --------------------------------------------------------------------------------------------------------
 
+
 def test_stage_overhead_is_ratio_times_compute():
     clock = FakeClock()
 
@@ -173,6 +178,7 @@ def test_stage_errors_reach_the_caller():
 
 # --- source -------------------------------------------------------------------------------------------------------
 
+
 def test_synthetic_frames_are_seeded():
     inputs = [{"name": "input", "shape": [None, 28, 28, 1], "dtype": "float32"}]
     a, b = synthetic_frames(inputs, 7), synthetic_frames(inputs, 7)
@@ -189,11 +195,19 @@ def test_source_accounts_for_every_frame_under_overload():
         time.sleep(0.03 if i % 5 else 0.08)
 
     seen = []
-    source = FrameSource(lambda i: {"i": i}, pipeline, fps=400, frames=200, deadline=0.05, max_inflight=3,
-                         on_outcome=lambda o, lat: seen.append(o))
+    source = FrameSource(
+        lambda i: {"i": i},
+        pipeline,
+        fps=400,
+        frames=200,
+        deadline=0.05,
+        max_inflight=3,
+        on_outcome=lambda o, lat: seen.append(o),
+    )
     snapshots = []
-    poller = threading.Thread(target=lambda: [snapshots.append(source.outcomes.snapshot()) or time.sleep(0.005)
-                                              for _ in range(100)])
+    poller = threading.Thread(
+        target=lambda: [snapshots.append(source.outcomes.snapshot()) or time.sleep(0.005) for _ in range(100)]
+    )
     poller.start()
     result = source.run()
     poller.join()
@@ -219,10 +233,25 @@ ALL = dict.fromkeys(netem.QDISCS, True)
 
 
 def test_plan_with_netem_uses_netem_and_a_tbf_child_for_rate():
-    commands, applied, missing = netem.plan(
-        "eth0", netem.NetemParams("252.5ms", "10ms", "1%", "4mbit", 1000), ALL)
-    assert commands[0] == ["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "netem", "limit", "1000",
-                           "delay", "252500us", "10000us", "loss", "1%"]
+    commands, applied, missing = netem.plan("eth0", netem.NetemParams("252.5ms", "10ms", "1%", "4mbit", 1000), ALL)
+    assert commands[0] == [
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        "eth0",
+        "root",
+        "handle",
+        "1:",
+        "netem",
+        "limit",
+        "1000",
+        "delay",
+        "252500us",
+        "10000us",
+        "loss",
+        "1%",
+    ]
     assert commands[1][:9] == ["tc", "qdisc", "replace", "dev", "eth0", "parent", "1:1", "handle", "10:"]
     assert commands[1][9:12] == ["tbf", "rate", "4000000bit"]
     assert set(applied) == {"delay", "jitter", "loss", "rate", "limit"} and missing == {}
@@ -231,24 +260,28 @@ def test_plan_with_netem_uses_netem_and_a_tbf_child_for_rate():
 def test_plan_without_netem_shapes_rate_only_and_reports_the_rest():
     kernel = {"netem": False, "tbf": True, "htb": True}
     commands, applied, missing = netem.plan("eth0", netem.NetemParams(delay="5ms", rate="8mbit"), kernel)
-    assert commands == [["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:",
-                         *netem.tbf_args("8mbit")]]
+    assert commands == [["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", *netem.tbf_args("8mbit")]]
     assert applied == {"rate": "8mbit"} and missing == {"delay": "5ms"}
-    commands, applied, _ = netem.plan("eth0", netem.NetemParams(rate="8mbit"), {"netem": False, "tbf": False, "htb": True})
+    commands, applied, _ = netem.plan(
+        "eth0", netem.NetemParams(rate="8mbit"), {"netem": False, "tbf": False, "htb": True}
+    )
     assert commands[0][-3:] == ["htb", "default", "10"] and commands[1][:3] == ["tc", "class", "replace"]
     assert applied == {"rate": "8mbit"}
     commands, applied, missing = netem.plan("eth0", netem.NetemParams(delay="5ms"), {})
     assert commands == [] and applied == {} and missing == {"delay": "5ms"}
 
 
-@pytest.mark.parametrize("params, message", [
-    (netem.NetemParams(delay="5"), "bad duration"),
-    (netem.NetemParams(rate="4mb"), "bad rate"),
-    (netem.NetemParams(loss="120%"), "more than 100%"),
-    (netem.NetemParams(jitter="5ms"), "needs a delay"),
-    (netem.NetemParams(delay="5ms", jitter="10ms"), "larger than the delay"),
-    (netem.NetemParams(delay="5ms", limit=0), "bad limit"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (netem.NetemParams(delay="5"), "bad duration"),
+        (netem.NetemParams(rate="4mb"), "bad rate"),
+        (netem.NetemParams(loss="120%"), "more than 100%"),
+        (netem.NetemParams(jitter="5ms"), "needs a delay"),
+        (netem.NetemParams(delay="5ms", jitter="10ms"), "larger than the delay"),
+        (netem.NetemParams(delay="5ms", limit=0), "bad limit"),
+    ],
+)
 def test_bad_parameters_are_errors(params, message):
     with pytest.raises(netem.NetemError, match=message):
         params.validate()
@@ -260,8 +293,9 @@ def test_apply_on_a_kernel_without_netem_writes_the_report(tmp_path):
     def runner(argv):
         ran.append(argv)
         unknown = "netem" in argv and "replace" in argv
-        return subprocess.CompletedProcess(argv, 2 if unknown else 0, "",
-                                           "Error: Specified qdisc kind is unknown.\n" if unknown else "")
+        return subprocess.CompletedProcess(
+            argv, 2 if unknown else 0, "", "Error: Specified qdisc kind is unknown.\n" if unknown else ""
+        )
 
     report = tmp_path / "run" / "netem.json"
     result = netem.apply("eth0", netem.NetemParams(delay="250ms", loss="1%", rate="4mbit"), runner, str(report))

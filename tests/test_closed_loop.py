@@ -23,8 +23,12 @@ from splitdnn.agent.local import stop_all, wait_ready
 
 NETNS_OK, NETNS_WHY = netns.available()
 
-pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.closed_loop,
-              pytest.mark.skipif(not NETNS_OK, reason=f"closed loop needs namespaces: {NETNS_WHY}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.netns,
+    pytest.mark.closed_loop,
+    pytest.mark.skipif(not NETNS_OK, reason=f"closed loop needs namespaces: {NETNS_WHY}"),
+]
 
 FPS = 4
 SLO = 0.10
@@ -32,15 +36,23 @@ INTERVAL = 4.0
 START = ["conv2d_1", "flatten"]
 THROTTLE = "2mbit"
 SPEC = {
-    "apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference", "metadata": {"name": "loop"},
+    "apiVersion": "splitdnn.io/v1alpha1",
+    "kind": "SplitInference",
+    "metadata": {"name": "loop"},
     "spec": {
         "model": {"builtin": "cnn14"},
         "splitPoints": START,
         "tiers": [{"name": n, "overheadRatio": 0, "maxMessageBytes": 500000} for n in ("device", "edge", "cloud")],
         "workload": {"fps": FPS, "frames": 0, "deadline": "2s", "maxInFlight": 4, "source": "synthetic"},
         "planner": {"mode": "fixed", "objective": "throughput"},
-        "adaptation": {"enabled": True, "prometheusUrl": "http://unused", "interval": f"{INTERVAL:g}s",
-                       "maxFrameDropRate": SLO, "cooldown": "40s", "margin": 0.2},
+        "adaptation": {
+            "enabled": True,
+            "prometheusUrl": "http://unused",
+            "interval": f"{INTERVAL:g}s",
+            "maxFrameDropRate": SLO,
+            "cooldown": "40s",
+            "margin": 0.2,
+        },
     },
 }
 
@@ -77,12 +89,33 @@ class LocalActuator:
         slices = self.tmp / f"slices-{g}"
         export_slices(self.model, self.graph, resolve_cuts(self.graph, points), slices)
         summary = self.tmp / f"source-{g}.json"
-        source = ["--source", "synthetic", "--fps", str(FPS), "--frames", "0", "--deadline", "2s",
-                  "--max-inflight", "4", "--seed", str(g), "--summary", str(summary)]
+        source = [
+            "--source",
+            "synthetic",
+            "--fps",
+            str(FPS),
+            "--frames",
+            "0",
+            "--deadline",
+            "2s",
+            "--max-inflight",
+            "4",
+            "--seed",
+            str(g),
+            "--summary",
+            str(summary),
+        ]
         logdir = self.tmp / f"gen{g}"
         logdir.mkdir()
-        agents = start_agents(str(slices), logdir, SPEC["spec"]["tiers"], "loop", self.chain, extra={0: source},
-                              ports=(8500 + g, 9100 + g))
+        agents = start_agents(
+            str(slices),
+            logdir,
+            SPEC["spec"]["tiers"],
+            "loop",
+            self.chain,
+            extra={0: source},
+            ports=(8500 + g, 9100 + g),
+        )
         try:
             wait_ready(agents, timeout=300)
         except BaseException:
@@ -127,13 +160,16 @@ def throttle(chain, rate: str) -> None:
     from splitdnn.agent.netem import tbf_args
 
     dev, ns = chain.egress_dev(0), chain.ns(0)
-    subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate)],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cnn14_model, cnn14_graph):
     from harness.prometheus import PrometheusServer, prometheus_binary
-
     from splitdnn import feedback
     from splitdnn.adapt import Policy
     from splitdnn.controller.plan import model_summary
@@ -156,13 +192,20 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
             phase, last_change, settled = "fast", time.time(), 0
             for i in range(80):  # bounded: ~5 minutes of 4 s intervals at most
                 time.sleep(INTERVAL)
-                s = feedback.step(si, actuator.points, problem, prom, now=time.time(), last_change=last_change,
-                                  policy=policy)
+                s = feedback.step(
+                    si, actuator.points, problem, prom, now=time.time(), last_change=last_change, policy=policy
+                )
                 m = s.measurements
-                row = {"i": i, "phase": phase, "split": ",".join(actuator.points), "error": s.error,
-                       "drop_rate": m.drop_rate if m else None,
-                       "bandwidth": (m.link_bandwidth_bytes_per_second.get("device") if m else None),
-                       "resplit": s.resplit, "reason": s.decision.reason if s.decision else s.error}
+                row = {
+                    "i": i,
+                    "phase": phase,
+                    "split": ",".join(actuator.points),
+                    "error": s.error,
+                    "drop_rate": m.drop_rate if m else None,
+                    "bandwidth": (m.link_bandwidth_bytes_per_second.get("device") if m else None),
+                    "resplit": s.resplit,
+                    "reason": s.decision.reason if s.decision else s.error,
+                }
                 steps.append(row)
                 print(json.dumps(row), flush=True)
                 assert s.error is None, s.error
@@ -175,8 +218,10 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
                         actuator.log.append(f"step {i}: throttled the device's veth to {THROTTLE}")
                         continue
                 if s.resplit:
-                    actuator.log.append(f"step {i}: re-split {','.join(s.current_points)} -> "
-                                        f"{','.join(s.best_points)}: {s.decision.reason}")
+                    actuator.log.append(
+                        f"step {i}: re-split {','.join(s.current_points)} -> "
+                        f"{','.join(s.best_points)}: {s.decision.reason}"
+                    )
                     actuator.resplit(s.best_points)
                     last_change, phase, after = time.time(), "resplit", 0
                     continue

@@ -38,7 +38,7 @@ def test_pairs_and_labels_are_the_papers(cnn14_graph):
 
 def test_split_inference_is_a_valid_resource_with_the_config(cnn14_graph):
     w = exp.Workload(frames=50, fps=40.0, seed=3)
-    for c, config in exp.CONFIGS.items():
+    for config in exp.CONFIGS.values():
         res = exp.split_inference(config, "max_pooling2d", "conv2d_4", w)
         si = from_resource(res)
         assert cross_field_problems(si, [l.name for l in cnn14_graph.layers]) == []
@@ -53,14 +53,32 @@ def test_split_inference_is_a_valid_resource_with_the_config(cnn14_graph):
 
 
 def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
-    profile = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "local", "multi_tensor": False,
-               "input_bytes": 3136,
-               "blocks": [{"name": n, "time": 1e-3, "out_bytes": b} for n, b in
-                          (("conv2d", 86528), ("conv2d_1", 147456), ("max_pooling2d", 36864),
-                           ("batch_normalization", 36864), ("conv2d_2", 51200), ("conv2d_3", 32768),
-                           ("max_pooling2d_1", 8192), ("batch_normalization_1", 8192), ("conv2d_4", 4096),
-                           ("max_pooling2d_2", 1024), ("flatten", 1024), ("batch_normalization_2", 1024),
-                           ("dense", 2048), ("dense_1", 40))]}
+    profile = {
+        "format": "splitdnn.profile/1",
+        "model": "cnn14",
+        "tier": "local",
+        "multi_tensor": False,
+        "input_bytes": 3136,
+        "blocks": [
+            {"name": n, "time": 1e-3, "out_bytes": b}
+            for n, b in (
+                ("conv2d", 86528),
+                ("conv2d_1", 147456),
+                ("max_pooling2d", 36864),
+                ("batch_normalization", 36864),
+                ("conv2d_2", 51200),
+                ("conv2d_3", 32768),
+                ("max_pooling2d_1", 8192),
+                ("batch_normalization_1", 8192),
+                ("conv2d_4", 4096),
+                ("max_pooling2d_2", 1024),
+                ("flatten", 1024),
+                ("batch_normalization_2", 1024),
+                ("dense", 2048),
+                ("dense_1", 40),
+            )
+        ],
+    }
     problem = exp.planner_problem(exp.CONFIGS[2], profile)
     assert problem.blocks[0].time == pytest.approx({"device": 11e-3, "edge": 6e-3, "cloud": 2e-3})
     link = problem.links[("edge", "cloud")]
@@ -79,15 +97,44 @@ def _fake_result():
     for c in (1, 3):
         for (d, e), label in zip(exp.fixed_splits(), exp.PAPER[c]):
             reps = [{"time_s": 1.5 + r / 10, "drop_rate": 0.1 * r} for r in range(3)]
-            runs.append({"config": c, "split": label, "device_after": d, "edge_after": e, "frames": 50,
-                         "fps": 40.0, **exp.summarize(reps), "planner": False})
-        runs.append({"config": c, "split": "Conv2D - Conv2D", "device_after": "conv2d", "edge_after": "conv2d_1",
-                     "frames": 50, "fps": 40.0, **exp.summarize([{"time_s": 1.6, "drop_rate": 0.0}]),
-                     "planner": True})
-    return {"link_emulation": "loopback", "workload": {"frames": 50, "fps": 40.0, "repeats": 3},
-            "configs": {c: {"overhead": (10, 5, 1), "latency_ms": exp.CONFIGS[c].latency_ms, "max_bytes": 1,
-                            "link_delays_ms": exp.CONFIGS[c].link_delays_ms()} for c in (1, 3)},
-            "runs": runs}
+            runs.append(
+                {
+                    "config": c,
+                    "split": label,
+                    "device_after": d,
+                    "edge_after": e,
+                    "frames": 50,
+                    "fps": 40.0,
+                    **exp.summarize(reps),
+                    "planner": False,
+                }
+            )
+        runs.append(
+            {
+                "config": c,
+                "split": "Conv2D - Conv2D",
+                "device_after": "conv2d",
+                "edge_after": "conv2d_1",
+                "frames": 50,
+                "fps": 40.0,
+                **exp.summarize([{"time_s": 1.6, "drop_rate": 0.0}]),
+                "planner": True,
+            }
+        )
+    return {
+        "link_emulation": "loopback",
+        "workload": {"frames": 50, "fps": 40.0, "repeats": 3},
+        "configs": {
+            c: {
+                "overhead": (10, 5, 1),
+                "latency_ms": exp.CONFIGS[c].latency_ms,
+                "max_bytes": 1,
+                "link_delays_ms": exp.CONFIGS[c].link_delays_ms(),
+            }
+            for c in (1, 3)
+        },
+        "runs": runs,
+    }
 
 
 def test_summarize_one_repeat_plots_without_negative_whiskers(tmp_path):
@@ -104,7 +151,9 @@ def test_writers_markdown_and_plots(tmp_path):
     assert [f.name for f in files] == ["results.json", "results.md", "config1.png", "config3.png"]
     md = (tmp_path / "results.md").read_text()
     assert "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop |" in md  # + stage times
-    assert "| MaxPooling2D - Flatten | 1.6000 [1.5000–1.7000] | 0.10 [0.00–0.20] | 49.5615 | 0.20 | — / — / — | — |" in md
+    assert (
+        "| MaxPooling2D - Flatten | 1.6000 [1.5000–1.7000] | 0.10 [0.00–0.20] | 49.5615 | 0.20 | — / — / — | — |" in md
+    )
     assert "planner: conv2d / conv2d_1" in md and "not worse" in md
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:8] == PNG_MAGIC
@@ -128,8 +177,21 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     """The real command: config 1, 3 frames per run, the first and last pair (`--pairs 1,8`; each run starts three
     agents, ~10-20 s here) and the planner's split; results.json contract and files."""
     frames = 3
-    proc = run_cli("experiment", "cho2021", "--config", "1", "--frames", frames, "--fps", "20", "--pairs", "1,8",
-                   "--out", tmp_path, timeout=900)
+    proc = run_cli(
+        "experiment",
+        "cho2021",
+        "--config",
+        "1",
+        "--frames",
+        frames,
+        "--fps",
+        "20",
+        "--pairs",
+        "1,8",
+        "--out",
+        tmp_path,
+        timeout=900,
+    )
     doc = json.loads((tmp_path / "results.json").read_text())
     runs = doc["runs"]
     fixed = [r for r in runs if not r["planner"]]
@@ -147,5 +209,5 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert md.count("\n| ") >= 5 and "Conv2D - BatchNormalization" in md
     assert (tmp_path / "config1.png").read_bytes()[:8] == PNG_MAGIC
     assert doc["link_emulation"] in ("netns", "loopback")
-    assert ("network namespaces" in proc.stderr)   # says which (and why, when unavailable)
+    assert "network namespaces" in proc.stderr  # says which (and why, when unavailable)
     assert "| Split point | Time (s) | Frame drop |" in proc.stdout

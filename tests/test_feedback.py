@@ -13,21 +13,35 @@ from splitdnn.spec import from_resource
 
 # conv (big output) → conv (bigger) → pool (small) → dense (tiny)
 SUMMARY = ModelSummary(
-    model="toy", layers=("c1", "c2", "pool", "d1", "d2"), params=(1, 1, 0, 1, 1),
+    model="toy",
+    layers=("c1", "c2", "pool", "d1", "d2"),
+    params=(1, 1, 0, 1, 1),
     flops=(1_000_000, 20_000_000, 10_000, 100_000, 1_000),
     cut_bytes={"c1": 80_000, "c2": 150_000, "pool": 8_000, "d1": 500},
     cut_tensors={"c1": ["c1"], "c2": ["c2"], "pool": ["pool"], "d1": ["d1"]},
-    input_bytes=3_000, classes=("Conv2D", "Conv2D", "MaxPooling2D", "Dense", "Dense"), output_bytes=40)
+    input_bytes=3_000,
+    classes=("Conv2D", "Conv2D", "MaxPooling2D", "Dense", "Dense"),
+    output_bytes=40,
+)
 POLICY = Policy(max_drop_rate=0.1, margin=0.2, cooldown_seconds=60, interval_seconds=4)
 
 
 def si(points=("c2", "d1"), **adaptation):
-    return from_resource({
-        "apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference", "metadata": {"name": "toy"},
-        "spec": {"model": {"builtin": "cnn14"}, "splitPoints": list(points),
-                 "tiers": [{"name": "device", "overheadRatio": 1}, {"name": "edge"}, {"name": "cloud"}],
-                 "workload": {"fps": 4}, "planner": {"objective": "throughput"},
-                 "adaptation": {"enabled": True, "prometheusUrl": "http://x", **adaptation}}})
+    return from_resource(
+        {
+            "apiVersion": "splitdnn.io/v1alpha1",
+            "kind": "SplitInference",
+            "metadata": {"name": "toy"},
+            "spec": {
+                "model": {"builtin": "cnn14"},
+                "splitPoints": list(points),
+                "tiers": [{"name": "device", "overheadRatio": 1}, {"name": "edge"}, {"name": "cloud"}],
+                "workload": {"fps": 4},
+                "planner": {"objective": "throughput"},
+                "adaptation": {"enabled": True, "prometheusUrl": "http://x", **adaptation},
+            },
+        }
+    )
 
 
 class FakeProm:
@@ -91,8 +105,9 @@ def test_within_the_slo_or_in_cooldown_the_split_stays():
 def test_prometheus_trouble_is_a_step_error_not_an_exception():
     s = si()
     p = feedback.base_problem(s, SUMMARY)
-    st = feedback.step(s, ["c2", "d1"], p, FakeProm(fail="Prometheus at http://x is unreachable: refused"),
-                       now=1000, policy=POLICY)
+    st = feedback.step(
+        s, ["c2", "d1"], p, FakeProm(fail="Prometheus at http://x is unreachable: refused"), now=1000, policy=POLICY
+    )
     assert st.error and "unreachable" in st.error and not st.resplit and st.new_points == ["c2", "d1"]
 
 

@@ -1,16 +1,23 @@
 """Model graph and cuts: CNN14 exactly as Cho 2021 Table 1, and branching / multi-input / multi-output models."""
 
-import pytest
-
 from splitdnn.graph import build_graph
 
 # Cho 2021, Table 1 (the paper's BatchNormalization #4 row misprints 128 channels; 256 params means 64).
 TABLE1 = [
-    ("Conv2D", (26, 26, 32), 320), ("Conv2D", (24, 24, 64), 18_496), ("MaxPooling2D", (12, 12, 64), 0),
-    ("BatchNormalization", (12, 12, 64), 256), ("Conv2D", (10, 10, 128), 73_856),
-    ("Conv2D", (8, 8, 128), 147_584), ("MaxPooling2D", (4, 4, 128), 0), ("BatchNormalization", (4, 4, 128), 512),
-    ("Conv2D", (2, 2, 256), 295_168), ("MaxPooling2D", (1, 1, 256), 0), ("Flatten", (256,), 0),
-    ("BatchNormalization", (256,), 1_024), ("Dense", (512,), 131_584), ("Dense", (10,), 5_130),
+    ("Conv2D", (26, 26, 32), 320),
+    ("Conv2D", (24, 24, 64), 18_496),
+    ("MaxPooling2D", (12, 12, 64), 0),
+    ("BatchNormalization", (12, 12, 64), 256),
+    ("Conv2D", (10, 10, 128), 73_856),
+    ("Conv2D", (8, 8, 128), 147_584),
+    ("MaxPooling2D", (4, 4, 128), 0),
+    ("BatchNormalization", (4, 4, 128), 512),
+    ("Conv2D", (2, 2, 256), 295_168),
+    ("MaxPooling2D", (1, 1, 256), 0),
+    ("Flatten", (256,), 0),
+    ("BatchNormalization", (256,), 1_024),
+    ("Dense", (512,), 131_584),
+    ("Dense", (10,), 5_130),
 ]
 
 

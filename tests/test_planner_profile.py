@@ -13,12 +13,13 @@ pytestmark = pytest.mark.slow
 
 def test_blocks_follow_single_tensor_cuts(cnn14_graph):
     from splitdnn.planner.profile import blocks_from_graph
+
     blocks = blocks_from_graph(cnn14_graph)
     single = [c for c in cnn14_graph.cuts if c.single_tensor]
     assert len(blocks) == len(single) + 1
     assert blocks[0]["layers"][0] == 0 and blocks[-1]["layers"][1] == len(cnn14_graph.layers) - 1
     for a, b in zip(blocks, blocks[1:]):
-        assert b["layers"][0] == a["layers"][1] + 1          # contiguous, in order
+        assert b["layers"][0] == a["layers"][1] + 1  # contiguous, in order
         cut = next(c for c in cnn14_graph.cuts if c.index == a["layers"][1])
         assert a["out_bytes"] == cut.bytes
     assert sum(b["flops"] for b in blocks) == sum(l.flops for l in cnn14_graph.layers)
@@ -27,6 +28,7 @@ def test_blocks_follow_single_tensor_cuts(cnn14_graph):
 @pytest.fixture(scope="module")
 def branchy(tmp_path_factory):
     import keras
+
     inp = keras.Input((16,), name="x")
     a = keras.layers.Dense(32, name="a")(inp)
     b = keras.layers.Dense(32, name="b")(a)
@@ -39,11 +41,12 @@ def branchy(tmp_path_factory):
 
 def test_profile_multi_tensor_blocks(branchy):
     from splitdnn.planner.profile import profile_model
+
     single = profile_model(branchy, "device", warmup=1, repeats=3, progress=False)
     multi = profile_model(branchy, "device", warmup=1, repeats=3, multi_tensor=True, progress=False)
-    assert [b["name"] for b in single["blocks"]] == ["a", "add", "c"]     # the cut after b carries a and b
+    assert [b["name"] for b in single["blocks"]] == ["a", "add", "c"]  # the cut after b carries a and b
     assert [b["name"] for b in multi["blocks"]] == ["a", "b", "add", "c"]
-    assert multi["blocks"][1]["out_bytes"] == 2 * 32 * 4                    # both tensors cross
+    assert multi["blocks"][1]["out_bytes"] == 2 * 32 * 4  # both tensors cross
     for doc in (single, multi):
         for b in doc["blocks"]:
             assert len(b["samples_s"]) == 3 and b["median_s"] > 0 and b["time"] >= 0
@@ -55,9 +58,27 @@ def test_profile_then_plan_from_profiles(tmp_path):
     assert "blocks" in r.stdout
     doc = json.loads(dev.read_text())
     assert doc["format"] == "splitdnn.profile/1" and doc["tier"] == "device" and len(doc["blocks"]) >= 5
-    out = json.loads(run_cli("plan", "cnn14", "--profile", dev, "--estimate", "edge=x0.2", "--estimate",
-                             "cloud=50gflops", "--link", "device,edge,5ms,4mbit", "--link", "edge,cloud,20ms,100mbit",
-                             "--objective", "throughput", "--top", "2", "--json").stdout)
+    out = json.loads(
+        run_cli(
+            "plan",
+            "cnn14",
+            "--profile",
+            dev,
+            "--estimate",
+            "edge=x0.2",
+            "--estimate",
+            "cloud=50gflops",
+            "--link",
+            "device,edge,5ms,4mbit",
+            "--link",
+            "edge,cloud,20ms,100mbit",
+            "--objective",
+            "throughput",
+            "--top",
+            "2",
+            "--json",
+        ).stdout
+    )
     assert len(out["plans"]) == 2
     assert set(out["plans"][0]["assignment"]) == {"device", "edge", "cloud"}
     names = [b["name"] for b in doc["blocks"]]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from splitdnn.planner import Constraints, Infeasible, Problem, plan
+from splitdnn.planner import Infeasible, Problem, plan
 from splitdnn.planner.brute import brute_force
 from splitdnn.planner.dp import count_plans, label_search, share_search, throughput, topn_dp
 from splitdnn.planner.problem import all_cuts, evaluate, feasible, sort_key
@@ -23,22 +23,34 @@ def problems(draw, with_shares: bool = True):
     # small integer values make exact ties common, which exercises the tie-breaking rules
     blocks = []
     for k in range(n):
-        blocks.append({"name": f"b{k}", "out_bytes": draw(st.integers(0, 8)) * 1000,
-                       "time": {t: draw(st.integers(0, 6)) * 0.001 for t in tiers}})
+        blocks.append(
+            {
+                "name": f"b{k}",
+                "out_bytes": draw(st.integers(0, 8)) * 1000,
+                "time": {t: draw(st.integers(0, 6)) * 0.001 for t in tiers},
+            }
+        )
     links = []
     for a in range(T):
         for b in range(a + 1, T):
             if draw(st.booleans()) or b == a + 1 and draw(st.booleans()):
-                links.append({"from": tiers[a], "to": tiers[b], "latency": draw(st.integers(0, 3)) * 0.001,
-                              "bandwidth": draw(st.sampled_from([1e5, 1e6, 2.5e5]))})
+                links.append(
+                    {
+                        "from": tiers[a],
+                        "to": tiers[b],
+                        "latency": draw(st.integers(0, 3)) * 0.001,
+                        "bandwidth": draw(st.sampled_from([1e5, 1e6, 2.5e5])),
+                    }
+                )
     cons: dict = {}
     if draw(st.booleans()):
         names = [b["name"] for b in blocks]
         if draw(st.booleans()):
             cons["pin"] = {draw(st.sampled_from(names)): draw(st.sampled_from(tiers))}
         if draw(st.booleans()):
-            cons["forbid"] = {draw(st.sampled_from(names)): draw(st.lists(st.sampled_from(tiers), max_size=2,
-                                                                            unique=True))}
+            cons["forbid"] = {
+                draw(st.sampled_from(names)): draw(st.lists(st.sampled_from(tiers), max_size=2, unique=True))
+            }
         if draw(st.booleans()):
             cons["use"] = draw(st.lists(st.sampled_from(tiers), max_size=2, unique=True))
         if draw(st.booleans()):
@@ -48,12 +60,20 @@ def problems(draw, with_shares: bool = True):
         if draw(st.booleans()):
             cons["max_time"] = {draw(st.sampled_from(tiers)): draw(st.integers(0, 12)) * 0.001}
         if with_shares and draw(st.booleans()):
-            cons["max_time_share"] = {t: draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75]))
-                                      for t in draw(st.lists(st.sampled_from(tiers), min_size=1, max_size=2,
-                                                             unique=True))}
+            cons["max_time_share"] = {
+                t: draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75]))
+                for t in draw(st.lists(st.sampled_from(tiers), min_size=1, max_size=2, unique=True))
+            }
             cons["max_time_share_of"] = draw(st.sampled_from(["latency", "compute"]))
-    return Problem.from_json({"tiers": tiers, "input_bytes": draw(st.integers(0, 8)) * 1000, "blocks": blocks,
-                              "links": links, "constraints": cons})
+    return Problem.from_json(
+        {
+            "tiers": tiers,
+            "input_bytes": draw(st.integers(0, 8)) * 1000,
+            "blocks": blocks,
+            "links": links,
+            "constraints": cons,
+        }
+    )
 
 
 objectives = st.sampled_from(["latency", "throughput", "bytes"])
@@ -86,7 +106,7 @@ def test_pruned_label_search_and_share_fallback_equal_brute_force(problem, objec
     expected = brute_force(cp, objective, top)
     # the K-best filter forced to give up at once, so the label search answers
     assert share_search(cp, objective, top, k0=1, kmax=1) == expected
-    if len(expected) == top:     # with a bound that `top` feasible plans reach
+    if len(expected) == top:  # with a bound that `top` feasible plans reach
         m = evaluate(cp, expected[-1])
         bound = {"latency": m.latency, "bytes": m.bytes, "throughput": m.bottleneck}[objective]
         assert label_search(cp, objective, top, bound) == expected
@@ -105,7 +125,7 @@ def test_fast_paths_equal_brute_force(problem, objective, top):
 @given(problems(with_shares=False), st.integers(0, 14))
 def test_counting_dp_counts_capped_plans(problem, cap_ms):
     cp = problem.compile()
-    cap = cap_ms * 10**9       # ticks
+    cap = cap_ms * 10**9  # ticks
     expected = 0
     for c in all_cuts(cp.n, cp.T):
         m = evaluate(cp, c)

@@ -8,13 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from splitdnn.planner.scission import (answer, load_hosts, load_network, parse_expected, parse_line, parse_query,
-                                       quirk_cost)
+from splitdnn.planner.scission import (
+    answer,
+    load_hosts,
+    load_network,
+    parse_expected,
+    parse_line,
+    parse_query,
+    quirk_cost,
+)
 
 # ../shared/anchors/scission beside the checkout (where CI puts it), unless SPLITDNN_SCISSION_DATA says otherwise
-ANCHOR = Path(os.environ.get("SPLITDNN_SCISSION_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "scission"))
-pytestmark = pytest.mark.skipif(not (ANCHOR / "expected_outputs.txt").exists(), reason=f"Scission anchor data absent at {ANCHOR} (set SPLITDNN_SCISSION_DATA)")
+ANCHOR = Path(
+    os.environ.get(
+        "SPLITDNN_SCISSION_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "scission"
+    )
+)
+pytestmark = pytest.mark.skipif(
+    not (ANCHOR / "expected_outputs.txt").exists(),
+    reason=f"Scission anchor data absent at {ANCHOR} (set SPLITDNN_SCISSION_DATA)",
+)
 
 RECORDS = parse_expected(ANCHOR / "expected_outputs.txt") if (ANCHOR / "expected_outputs.txt").exists() else []
 # Answers that differ only because of Scission's zero-compute quirk (see test_quirk_explains_the_rest)
@@ -44,7 +57,7 @@ def test_reproduces_scission_exactly(rec, hosts):
     if rec.no_results:
         assert got == []
     else:
-        assert got == rec.lines      # same plans, hosts, layer ranges, latency (4 d.p.) and MB, same order
+        assert got == rec.lines  # same plans, hosts, layer ranges, latency (4 d.p.) and MB, same order
 
 
 @pytest.mark.parametrize("rec", [r for r in RECORDS if r.title in QUIRK], ids=lambda r: r.title)
@@ -54,19 +67,30 @@ def test_quirk_explains_the_rest(rec, hosts):
     those lines removed, Scission's list is an in-order prefix of ours."""
     got, q, net = ours(rec, hosts)
     assert got != rec.lines
-    strip = lambda line: line.split("] ", 1)[1]
+
+    def strip(line):
+        return line.split("] ", 1)[1]
+
     clean = []
     for line in rec.lines:
         if strip(line) in {strip(g) for g in got}:
             clean.append(strip(line))
             continue
         p = parse_line(line)
-        zero = [t for t, (h, r) in p["tiers"].items() if r and h and all(
-            b["exec_time_s"] == 0.0 for b in hosts[t][h][q.model]
-            if r[0] <= b["layer_range"][0] and b["layer_range"][1] <= r[1])]
+        zero = [
+            t
+            for t, (h, r) in p["tiers"].items()
+            if r
+            and h
+            and all(
+                b["exec_time_s"] == 0.0
+                for b in hosts[t][h][q.model]
+                if r[0] <= b["layer_range"][0] and b["layer_range"][1] <= r[1]
+            )
+        ]
         assert zero, f"unexplained line {line}"
         lat, mb = quirk_cost(hosts, net, q.model, p, int(round(q.input_mb * 1e6)))
         assert f"{lat:.4f}" == f"{p['latency']:.4f}" and f"{mb:.4f}" == f"{p['mb']:.4f}"
     mine = [strip(g) for g in got]
     positions = [mine.index(c) for c in clean]
-    assert positions == sorted(positions)        # the non-quirk lines keep Scission's order in ours
+    assert positions == sorted(positions)  # the non-quirk lines keep Scission's order in ours

@@ -20,7 +20,10 @@ def run_saved_slices(out_dir, feed):
         assert (out_dir / entry["path"] / "saved_model.pb").is_file()
         signature = tf.saved_model.load(str(out_dir / entry["path"])).signatures["serving_default"]
         assert sorted(signature.structured_input_signature[1]) == sorted(t["name"] for t in entry["inputs"])
-        feed = {k: v.numpy() for k, v in signature(**{t["name"]: tf.constant(feed[t["name"]]) for t in entry["inputs"]}).items()}
+        feed = {
+            k: v.numpy()
+            for k, v in signature(**{t["name"]: tf.constant(feed[t["name"]]) for t in entry["inputs"]}).items()
+        }
         assert sorted(feed) == sorted(t["name"] for t in entry["outputs"])
     return manifest, feed
 

@@ -1,12 +1,11 @@
 """The CRD's schema and the examples: every example validates; malformed specs are rejected with the field named."""
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
-from splitdnn.spec import SpecError, cross_field_problems, crd, from_resource, load_file
+from splitdnn.spec import SpecError, crd, cross_field_problems, from_resource, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -72,19 +71,22 @@ def mutate(fn):
     return doc
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda s: s["tiers"][0]["netem"].update(delay="2.5"), "spec.tiers.0.netem.delay"),
-    (lambda s: s["tiers"][1]["netem"].update(rate="fast"), "spec.tiers.1.netem.rate"),
-    (lambda s: s["tiers"][0]["netem"].update(loss="5"), "spec.tiers.0.netem.loss"),
-    (lambda s: s["tiers"][0].update(overheadRatio=-1), "spec.tiers.0.overheadRatio"),
-    (lambda s: s["workload"].update(fps=0), "spec.workload.fps"),
-    (lambda s: s["workload"].update(frames=-3), "spec.workload.frames"),
-    (lambda s: s["planner"].update(objective="speed"), "spec.planner.objective"),
-    (lambda s: s["model"].update(uri="/m/x.keras"), "spec.model"),
-    (lambda s: s.update(model={}), "spec.model"),
-    (lambda s: s["tiers"][0].update(name="Device_1"), "spec.tiers.0.name"),
-    (lambda s: s.pop("tiers"), "spec"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda s: s["tiers"][0]["netem"].update(delay="2.5"), "spec.tiers.0.netem.delay"),
+        (lambda s: s["tiers"][1]["netem"].update(rate="fast"), "spec.tiers.1.netem.rate"),
+        (lambda s: s["tiers"][0]["netem"].update(loss="5"), "spec.tiers.0.netem.loss"),
+        (lambda s: s["tiers"][0].update(overheadRatio=-1), "spec.tiers.0.overheadRatio"),
+        (lambda s: s["workload"].update(fps=0), "spec.workload.fps"),
+        (lambda s: s["workload"].update(frames=-3), "spec.workload.frames"),
+        (lambda s: s["planner"].update(objective="speed"), "spec.planner.objective"),
+        (lambda s: s["model"].update(uri="/m/x.keras"), "spec.model"),
+        (lambda s: s.update(model={}), "spec.model"),
+        (lambda s: s["tiers"][0].update(name="Device_1"), "spec.tiers.0.name"),
+        (lambda s: s.pop("tiers"), "spec"),
+    ],
+)
 def test_malformed_specs_are_rejected_naming_the_field(change, field):
     with pytest.raises(SpecError) as err:
         from_resource(mutate(change))

@@ -3,7 +3,9 @@ import pytest
 from splitdnn.units import format_rate, parse_duration, parse_percent, parse_rate
 
 
-@pytest.mark.parametrize("text,seconds", [("2.5ms", 0.0025), ("250ms", 0.25), ("1s", 1.0), ("10us", 1e-5), ("2m", 120.0)])
+@pytest.mark.parametrize(
+    "text,seconds", [("2.5ms", 0.0025), ("250ms", 0.25), ("1s", 1.0), ("10us", 1e-5), ("2m", 120.0)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 

@@ -1,7 +1,8 @@
 """The feedback loop's pure core: what to ask Prometheus, and whether the measurements justify a re-split.
 
 Every `interval` the operator's feedback timer (through `splitdnn.feedback.step`, which the closed-loop test's
-local actuator runs too) reads the SplitInference's measured figures, re-plans with them, and calls `decide`. A re-split happens only when all of these hold:
+local actuator runs too) reads the SplitInference's measured figures, re-plans with them, and calls `decide`.
+A re-split happens only when all of these hold:
 1. the measured frame drop rate exceeds `maxFrameDropRate` (the SLO);
 2. the last change is at least `cooldown` ago (no flapping while the new split warms up);
 3. the new plan differs from the current one and is predicted better, under the same measured figures, by at
@@ -47,8 +48,10 @@ class Measurements:
 
     def to_status(self) -> dict:
         """For `status.measured`: plain JSON, rounded for humans."""
+
         def r(v):
             return None if v is None else round(v, 6)
+
         return {
             "dropRate": r(self.drop_rate),
             "offeredPerSecond": r(self.offered_per_second),
@@ -78,7 +81,7 @@ class Policy:
     interval_seconds: float = 30.0
 
     @classmethod
-    def from_spec(cls, adaptation: dict) -> "Policy":
+    def from_spec(cls, adaptation: dict) -> Policy:
         return cls(
             max_drop_rate=float(adaptation.get("maxFrameDropRate", 0.05)),
             margin=float(adaptation.get("margin", 0.1)),
@@ -93,9 +96,17 @@ class Decision:
     reason: str
 
 
-def decide(policy: Policy, drop_rate: float | None, current_cuts: list[str], current_value: float,
-           candidate_cuts: list[str], candidate_value: float, objective: str = "throughput",
-           now: float = 0.0, last_change: float | None = None) -> Decision:
+def decide(
+    policy: Policy,
+    drop_rate: float | None,
+    current_cuts: list[str],
+    current_value: float,
+    candidate_cuts: list[str],
+    candidate_value: float,
+    objective: str = "throughput",
+    now: float = 0.0,
+    last_change: float | None = None,
+) -> Decision:
     """`*_value` = the plans' objective figure (bottleneck s, latency s or bytes) under the same measured figures."""
     figure = OBJECTIVE_FIGURE[objective]
     if drop_rate is None:

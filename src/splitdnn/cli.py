@@ -4,13 +4,14 @@ happen inside the commands so `splitdnn --help` stays fast."""
 from __future__ import annotations
 
 import json
-import sys
-from typing import Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Split a DNN across device/edge/cloud tiers, deploy it, keep the split good.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Split a DNN across device/edge/cloud tiers, deploy it, keep the split good.",
+)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -25,7 +26,7 @@ MODEL_HELP = "cnn14, keras.applications.<Name> (weights=None), or a path to a .k
 INPUT_SHAPE_HELP = "input shape without batch for keras.applications models, e.g. 224,224,3"
 
 
-def _parse_shape(text: Optional[str]):
+def _parse_shape(text: str | None):
     if not text:
         return None
     try:
@@ -34,7 +35,7 @@ def _parse_shape(text: Optional[str]):
         fail(f"bad --input-shape {text!r}: expected integers separated by commas, like 224,224,3")
 
 
-def _load_graph(model_spec: str, input_shape: Optional[str]):
+def _load_graph(model_spec: str, input_shape: str | None):
     from splitdnn.graph import build_graph
     from splitdnn.models import ModelSourceError, load_model
 
@@ -49,7 +50,7 @@ def _load_graph(model_spec: str, input_shape: Optional[str]):
 def inspect(
     model: str = typer.Argument(..., help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    input_shape: Optional[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
+    input_shape: str | None = typer.Option(None, help=INPUT_SHAPE_HELP),
 ):
     """Show a model's layers (shape, params, FLOPs, bytes) and every cut with the tensors that cross it."""
     _, graph = _load_graph(model, input_shape)
@@ -65,10 +66,21 @@ def inspect(
     cuts = {c.index: c for c in graph.cuts}
     for i, layer in enumerate(graph.layers):
         cut = cuts.get(i)
-        crossing = "" if cut is None else (
-            f"{cut.bytes:,} B" + ("" if cut.single_tensor else f" ({len(cut.tensors)} tensors)"))
-        table.add_row(str(i), layer.name, layer.cls, str(layer.output_shape), f"{layer.params:,}",
-                      f"{layer.flops / 1e6:.2f}", f"{layer.output_bytes:,}", crossing)
+        crossing = (
+            ""
+            if cut is None
+            else (f"{cut.bytes:,} B" + ("" if cut.single_tensor else f" ({len(cut.tensors)} tensors)"))
+        )
+        table.add_row(
+            str(i),
+            layer.name,
+            layer.cls,
+            str(layer.output_shape),
+            f"{layer.params:,}",
+            f"{layer.flops / 1e6:.2f}",
+            f"{layer.output_bytes:,}",
+            crossing,
+        )
     Console().print(table)
 
 
@@ -77,7 +89,7 @@ def slice_(
     model: str = typer.Argument(..., help=MODEL_HELP),
     at: str = typer.Option(..., "--at", help="split points: layer names L1[,L2...], in layer order"),
     out: str = typer.Option(..., "--out", help="output directory (slices.json + one SavedModel per slice)"),
-    input_shape: Optional[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
+    input_shape: str | None = typer.Option(None, help=INPUT_SHAPE_HELP),
     verify: bool = typer.Option(True, help="check the slices' composition equals the model on a random frame"),
 ):
     """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel."""
@@ -99,15 +111,20 @@ def slice_(
             fail(f"slices do not compose to the model: max abs diff {diff:.2e} > 1e-5")
     typer.echo(f"wrote {len(manifest['slices'])} slices to {out}")
 
+
 # --- planner: plan, profile ------------------------------------------------------------------------------------
 
 
-def _print_plans(problem, plans, search_seconds: float, as_json: bool, fps: Optional[float]) -> None:
+def _print_plans(problem, plans, search_seconds: float, as_json: bool, fps: float | None) -> None:
     if as_json:
         out = []
         for p in plans:
-            d = {"assignment": {t: (list(r) if r else None) for t, r in p.assignment.items()},
-                 "latency": p.latency, "bottleneck": p.bottleneck, "bytes": p.bytes}
+            d = {
+                "assignment": {t: (list(r) if r else None) for t, r in p.assignment.items()},
+                "latency": p.latency,
+                "bottleneck": p.bottleneck,
+                "bytes": p.bytes,
+            }
             if fps is not None:
                 d["drop_rate"] = p.drop_rate
             out.append(d)
@@ -115,6 +132,7 @@ def _print_plans(problem, plans, search_seconds: float, as_json: bool, fps: Opti
         return
     from rich.console import Console
     from rich.table import Table
+
     table = Table(title=f"{len(plans)} best plan(s)  (search {search_seconds * 1e3:.2f} ms)")
     table.add_column("#", justify="right")
     table.add_column("latency", justify="right")
@@ -138,31 +156,43 @@ def _print_plans(problem, plans, search_seconds: float, as_json: bool, fps: Opti
 
 @app.command("plan")
 def plan_cmd(
-    model: Optional[str] = typer.Argument(None, help="Model (cnn14, a .keras path, keras.applications.Name); "
-                                                     "with --profile/--estimate instead of --problem."),
-    problem_file: Optional[str] = typer.Option(None, "--problem", help="Problem JSON (tiers, blocks, links, "
-                                                                         "constraints)."),
+    model: str | None = typer.Argument(
+        None,
+        help="Model (cnn14, a .keras path, keras.applications.Name); with --profile/--estimate instead of --problem.",
+    ),
+    problem_file: str | None = typer.Option(
+        None, "--problem", help="Problem JSON (tiers, blocks, links, constraints)."
+    ),
     objective: str = typer.Option("latency", help="latency | throughput | bytes"),
     top: int = typer.Option(1, help="How many distinct plans, best first."),
-    fps: Optional[float] = typer.Option(None, help="Offered frame rate: adds the predicted drop rate."),
+    fps: float | None = typer.Option(None, help="Offered frame rate: adds the predicted drop rate."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG of per-block times/bytes with the cuts."),
+    plot: str | None = typer.Option(None, "--plot", help="Write a PNG of per-block times/bytes with the cuts."),
     strategy: str = typer.Option("dp", help="Planner strategy (entry-point group splitdnn.strategies)."),
-    profile: list[str] = typer.Option([], "--profile", help="Tier profile JSON from `splitdnn profile` "
-                                                            "(repeat, in tier order)."),
-    estimate: list[str] = typer.Option([], "--estimate", help="TIER=SPEED: estimate a tier from FLOPs; SPEED in "
-                                                              "FLOP/s (2e10, 20gflops) or xF (F times a profiled "
-                                                              "tier's time, e.g. cloud=x0.1)."),
-    link: list[str] = typer.Option([], "--link", help="FROM,TO,LATENCY,RATE e.g. device,edge,5ms,4mbit "
-                                                      "(repeat; model mode)."),
-    constraints: Optional[str] = typer.Option(None, "--constraints", help="JSON file with a constraints object "
-                                                                          "(model mode; overrides the problem's)."),
-    multi_tensor: bool = typer.Option(False, "--multi-tensor", help="Blocks between every cut, not only "
-                                                                    "single-tensor cuts (model mode)."),
-    save_problem: Optional[str] = typer.Option(None, "--save-problem", help="Write the assembled problem JSON."),
+    profile: list[str] = typer.Option(
+        [], "--profile", help="Tier profile JSON from `splitdnn profile` (repeat, in tier order)."
+    ),
+    estimate: list[str] = typer.Option(
+        [],
+        "--estimate",
+        help="TIER=SPEED: estimate a tier from FLOPs; SPEED in "
+        "FLOP/s (2e10, 20gflops) or xF (F times a profiled "
+        "tier's time, e.g. cloud=x0.1).",
+    ),
+    link: list[str] = typer.Option(
+        [], "--link", help="FROM,TO,LATENCY,RATE e.g. device,edge,5ms,4mbit (repeat; model mode)."
+    ),
+    constraints: str | None = typer.Option(
+        None, "--constraints", help="JSON file with a constraints object (model mode; overrides the problem's)."
+    ),
+    multi_tensor: bool = typer.Option(
+        False, "--multi-tensor", help="Blocks between every cut, not only single-tensor cuts (model mode)."
+    ),
+    save_problem: str | None = typer.Option(None, "--save-problem", help="Write the assembled problem JSON."),
 ) -> None:
     """Rank split plans for a problem file, or for a model plus per-tier profiles."""
-    from splitdnn.planner import Infeasible, ProblemError, Problem, plan_timed
+    from splitdnn.planner import Infeasible, Problem, ProblemError, plan_timed
+
     try:
         if problem_file and model:
             fail("give either MODEL (with --profile/--estimate) or --problem FILE, not both")
@@ -170,6 +200,7 @@ def plan_cmd(
             problem = Problem.load(problem_file)
         elif model:
             from splitdnn.planner.profile import problem_from_profiles
+
             problem = problem_from_profiles(model, profile, estimate, link, multi_tensor=multi_tensor)
         else:
             fail("nothing to plan: give --problem FILE.json, or MODEL with --profile/--estimate")
@@ -185,7 +216,7 @@ def plan_cmd(
             with open(save_problem, "w") as fh:
                 json.dump(problem.to_json(), fh, indent=1)
         plans, dt = plan_timed(problem, objective=objective, top=top, fps=fps, strategy=strategy)
-    except KeyError as exc:           # unknown strategy: the message is the first argument
+    except KeyError as exc:  # unknown strategy: the message is the first argument
         fail(str(exc.args[0]) if exc.args else str(exc))
     except (ProblemError, ValueError, OSError) as exc:
         fail(str(exc))
@@ -194,8 +225,14 @@ def plan_cmd(
     _print_plans(problem, plans, dt, as_json, fps)
     if plot:
         from splitdnn.planner.plot import plot_plan
-        plot_plan(problem, plans[0], plot, title=f"best plan by {objective}: latency {plans[0].latency * 1e3:.1f} ms,"
-                  f" bottleneck {plans[0].bottleneck * 1e3:.1f} ms, {plans[0].bytes / 1e3:.1f} kB/frame")
+
+        plot_plan(
+            problem,
+            plans[0],
+            plot,
+            title=f"best plan by {objective}: latency {plans[0].latency * 1e3:.1f} ms,"
+            f" bottleneck {plans[0].bottleneck * 1e3:.1f} ms, {plans[0].bytes / 1e3:.1f} kB/frame",
+        )
         if not as_json:
             typer.echo(f"plot written to {plot}")
 
@@ -207,11 +244,13 @@ def profile_cmd(
     out: str = typer.Option(..., "--out", help="Profile JSON to write."),
     warmup: int = typer.Option(3, help="Untimed calls per block before timing."),
     repeats: int = typer.Option(10, help="Timed calls per block (the median is kept)."),
-    multi_tensor: bool = typer.Option(False, "--multi-tensor", help="Blocks between every cut, not only "
-                                                                    "single-tensor cuts."),
+    multi_tensor: bool = typer.Option(
+        False, "--multi-tensor", help="Blocks between every cut, not only single-tensor cuts."
+    ),
 ) -> None:
     """Measure per-block compute time of MODEL on this machine (warm-up, repeats, median)."""
     from splitdnn.planner.profile import profile_model
+
     try:
         doc = profile_model(model, tier, warmup=warmup, repeats=repeats, multi_tensor=multi_tensor)
     except (ValueError, OSError) as exc:
@@ -219,8 +258,10 @@ def profile_cmd(
     with open(out, "w") as fh:
         json.dump(doc, fh, indent=1)
     total = sum(b["time"] for b in doc["blocks"])
-    typer.echo(f"{len(doc['blocks'])} blocks, {total * 1e3:.2f} ms total on {tier} "
-               f"(call overhead {doc['overhead_s'] * 1e3:.3f} ms subtracted) -> {out}")
+    typer.echo(
+        f"{len(doc['blocks'])} blocks, {total * 1e3:.2f} ms total on {tier} "
+        f"(call overhead {doc['overhead_s'] * 1e3:.3f} ms subtracted) -> {out}"
+    )
 
 
 # --- agent: agent, run, netem ----------------------------------------------------------------------------------
@@ -231,34 +272,39 @@ def agent(
     slices: str = typer.Option(..., "--slices", help="directory with slices.json (from `splitdnn slice`)"),
     slice_name: str = typer.Option(..., "--slice", help="which slice this tier runs, e.g. slice0"),
     port: int = typer.Option(8500, help="gRPC port (TF Serving PredictionService)"),
-    next_: Optional[str] = typer.Option(None, "--next", help="HOST:PORT of the next tier; none for the last tier"),
-    metrics_port: Optional[int] = typer.Option(None, help="Prometheus /metrics port"),
+    next_: str | None = typer.Option(None, "--next", help="HOST:PORT of the next tier; none for the last tier"),
+    metrics_port: int | None = typer.Option(None, help="Prometheus /metrics port"),
     si: str = typer.Option("local", help="SplitInference name (metric label)"),
-    tier: Optional[str] = typer.Option(None, help="tier name (metric label); default: the slice name"),
+    tier: str | None = typer.Option(None, help="tier name (metric label); default: the slice name"),
     overhead_ratio: float = typer.Option(0.0, help="after computing t seconds, wait ratio·t more"),
     max_message_bytes: int = typer.Option(4194304, help="larger messages to the next tier are chunked"),
-    delay: Optional[str] = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
-    jitter: Optional[str] = typer.Option(None, help="… jitter, e.g. 10ms"),
-    loss: Optional[str] = typer.Option(None, help="… loss, e.g. 1%"),
-    rate: Optional[str] = typer.Option(None, help="… rate, e.g. 4mbit (bits/s; kbps/mbps are bytes/s)"),
-    netem_report: Optional[str] = typer.Option(
-        None, help="report of `splitdnn netem apply`: emulate only what tc did not apply (no file: emulate all)"),
-    source: Optional[str] = typer.Option(None, help="frame source on the first tier: synthetic or an image DIR"),
+    delay: str | None = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
+    jitter: str | None = typer.Option(None, help="… jitter, e.g. 10ms"),
+    loss: str | None = typer.Option(None, help="… loss, e.g. 1%"),
+    rate: str | None = typer.Option(None, help="… rate, e.g. 4mbit (bits/s; kbps/mbps are bytes/s)"),
+    netem_report: str | None = typer.Option(
+        None, help="report of `splitdnn netem apply`: emulate only what tc did not apply (no file: emulate all)"
+    ),
+    source: str | None = typer.Option(None, help="frame source on the first tier: synthetic or an image DIR"),
     fps: float = typer.Option(5.0, help="source frames per second"),
     frames: int = typer.Option(0, help="source frames (0 = endless)"),
     deadline: str = typer.Option("1s", help="per-frame deadline"),
     max_inflight: int = typer.Option(
-        8, help="frames in the pipeline at once: the source drops more; every tier sizes its gRPC threads for it "
-                "(give all tiers the source's value)"),
+        8,
+        help="frames in the pipeline at once: the source drops more; every tier sizes its gRPC threads for it "
+        "(give all tiers the source's value)",
+    ),
     seed: int = typer.Option(0, help="seed of synthetic frames and of the link emulation"),
     warmup: int = typer.Option(0, help="source: send this many frames one at a time first, not counted"),
     queue_size: int = typer.Option(16, help="frames waiting for this stage before RESOURCE_EXHAUSTED"),
     timeout: str = typer.Option("30s", help="a frame with no result after this long fails"),
     drain_quiet: str = typer.Option(
-        "1s", help="on SIGTERM keep serving until no request has been in progress for this long (the previous "
-                   "tier may still send while its replacement starts)"),
+        "1s",
+        help="on SIGTERM keep serving until no request has been in progress for this long (the previous "
+        "tier may still send while its replacement starts)",
+    ),
     drain_timeout: str = typer.Option("30s", help="… but stop after this long in any case"),
-    summary: Optional[str] = typer.Option(None, help="write the source's outcome counts here (JSON) when done"),
+    summary: str | None = typer.Option(None, help="write the source's outcome counts here (JSON) when done"),
     host: str = typer.Option("0.0.0.0", help="address to listen on"),
     log_level: str = typer.Option("INFO", help="logging level"),
 ):
@@ -275,16 +321,36 @@ def agent(
         report = load_report(netem_report)
         link, tc_applied, _ = emulation_plan({"delay": delay, "jitter": jitter, "loss": loss, "rate": rate}, report)
         config = AgentConfig(
-            slices=slices, slice=slice_name, port=port, next=next_, metrics_port=metrics_port, si=si,
-            tier=tier or slice_name, overhead_ratio=overhead_ratio, max_message_bytes=max_message_bytes, link=link,
-            tc_applied=tc_applied, host=host, queue_size=queue_size, timeout=parse_duration(timeout), seed=seed,
-            source=source, fps=fps, frames=frames, deadline=parse_duration(deadline), max_inflight=max_inflight,
-            warmup=warmup, summary=summary, drain_quiet=parse_duration(drain_quiet),
+            slices=slices,
+            slice=slice_name,
+            port=port,
+            next=next_,
+            metrics_port=metrics_port,
+            si=si,
+            tier=tier or slice_name,
+            overhead_ratio=overhead_ratio,
+            max_message_bytes=max_message_bytes,
+            link=link,
+            tc_applied=tc_applied,
+            host=host,
+            queue_size=queue_size,
+            timeout=parse_duration(timeout),
+            seed=seed,
+            source=source,
+            fps=fps,
+            frames=frames,
+            deadline=parse_duration(deadline),
+            max_inflight=max_inflight,
+            warmup=warmup,
+            summary=summary,
+            drain_quiet=parse_duration(drain_quiet),
             drain_timeout=parse_duration(drain_timeout),
         )
         if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0 or warmup < 0:
-            raise ValueError("--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, --fps > 0, --max-inflight ≥ 1, "
-                             "--frames ≥ 0, --warmup ≥ 0 are required")
+            raise ValueError(
+                "--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, --fps > 0, --max-inflight ≥ 1, "
+                "--frames ≥ 0, --warmup ≥ 0 are required"
+            )
         if source and source != "synthetic":
             from pathlib import Path
 
@@ -302,10 +368,10 @@ def agent(
 @app.command()
 def run(
     file: str = typer.Argument(..., help="a SplitInference YAML file (its first SplitInference is run)"),
-    frames: Optional[int] = typer.Option(None, help="override workload.frames (0 = until Ctrl-C)"),
+    frames: int | None = typer.Option(None, help="override workload.frames (0 = until Ctrl-C)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON summary object on stdout"),
     netns: bool = typer.Option(False, "--netns", help="one network namespace per tier, real tc on veths (root)"),
-    out: Optional[str] = typer.Option(None, help="keep the slices here (default: a temporary directory)"),
+    out: str | None = typer.Option(None, help="keep the slices here (default: a temporary directory)"),
 ):
     """Run a SplitInference on this machine: slice, start one agent per tier, run the workload, summarize."""
     from rich.console import Console
@@ -335,12 +401,12 @@ app.add_typer(netem_app, name="netem")
 @netem_app.command("apply")
 def netem_apply(
     dev: str = typer.Option(..., "--dev", help="network interface, e.g. eth0"),
-    delay: Optional[str] = typer.Option(None, help="e.g. 250ms"),
-    jitter: Optional[str] = typer.Option(None, help="e.g. 10ms (needs --delay)"),
-    loss: Optional[str] = typer.Option(None, help="e.g. 1%"),
-    rate: Optional[str] = typer.Option(None, help="e.g. 4mbit (bits/s); kbps/mbps are bytes/s"),
-    limit: Optional[int] = typer.Option(None, help="netem queue limit in packets"),
-    report: Optional[str] = typer.Option(None, help="write what was applied and what was not here (JSON)"),
+    delay: str | None = typer.Option(None, help="e.g. 250ms"),
+    jitter: str | None = typer.Option(None, help="e.g. 10ms (needs --delay)"),
+    loss: str | None = typer.Option(None, help="e.g. 1%"),
+    rate: str | None = typer.Option(None, help="e.g. 4mbit (bits/s); kbps/mbps are bytes/s"),
+    limit: int | None = typer.Option(None, help="netem queue limit in packets"),
+    report: str | None = typer.Option(None, help="write what was applied and what was not here (JSON)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the tc commands for a kernel with everything"),
 ):
     """Apply delay/jitter/loss/rate/limit with tc; what the kernel cannot do is reported, not fatal."""
@@ -362,8 +428,10 @@ def netem_apply(
     applied = ", ".join(f"{k} {v}" for k, v in result["applied"].items()) or "nothing"
     typer.echo(f"{dev}: applied {applied}" + (f" (kernel: {kernel})" if kernel else ""))
     if result["not_applied"]:
-        typer.echo(f"{dev}: NOT applied (the agent emulates these in-process): "
-                   + ", ".join(f"{k} {v}" for k, v in result["not_applied"].items()))
+        typer.echo(
+            f"{dev}: NOT applied (the agent emulates these in-process): "
+            + ", ".join(f"{k} {v}" for k, v in result["not_applied"].items())
+        )
     for error in result["errors"]:
         typer.echo(f"warning: {error}", err=True)
 
@@ -379,6 +447,7 @@ def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e
         fail(str(exc))
     typer.echo(f"{dev}: {'cleared' if removed else 'nothing to clear'}")
 
+
 # --- operator ----------------------------------------------------------------------------------------------------
 
 
@@ -386,8 +455,9 @@ def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e
 def operator_(
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="watch this namespace (repeatable)"),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="watch every namespace (default)"),
-    liveness: Optional[str] = typer.Option("http://0.0.0.0:8080/healthz", "--liveness",
-                                           help="liveness endpoint URL; empty to disable"),
+    liveness: str | None = typer.Option(
+        "http://0.0.0.0:8080/healthz", "--liveness", help="liveness endpoint URL; empty to disable"
+    ),
     metrics_port: int = typer.Option(0, "--metrics-port", help="serve Prometheus metrics on this port (0: off)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
@@ -396,8 +466,13 @@ def operator_(
 
     if namespace and all_namespaces:
         fail("--namespace and --all-namespaces are exclusive")
-    run(namespaces=namespace, all_namespaces=all_namespaces, liveness=liveness or None, verbose=verbose,
-        metrics_port=metrics_port)
+    run(
+        namespaces=namespace,
+        all_namespaces=all_namespaces,
+        liveness=liveness or None,
+        verbose=verbose,
+        metrics_port=metrics_port,
+    )
 
 
 # --- experiment --------------------------------------------------------------------------------------------------
@@ -413,7 +488,7 @@ def experiment_cho2021(
     fps: float = typer.Option(20.0, help="source frame rate (see docs/experiment.md for the choice)"),
     out: str = typer.Option("out/cho2021", help="results.json, results.md and configN.png go here"),
     repeats: int = typer.Option(1, help="runs per (config, split pair); results report the median, min and max"),
-    pairs: Optional[str] = typer.Option(None, help="subset of the 8 pairs, 1-based in the paper's order: 1,5"),
+    pairs: str | None = typer.Option(None, help="subset of the 8 pairs, 1-based in the paper's order: 1,5"),
     seed: int = typer.Option(0, help="seed of the synthetic frames (repeat r uses seed + r)"),
     slack: float = typer.Option(0.1, help="deadline = the ring's propagation delay + this many seconds"),
     warmup: int = typer.Option(3, help="frames sent one at a time before each run's counted frames"),
@@ -442,13 +517,24 @@ def experiment_cho2021(
     workload = exp.Workload(frames=frames, fps=fps, seed=seed, deadline_slack=slack, warmup=warmup)
     exp.say_stderr(f"cho2021: configs {configs}, {frames} frames at {fps:g} fps, {repeats} repeat(s) → {out}")
     try:
-        result = exp.run_experiment(configs, workload, Path(out), repeats=repeats, pairs=chosen,
-                                    planner=not no_planner, netns=False if loopback else None, say=exp.say_stderr)
+        result = exp.run_experiment(
+            configs,
+            workload,
+            Path(out),
+            repeats=repeats,
+            pairs=chosen,
+            planner=not no_planner,
+            netns=False if loopback else None,
+            say=exp.say_stderr,
+        )
     except RuntimeError as exc:  # LocalRunError and friends: an agent that does not start
         fail(str(exc), 1)
     typer.echo(exp.markdown(result))
-    exp.say_stderr(f"wrote {out}/results.json, {out}/results.md, "
-                   + ", ".join(f"{out}/config{c}.png" for c in configs) + f" ({result['wall_seconds']:.0f} s)")
+    exp.say_stderr(
+        f"wrote {out}/results.json, {out}/results.md, "
+        + ", ".join(f"{out}/config{c}.png" for c in configs)
+        + f" ({result['wall_seconds']:.0f} s)"
+    )
 
 
 def main() -> None:

@@ -27,15 +27,21 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 MODEL = "cnn14"
 TIERS = ("device", "edge", "cloud")
 # the paper's 1-based layer numbers (Table 1) -> our CNN14 layer names
-LAYERS = {1: "conv2d", 3: "max_pooling2d", 8: "batch_normalization_1", 9: "conv2d_4", 10: "max_pooling2d_2",
-          11: "flatten"}
+LAYERS = {
+    1: "conv2d",
+    3: "max_pooling2d",
+    8: "batch_normalization_1",
+    9: "conv2d_4",
+    10: "max_pooling2d_2",
+    11: "flatten",
+}
 # the paper's table order: device side after layer 1 or 3, cloud side after layer 8, 9, 10 or 11
 PAIRS = tuple((d, e) for d in (1, 3) for e in (8, 9, 10, 11))
 # what one gRPC stream message (chunk) costs, sender and receiver together, when not measured (measure_chunk_seconds
@@ -47,16 +53,16 @@ WARMUP_FRAMES = 3  # sent one at a time before each run's counted frames (see do
 @dataclass(frozen=True)
 class Config:
     number: int
-    overhead: tuple          # overheadRatio per tier (the paper's ×10/×5/×1)
-    latency_ms: tuple        # the paper's per-container latency (in and out), per tier
-    max_bytes: int           # the paper's "max throughput": max serialized bytes per message
+    overhead: tuple  # overheadRatio per tier (the paper's ×10/×5/×1)
+    latency_ms: tuple  # the paper's per-container latency (in and out), per tier
+    max_bytes: int  # the paper's "max throughput": max serialized bytes per message
 
     def link_delays_ms(self) -> tuple:
         """Each tier's outgoing-link delay (ms) that reproduces the paper's per-container delays; see module doc."""
         lat = self.latency_ms
         n = len(lat)
         out = [lat[k] + lat[k + 1] for k in range(n - 1)]
-        out.append(lat[-1] + 2 * sum(lat[1:-1]) + lat[0])   # the result: back through every middle container
+        out.append(lat[-1] + 2 * sum(lat[1:-1]) + lat[0])  # the result: back through every middle container
         return tuple(out)
 
     def ring_seconds(self) -> float:
@@ -71,21 +77,39 @@ CONFIGS = {
 
 # Cho 2021, Tables 3-5: split label -> (time for 50 frames in s, frame drop rate)
 PAPER = {
-    1: {"Conv2D - BatchNormalization": (49.7454, 0.18), "Conv2D - Conv2D": (49.7391, 0.14),
-        "Conv2D - MaxPooling2D": (49.7301, 0.34), "Conv2D - Flatten": (49.8100, 0.18),
-        "MaxPooling2D - BatchNormalization": (49.8244, 0.16), "MaxPooling2D - Conv2D": (49.8072, 0.18),
-        "MaxPooling2D - MaxPooling2D": (50.2666, 0.22), "MaxPooling2D - Flatten": (49.5615, 0.20)},
-    2: {"Conv2D - BatchNormalization": (50.7831, 0.68), "Conv2D - Conv2D": (49.5615, 0.78),
-        "Conv2D - MaxPooling2D": (50.2550, 0.62), "Conv2D - Flatten": (50.2487, 0.64),
-        "MaxPooling2D - BatchNormalization": (49.3895, 0.68), "MaxPooling2D - Conv2D": (49.3894, 0.66),
-        "MaxPooling2D - MaxPooling2D": (48.3246, 0.56), "MaxPooling2D - Flatten": (47.8205, 0.60)},
-    3: {"Conv2D - BatchNormalization": (49.8217, 0.28), "Conv2D - Conv2D": (49.7521, 0.22),
-        "Conv2D - MaxPooling2D": (49.7888, 0.08), "Conv2D - Flatten": (49.7549, 0.08),
-        "MaxPooling2D - BatchNormalization": (49.8062, 0.14), "MaxPooling2D - Conv2D": (49.7817, 0.08),
-        "MaxPooling2D - MaxPooling2D": (49.7446, 0.12), "MaxPooling2D - Flatten": (49.7721, 0.10)},
+    1: {
+        "Conv2D - BatchNormalization": (49.7454, 0.18),
+        "Conv2D - Conv2D": (49.7391, 0.14),
+        "Conv2D - MaxPooling2D": (49.7301, 0.34),
+        "Conv2D - Flatten": (49.8100, 0.18),
+        "MaxPooling2D - BatchNormalization": (49.8244, 0.16),
+        "MaxPooling2D - Conv2D": (49.8072, 0.18),
+        "MaxPooling2D - MaxPooling2D": (50.2666, 0.22),
+        "MaxPooling2D - Flatten": (49.5615, 0.20),
+    },
+    2: {
+        "Conv2D - BatchNormalization": (50.7831, 0.68),
+        "Conv2D - Conv2D": (49.5615, 0.78),
+        "Conv2D - MaxPooling2D": (50.2550, 0.62),
+        "Conv2D - Flatten": (50.2487, 0.64),
+        "MaxPooling2D - BatchNormalization": (49.3895, 0.68),
+        "MaxPooling2D - Conv2D": (49.3894, 0.66),
+        "MaxPooling2D - MaxPooling2D": (48.3246, 0.56),
+        "MaxPooling2D - Flatten": (47.8205, 0.60),
+    },
+    3: {
+        "Conv2D - BatchNormalization": (49.8217, 0.28),
+        "Conv2D - Conv2D": (49.7521, 0.22),
+        "Conv2D - MaxPooling2D": (49.7888, 0.08),
+        "Conv2D - Flatten": (49.7549, 0.08),
+        "MaxPooling2D - BatchNormalization": (49.8062, 0.14),
+        "MaxPooling2D - Conv2D": (49.7817, 0.08),
+        "MaxPooling2D - MaxPooling2D": (49.7446, 0.12),
+        "MaxPooling2D - Flatten": (49.7721, 0.10),
+    },
 }
 
-DEADLINE_SLACK = 0.1   # seconds a frame may take beyond the ring's propagation delay (2 frame periods at 20 fps)
+DEADLINE_SLACK = 0.1  # seconds a frame may take beyond the ring's propagation delay (2 frame periods at 20 fps)
 
 
 @dataclass(frozen=True)
@@ -121,7 +145,7 @@ def layer_classes() -> dict:
     return _CLASSES
 
 
-def split_label(device_after: str, edge_after: str, classes: Optional[dict] = None) -> str:
+def split_label(device_after: str, edge_after: str, classes: dict | None = None) -> str:
     classes = classes if classes is not None else layer_classes()
     return f"{classes[device_after]} - {classes[edge_after]}"
 
@@ -132,6 +156,7 @@ def fixed_splits() -> list[tuple[str, str]]:
 
 # ---- the SplitInference of one run ---------------------------------------------------------------------------------
 
+
 def split_inference(config: Config, device_after: str, edge_after: str, workload: Workload) -> dict:
     """The SplitInference resource (a dict, valid against the CRD) for one (config, split) run."""
     from splitdnn.units import format_duration
@@ -139,19 +164,31 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
     delays = config.link_delays_ms()
     tiers = []
     for k, name in enumerate(TIERS):
-        tiers.append({"name": name, "overheadRatio": config.overhead[k], "maxMessageBytes": config.max_bytes,
-                      "netem": {"delay": f"{delays[k]:g}ms"}})
+        tiers.append(
+            {
+                "name": name,
+                "overheadRatio": config.overhead[k],
+                "maxMessageBytes": config.max_bytes,
+                "netem": {"delay": f"{delays[k]:g}ms"},
+            }
+        )
     return {
-        "apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference",
+        "apiVersion": "splitdnn.io/v1alpha1",
+        "kind": "SplitInference",
         "metadata": {"name": f"cho2021-type{config.number}"},
         "spec": {
             "model": {"builtin": MODEL},
             "splitPoints": [device_after, edge_after],
             "tiers": tiers,
-            "workload": {"fps": workload.fps, "frames": workload.frames,
-                         "deadline": format_duration(workload.deadline(config)),
-                         "maxInFlight": workload.max_inflight(config), "source": "synthetic",
-                         "seed": workload.seed, "warmupFrames": workload.warmup},
+            "workload": {
+                "fps": workload.fps,
+                "frames": workload.frames,
+                "deadline": format_duration(workload.deadline(config)),
+                "maxInFlight": workload.max_inflight(config),
+                "source": "synthetic",
+                "seed": workload.seed,
+                "warmupFrames": workload.warmup,
+            },
             "planner": {"mode": "fixed", "objective": "throughput"},
         },
     }
@@ -159,8 +196,8 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
 
 # ---- the planner's split -----------------------------------------------------------------------------------------
 
-def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS,
-                    call_seconds: float = 0.0):
+
+def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS, call_seconds: float = 0.0):
     """Planner problem for one config: per-tier block times = the profile measured on this machine × (1 + overhead
     ratio); links = the config's one-way delays, with chunking as a bandwidth of maxMessageBytes per chunk cost
     (so bytes/bandwidth = chunks × chunk cost); every tier must run at least one block (a slice cannot be empty).
@@ -188,8 +225,9 @@ def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_
     return problem_from_profiles(MODEL, docs, links=links, constraints={"use": list(TIERS)})
 
 
-def planner_split(config: Config, profile: dict, fps: float, call_seconds: float = 0.0,
-                  chunk_seconds: float = CHUNK_SECONDS) -> dict:
+def planner_split(
+    config: Config, profile: dict, fps: float, call_seconds: float = 0.0, chunk_seconds: float = CHUNK_SECONDS
+) -> dict:
     """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
     from splitdnn.planner import evaluate_plan, plan
 
@@ -198,11 +236,24 @@ def planner_split(config: Config, profile: dict, fps: float, call_seconds: float
     device_after, edge_after = best.assignment["device"][1], best.assignment["edge"][1]
     predicted = {}
     for d, e in fixed_splits() + [(device_after, edge_after)]:
-        p = evaluate_plan(problem, {"device": ("conv2d", d), "edge": (_next_block(problem, d), e),
-                                    "cloud": (_next_block(problem, e), problem.blocks[-1].name)}, fps=fps)
+        p = evaluate_plan(
+            problem,
+            {
+                "device": ("conv2d", d),
+                "edge": (_next_block(problem, d), e),
+                "cloud": (_next_block(problem, e), problem.blocks[-1].name),
+            },
+            fps=fps,
+        )
         predicted[f"{d},{e}"] = {"bottleneck_s": p.bottleneck, "latency_s": p.latency, "drop_rate": p.drop_rate}
-    return {"device_after": device_after, "edge_after": edge_after, "bottleneck_s": best.bottleneck,
-            "latency_s": best.latency, "drop_rate": best.drop_rate, "predicted": predicted}
+    return {
+        "device_after": device_after,
+        "edge_after": edge_after,
+        "bottleneck_s": best.bottleneck,
+        "latency_s": best.latency,
+        "drop_rate": best.drop_rate,
+        "predicted": predicted,
+    }
 
 
 def serving_call_seconds(slices: Path, repeats: int = 50) -> float:
@@ -239,8 +290,9 @@ def measure_chunk_seconds(total_bytes: int = 1_000_000, chunks: int = 20, repeat
         yield str(len(b"".join(request_iterator))).encode()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "splitdnn.Bench", {"Join": grpc.stream_stream_rpc_method_handler(join)}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("splitdnn.Bench", {"Join": grpc.stream_stream_rpc_method_handler(join)}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     data = os.urandom(total_bytes)
@@ -268,6 +320,7 @@ def _next_block(problem, name: str) -> str:
 
 
 # ---- running -----------------------------------------------------------------------------------------------------
+
 
 def export_pair(directory: Path, device_after: str, edge_after: str) -> Path:
     """Slice CNN14 at the pair once (SavedModels), reused by every config and repeat."""
@@ -307,8 +360,10 @@ def run_once(resource: dict, slices: Path, netns: bool, say: Callable[[str], Non
                 if time.monotonic() - last > 2.0:
                     s = _scrape_or_empty(agents[0])
                     if s:
-                        done = sum(int(value(s, "splitdnn_frames_total", outcome=o))
-                                   for o in ("completed", "dropped", "late", "failed"))
+                        done = sum(
+                            int(value(s, "splitdnn_frames_total", outcome=o))
+                            for o in ("completed", "dropped", "late", "failed")
+                        )
                         say(f"frames {done}/{frames}")
                     last = time.monotonic()
                 time.sleep(0.2)
@@ -342,8 +397,9 @@ def _new_chain(tiers: int):
     for attempt in range(5):
         n = next(_CHAINS)
         try:
-            return Chain(tiers, octet=10 + (os.getpid() + 7 * n) % 200,
-                         tag=f"{os.getpid() % 1000:03d}{n % 100:02d}").create()
+            return Chain(
+                tiers, octet=10 + (os.getpid() + 7 * n) % 200, tag=f"{os.getpid() % 1000:03d}{n % 100:02d}"
+            ).create()
         except RuntimeError:
             if attempt == 4:
                 raise
@@ -354,22 +410,38 @@ def summarize(samples: Sequence[dict]) -> dict:
     """Median over repeats (time_s, drop_rate) with min/max, and the repeats themselves."""
     times = [s["time_s"] for s in samples]
     drops = [s["drop_rate"] for s in samples]
-    return {"time_s": round(statistics.median(times), 4), "drop_rate": round(statistics.median(drops), 4),
-            "time_s_min": round(min(times), 4), "time_s_max": round(max(times), 4),
-            "drop_rate_min": round(min(drops), 4), "drop_rate_max": round(max(drops), 4), "repeats": list(samples)}
+    return {
+        "time_s": round(statistics.median(times), 4),
+        "drop_rate": round(statistics.median(drops), 4),
+        "time_s_min": round(min(times), 4),
+        "time_s_max": round(max(times), 4),
+        "drop_rate_min": round(min(drops), 4),
+        "drop_rate_max": round(max(drops), 4),
+        "repeats": list(samples),
+    }
 
 
-def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeats: int = 1,
-                   pairs: Optional[Sequence[int]] = None, planner: bool = True, netns: Optional[bool] = None,
-                   say: Callable[[str], None] = lambda m: None) -> dict:
+def run_experiment(
+    configs: Sequence[int],
+    workload: Workload,
+    out: Path,
+    repeats: int = 1,
+    pairs: Sequence[int] | None = None,
+    planner: bool = True,
+    netns: bool | None = None,
+    say: Callable[[str], None] = lambda m: None,
+) -> dict:
     """Run every (config, split pair) `repeats` times, plus the planner's split per config; write the outputs."""
     out.mkdir(parents=True, exist_ok=True)
     if netns is None:
         from splitdnn.agent.netns import available
 
         netns, why = available()
-        say("network namespaces: one per tier, joined by veth pairs" if netns
-            else f"network namespaces unavailable ({why}): running on loopback")
+        say(
+            "network namespaces: one per tier, joined by veth pairs"
+            if netns
+            else f"network namespaces unavailable ({why}): running on loopback"
+        )
     elif not netns:
         say("running on loopback (network namespaces not requested)")
     chosen = [fixed_splits()[i - 1] for i in pairs] if pairs else fixed_splits()
@@ -397,9 +469,11 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
             rec["call_seconds"] = call_seconds
             rec["chunk_seconds"] = chunk_seconds
             plans[c] = rec
-            say(f"config {c}: planner recommends {rec['device_after']} / {rec['edge_after']} "
+            say(
+                f"config {c}: planner recommends {rec['device_after']} / {rec['edge_after']} "
                 f"({split_label(rec['device_after'], rec['edge_after'], classes)}), predicted bottleneck "
-                f"{rec['bottleneck_s'] * 1e3:.1f} ms, drop {rec['drop_rate']:.2f} at {workload.fps:g} fps")
+                f"{rec['bottleneck_s'] * 1e3:.1f} ms, drop {rec['drop_rate']:.2f} at {workload.fps:g} fps"
+            )
             items.append((rec["device_after"], rec["edge_after"], True))
         todo += [(c, d, e, p) for d, e, p in items]
     started = time.monotonic()
@@ -413,25 +487,53 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
             tag = f"[run {n}/{len(todo)} config {c} {label}{' (planner)' if is_plan else ''} repeat {r + 1}/{repeats}]"
             say(f"{tag} starting agents")
             load = os.getloadavg()[0]
-            s = run_once(split_inference(CONFIGS[c], d, e, w), export_pair(slices_dir, d, e), netns,
-                         lambda m: say(f"{tag} {m}"))
+            s = run_once(
+                split_inference(CONFIGS[c], d, e, w),
+                export_pair(slices_dir, d, e),
+                netns,
+                lambda m, tag=tag: say(f"{tag} {m}"),
+            )
             s["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
             samples[(c, d, e, is_plan)].append(s)
-            say(f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f}, load {s['loadavg_1min'][1]:.1f} "
-                f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)")
+            say(
+                f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f}, load {s['loadavg_1min'][1]:.1f} "
+                f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)"
+            )
     for c, d, e, is_plan in todo:
-        runs.append({"config": c, "split": split_label(d, e, classes), "device_after": d, "edge_after": e,
-                     "frames": workload.frames, "fps": workload.fps, **summarize(samples[(c, d, e, is_plan)]),
-                     "planner": is_plan})
+        runs.append(
+            {
+                "config": c,
+                "split": split_label(d, e, classes),
+                "device_after": d,
+                "edge_after": e,
+                "frames": workload.frames,
+                "fps": workload.fps,
+                **summarize(samples[(c, d, e, is_plan)]),
+                "planner": is_plan,
+            }
+        )
     result = {
-        "experiment": "cho2021", "model": MODEL, "link_emulation": "netns" if netns else "loopback",
-        "workload": {"frames": workload.frames, "fps": workload.fps, "seed": workload.seed, "repeats": repeats,
-                     "warmup_frames": workload.warmup,
-                     "deadline_s": {c: workload.deadline(CONFIGS[c]) for c in configs},
-                     "max_inflight": {c: workload.max_inflight(CONFIGS[c]) for c in configs}},
-        "configs": {c: {"overhead": CONFIGS[c].overhead, "latency_ms": CONFIGS[c].latency_ms,
-                        "max_bytes": CONFIGS[c].max_bytes, "link_delays_ms": CONFIGS[c].link_delays_ms()}
-                    for c in configs},
+        "experiment": "cho2021",
+        "model": MODEL,
+        "link_emulation": "netns" if netns else "loopback",
+        "workload": {
+            "frames": workload.frames,
+            "fps": workload.fps,
+            "seed": workload.seed,
+            "repeats": repeats,
+            "warmup_frames": workload.warmup,
+            "deadline_s": {c: workload.deadline(CONFIGS[c]) for c in configs},
+            "max_inflight": {c: workload.max_inflight(CONFIGS[c]) for c in configs},
+        },
+        "configs": {
+            c: {
+                "overhead": CONFIGS[c].overhead,
+                "latency_ms": CONFIGS[c].latency_ms,
+                "max_bytes": CONFIGS[c].max_bytes,
+                "link_delays_ms": CONFIGS[c].link_delays_ms(),
+            }
+            for c in configs
+        },
         "planner": plans,
         "wall_seconds": round(time.monotonic() - started, 1),
         "runs": runs,
@@ -441,6 +543,7 @@ def run_experiment(configs: Sequence[int], workload: Workload, out: Path, repeat
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------------
+
 
 def write_outputs(result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
@@ -464,8 +567,11 @@ def _stages(run: dict) -> str:
     """Median over repeats of each tier's mean stage time (compute + overhead), ms."""
     cells = []
     for tier in TIERS:
-        xs = [rep["stage_seconds_mean"][tier] for rep in run.get("repeats", [])
-              if (rep.get("stage_seconds_mean") or {}).get(tier) is not None]
+        xs = [
+            rep["stage_seconds_mean"][tier]
+            for rep in run.get("repeats", [])
+            if (rep.get("stage_seconds_mean") or {}).get(tier) is not None
+        ]
         cells.append(f"{statistics.median(xs) * 1e3:.1f}" if xs else "—")
     return " / ".join(cells)
 
@@ -476,7 +582,7 @@ def _load(run: dict) -> str:
     return ", ".join(f"{x:.0f}" for x in xs) or "—"
 
 
-def best_fixed(runs: Sequence[dict]) -> Optional[dict]:
+def best_fixed(runs: Sequence[dict]) -> dict | None:
     """The best fixed pair: lowest median drop rate, then lowest median time."""
     fixed = [r for r in runs if not r["planner"]]
     return min(fixed, key=lambda r: (r["drop_rate"], r["time_s"])) if fixed else None
@@ -484,33 +590,46 @@ def best_fixed(runs: Sequence[dict]) -> Optional[dict]:
 
 def markdown(result: dict) -> str:
     w = result["workload"]
-    lines = [f"# Cho 2021 CNN14 experiment — {w['frames']} frames at {w['fps']:g} fps, "
-             f"{w['repeats']} repeat(s), links: {result['link_emulation']}", ""]
+    lines = [
+        f"# Cho 2021 CNN14 experiment — {w['frames']} frames at {w['fps']:g} fps, "
+        f"{w['repeats']} repeat(s), links: {result['link_emulation']}",
+        "",
+    ]
     if w["repeats"] > 1:
         lines += ["Ours: median [min–max] over the repeats.", ""]
     for c in sorted({r["config"] for r in result["runs"]}):
         runs = [r for r in result["runs"] if r["config"] == c]
         cfg = result["configs"][c] if c in result["configs"] else result["configs"][str(c)]
-        lines += [f"## Configuration {c}", "",
-                  f"overhead ×{'/×'.join(f'{x:g}' for x in cfg['overhead'])}, latency "
-                  f"{'/'.join(f'{x:g}' for x in cfg['latency_ms'])} ms (links "
-                  f"{' / '.join(f'{x:g}' for x in cfg['link_delays_ms'])} ms), max message {cfg['max_bytes']:,} B", "",
-                  "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop | stage ms device / edge / cloud | load |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## Configuration {c}",
+            "",
+            f"overhead ×{'/×'.join(f'{x:g}' for x in cfg['overhead'])}, latency "
+            f"{'/'.join(f'{x:g}' for x in cfg['latency_ms'])} ms (links "
+            f"{' / '.join(f'{x:g}' for x in cfg['link_delays_ms'])} ms), max message {cfg['max_bytes']:,} B",
+            "",
+            "| Split point | Time (s) | Frame drop | Paper time (s) | Paper frame drop "
+            "| stage ms device / edge / cloud | load |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         paper = PAPER.get(int(c), {})
         for r in runs:
             name = r["split"] + (f" (planner: {r['device_after']} / {r['edge_after']})" if r["planner"] else "")
             pt, pd = paper.get(r["split"], (None, None)) if not r["planner"] else (None, None)
-            lines.append(f"| {name} | {_spread(r, 'time_s', '.4f')} | {_spread(r, 'drop_rate', '.2f')} | "
-                         f"{'—' if pt is None else f'{pt:.4f}'} | {'—' if pd is None else f'{pd:.2f}'} | "
-                         f"{_stages(r)} | {_load(r)} |")
+            lines.append(
+                f"| {name} | {_spread(r, 'time_s', '.4f')} | {_spread(r, 'drop_rate', '.2f')} | "
+                f"{'—' if pt is None else f'{pt:.4f}'} | {'—' if pd is None else f'{pd:.2f}'} | "
+                f"{_stages(r)} | {_load(r)} |"
+            )
         best = best_fixed(runs)
         plan = next((r for r in runs if r["planner"]), None)
         if best and plan:
             ok = plan["drop_rate"] <= best["drop_rate"]
-            lines += ["", f"Planner: {plan['split']} ({plan['device_after']} / {plan['edge_after']}), drop "
-                          f"{plan['drop_rate']:.2f} vs best fixed pair {best['split']} {best['drop_rate']:.2f}: "
-                          f"{'not worse' if ok else 'WORSE'}."]
+            lines += [
+                "",
+                f"Planner: {plan['split']} ({plan['device_after']} / {plan['edge_after']}), drop "
+                f"{plan['drop_rate']:.2f} vs best fixed pair {best['split']} {best['drop_rate']:.2f}: "
+                f"{'not worse' if ok else 'WORSE'}.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -528,7 +647,7 @@ def plot_config(result: dict, c: int, path: Path) -> Path:
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(runs)), 7), sharex=True)
     for ax, key, title in ((axes[0], "time_s", "time for the frames (s)"), (axes[1], "drop_rate", "frame drop rate")):
         vals = [r[key] for r in runs]
-        lo = [max(0.0, r[key] - r.get(f"{key}_min", r[key])) for r in runs]   # the median is rounded
+        lo = [max(0.0, r[key] - r.get(f"{key}_min", r[key])) for r in runs]  # the median is rounded
         hi = [max(0.0, r.get(f"{key}_max", r[key]) - r[key]) for r in runs]
         colors = ["tab:orange" if r["planner"] else "tab:blue" for r in runs]
         ax.bar(x, vals, color=colors, yerr=[lo, hi], capsize=3, label="ours (median, min–max)")
@@ -537,8 +656,14 @@ def plot_config(result: dict, c: int, path: Path) -> Path:
             ax.set_title("Cho 2021's times (≈ 50 s at ≈ 1 fps) are off this scale: see results.md", fontsize=8)
             px = []
         if px:
-            ax.scatter(px, [paper[runs[i]["split"]][0 if key == "time_s" else 1] for i in px], color="black",
-                       marker="x", zorder=3, label="Cho 2021")
+            ax.scatter(
+                px,
+                [paper[runs[i]["split"]][0 if key == "time_s" else 1] for i in px],
+                color="black",
+                marker="x",
+                zorder=3,
+                label="Cho 2021",
+            )
         ax.set_ylabel(title)
         ax.legend(loc="best", fontsize=8)
     axes[1].set_xticks(x)

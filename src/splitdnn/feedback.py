@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time as _time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from splitdnn.adapt import OBJECTIVE_FIGURE, Decision, Measurements, Policy, decide, read_measurements
 from splitdnn.prom import PrometheusError
@@ -64,20 +63,29 @@ def blocks_of(summary) -> list[dict]:
     first = 0
     while first < len(layers) - 1 and classes[first] == "InputLayer":
         first += 1
-    bounds = [i for i, name in enumerate(layers[:-1])
-              if i >= first and len(summary.cut_tensors.get(name, [None])) == 1 and name in summary.cut_bytes]
+    bounds = [
+        i
+        for i, name in enumerate(layers[:-1])
+        if i >= first and len(summary.cut_tensors.get(name, [None])) == 1 and name in summary.cut_bytes
+    ]
     blocks, start = [], 0
     for last in bounds + [len(layers) - 1]:
         if last < start:
             continue
         out_bytes = summary.cut_bytes.get(layers[last]) if last < len(layers) - 1 else summary.output_bytes
-        blocks.append({"name": layers[last], "layers": [start, last], "out_bytes": int(out_bytes or 0),
-                       "flops": int(sum(summary.flops[start:last + 1]))})
+        blocks.append(
+            {
+                "name": layers[last],
+                "layers": [start, last],
+                "out_bytes": int(out_bytes or 0),
+                "flops": int(sum(summary.flops[start : last + 1])),
+            }
+        )
         start = last + 1
     return blocks
 
 
-def base_problem(si, summary, profiles: Optional[dict] = None, tier_flops: Optional[dict] = None):
+def base_problem(si, summary, profiles: dict | None = None, tier_flops: dict | None = None):
     """The planner problem before measurements: per-block compute from `profiles` ({tier: profile document},
     made on that tier's nodes) or FLOPs estimates (block FLOPs / tier speed × (1 + overheadRatio)), and a link
     per consecutive tier pair from the spec's netem (latency = delay, bandwidth = rate, or fast)."""
@@ -100,11 +108,24 @@ def base_problem(si, summary, profiles: Optional[dict] = None, tier_flops: Optio
     links = []
     for a, b in zip(si.tiers, si.tiers[1:]):
         netem = a.get("netem") or {}
-        links.append({"from": a["name"], "to": b["name"],
-                      "latency": parse_duration(netem["delay"]) if netem.get("delay") else 0.0,
-                      "bandwidth": parse_rate(netem["rate"]) if netem.get("rate") else DEFAULT_LINK_BANDWIDTH})
-    return Problem.from_json({"tiers": si.tier_names, "input_bytes": int(summary.input_bytes), "blocks": data_blocks,
-                              "links": links, "constraints": planner_constraints(si)}, f"SplitInference {si.name}")
+        links.append(
+            {
+                "from": a["name"],
+                "to": b["name"],
+                "latency": parse_duration(netem["delay"]) if netem.get("delay") else 0.0,
+                "bandwidth": parse_rate(netem["rate"]) if netem.get("rate") else DEFAULT_LINK_BANDWIDTH,
+            }
+        )
+    return Problem.from_json(
+        {
+            "tiers": si.tier_names,
+            "input_bytes": int(summary.input_bytes),
+            "blocks": data_blocks,
+            "links": links,
+            "constraints": planner_constraints(si),
+        },
+        f"SplitInference {si.name}",
+    )
 
 
 def cuts_of(problem, points: list[str]) -> tuple:
@@ -126,22 +147,27 @@ def points_of(problem, plan) -> list[str]:
 
 def plan_status(plan, objective: str, source: str) -> dict:
     """A Plan as status JSON (`status.plan.predicted`, resplit figures)."""
-    return {"objective": objective, "latencySeconds": round(plan.latency, 6),
-            "bottleneckSeconds": round(plan.bottleneck, 6), "bytesPerFrame": int(plan.bytes),
-            **({"dropRate": round(plan.drop_rate, 4)} if plan.drop_rate is not None else {}),
-            "computeSeconds": {t: round(v, 6) for t, v in plan.compute.items()}, "source": source}
+    return {
+        "objective": objective,
+        "latencySeconds": round(plan.latency, 6),
+        "bottleneckSeconds": round(plan.bottleneck, 6),
+        "bytesPerFrame": int(plan.bytes),
+        **({"dropRate": round(plan.drop_rate, 4)} if plan.drop_rate is not None else {}),
+        "computeSeconds": {t: round(v, 6) for t, v in plan.compute.items()},
+        "source": source,
+    }
 
 
 @dataclass
 class Step:
     time: float
     current_points: list
-    measurements: Optional[Measurements] = None
-    error: Optional[str] = None            # Prometheus unreachable / refused: no decision, keep the split
-    current_plan: object = None            # planner.Plan of the deployed split under the measured figures
+    measurements: Measurements | None = None
+    error: str | None = None  # Prometheus unreachable / refused: no decision, keep the split
+    current_plan: object = None  # planner.Plan of the deployed split under the measured figures
     best_plan: object = None
     best_points: list = field(default_factory=list)
-    decision: Optional[Decision] = None
+    decision: Decision | None = None
 
     @property
     def resplit(self) -> bool:
@@ -161,9 +187,17 @@ class Step:
         return out
 
 
-def step(si, current_points: list, problem, prometheus, now: Optional[float] = None,
-         last_change: Optional[float] = None, policy: Optional[Policy] = None, window: Optional[str] = None,
-         namespace: Optional[str] = None) -> Step:
+def step(
+    si,
+    current_points: list,
+    problem,
+    prometheus,
+    now: float | None = None,
+    last_change: float | None = None,
+    policy: Policy | None = None,
+    window: str | None = None,
+    namespace: str | None = None,
+) -> Step:
     """One pass of the loop. Never raises for Prometheus trouble: `Step.error` says what went wrong.
     `namespace`: also match the series' `namespace` label (what Kubernetes service discovery adds)."""
     from splitdnn.planner import Infeasible, evaluate_plan, plan, recalibrate
@@ -182,9 +216,13 @@ def step(si, current_points: list, problem, prometheus, now: Optional[float] = N
     fps = float((si.spec.get("workload") or {}).get("fps") or 0) or None
     cuts = cuts_of(problem, current_points)
     known = set(problem.tiers)
-    measured = recalibrate(problem, cuts, {t: v for t, v in m.compute_seconds.items() if t in known},
-                           {t: v for t, v in m.link_rtt_seconds.items() if t in known},
-                           {t: v for t, v in m.link_bandwidth_bytes_per_second.items() if t in known})
+    measured = recalibrate(
+        problem,
+        cuts,
+        {t: v for t, v in m.compute_seconds.items() if t in known},
+        {t: v for t, v in m.link_rtt_seconds.items() if t in known},
+        {t: v for t, v in m.link_bandwidth_bytes_per_second.items() if t in known},
+    )
     s.current_plan = evaluate_plan(measured, cuts, fps)
     try:
         s.best_plan = plan(measured, objective=objective, top=1, fps=fps)[0]
@@ -193,12 +231,26 @@ def step(si, current_points: list, problem, prometheus, now: Optional[float] = N
         s.decision = Decision(False, f"no feasible plan under the measured figures: {exc}")
         return s
     figure = OBJECTIVE_FIGURE[objective]
-    s.decision = decide(policy, m.drop_rate, list(current_points), getattr(s.current_plan, figure),
-                        s.best_points, getattr(s.best_plan, figure), objective, now, last_change)
+    s.decision = decide(
+        policy,
+        m.drop_rate,
+        list(current_points),
+        getattr(s.current_plan, figure),
+        s.best_points,
+        getattr(s.best_plan, figure),
+        objective,
+        now,
+        last_change,
+    )
     return s
 
 
 def resplit_entry(s: Step, objective: str, when: str) -> dict:
     """An entry of `status.resplits`: {time, from, to, reason, figures}."""
-    return {"time": when, "from": list(s.current_points), "to": list(s.best_points), "reason": s.decision.reason,
-            "figures": s.figures(objective)}
+    return {
+        "time": when,
+        "from": list(s.current_points),
+        "to": list(s.best_points),
+        "reason": s.decision.reason,
+        "figures": s.figures(objective),
+    }

@@ -80,11 +80,7 @@ class ModelGraph:
         if index < 0:
             return list(self.inputs)
         needed_after = self._last_use
-        return [
-            name
-            for name, t in self.tensors.items()
-            if t.producer <= index and needed_after[name] > index
-        ]
+        return [name for name, t in self.tensors.items() if t.producer <= index and needed_after[name] > index]
 
     @cached_property
     def _last_use(self) -> dict[str, int]:

@@ -9,8 +9,8 @@ A model *spec* is one string, the same in the CLI and the CRD:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,20 +36,20 @@ def cnn14(seed: int = DEFAULT_SEED):
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1), name="input"),
-            L.Conv2D(32, 3, activation="relu", name="conv2d"),                 # 1  (26,26,32)  320
-            L.Conv2D(64, 3, activation="relu", name="conv2d_1"),               # 2  (24,24,64)  18,496
-            L.MaxPooling2D(2, name="max_pooling2d"),                           # 3  (12,12,64)  0
-            L.BatchNormalization(name="batch_normalization"),                  # 4  (12,12,64)  256
-            L.Conv2D(128, 3, activation="relu", name="conv2d_2"),              # 5  (10,10,128) 73,856
-            L.Conv2D(128, 3, activation="relu", name="conv2d_3"),              # 6  (8,8,128)   147,584
-            L.MaxPooling2D(2, name="max_pooling2d_1"),                         # 7  (4,4,128)   0
-            L.BatchNormalization(name="batch_normalization_1"),                # 8  (4,4,128)   512
-            L.Conv2D(256, 3, activation="relu", name="conv2d_4"),              # 9  (2,2,256)   295,168
-            L.MaxPooling2D(2, name="max_pooling2d_2"),                         # 10 (1,1,256)   0
-            L.Flatten(name="flatten"),                                         # 11 (256,)      0
-            L.BatchNormalization(name="batch_normalization_2"),                # 12 (256,)      1,024
-            L.Dense(512, activation="relu", name="dense"),                     # 13 (512,)      131,584
-            L.Dense(10, activation="softmax", name="dense_1"),                 # 14 (10,)       5,130
+            L.Conv2D(32, 3, activation="relu", name="conv2d"),  # 1  (26,26,32)  320
+            L.Conv2D(64, 3, activation="relu", name="conv2d_1"),  # 2  (24,24,64)  18,496
+            L.MaxPooling2D(2, name="max_pooling2d"),  # 3  (12,12,64)  0
+            L.BatchNormalization(name="batch_normalization"),  # 4  (12,12,64)  256
+            L.Conv2D(128, 3, activation="relu", name="conv2d_2"),  # 5  (10,10,128) 73,856
+            L.Conv2D(128, 3, activation="relu", name="conv2d_3"),  # 6  (8,8,128)   147,584
+            L.MaxPooling2D(2, name="max_pooling2d_1"),  # 7  (4,4,128)   0
+            L.BatchNormalization(name="batch_normalization_1"),  # 8  (4,4,128)   512
+            L.Conv2D(256, 3, activation="relu", name="conv2d_4"),  # 9  (2,2,256)   295,168
+            L.MaxPooling2D(2, name="max_pooling2d_2"),  # 10 (1,1,256)   0
+            L.Flatten(name="flatten"),  # 11 (256,)      0
+            L.BatchNormalization(name="batch_normalization_2"),  # 12 (256,)      1,024
+            L.Dense(512, activation="relu", name="dense"),  # 13 (512,)      131,584
+            L.Dense(10, activation="softmax", name="dense_1"),  # 14 (10,)       5,130
         ],
         name="cnn14",
     )
@@ -66,7 +66,7 @@ def load_model(spec: str, input_shape: Sequence[int] | None = None, seed: int = 
     if spec in BUILTIN_MODELS:
         return cnn14(seed)
     if spec.startswith(APPLICATIONS_PREFIX):
-        name = spec[len(APPLICATIONS_PREFIX):]
+        name = spec[len(APPLICATIONS_PREFIX) :]
         builder = getattr(keras.applications, name, None)
         if builder is None or not callable(builder) or not name[:1].isupper():
             raise ModelSourceError(f"unknown model {spec!r}: keras.applications has no model named {name!r}")

@@ -15,9 +15,9 @@ Layout written by `export_slices(..., out_dir)`:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from splitdnn.graph import ModelGraph
 
@@ -84,13 +84,14 @@ def submodel(model, graph: ModelGraph, first: int, last: int):
 
     kt = _keras_tensors(model, graph)
     wanted_out = [
-        n for n in (graph.outputs if last == len(graph.layers) - 1 else graph.crossing(last))
+        n
+        for n in (graph.outputs if last == len(graph.layers) - 1 else graph.crossing(last))
         if first <= graph.tensors[n].producer <= last
     ]
     if not wanted_out:
         return None, [], []
     used = []
-    for layer in graph.layers[first:last + 1]:
+    for layer in graph.layers[first : last + 1]:
         for n in layer.inputs:
             if graph.tensors[n].producer < first and n not in used:
                 used.append(n)
@@ -128,8 +129,9 @@ def slice_function(model, graph: ModelGraph, spec: SliceSpec) -> Callable[[dict]
     return run
 
 
-def export_slices(model, graph: ModelGraph, cuts: Sequence[int], out_dir: str | Path,
-                  progress: Callable[[str], None] | None = None) -> dict:
+def export_slices(
+    model, graph: ModelGraph, cuts: Sequence[int], out_dir: str | Path, progress: Callable[[str], None] | None = None
+) -> dict:
     """Write every slice as a SavedModel and `slices.json`; returns the manifest."""
     import tensorflow as tf
 
@@ -144,13 +146,15 @@ def export_slices(model, graph: ModelGraph, cuts: Sequence[int], out_dir: str | 
         fn = tf.function(_serving_fn(run, spec.inputs), input_signature=signature)
         path = f"{spec.name}/{VERSION}"
         tf.saved_model.save(module, str(out_dir / path), signatures={"serving_default": fn.get_concrete_function()})
-        manifest["slices"].append({
-            "name": spec.name,
-            "path": path,
-            "layers": [graph.layers[spec.first].name, graph.layers[spec.last].name],
-            "inputs": [_tensor_json(graph, n) for n in spec.inputs],
-            "outputs": [_tensor_json(graph, n) for n in spec.outputs],
-        })
+        manifest["slices"].append(
+            {
+                "name": spec.name,
+                "path": path,
+                "layers": [graph.layers[spec.first].name, graph.layers[spec.last].name],
+                "inputs": [_tensor_json(graph, n) for n in spec.inputs],
+                "outputs": [_tensor_json(graph, n) for n in spec.outputs],
+            }
+        )
         if progress:
             progress(f"{spec.name}: layers {spec.first}..{spec.last} → {out_dir / path}")
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -187,8 +191,9 @@ def verify_slices(model, graph: ModelGraph, directory: str | Path, seed: int = 0
     directory = Path(directory)
     rng = np.random.default_rng(seed)
     feed = {n: rng.random((1, *graph.tensors[n].shape[1:])).astype(graph.tensors[n].dtype) for n in graph.inputs}
-    expected = model([feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]],
-                     training=False)
+    expected = model(
+        [feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]], training=False
+    )
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
     values = dict(feed)
     for entry in load_manifest(directory)["slices"]:

@@ -108,7 +108,8 @@ def from_resource(resource: dict) -> SplitInference:
         raise SpecError("a SplitInference must be a YAML mapping")
     if resource.get("kind") != KIND or resource.get("apiVersion") != f"{GROUP}/{VERSION}":
         raise SpecError(
-            f"expected apiVersion {GROUP}/{VERSION} kind {KIND}, got {resource.get('apiVersion')} {resource.get('kind')}"
+            f"expected apiVersion {GROUP}/{VERSION} kind {KIND}, "
+            f"got {resource.get('apiVersion')} {resource.get('kind')}"
         )
     resource = copy.deepcopy(resource)
     validate_schema(resource)

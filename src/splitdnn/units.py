@@ -15,8 +15,14 @@ PERCENT_PATTERN = r"^[0-9]+(\.[0-9]+)?%$"
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 # tc's conventions: "bit" suffixes are bits per second, "bps" suffixes are BYTES per second.
 _RATE_UNITS = {
-    "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
-    "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9,
+    "bit": 1 / 8,
+    "kbit": 1e3 / 8,
+    "mbit": 1e6 / 8,
+    "gbit": 1e9 / 8,
+    "bps": 1.0,
+    "kbps": 1e3,
+    "mbps": 1e6,
+    "gbps": 1e9,
 }
 
 

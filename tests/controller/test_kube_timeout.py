@@ -69,8 +69,10 @@ def test_calls_time_out_on_a_silent_server(silent_server):
 
     api = with_default_timeout(_client(silent_server), (1.0, 1.0))
     k = Kube(api)
-    for what, fn in (("typed", lambda: client.CoreV1Api(api).list_namespace()),
-                     ("has_pods", lambda: k.has_pods("default", "a=b"))):
+    for what, fn in (
+        ("typed", lambda: client.CoreV1Api(api).list_namespace()),
+        ("has_pods", lambda: k.has_pods("default", "a=b")),
+    ):
         done, exc = _call(fn)
         assert done, f"{what}: still waiting after 20 s"
         assert isinstance(exc, urllib3.exceptions.HTTPError), (what, exc)

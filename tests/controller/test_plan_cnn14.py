@@ -17,7 +17,8 @@ def test_examples_are_valid_and_planned(example, cnn14_graph):
     plan = plan_mod.build_plan(si, summary)
     assert sum(t["layers"] for t in plan["tiers"]) == len(summary.layers)
     assert [l["bytes"] for l in plan["links"]] == [
-        next(c.bytes for c in cnn14_graph.cuts if c.after == p) for p in si.spec["splitPoints"]]
+        next(c.bytes for c in cnn14_graph.cuts if c.after == p) for p in si.spec["splitPoints"]
+    ]
 
 
 def test_unknown_keras_application_is_a_named_problem():
@@ -28,8 +29,9 @@ def test_unknown_keras_application_is_a_named_problem():
 
 
 def _auto(rate=None, points=None):
-    from splitdnn.spec import from_resource
     import yaml
+
+    from splitdnn.spec import from_resource
 
     doc = yaml.safe_load(open("examples/cnn14.yaml"))
     doc["spec"]["planner"]["mode"] = "auto"
@@ -68,8 +70,12 @@ def test_auto_mode_prefers_profiles_where_they_exist():
 
     blocks = feedback.blocks_of(summary)
     # a device profile that makes everything after conv2d very slow there: the planner cuts right after it
-    prof = {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device",
-            "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)]}
+    prof = {
+        "format": "splitdnn.profile/1",
+        "model": "cnn14",
+        "tier": "device",
+        "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)],
+    }
     points, predicted = plan_mod.choose(si, summary, {"device": prof})
     assert points[0] == "conv2d" and predicted["source"] == "profiles"
     # a device 10 s per block past conv2d: any split that keeps one there makes the device the slowest tier, and

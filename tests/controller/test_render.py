@@ -12,9 +12,14 @@ from splitdnn.spec import from_resource, load_file
 
 LAYERS = ("conv2d", "max_pooling2d", "conv2d_1", "flatten", "dense", "dense_1")
 SUMMARY = plan_mod.ModelSummary(
-    model="cnn14", layers=LAYERS, params=(10, 0, 20, 0, 30, 5), flops=(100, 10, 200, 0, 60, 6),
+    model="cnn14",
+    layers=LAYERS,
+    params=(10, 0, 20, 0, 30, 5),
+    flops=(100, 10, 200, 0, 60, 6),
     cut_bytes={"conv2d": 4000, "max_pooling2d": 1000, "conv2d_1": 800, "flatten": 800, "dense": 64},
-    cut_tensors={"conv2d": ["conv2d"], "flatten": ["flatten"]}, input_bytes=3000)
+    cut_tensors={"conv2d": ["conv2d"], "flatten": ["flatten"]},
+    input_bytes=3000,
+)
 
 
 @pytest.fixture
@@ -37,9 +42,14 @@ def test_render_all_names_and_order(si, plan):
     assert plan["splitId"] == split and len(split) == 8
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("ConfigMap", "cnn14-plan"),
-        ("Service", "cnn14-device"), ("Deployment", "cnn14-device"),
-        ("Service", "cnn14-edge"), ("Service", f"cnn14-edge-{split}"), ("Deployment", "cnn14-edge"),
-        ("Service", "cnn14-cloud"), ("Service", f"cnn14-cloud-{split}"), ("Deployment", "cnn14-cloud"),
+        ("Service", "cnn14-device"),
+        ("Deployment", "cnn14-device"),
+        ("Service", "cnn14-edge"),
+        ("Service", f"cnn14-edge-{split}"),
+        ("Deployment", "cnn14-edge"),
+        ("Service", "cnn14-cloud"),
+        ("Service", f"cnn14-cloud-{split}"),
+        ("Deployment", "cnn14-cloud"),
     ]
     assert all(o["metadata"]["namespace"] == "default" for o in objs)
     cm = objs[0]
@@ -64,18 +74,61 @@ def test_deployment_pod_contract(si, plan):
     assert slicer["command"] == ["splitdnn", "slice", "cnn14", "--at", "conv2d,flatten", "--out", "/models"]
     assert {"name": "models", "mountPath": "/models"} in slicer["volumeMounts"]
     assert netem["name"] == "netem"
-    assert netem["command"] == ["splitdnn", "netem", "apply", "--dev", "eth0", "--delay", "5ms",
-                                "--report", "/run/splitdnn/netem.json"]
+    assert netem["command"] == [
+        "splitdnn",
+        "netem",
+        "apply",
+        "--dev",
+        "eth0",
+        "--delay",
+        "5ms",
+        "--report",
+        "/run/splitdnn/netem.json",
+    ]
     assert {"name": "run", "mountPath": "/run/splitdnn"} in netem["volumeMounts"]
     (agent,) = pod["containers"]
     assert agent["name"] == "agent" and agent["image"] == "img:1"
     assert agent["command"] == [
-        "splitdnn", "agent", "--slices", "/models", "--slice", "slice0", "--port", "8500", "--metrics-port", "9100",
-        "--si", "cnn14", "--tier", "device", "--overhead-ratio", "10", "--max-message-bytes", "500000",
-        "--netem-report", "/run/splitdnn/netem.json", "--max-inflight", "8", "--drain-quiet", "2s",
-        "--drain-timeout", "90s", "--next", f"cnn14-edge-{plan['splitId']}:8500",
-        "--source", "synthetic", "--fps", "5", "--frames", "50", "--deadline", "2s",
-        "--warmup", "0", "--delay", "5ms",
+        "splitdnn",
+        "agent",
+        "--slices",
+        "/models",
+        "--slice",
+        "slice0",
+        "--port",
+        "8500",
+        "--metrics-port",
+        "9100",
+        "--si",
+        "cnn14",
+        "--tier",
+        "device",
+        "--overhead-ratio",
+        "10",
+        "--max-message-bytes",
+        "500000",
+        "--netem-report",
+        "/run/splitdnn/netem.json",
+        "--max-inflight",
+        "8",
+        "--drain-quiet",
+        "2s",
+        "--drain-timeout",
+        "90s",
+        "--next",
+        f"cnn14-edge-{plan['splitId']}:8500",
+        "--source",
+        "synthetic",
+        "--fps",
+        "5",
+        "--frames",
+        "50",
+        "--deadline",
+        "2s",
+        "--warmup",
+        "0",
+        "--delay",
+        "5ms",
     ]
     # Ready only while the next tier answers; the pod outlives its agent's drain
     assert agent["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 9100}
@@ -123,21 +176,49 @@ def test_all_netem_fields(si, plan):
     objs = objs_by(render.render_all(si, plan, image="i"))
     pod = objs[("Deployment", "cnn14-edge")]["spec"]["template"]["spec"]
     assert pod["initContainers"][1]["command"] == [
-        "splitdnn", "netem", "apply", "--dev", "eth0", "--delay", "10ms", "--jitter", "1ms", "--loss", "0.5%",
-        "--rate", "4mbit", "--limit", "100", "--report", "/run/splitdnn/netem.json"]
+        "splitdnn",
+        "netem",
+        "apply",
+        "--dev",
+        "eth0",
+        "--delay",
+        "10ms",
+        "--jitter",
+        "1ms",
+        "--loss",
+        "0.5%",
+        "--rate",
+        "4mbit",
+        "--limit",
+        "100",
+        "--report",
+        "/run/splitdnn/netem.json",
+    ]
     agent = pod["containers"][0]["command"]
     assert agent[-8:] == ["--delay", "10ms", "--jitter", "1ms", "--loss", "0.5%", "--rate", "4mbit"]
     assert "--limit" not in agent
 
 
 def test_model_sources():
-    base = {"apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference", "metadata": {"name": "m"},
-            "spec": {"splitPoints": ["a"], "tiers": [{"name": "x"}, {"name": "y"}]}}
+    base = {
+        "apiVersion": "splitdnn.io/v1alpha1",
+        "kind": "SplitInference",
+        "metadata": {"name": "m"},
+        "spec": {"splitPoints": ["a"], "tiers": [{"name": "x"}, {"name": "y"}]},
+    }
     r = copy.deepcopy(base)
     r["spec"]["model"] = {"kerasApplication": "MobileNetV2", "inputShape": [96, 96, 3]}
     assert render.slicer_command(from_resource(r), ["a"]) == [
-        "splitdnn", "slice", "keras.applications.MobileNetV2", "--at", "a", "--out", "/models",
-        "--input-shape", "96,96,3"]
+        "splitdnn",
+        "slice",
+        "keras.applications.MobileNetV2",
+        "--at",
+        "a",
+        "--out",
+        "/models",
+        "--input-shape",
+        "96,96,3",
+    ]
     r = copy.deepcopy(base)
     r["spec"]["model"] = {"uri": "/data/m.keras"}
     assert render.slicer_command(from_resource(r), ["a"])[2] == "/data/m.keras"
@@ -174,8 +255,11 @@ def test_each_split_has_its_own_services_so_generations_never_mix(si, plan):
     assert a != b
     for split, objs in ((a, old), (b, new)):
         svc = objs[("Service", f"cnn14-edge-{split}")]
-        assert svc["spec"]["selector"] == {"splitdnn.io/splitinference": "cnn14", "splitdnn.io/tier": "edge",
-                                           "splitdnn.io/split": split}
+        assert svc["spec"]["selector"] == {
+            "splitdnn.io/splitinference": "cnn14",
+            "splitdnn.io/tier": "edge",
+            "splitdnn.io/split": split,
+        }
         assert svc["metadata"]["labels"]["splitdnn.io/split"] == split
         device = objs[("Deployment", "cnn14-device")]["spec"]["template"]
         assert device["metadata"]["labels"]["splitdnn.io/split"] == split
@@ -214,24 +298,32 @@ def test_agent_image_from_env():
 def test_plan_figures(si, plan):
     assert plan["splitPoints"] == ["conv2d", "flatten"]
     assert [(t["name"], t["firstLayer"], t["lastLayer"], t["layers"]) for t in plan["tiers"]] == [
-        ("device", "conv2d", "conv2d", 1), ("edge", "max_pooling2d", "flatten", 3), ("cloud", "dense", "dense_1", 2)]
+        ("device", "conv2d", "conv2d", 1),
+        ("edge", "max_pooling2d", "flatten", 3),
+        ("cloud", "dense", "dense_1", 2),
+    ]
     assert [l["bytes"] for l in plan["links"]] == [4000, 800]
     assert plan["predicted"]["bytesPerFrame"] == 4800
     assert plan["predicted"]["bottleneckTier"] == "edge"
     assert plan["tiers"][0]["next"] == f"cnn14-edge-{plan['splitId']}" and "next" not in plan["tiers"][2]
 
     def no_nulls(v):
-        return v is not None and all(no_nulls(x) for x in (v.values() if isinstance(v, dict) else
-                                                           v if isinstance(v, list) else []))
+        return v is not None and all(
+            no_nulls(x) for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [])
+        )
+
     assert no_nulls(plan)
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda s: s["spec"].update(splitPoints=["conv2d", "nope"]), "'nope' is not a layer"),
-    (lambda s: s["spec"].update(splitPoints=["conv2d"]), "1 split points for 3 tiers"),
-    (lambda s: s["spec"]["tiers"][1].update(name="device"), "duplicate tier names: device"),
-    (lambda s: s["metadata"].update(name="x" * 60), "longer than 63"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda s: s["spec"].update(splitPoints=["conv2d", "nope"]), "'nope' is not a layer"),
+        (lambda s: s["spec"].update(splitPoints=["conv2d"]), "1 split points for 3 tiers"),
+        (lambda s: s["spec"]["tiers"][1].update(name="device"), "duplicate tier names: device"),
+        (lambda s: s["metadata"].update(name="x" * 60), "longer than 63"),
+    ],
+)
 def test_problems_name_the_problem(mutate, needle):
     import yaml
 
@@ -246,9 +338,17 @@ def test_valid_example_has_no_problems(si):
 
 
 def _dep(gen=1, observed=1, replicas=1, ready=1, updated=1, available=1, total=1):
-    return {"metadata": {"generation": gen}, "spec": {"replicas": replicas},
-            "status": {"observedGeneration": observed, "readyReplicas": ready, "updatedReplicas": updated,
-                       "availableReplicas": available, "replicas": total}}
+    return {
+        "metadata": {"generation": gen},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": observed,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "replicas": total,
+        },
+    }
 
 
 def test_status_phases(si, plan):
@@ -268,8 +368,14 @@ def test_status_phases(si, plan):
     deps["cnn14-edge"] = _dep(gen=2, observed=2, updated=1, total=2)
     s4 = status_mod.running_status(si, plan, deps, s2, 2)
     assert s4["phase"] == "Deploying"
-    assert s4["tiers"][1] == {"name": "edge", "slice": "slice1", "deployment": "cnn14-edge", "ready": False,
-                              "replicas": 1, "readyReplicas": 1}
+    assert s4["tiers"][1] == {
+        "name": "edge",
+        "slice": "slice1",
+        "deployment": "cnn14-edge",
+        "ready": False,
+        "replicas": 1,
+        "readyReplicas": 1,
+    }
 
 
 def test_scaled_down_tier_is_not_ready(si, plan):

@@ -29,10 +29,18 @@ def helm(*args, kubeconfig=None, check=True):
             pytest.fail(f"{HELM} missing: run scripts/build-k8s.sh")
         pytest.skip(f"{HELM} missing: run scripts/build-k8s.sh")
     cmd = [str(HELM), *args] + (["--kubeconfig", kubeconfig] if kubeconfig else [])
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, HELM_CACHE_HOME=str(cp.CACHE / "helm-home" / "cache"),
-                                HELM_CONFIG_HOME=str(cp.CACHE / "helm-home" / "config"),
-                                HELM_DATA_HOME=str(cp.CACHE / "helm-home" / "data")))
+    p = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(
+            os.environ,
+            HELM_CACHE_HOME=str(cp.CACHE / "helm-home" / "cache"),
+            HELM_CONFIG_HOME=str(cp.CACHE / "helm-home" / "config"),
+            HELM_DATA_HOME=str(cp.CACHE / "helm-home" / "data"),
+        ),
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)}: {p.stdout}\n{p.stderr}")
     return p
@@ -86,16 +94,25 @@ def test_render_defaults():
 
 
 def test_render_values():
-    docs = render("watchNamespaces={a,b}", "rbac.create=true", "serviceAccount.create=false",
-                  "serviceAccount.name=op", "crds.install=false", "image.repository=r/op", "image.tag=9",
-                  "nodeSelector.kubernetes\\.io/arch=arm64", "tolerations[0].operator=Exists",
-                  "metrics.serviceMonitor.enabled=true")
+    docs = render(
+        "watchNamespaces={a,b}",
+        "rbac.create=true",
+        "serviceAccount.create=false",
+        "serviceAccount.name=op",
+        "crds.install=false",
+        "image.repository=r/op",
+        "image.tag=9",
+        "nodeSelector.kubernetes\\.io/arch=arm64",
+        "tolerations[0].operator=Exists",
+        "metrics.serviceMonitor.enabled=true",
+    )
     kinds = [(d["kind"], d["metadata"].get("namespace")) for d in docs]
     assert ("Role", "a") in kinds and ("Role", "b") in kinds and ("RoleBinding", "b") in kinds
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
     assert [d["metadata"]["name"] for d in cluster_roles] == ["splitdnn-crds"]  # read-only CRD discovery only
-    assert cluster_roles[0]["rules"] == [{"apiGroups": ["apiextensions.k8s.io"],
-                                          "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]}]
+    assert cluster_roles[0]["rules"] == [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]}
+    ]
     assert not any(k in ("ServiceAccount", "CustomResourceDefinition", "ServiceMonitor") for k, _ in kinds)
     dep = next(d for d in docs if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
@@ -113,15 +130,24 @@ def sa_kubeconfig(admin_kc: str, namespace: str, sa: str, path: Path) -> str:
     ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
     cluster = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])["cluster"]
     if "certificate-authority" in cluster and "certificate-authority-data" not in cluster:
-        cluster = {"server": cluster["server"],
-                   "certificate-authority-data": base64.b64encode(
-                       Path(cluster["certificate-authority"]).read_bytes()).decode()}
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": sa, "namespace": namespace}}],
-    }))
+        cluster = {
+            "server": cluster["server"],
+            "certificate-authority-data": base64.b64encode(
+                Path(cluster["certificate-authority"]).read_bytes()
+            ).decode(),
+        }
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": sa, "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": sa, "namespace": namespace}}],
+            }
+        )
+    )
     return str(path)
 
 
@@ -131,10 +157,28 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
     # A CRD applied earlier in the session (tests/controlplane/test_operator.py) is adopted by the release.
     if kubectl(kc, "get", "crd", "splitinferences.splitdnn.io", check=False).returncode == 0:
         kubectl(kc, "label", "--overwrite", "crd", "splitinferences.splitdnn.io", "app.kubernetes.io/managed-by=Helm")
-        kubectl(kc, "annotate", "--overwrite", "crd", "splitinferences.splitdnn.io",
-                f"meta.helm.sh/release-name={RELEASE}", f"meta.helm.sh/release-namespace={RELEASE_NS}")
-    helm("upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace", "--wait",
-         "--timeout", "3m", kubeconfig=kc)
+        kubectl(
+            kc,
+            "annotate",
+            "--overwrite",
+            "crd",
+            "splitinferences.splitdnn.io",
+            f"meta.helm.sh/release-name={RELEASE}",
+            f"meta.helm.sh/release-namespace={RELEASE_NS}",
+        )
+    helm(
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "3m",
+        kubeconfig=kc,
+    )
     try:
         kubectl(kc, "wait", "--for", "condition=Established", "crd/splitinferences.splitdnn.io", "--timeout", "60s")
         dep = json.loads(kubectl(kc, "get", "deployment", "splitdnn", "-n", RELEASE_NS, "-o", "json").stdout)
@@ -160,15 +204,46 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
                 return p.stdout
 
             wait_for(lambda: phase("cnn14") == "Running", timeout=180, interval=1, what="Running as the SA")
-            kubectl(kc, "patch", "si", "cnn14", "-n", ns, "--type", "merge",
-                    "-p", json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}))
-            wait_for(lambda: kubectl(kc, "get", "deployment", "cnn14-edge", "-n", ns, "-o",
-                                     "jsonpath={.spec.template.spec.initContainers[0].command[4]}").stdout
-                     == "max_pooling2d,dense", timeout=60, what="edited split points applied")
+            kubectl(
+                kc,
+                "patch",
+                "si",
+                "cnn14",
+                "-n",
+                ns,
+                "--type",
+                "merge",
+                "-p",
+                json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}),
+            )
+            wait_for(
+                lambda: (
+                    kubectl(
+                        kc,
+                        "get",
+                        "deployment",
+                        "cnn14-edge",
+                        "-n",
+                        ns,
+                        "-o",
+                        "jsonpath={.spec.template.spec.initContainers[0].command[4]}",
+                    ).stdout
+                    == "max_pooling2d,dense"
+                ),
+                timeout=60,
+                what="edited split points applied",
+            )
             wait_for(lambda: phase("cnn14") == "Running", timeout=120, interval=1, what="Running after the edit")
             kubectl(kc, "delete", "deployment", "cnn14-cloud", "-n", ns, "--wait=false")
-            wait_for(lambda: kubectl(kc, "get", "deployment", "cnn14-cloud", "-n", ns, check=False).returncode == 0
-                     and phase("cnn14") == "Running", timeout=90, interval=1, what="drift repaired as the SA")
+            wait_for(
+                lambda: (
+                    kubectl(kc, "get", "deployment", "cnn14-cloud", "-n", ns, check=False).returncode == 0
+                    and phase("cnn14") == "Running"
+                ),
+                timeout=90,
+                interval=1,
+                what="drift repaired as the SA",
+            )
             bad = yaml.safe_load((ROOT / "examples" / "cnn14.yaml").read_text())
             bad["metadata"]["name"] = "bad"
             bad["spec"]["splitPoints"] = ["conv2d", "nope"]
@@ -177,21 +252,48 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
             events = kubectl(kc, "get", "events", "-n", ns, "-o", "json").stdout
             assert "InvalidSpec" in events and "Deployed" in events
             # (a bare "403" also matches log timestamps like 23:47:49,403: that failed CI once)
-            forbidden = [line for line in op.log().splitlines()
-                         if "Forbidden" in line or re.search(r"(?<![,.\d])403(?!\d)", line)]
+            forbidden = [
+                line
+                for line in op.log().splitlines()
+                if "Forbidden" in line or re.search(r"(?<![,.\d])403(?!\d)", line)
+            ]
             assert not forbidden, "\n".join(forbidden[:20])
             kubectl(kc, "delete", "si", "cnn14", "bad", "-n", ns, "--wait=false")
-            wait_for(lambda: kubectl(kc, "get", "deployments", "-n", ns, "-o", "name").stdout.strip() == "",
-                     timeout=90, what="children garbage-collected")
+            wait_for(
+                lambda: kubectl(kc, "get", "deployments", "-n", ns, "-o", "name").stdout.strip() == "",
+                timeout=90,
+                what="children garbage-collected",
+            )
         finally:
             op.stop()
             print(op.log()[-5000:])
             kubectl(kc, "delete", "namespace", ns, "--wait=false", check=False)
         # upgrade: the CRD is a template, so it is re-applied with the release (and still kept)
-        helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--set", "resyncSeconds=5", "--wait",
-             "--timeout", "3m", kubeconfig=kc)
-        env = json.loads(kubectl(kc, "get", "deployment", "splitdnn", "-n", RELEASE_NS, "-o",
-                                 "jsonpath={.spec.template.spec.containers[0].env}").stdout)
+        helm(
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            "-n",
+            RELEASE_NS,
+            "--set",
+            "resyncSeconds=5",
+            "--wait",
+            "--timeout",
+            "3m",
+            kubeconfig=kc,
+        )
+        env = json.loads(
+            kubectl(
+                kc,
+                "get",
+                "deployment",
+                "splitdnn",
+                "-n",
+                RELEASE_NS,
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].env}",
+            ).stdout
+        )
         assert {"name": "SPLITDNN_RESYNC_SECONDS", "value": "5"} in env
         crd = json.loads(kubectl(kc, "get", "crd", "splitinferences.splitdnn.io", "-o", "json").stdout)
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE

@@ -38,8 +38,11 @@ def ns(crd, kube_api):
     core = client.CoreV1Api(kube_api)
     name = f"op-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items),
-             timeout=30, what="default ServiceAccount")
+    wait_for(
+        lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items),
+        timeout=30,
+        what="default ServiceAccount",
+    )
     yield name
     core.delete_namespace(name)
 
@@ -60,8 +63,9 @@ def get_si(kc, ns, name):
 def children(kc, ns, name):
     out = {}
     for kind in ("deployments", "services", "configmaps"):
-        items = json.loads(kubectl(kc, "get", kind, "-n", ns, "-l", f"splitdnn.io/splitinference={name}",
-                                   "-o", "json").stdout)["items"]
+        items = json.loads(
+            kubectl(kc, "get", kind, "-n", ns, "-l", f"splitdnn.io/splitinference={name}", "-o", "json").stdout
+        )["items"]
         out[kind] = {i["metadata"]["name"]: i for i in items}
     return out
 
@@ -76,18 +80,31 @@ def wait_phase(kc, ns, name, phase, operator, timeout=TIMEOUT, generation=None):
         if generation is not None and st.get("observedGeneration") != generation:
             return None
         return si
+
     try:
         return wait_for(check, timeout=timeout, interval=1, what=f"{name} phase {phase}")
     except AssertionError:
         si = get_si(kc, ns, name)
-        raise AssertionError(f"{name} never reached {phase}: status={json.dumps((si or {}).get('status'))[:2000]}"
-                             f"\noperator log:\n{operator.log()[-4000:]}")
+        raise AssertionError(
+            f"{name} never reached {phase}: status={json.dumps((si or {}).get('status'))[:2000]}"
+            f"\noperator log:\n{operator.log()[-4000:]}"
+        ) from None
 
 
 def events_for(kc, ns, name):
-    items = json.loads(kubectl(kc, "get", "events", "-n", ns, "-o", "json",
-                               "--field-selector", f"involvedObject.name={name},involvedObject.kind=SplitInference"
-                               ).stdout)["items"]
+    items = json.loads(
+        kubectl(
+            kc,
+            "get",
+            "events",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "--field-selector",
+            f"involvedObject.name={name},involvedObject.kind=SplitInference",
+        ).stdout
+    )["items"]
     return [(e.get("reason"), e.get("message", "")) for e in items]
 
 
@@ -125,10 +142,10 @@ def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlpl
         for obj in kind.values():
             (ref,) = obj["metadata"]["ownerReferences"]
             assert ref["uid"] == uid and ref["controller"] is True and ref["kind"] == "SplitInference"
-    pods = json.loads(kubectl(kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference=cnn14",
-                              "-o", "json").stdout)["items"]
-    placed = {p["metadata"]["labels"]["splitdnn.io/tier"]: (p["spec"]["nodeName"], p["status"]["phase"])
-              for p in pods}
+    pods = json.loads(
+        kubectl(kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference=cnn14", "-o", "json").stdout
+    )["items"]
+    placed = {p["metadata"]["labels"]["splitdnn.io/tier"]: (p["spec"]["nodeName"], p["status"]["phase"]) for p in pods}
     assert placed == {t: (controlplane["nodes"][t], "Running") for t in TIERS}
 
     reasons = [r for r, _ in events_for(kc, ns, "cnn14")]
@@ -148,13 +165,20 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
     kc = crd
     before = children(kc, ns, "cnn14")["deployments"]
     apps = client.AppsV1Api(kube_api)
-    rv = apps.list_namespaced_deployment(ns, label_selector="splitdnn.io/splitinference=cnn14").metadata.resource_version
+    rv = apps.list_namespaced_deployment(
+        ns, label_selector="splitdnn.io/splitinference=cnn14"
+    ).metadata.resource_version
     seen, w = [], watch.Watch()
 
     def record():  # every status the Deployments go through during the rollout
         try:
-            for ev in w.stream(apps.list_namespaced_deployment, ns, label_selector="splitdnn.io/splitinference=cnn14",
-                               resource_version=rv, timeout_seconds=120):
+            for ev in w.stream(
+                apps.list_namespaced_deployment,
+                ns,
+                label_selector="splitdnn.io/splitinference=cnn14",
+                resource_version=rv,
+                timeout_seconds=120,
+            ):
                 d = ev["object"]
                 seen.append((d.metadata.name, d.metadata.generation, d.status.available_replicas or 0))
         except Exception:  # noqa: BLE001 - the stream is cut by w.stop() once the rollout is done
@@ -162,8 +186,18 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
 
     t = threading.Thread(target=record, daemon=True)
     t.start()
-    kubectl(kc, "patch", "si", "cnn14", "-n", ns, "--type", "merge",
-            "-p", json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}))
+    kubectl(
+        kc,
+        "patch",
+        "si",
+        "cnn14",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}),
+    )
     gen = get_si(kc, ns, "cnn14")["metadata"]["generation"]
     si = wait_phase(kc, ns, "cnn14", "Running", operator, generation=gen)
     w.stop()
@@ -187,8 +221,12 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
     new_split = si["status"]["plan"]["splitId"]
     assert new_split != old_split
     want = {f"cnn14-{t}" for t in TIERS} | {f"cnn14-{t}-{new_split}" for t in TIERS[1:]}
-    wait_for(lambda: set(children(kc, ns, "cnn14")["services"]) == want, timeout=TIMEOUT, interval=1,
-             what=f"services {sorted(want)}")
+    wait_for(
+        lambda: set(children(kc, ns, "cnn14")["services"]) == want,
+        timeout=TIMEOUT,
+        interval=1,
+        what=f"services {sorted(want)}",
+    )
     assert any(r == "SplitRetired" and old_split in m for r, m in events_for(kc, ns, "cnn14"))
 
 
@@ -207,18 +245,24 @@ def test_deleted_child_comes_back(crd, ns, operator):
     wait_phase(kc, ns, "cnn14", "Running", operator)
     # an edited child is put back too (server-side apply owns the fields the operator renders)
     kubectl(kc, "scale", "deployment", "cnn14-device", "-n", ns, "--replicas", "0")
-    wait_for(lambda: children(kc, ns, "cnn14")["deployments"]["cnn14-device"]["spec"]["replicas"] == 1,
-             timeout=60, what="replicas restored")
+    wait_for(
+        lambda: children(kc, ns, "cnn14")["deployments"]["cnn14-device"]["spec"]["replicas"] == 1,
+        timeout=60,
+        what="replicas restored",
+    )
     wait_phase(kc, ns, "cnn14", "Running", operator)
     assert any(r == "DriftRepaired" for r, _ in events_for(kc, ns, "cnn14"))
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda r: r["spec"]["tiers"][0].update(name="Device"), "spec.tiers[0].name"),
-    (lambda r: r["spec"].update(model={"builtin": "vgg"}), "spec.model.builtin"),
-    (lambda r: r["spec"]["tiers"][0].update(netem={"delay": "5 parsecs"}), "spec.tiers[0].netem.delay"),
-    (lambda r: r["spec"].pop("tiers"), "spec.tiers"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda r: r["spec"]["tiers"][0].update(name="Device"), "spec.tiers[0].name"),
+        (lambda r: r["spec"].update(model={"builtin": "vgg"}), "spec.model.builtin"),
+        (lambda r: r["spec"]["tiers"][0].update(netem={"delay": "5 parsecs"}), "spec.tiers[0].netem.delay"),
+        (lambda r: r["spec"].pop("tiers"), "spec.tiers"),
+    ],
+)
 def test_schema_rejects_malformed_specs_at_the_api(crd, ns, mutate, needle):
     r = example("bad-schema")
     mutate(r)
@@ -228,13 +272,19 @@ def test_schema_rejects_malformed_specs_at_the_api(crd, ns, mutate, needle):
     assert needle in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("name, mutate, needle", [
-    ("bad-layer", lambda r: r["spec"].update(splitPoints=["conv2d", "no_such_layer"]),
-     "split point 'no_such_layer' is not a layer"),
-    ("bad-count", lambda r: r["spec"].update(splitPoints=["conv2d"]), "1 split points for 3 tiers"),
-    ("bad-dup", lambda r: r["spec"]["tiers"][2].update(name="edge"), "duplicate tier names: edge"),
-    ("bad-model", lambda r: r["spec"].update(model={"kerasApplication": "NoSuchNet"}), "unknown model"),
-])
+@pytest.mark.parametrize(
+    "name, mutate, needle",
+    [
+        (
+            "bad-layer",
+            lambda r: r["spec"].update(splitPoints=["conv2d", "no_such_layer"]),
+            "split point 'no_such_layer' is not a layer",
+        ),
+        ("bad-count", lambda r: r["spec"].update(splitPoints=["conv2d"]), "1 split points for 3 tiers"),
+        ("bad-dup", lambda r: r["spec"]["tiers"][2].update(name="edge"), "duplicate tier names: edge"),
+        ("bad-model", lambda r: r["spec"].update(model={"kerasApplication": "NoSuchNet"}), "unknown model"),
+    ],
+)
 def test_cross_field_problems_fail_with_a_named_condition(crd, ns, operator, name, mutate, needle):
     kc = crd
     r = example(name)
@@ -280,8 +330,9 @@ def test_operator_killed_mid_reconcile_makes_no_duplicates(crd, ns, operator):
     for kind, objs in partial.items():  # what existed before the crash was kept, not replaced
         for n, o in objs.items():
             assert kids[kind][n]["metadata"]["uid"] == o["metadata"]["uid"]
-    pods = json.loads(kubectl(kc, "get", "pods", "-n", ns, "-l", f"splitdnn.io/splitinference={name}",
-                              "-o", "json").stdout)["items"]
+    pods = json.loads(
+        kubectl(kc, "get", "pods", "-n", ns, "-l", f"splitdnn.io/splitinference={name}", "-o", "json").stdout
+    )["items"]
     assert len([p for p in pods if not p["metadata"].get("deletionTimestamp")]) == 3
 
 
@@ -289,15 +340,22 @@ def test_delete_garbage_collects_children(crd, ns, operator):
     kc = crd
     for name in ("cnn14", "crashy"):
         kubectl(kc, "delete", "si", name, "-n", ns, "--wait=false")
-    wait_for(lambda: not any(any(children(kc, ns, n).values()) for n in ("cnn14", "crashy")),
-             timeout=90, what="children garbage-collected")
-    left = json.loads(kubectl(kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference in (cnn14,crashy)",
-                              "-o", "json").stdout)["items"]
+    wait_for(
+        lambda: not any(any(children(kc, ns, n).values()) for n in ("cnn14", "crashy")),
+        timeout=90,
+        what="children garbage-collected",
+    )
+    left = json.loads(
+        kubectl(kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference in (cnn14,crashy)", "-o", "json").stdout
+    )["items"]
     deadline = time.monotonic() + 60
     while left and time.monotonic() < deadline:
         time.sleep(1)
-        left = json.loads(kubectl(kc, "get", "pods", "-n", ns, "-l",
-                                  "splitdnn.io/splitinference in (cnn14,crashy)", "-o", "json").stdout)["items"]
+        left = json.loads(
+            kubectl(
+                kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference in (cnn14,crashy)", "-o", "json"
+            ).stdout
+        )["items"]
     assert left == []
 
 
@@ -311,8 +369,11 @@ def test_status_follows_child_deployments_without_the_timer(crd, kube_api, tmp_p
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     op = OperatorProcess(kc, ns, tmp_path / "operator.log", resync=600).start()
     try:
-        wait_for(lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items),
-                 timeout=30, what="default ServiceAccount")
+        wait_for(
+            lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items),
+            timeout=30,
+            what="default ServiceAccount",
+        )
         apply(kc, ns, example("ev"))
         wait_phase(kc, ns, "ev", "Running", op, timeout=120)
         kubectl(kc, "scale", "deployment", "ev-edge", "-n", ns, "--replicas", "0")  # someone breaks a tier

@@ -16,10 +16,9 @@ import json
 import time
 
 import pytest
+from test_operator import apply, children, crd, events_for, example, get_si, ns, wait_phase  # noqa: F401  # noqa: F401  (fixtures)
 
 from harness.fixtures import OperatorProcess, kubectl, wait_for
-from test_operator import apply, events_for, example, get_si, wait_phase, children  # noqa: F401
-from test_operator import crd, ns  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.closed_loop]
 
@@ -49,8 +48,14 @@ def exporter():
 def spec(url: str) -> dict:
     r = example("loop", START)
     r["spec"]["workload"]["fps"] = 4
-    r["spec"]["adaptation"] = {"enabled": True, "prometheusUrl": url, "interval": "2s", "maxFrameDropRate": 0.1,
-                               "cooldown": "30s", "margin": 0.2}
+    r["spec"]["adaptation"] = {
+        "enabled": True,
+        "prometheusUrl": url,
+        "interval": "2s",
+        "maxFrameDropRate": 0.1,
+        "cooldown": "30s",
+        "margin": 0.2,
+    }
     return r
 
 
@@ -60,8 +65,9 @@ def condition(si, ctype):
 
 @pytest.fixture(scope="module")
 def op(crd, ns, tmp_path_factory):  # noqa: F811
-    proc = OperatorProcess(crd, ns, tmp_path_factory.mktemp("operator") / "operator.log",
-                           extra_env={"SPLITDNN_ADAPT_TICK_SECONDS": "1"}).start()
+    proc = OperatorProcess(
+        crd, ns, tmp_path_factory.mktemp("operator") / "operator.log", extra_env={"SPLITDNN_ADAPT_TICK_SECONDS": "1"}
+    ).start()
     yield proc
     proc.stop()
     print(proc.log()[-4000:])
@@ -81,10 +87,14 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # n
     assert pred["source"] == "FLOPs estimates" and pred["objective"] == "throughput"
     assert pred["latencySeconds"] > 0 and pred["bottleneckSeconds"] > 0 and "dropRate" in pred and pred["bottleneckAt"]
     deps = children(kc, ns, "auto")["deployments"]
-    assert all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
-               for d in deps.values())
+    assert all(
+        d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
+        for d in deps.values()
+    )
     # a profiling Job per tier on that tier's nodes
-    jobs = {j["metadata"]["name"]: j for j in json.loads(kubectl(kc, "get", "jobs", "-n", ns, "-o", "json").stdout)["items"]}
+    jobs = {
+        j["metadata"]["name"]: j for j in json.loads(kubectl(kc, "get", "jobs", "-n", ns, "-o", "json").stdout)["items"]
+    }
     for t in ("device", "edge", "cloud"):
         pod = jobs[f"auto-profile-{t}"]["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"splitdnn.io/tier": t}
@@ -97,25 +107,48 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # n
     blocks = feedback.blocks_of(model_summary("cnn14"))
 
     def profile(tier, slow_after_first):
-        return json.dumps({"format": "splitdnn.profile/1", "model": "cnn14", "tier": tier,
-                           "blocks": [{"name": b["name"], "time": 10.0 if slow_after_first and k else 1e-4}
-                                      for k, b in enumerate(blocks)]})
+        return json.dumps(
+            {
+                "format": "splitdnn.profile/1",
+                "model": "cnn14",
+                "tier": tier,
+                "blocks": [
+                    {"name": b["name"], "time": 10.0 if slow_after_first and k else 1e-4} for k, b in enumerate(blocks)
+                ],
+            }
+        )
 
     # kwok completes Job pods without running them: each Job succeeds and prints nothing. The tiers stay on the
     # estimates, status.profiling says why, and each says it in one Event (not one per reconcile)
-    si = wait_for(lambda: (s := get_si(kc, ns, "auto")) and len([v for v in (s["status"].get("profiling") or {}).values()
-                                                                 if "printed no profile" in v]) == 3 and s,
-                  timeout=120, what="status.profiling: the three Jobs printed no profile")
+    si = wait_for(
+        lambda: (
+            (s := get_si(kc, ns, "auto"))
+            and len([v for v in (s["status"].get("profiling") or {}).values() if "printed no profile" in v]) == 3
+            and s
+        ),
+        timeout=120,
+        what="status.profiling: the three Jobs printed no profile",
+    )
     assert si["status"]["plan"]["predicted"]["source"] == "FLOPs estimates"
     time.sleep(op.resync)
     failed = [m for r, m in events_for(kc, ns, "auto") if r == "ProfilingFailed"]
     assert {m.split(":")[0] for m in failed} == {"cloud", "device", "edge"}, failed
     time.sleep(4 * op.resync)  # four more reconciles, no more Events
     assert len([r for r, _ in events_for(kc, ns, "auto") if r == "ProfilingFailed"]) == len(failed)
-    kubectl(kc, "create", "configmap", "auto-profiles", "-n", ns,
-            *[f"--from-literal={t}.json={profile(t, t == 'device')}" for t in ("device", "edge", "cloud")])
-    si = wait_for(lambda: (s := get_si(kc, ns, "auto"))["status"]["plan"]["predicted"].get("source") == "profiles"
-                  and s, timeout=60, what="planned with the profiles")
+    kubectl(
+        kc,
+        "create",
+        "configmap",
+        "auto-profiles",
+        "-n",
+        ns,
+        *[f"--from-literal={t}.json={profile(t, t == 'device')}" for t in ("device", "edge", "cloud")],
+    )
+    si = wait_for(
+        lambda: (s := get_si(kc, ns, "auto"))["status"]["plan"]["predicted"].get("source") == "profiles" and s,
+        timeout=60,
+        what="planned with the profiles",
+    )
     assert si["status"]["splitPoints"][0] == "conv2d"
 
 
@@ -130,8 +163,16 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
             # 1. Prometheus unreachable: condition + one Event, the split stays, no crash
             apply(kc, ns, spec(f"http://127.0.0.1:{free_port()}"))
             wait_phase(kc, ns, "loop", "Running", op)
-            si = wait_for(lambda: (s := get_si(kc, ns, "loop")) and (c := condition(s, "MetricsAvailable"))
-                          and c["status"] == "False" and s, timeout=120, what="MetricsAvailable=False")
+            si = wait_for(
+                lambda: (
+                    (s := get_si(kc, ns, "loop"))
+                    and (c := condition(s, "MetricsAvailable"))
+                    and c["status"] == "False"
+                    and s
+                ),
+                timeout=120,
+                what="MetricsAvailable=False",
+            )
             assert "unreachable" in condition(si, "MetricsAvailable")["message"]
             time.sleep(6)  # several more intervals: still one Event, still the same split
             si = get_si(kc, ns, "loop")
@@ -146,8 +187,11 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
             server.wait_for('sum(splitdnn_frames_total{si="loop"})', lambda v: v > 0, timeout=60)
             apply(kc, ns, spec(server.url))
             # (not within the cooldown of the tiers becoming ready: a fresh deployment's warm-up is not judged)
-            si = wait_for(lambda: (s := get_si(kc, ns, "loop")) and s["status"].get("resplits") and s,
-                          timeout=180, what="a re-split")
+            si = wait_for(
+                lambda: (s := get_si(kc, ns, "loop")) and s["status"].get("resplits") and s,
+                timeout=180,
+                what="a re-split",
+            )
             from splitdnn.controller.handlers import _epoch
 
             assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready_since) >= 30 - 1
@@ -162,14 +206,19 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
             assert set(st["measured"]["computeSeconds"]) == {"device", "edge", "cloud"}
             assert condition(si, "MetricsAvailable")["status"] == "True"
             new = entry["to"]
-            wait_for(lambda: (s := get_si(kc, ns, "loop"))["status"].get("splitPoints") == new, timeout=60,
-                     what="status.splitPoints = the new split")
+            wait_for(
+                lambda: get_si(kc, ns, "loop")["status"].get("splitPoints") == new,
+                timeout=60,
+                what="status.splitPoints = the new split",
+            )
             wait_phase(kc, ns, "loop", "Running", op)
 
             def rolled():
                 deps = children(kc, ns, "loop")["deployments"]
-                return all(d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(new)
-                           for d in deps.values())
+                return all(
+                    d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(new)
+                    for d in deps.values()
+                )
 
             wait_for(rolled, timeout=60, what="Deployments rendered with the new split")
             reasons = [r for r, _ in events_for(kc, ns, "loop")]

@@ -19,10 +19,14 @@ def test_api_is_real(kube_api):
     nodes = client.CoreV1Api(kube_api).list_node(label_selector="splitdnn.io/tier").items
     assert sorted(n.metadata.labels["splitdnn.io/tier"] for n in nodes) == ["cloud", "device", "edge"]
     # RBAC is enforced: an unprivileged ServiceAccount may not list nodes.
-    review = client.AuthorizationV1Api(kube_api).create_subject_access_review(client.V1SubjectAccessReview(
-        spec=client.V1SubjectAccessReviewSpec(
-            user="system:serviceaccount:default:default",
-            resource_attributes=client.V1ResourceAttributes(verb="list", resource="nodes"))))
+    review = client.AuthorizationV1Api(kube_api).create_subject_access_review(
+        client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user="system:serviceaccount:default:default",
+                resource_attributes=client.V1ResourceAttributes(verb="list", resource="nodes"),
+            )
+        )
+    )
     assert review.status.allowed is False
 
 
@@ -41,8 +45,11 @@ def test_deployment_scheduled_on_edge_and_running(kube_api, namespace, controlpl
                 spec=client.V1PodSpec(
                     node_selector={"splitdnn.io/tier": "edge"},
                     init_containers=[client.V1Container(name="init", image="busybox:1.36", command=["true"])],
-                    containers=[client.V1Container(name="main", image="busybox:1.36",
-                                                   command=["sleep", "infinity"])]))))
+                    containers=[client.V1Container(name="main", image="busybox:1.36", command=["sleep", "infinity"])],
+                ),
+            ),
+        ),
+    )
     apps.create_namespaced_deployment(namespace, dep)
 
     def running_pod():
@@ -51,5 +58,8 @@ def test_deployment_scheduled_on_edge_and_running(kube_api, namespace, controlpl
 
     pod = wait_for(running_pod, timeout=90, what="smoke pod Running")
     assert pod.spec.node_name == controlplane["nodes"]["edge"]
-    wait_for(lambda: (apps.read_namespaced_deployment(
-        "smoke", namespace).status.ready_replicas or 0) == 1, timeout=60, what="1 ready replica")
+    wait_for(
+        lambda: (apps.read_namespaced_deployment("smoke", namespace).status.ready_replicas or 0) == 1,
+        timeout=60,
+        what="1 ready replica",
+    )

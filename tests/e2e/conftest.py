@@ -3,7 +3,8 @@
 Everything is built offline and cached (scripts/build-base-image.sh, scripts/build-kind-node.sh,
 scripts/build-images.sh): a warm run only checks the caches. The cluster is created with pytest-kind's KindCluster,
 given the locally built `kind`, `kubectl` and node image. Environment:
-  SPLITDNN_KIND_KEEP=1      keep the cluster after the session (re-used by the next run, like pytest-kind's --keep-cluster)
+  SPLITDNN_KIND_KEEP=1      keep the cluster after the session (re-used by the next run,
+                            like pytest-kind's --keep-cluster)
   SPLITDNN_KIND_CLUSTER     cluster name (default splitdnn-e2e)
 """
 
@@ -46,16 +47,16 @@ def kind_tools():
         sh("bash", "scripts/kind-host-limits.sh", timeout=60)
     bin_dir = Path(sh("bash", "scripts/build-kind-node.sh", "--print-bin-dir").stdout.strip())
     image = sh("bash", "scripts/build-kind-node.sh", "--print-image").stdout.strip()
-    return SimpleNamespace(bin=bin_dir, kind=bin_dir / "kind", kubectl=bin_dir / "kubectl",
-                           helm=bin_dir / "helm", image=image)
+    return SimpleNamespace(
+        bin=bin_dir, kind=bin_dir / "kind", kubectl=bin_dir / "kubectl", helm=bin_dir / "helm", image=image
+    )
 
 
 @pytest.fixture(scope="session")
 def kind_cluster(kind_tools):
     from pytest_kind import KindCluster
 
-    cluster = KindCluster(CLUSTER, image=kind_tools.image, kind_path=kind_tools.kind,
-                          kubectl_path=kind_tools.kubectl)
+    cluster = KindCluster(CLUSTER, image=kind_tools.image, kind_path=kind_tools.kind, kubectl_path=kind_tools.kubectl)
     existing = sh(kind_tools.kind, "get", "clusters").stdout.split()
     if CLUSTER in existing and not KEEP:
         with timed("kind delete stale cluster"):

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from kindutil import ROOT, kubectl_json, load_image, sh, timed, wait_for
 
 pytestmark = [pytest.mark.kind_e2e, pytest.mark.slow]
@@ -91,26 +90,32 @@ def test_local_image_pod_on_edge_and_cross_node_service(kind_cluster, tmp_path):
     kind_cluster.kubectl("apply", "-f", str(manifest))
     try:
         with timed("probe pods Ready"):
-            kind_cluster.kubectl("wait", "--for=condition=Ready", "pod/web", "pod/edge-probe", "pod/device-probe",
-                                 "--timeout=180s")
+            kind_cluster.kubectl(
+                "wait", "--for=condition=Ready", "pod/web", "pod/edge-probe", "pod/device-probe", "--timeout=180s"
+            )
         tiers = node_tiers(kind_cluster)
         for pod, tier in (("edge-probe", "edge"), ("web", "cloud"), ("device-probe", "device")):
             p = kubectl_json(kind_cluster, "get", "pod", pod)
             assert p["status"]["phase"] == "Running"
             assert tiers[p["spec"]["nodeName"]] == tier, (pod, p["spec"]["nodeName"])
         # device -> Service (ClusterIP, kube-proxy) -> pod on the cloud node, found through CoreDNS
-        fetch = ("import urllib.request;"
-                 "print(urllib.request.urlopen('http://e2e-web.default.svc.cluster.local/hostname', timeout=5)"
-                 ".read().decode())")
-        out = wait_for("device pod -> e2e-web service on the cloud node",
-                       lambda: kind_cluster.kubectl("exec", "device-probe", "--", "python3", "-c", fetch),
-                       timeout=60)
+        fetch = (
+            "import urllib.request;"
+            "print(urllib.request.urlopen('http://e2e-web.default.svc.cluster.local/hostname', timeout=5)"
+            ".read().decode())"
+        )
+        out = wait_for(
+            "device pod -> e2e-web service on the cloud node",
+            lambda: kind_cluster.kubectl("exec", "device-probe", "--", "python3", "-c", fetch),
+            timeout=60,
+        )
         assert out.strip() == "web"
     finally:
         kind_cluster.kubectl("delete", "-f", str(manifest), "--wait=false")
 
 
 # ---------------------------------------------------------------------------------------------- splitdnn itself
+
 
 def missing_pieces() -> list[str]:
     need = {
@@ -126,8 +131,12 @@ def missing_pieces() -> list[str]:
 def serving_pods(cluster, tier: str) -> list[dict]:
     """The tier's pods that are Ready and not terminating."""
     items = kubectl_json(cluster, "get", "pods", "-l", f"{SI_SELECTOR},{TIER_LABEL}={tier}")["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp") and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+    return [
+        p
+        for p in items
+        if not p["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+    ]
 
 
 def rolled_out(cluster):
@@ -143,28 +152,46 @@ def resplit_without_failed_frames(cluster) -> None:
     import json
     import subprocess
 
-    cluster.kubectl("patch", "si", SI, "--type", "merge", "-p",
-                    json.dumps({"spec": {"workload": {"frames": 0, "deadline": "5s"}}}))
+    cluster.kubectl(
+        "patch", "si", SI, "--type", "merge", "-p", json.dumps({"spec": {"workload": {"frames": 0, "deadline": "5s"}}})
+    )
     time.sleep(3)  # the operator renders the new pod template (same split: the pods roll among themselves)
     rolled_out(cluster)
-    old = wait_for("one serving device pod", lambda: (p := serving_pods(cluster, "device")) and len(p) == 1 and p,
-                   timeout=300)[0]["metadata"]["name"]
-    wait_for(f"frames completed on {old}", lambda: metric_sum(metrics_of(cluster, old), "splitdnn_frames_total",
-                                                              outcome="completed") > 0, timeout=300)
+    old = wait_for(
+        "one serving device pod", lambda: (p := serving_pods(cluster, "device")) and len(p) == 1 and p, timeout=300
+    )[0]["metadata"]["name"]
+    wait_for(
+        f"frames completed on {old}",
+        lambda: metric_sum(metrics_of(cluster, old), "splitdnn_frames_total", outcome="completed") > 0,
+        timeout=300,
+    )
     import tempfile
 
     log_path = Path(tempfile.mkdtemp(prefix="splitdnn-e2e-")) / "old-device.log"
     with open(log_path, "w") as log:
-        follow = subprocess.Popen([str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig_path}", "logs",
-                                   "-f", old, "-c", "agent"], stdout=log, stderr=subprocess.STDOUT)
+        follow = subprocess.Popen(
+            [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig_path}", "logs", "-f", old, "-c", "agent"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         old_split = kubectl_json(cluster, "get", "pod", old)["metadata"]["labels"]["splitdnn.io/split"]
-        cluster.kubectl("patch", "si", SI, "--type", "merge", "-p",
-                        json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}))
+        cluster.kubectl(
+            "patch",
+            "si",
+            SI,
+            "--type",
+            "merge",
+            "-p",
+            json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}),
+        )
         time.sleep(3)
         rolled_out(cluster)
-        wait_for(f"old device pod {old} gone (drained)",
-                 lambda: cluster.kubectl("get", "pods", "-l", SI_SELECTOR, "-o", "name").find(old) < 0, timeout=300)
+        wait_for(
+            f"old device pod {old} gone (drained)",
+            lambda: cluster.kubectl("get", "pods", "-l", SI_SELECTOR, "-o", "name").find(old) < 0,
+            timeout=300,
+        )
         follow.wait(timeout=60)
     finally:
         if follow.poll() is None:
@@ -180,11 +207,15 @@ def resplit_without_failed_frames(cluster) -> None:
     new_name = new["metadata"]["name"]
     new_split = new["metadata"]["labels"]["splitdnn.io/split"]
     assert new_split != old_split
-    wait_for(f"frames completed on {new_name}", lambda: metric_sum(metrics_of(cluster, new_name),
-                                                                   "splitdnn_frames_total", outcome="completed") > 5,
-             timeout=300)
+    wait_for(
+        f"frames completed on {new_name}",
+        lambda: metric_sum(metrics_of(cluster, new_name), "splitdnn_frames_total", outcome="completed") > 5,
+        timeout=300,
+    )
     text = metrics_of(cluster, new_name)
-    counts = {o: metric_sum(text, "splitdnn_frames_total", outcome=o) for o in ("completed", "dropped", "late", "failed")}
+    counts = {
+        o: metric_sum(text, "splitdnn_frames_total", outcome=o) for o in ("completed", "dropped", "late", "failed")
+    }
     print(f"new split {new_split}: {counts}")
     assert counts["failed"] == 0, counts
     # every tier runs the new split's slices
@@ -192,8 +223,11 @@ def resplit_without_failed_frames(cluster) -> None:
         (pod,) = serving_pods(cluster, tier)
         assert metric_sum(metrics_of(cluster, pod["metadata"]["name"]), "splitdnn_slice_info", cut=cut) == 1, tier
     # the old split's Services go once its pods are gone
-    wait_for(f"split {old_split} Services retired", lambda: old_split not in cluster.kubectl(
-        "get", "services", "-l", SI_SELECTOR, "-o", "name"), timeout=120)
+    wait_for(
+        f"split {old_split} Services retired",
+        lambda: old_split not in cluster.kubectl("get", "services", "-l", SI_SELECTOR, "-o", "name"),
+        timeout=120,
+    )
 
 
 AUTO = "auto"
@@ -236,20 +270,24 @@ def auto_plan_from_profiling_jobs(cluster) -> None:
         return st if predicted.get("source") == "profiles" and st.get("phase") == "Running" else None
 
     st = wait_for("a plan from the profiles, Running", planned, timeout=600)
-    print(f"auto plan from profiles: split {st['split']}, predicted {st['plan']['predicted']}; "
-          f"profiling {st.get('profiling')}")
+    print(
+        f"auto plan from profiles: split {st['split']}, predicted {st['plan']['predicted']}; "
+        f"profiling {st.get('profiling')}"
+    )
     assert len(st["splitPoints"]) == 2
     assert st["profiling"] == {t: "profiled" for t in TIERS}, st.get("profiling")
     # the profiles went into the plan together: each tier rolled at most once (estimates' split -> profiles')
     for tier in TIERS:
-        sets = kubectl_json(cluster, "get", "replicasets", "-l",
-                            f"splitdnn.io/splitinference={AUTO},{TIER_LABEL}={tier}")["items"]
+        sets = kubectl_json(
+            cluster, "get", "replicasets", "-l", f"splitdnn.io/splitinference={AUTO},{TIER_LABEL}={tier}"
+        )["items"]
         assert len(sets) <= 2, (tier, [r["metadata"]["name"] for r in sets])
 
 
 def print_cluster_state(cluster) -> None:
     """On a failure: what the SplitInferences, their children, the Events and the operator said (a timeout's
     message alone says nothing about why)."""
+
     def show(title, *args):
         try:
             out = cluster.kubectl(*args)
@@ -257,9 +295,14 @@ def print_cluster_state(cluster) -> None:
             out = f"({exc})"
         print(f"--- {title}\n{out[-6000:]}")
 
-    show("SplitInference status", "get", "si", "-o",
-         "custom-columns=NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,"
-         "PHASE:.status.phase,SPLIT:.status.split,SOURCE:.status.plan.predicted.source,MESSAGE:.status.message")
+    show(
+        "SplitInference status",
+        "get",
+        "si",
+        "-o",
+        "custom-columns=NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,"
+        "PHASE:.status.phase,SPLIT:.status.split,SOURCE:.status.plan.predicted.source,MESSAGE:.status.message",
+    )
     show("children", "get", "deployments,replicasets,pods,jobs,services,configmaps", "-o", "wide")
     show("Events", "get", "events", "--sort-by=.lastTimestamp")
     show("operator log", "logs", "-n", "splitdnn-system", "deployment/splitdnn", "--tail=150")
@@ -302,21 +345,43 @@ def test_splitinference_end_to_end(kind_cluster):
     helm = kind_cluster.tools.helm
     kube = f"--kubeconfig={kind_cluster.kubeconfig_path}"
     with timed("helm install splitdnn"):
-        sh(helm, "upgrade", "--install", "splitdnn", ROOT / "helm" / "splitdnn", kube,
-           "--namespace", "splitdnn-system", "--create-namespace",
-           "--set", "image.repository=splitdnn/operator", "--set", "image.tag=dev",
-           "--set", "agent.image.repository=splitdnn/agent", "--set", "agent.image.tag=dev",
-           "--set-string", r"nodeSelector.splitdnn\.io/tier=cloud",
-           "--wait", "--timeout", "10m", timeout=700)
+        sh(
+            helm,
+            "upgrade",
+            "--install",
+            "splitdnn",
+            ROOT / "helm" / "splitdnn",
+            kube,
+            "--namespace",
+            "splitdnn-system",
+            "--create-namespace",
+            "--set",
+            "image.repository=splitdnn/operator",
+            "--set",
+            "image.tag=dev",
+            "--set",
+            "agent.image.repository=splitdnn/agent",
+            "--set",
+            "agent.image.tag=dev",
+            "--set-string",
+            r"nodeSelector.splitdnn\.io/tier=cloud",
+            "--wait",
+            "--timeout",
+            "10m",
+            timeout=700,
+        )
     try:
         with timed("kubectl apply examples/cnn14.yaml -> tiers Available"):
             kind_cluster.kubectl("apply", "-f", str(ROOT / "examples" / "cnn14.yaml"))
             for tier in TIERS:
-                wait_for(f"deployment {SI}-{tier}",
-                         lambda tier=tier: kind_cluster.kubectl("get", "deployment", f"{SI}-{tier}", "-o", "name"),
-                         timeout=120)
-            kind_cluster.kubectl("wait", "--for=condition=Available", "--timeout=900s",
-                                 *[f"deployment/{SI}-{t}" for t in TIERS])
+                wait_for(
+                    f"deployment {SI}-{tier}",
+                    lambda tier=tier: kind_cluster.kubectl("get", "deployment", f"{SI}-{tier}", "-o", "name"),
+                    timeout=120,
+                )
+            kind_cluster.kubectl(
+                "wait", "--for=condition=Available", "--timeout=900s", *[f"deployment/{SI}-{t}" for t in TIERS]
+            )
 
         tiers = node_tiers(kind_cluster)
         pods = {}
@@ -334,15 +399,19 @@ def test_splitinference_end_to_end(kind_cluster):
                 assert term.get("exitCode") == 0, (tier, name, inits[name]["state"])
             netem_log = kind_cluster.kubectl("logs", pods[tier], "-c", "netem")
             assert "netem" in netem_log, netem_log[-2000:]
-            print(f"[{tier}] pod {pods[tier]} on {p['spec']['nodeName']}; netem init container log (tail):\n"
-                  + "\n".join(netem_log.strip().splitlines()[-6:]))
+            print(
+                f"[{tier}] pod {pods[tier]} on {p['spec']['nodeName']}; netem init container log (tail):\n"
+                + "\n".join(netem_log.strip().splitlines()[-6:])
+            )
 
         # netem is not in this kernel: the tc init container says so and the agent emulates the delay in-process
         for tier in TIERS:
             text = metrics_of(kind_cluster, pods[tier])
             assert metric_sum(text, "splitdnn_link_emulation_info", path="inprocess") == 1, (tier, text[-3000:])
-            print(f"[{tier}] " + "; ".join(line for line in text.splitlines()
-                                           if line.startswith("splitdnn_link_emulation_info")))
+            print(
+                f"[{tier}] "
+                + "; ".join(line for line in text.splitlines() if line.startswith("splitdnn_link_emulation_info"))
+            )
 
         def frames() -> float:
             return sum(metric_sum(metrics_of(kind_cluster, pods[t]), "splitdnn_frames_total") for t in TIERS)
@@ -351,8 +420,9 @@ def test_splitinference_end_to_end(kind_cluster):
             first = wait_for("splitdnn_frames_total > 0", frames, timeout=600)
             time.sleep(5)
             later = wait_for("splitdnn_frames_total to grow", lambda: (f := frames()) > first and f, timeout=300)
-        completed = sum(metric_sum(metrics_of(kind_cluster, pods[t]), "splitdnn_frames_total", outcome="completed")
-                        for t in TIERS)
+        completed = sum(
+            metric_sum(metrics_of(kind_cluster, pods[t]), "splitdnn_frames_total", outcome="completed") for t in TIERS
+        )
         print(f"splitdnn_frames_total: {first} -> {later}; completed {completed}")
         assert completed > 0
 
@@ -363,8 +433,9 @@ def test_splitinference_end_to_end(kind_cluster):
             kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--timeout=180s")
 
             def gone():
-                left = kind_cluster.kubectl("get", "deployments,replicasets,pods,services,configmaps", "-l",
-                                            SI_SELECTOR, "-o", "name").split()
+                left = kind_cluster.kubectl(
+                    "get", "deployments,replicasets,pods,services,configmaps", "-l", SI_SELECTOR, "-o", "name"
+                ).split()
                 return not left or None
 
             wait_for("every object of the SplitInference to be deleted", gone, timeout=180)
@@ -376,6 +447,7 @@ def test_splitinference_end_to_end(kind_cluster):
         raise
     finally:
         kind_cluster.kubectl("delete", "si", AUTO, "--ignore-not-found", "--wait=false")
-        kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--ignore-not-found",
-                             "--wait=false")
+        kind_cluster.kubectl(
+            "delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--ignore-not-found", "--wait=false"
+        )
         sh(helm, "uninstall", "splitdnn", kube, "--namespace", "splitdnn-system", check=False, timeout=300)

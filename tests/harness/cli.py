@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_cli(*args, check=True, timeout=600):
     """Run `python -m splitdnn ARGS`; returns the CompletedProcess (stdout/stderr as text)."""
-    proc = subprocess.run([sys.executable, "-m", "splitdnn", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "splitdnn", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"splitdnn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc

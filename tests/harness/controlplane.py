@@ -73,8 +73,9 @@ def state_file(kubeconfig: str) -> Path:
     return Path(kubeconfig + ".controlplane.json")
 
 
-def kubectl(kubeconfig: str, *args: str, input: str | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+def kubectl(
+    kubeconfig: str, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess:
     cmd = [bin_path("kubectl"), "--kubeconfig", kubeconfig, *args]
     p = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env(), timeout=timeout)
     if check and p.returncode != 0:
@@ -104,9 +105,16 @@ def node_manifest(tier: str, name: str) -> dict:
             "allocatable": resources,
             "capacity": resources,
             "nodeInfo": {
-                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake", "containerRuntimeVersion": "kwok", "osImage": "kwok",
-                "kernelVersion": "kwok", "bootID": "", "machineID": "", "systemUUID": "",
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+                "containerRuntimeVersion": "kwok",
+                "osImage": "kwok",
+                "kernelVersion": "kwok",
+                "bootID": "",
+                "machineID": "",
+                "systemUUID": "",
             },
             "phase": "Running",
         },
@@ -162,30 +170,54 @@ def up(kubeconfig: str, name: str | None = DEFAULT_NAME, timeout: float = 180, b
             down(kubeconfig)
         Path(kubeconfig).parent.mkdir(parents=True, exist_ok=True)
         # kwokctl keeps a cluster's config and PKI in its workdir: remove leftovers of a crashed run.
-        subprocess.run([bin_path("kwokctl"), "delete", "cluster", "--name", name, "--kubeconfig", kubeconfig],
-                       env=env(), capture_output=True, text=True)
+        subprocess.run(
+            [bin_path("kwokctl"), "delete", "cluster", "--name", name, "--kubeconfig", kubeconfig],
+            env=env(),
+            capture_output=True,
+            text=True,
+        )
         cmd = [
-            bin_path("kwokctl"), "create", "cluster",
-            "--name", name,
-            "--runtime", "binary",
-            "--kubeconfig", kubeconfig,
+            bin_path("kwokctl"),
+            "create",
+            "cluster",
+            "--name",
+            name,
+            "--runtime",
+            "binary",
+            "--kubeconfig",
+            kubeconfig,
             "--secure-port=true",
             "--kube-authorization=true",
             "--kube-admission=true",
-            "--kube-apiserver-binary", bin_path("kube-apiserver"),
-            "--kube-controller-manager-binary", bin_path("kube-controller-manager"),
-            "--kube-scheduler-binary", bin_path("kube-scheduler"),
-            "--kwok-controller-binary", bin_path("kwok"),
-            "--etcd-binary", bin_path("etcd"),
+            "--kube-apiserver-binary",
+            bin_path("kube-apiserver"),
+            "--kube-controller-manager-binary",
+            bin_path("kube-controller-manager"),
+            "--kube-scheduler-binary",
+            bin_path("kube-scheduler"),
+            "--kwok-controller-binary",
+            bin_path("kwok"),
+            "--etcd-binary",
+            bin_path("etcd"),
             "--quiet-pull",
-            "--wait", f"{int(timeout)}s",
+            "--wait",
+            f"{int(timeout)}s",
         ]
         log("starting: " + " ".join(cmd[1:4]) + " ...")
         p = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout + 60)
         if p.returncode != 0:
             raise ControlPlaneError(f"kwokctl create cluster failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-        st.write_text(json.dumps({"name": name, "workdir": str(KWOK_WORKDIR / "clusters" / name),
-                                  "kubeconfig": kubeconfig, "bin": str(BIN)}, indent=2))
+        st.write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "workdir": str(KWOK_WORKDIR / "clusters" / name),
+                    "kubeconfig": kubeconfig,
+                    "bin": str(BIN),
+                },
+                indent=2,
+            )
+        )
     deadline = time.monotonic() + timeout
     _wait("kube-apiserver /readyz", deadline, lambda: is_up(kubeconfig))
     nodes = {"apiVersion": "v1", "kind": "List", "items": [node_manifest(t, node_name(t)) for t in TIERS]}
@@ -194,13 +226,19 @@ def up(kubeconfig: str, name: str | None = DEFAULT_NAME, timeout: float = 180, b
     def nodes_ready():
         out = kubectl(kubeconfig, "get", "nodes", "-l", TIER_LABEL, "-o", "json").stdout
         items = json.loads(out)["items"]
-        ready = {n["metadata"]["labels"][TIER_LABEL] for n in items
-                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))}
+        ready = {
+            n["metadata"]["labels"][TIER_LABEL]
+            for n in items
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+        }
         return ready == set(TIERS)
 
     _wait("three kwok nodes Ready", deadline, nodes_ready)
-    _wait("ServiceAccount default/default", deadline,
-          lambda: kubectl(kubeconfig, "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0)
+    _wait(
+        "ServiceAccount default/default",
+        deadline,
+        lambda: kubectl(kubeconfig, "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+    )
     info = json.loads(state_file(kubeconfig).read_text())
     info["nodes"] = {t: node_name(t) for t in TIERS}
     info["ready_seconds"] = round(time.monotonic() - t0, 1)
@@ -215,8 +253,13 @@ def down(kubeconfig: str) -> None:
     if st.exists():
         name = json.loads(st.read_text()).get("name", name)
     if os.access(BIN / "kwokctl", os.X_OK):
-        p = subprocess.run([bin_path("kwokctl"), "delete", "cluster", "--name", name, "--kubeconfig", kubeconfig],
-                           env=env(), capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [bin_path("kwokctl"), "delete", "cluster", "--name", name, "--kubeconfig", kubeconfig],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if p.returncode != 0:
             log(f"kwokctl delete cluster: {p.stderr.strip()}")
     workdir = KWOK_WORKDIR / "clusters" / name

@@ -94,8 +94,7 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None, check: bool =
 class OperatorProcess:
     """`splitdnn operator` as a subprocess (the way a user runs it), logs in a file."""
 
-    def __init__(self, kubeconfig: str, namespace: str | None, log_path: Path, resync: float = 2.0,
-                 extra_env=None):
+    def __init__(self, kubeconfig: str, namespace: str | None, log_path: Path, resync: float = 2.0, extra_env=None):
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, Path(log_path)
         self.resync, self.extra_env, self.proc = resync, dict(extra_env or {}), None
 
@@ -103,14 +102,30 @@ class OperatorProcess:
         import subprocess
         import sys
 
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig, SPLITDNN_RESYNC_SECONDS=str(self.resync),
-                   SPLITDNN_AGENT_IMAGE="splitdnn/agent:test", **self.extra_env)
+        env = dict(
+            os.environ,
+            KUBECONFIG=self.kubeconfig,
+            SPLITDNN_RESYNC_SECONDS=str(self.resync),
+            SPLITDNN_AGENT_IMAGE="splitdnn/agent:test",
+            **self.extra_env,
+        )
         env.pop("SPLITDNN_KUBECONFIG", None)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "splitdnn", "operator", "--liveness", "",
-             *(["--namespace", self.namespace] if self.namespace else ["--all-namespaces"])],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parents[2]))
+            [
+                sys.executable,
+                "-m",
+                "splitdnn",
+                "operator",
+                "--liveness",
+                "",
+                *(["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
         return self
 
     def kill(self):

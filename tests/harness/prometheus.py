@@ -1,7 +1,7 @@
 """A real Prometheus server (Debian's `prometheus` package) for tests: scrapes the given targets every second.
 
-    with PrometheusServer(["127.0.0.1:9100"]) as prom:
-        prom.url  # http://127.0.0.1:<port>
+with PrometheusServer(["127.0.0.1:9100"]) as prom:
+    prom.url  # http://127.0.0.1:<port>
 """
 
 from __future__ import annotations
@@ -51,8 +51,14 @@ def prometheus_binary() -> str | None:
 
 
 class PrometheusServer:
-    def __init__(self, targets: list[str], scrape_interval: str = "1s", job: str = "splitdnn",
-                 netns: str | None = None, listen: str | None = None):
+    def __init__(
+        self,
+        targets: list[str],
+        scrape_interval: str = "1s",
+        job: str = "splitdnn",
+        netns: str | None = None,
+        listen: str | None = None,
+    ):
         self.targets = targets
         self.scrape_interval = scrape_interval
         self.job = job
@@ -72,8 +78,13 @@ class PrometheusServer:
             "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        cmd = [binary, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
-               f"--web.listen-address={self.listen}", "--log.level=warn"]
+        cmd = [
+            binary,
+            f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={self.listen}",
+            "--log.level=warn",
+        ]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.log = open(self.dir / "prometheus.log", "wb")
@@ -81,7 +92,9 @@ class PrometheusServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited {self.proc.returncode}: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"prometheus exited {self.proc.returncode}: {(self.dir / 'prometheus.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
                     if r.status == 200:

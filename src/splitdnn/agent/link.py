@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
 
 MIN_RTO = 0.2
 MIN_BANDWIDTH_SAMPLE = 64 * 1024  # smaller messages say nothing about bandwidth (one TCP window, RTT noise)
@@ -28,7 +28,7 @@ class LinkParams:
     delay: float = 0.0  # seconds
     jitter: float = 0.0  # seconds
     loss: float = 0.0  # fraction 0..1
-    rate: Optional[float] = None  # bytes per second; None = unlimited
+    rate: float | None = None  # bytes per second; None = unlimited
 
     @property
     def active(self) -> bool:
@@ -39,7 +39,9 @@ class LinkParams:
 
         parts = []
         if self.delay or self.jitter:
-            parts.append(f"delay {format_duration(self.delay)}" + (f" ±{format_duration(self.jitter)}" if self.jitter else ""))
+            parts.append(
+                f"delay {format_duration(self.delay)}" + (f" ±{format_duration(self.jitter)}" if self.jitter else "")
+            )
         if self.loss:
             parts.append(f"loss {self.loss * 100:g}%")
         if self.rate:
@@ -58,7 +60,7 @@ class TokenBucket:
         self._busy_until = 0.0
         self._lock = threading.Lock()
 
-    def reserve(self, nbytes: int, not_before: Optional[float] = None) -> float:
+    def reserve(self, nbytes: int, not_before: float | None = None) -> float:
         """Book the wire for `nbytes`, from `not_before` (default now) or when it is free, whichever is later.
         Returns the time (on `clock`) at which they have been sent."""
         with self._lock:
@@ -70,8 +72,13 @@ class TokenBucket:
 class LinkEmulator:
     """Applies LinkParams to outgoing messages by sleeping in the sending thread (no sleep when inactive)."""
 
-    def __init__(self, params: LinkParams, seed: int = 0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        params: LinkParams,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.params = params
         self.clock = clock
         self.sleep = sleep
@@ -108,7 +115,7 @@ class LinkEmulator:
             self._sleep_until(sent + delay)
             yield chunk
 
-    def _transmit(self, nbytes: int, not_before: Optional[float]) -> float:
+    def _transmit(self, nbytes: int, not_before: float | None) -> float:
         if self.bucket:
             return self.bucket.reserve(nbytes, not_before)
         return self.clock() if not_before is None else max(not_before, 0.0)
@@ -139,8 +146,8 @@ class LinkMeter:
     """
 
     alpha: float = 0.3
-    rtt: Optional[float] = None
-    bandwidth: Optional[float] = None
+    rtt: float | None = None
+    bandwidth: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe_rtt(self, seconds: float) -> float:
@@ -148,7 +155,7 @@ class LinkMeter:
             self.rtt = seconds if self.rtt is None else (1 - self.alpha) * self.rtt + self.alpha * seconds
             return self.rtt
 
-    def observe_transfer(self, nbytes: int, seconds: float) -> Optional[float]:
+    def observe_transfer(self, nbytes: int, seconds: float) -> float | None:
         """A message of `nbytes` reached the receiver `seconds` after the send started (ack included).
 
         The payload time is `seconds - rtt`; it is only trusted for messages of at least 64 KiB whose payload

@@ -22,7 +22,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from splitdnn.agent.metrics import scrape, value
 from splitdnn.agent.source import OUTCOMES
@@ -52,9 +51,9 @@ class AgentProcess:
     log: Path
     metrics_url: str
     grpc_addr: str
-    proc: Optional[subprocess.Popen] = None
+    proc: subprocess.Popen | None = None
 
-    def start(self, env: Optional[dict] = None) -> "AgentProcess":
+    def start(self, env: dict | None = None) -> AgentProcess:
         env = dict(env or os.environ)
         # the agents import the same splitdnn as this process, installed or not
         package_root = str(Path(__file__).resolve().parents[2])
@@ -62,8 +61,15 @@ class AgentProcess:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, preexec_fn=_die_with_parent, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
         return self
 
     def log_tail(self, n: int = 15) -> str:
@@ -93,7 +99,7 @@ class AgentProcess:
             self.proc.wait(5)
 
 
-def wait_ready(agents: list[AgentProcess], timeout: float = 180.0, stop: Optional[threading.Event] = None) -> None:
+def wait_ready(agents: list[AgentProcess], timeout: float = 180.0, stop: threading.Event | None = None) -> None:
     """Until every agent serves /metrics (or `stop` is set)."""
     stop = stop or threading.Event()
     end = time.monotonic() + timeout
@@ -130,15 +136,44 @@ def stop_all(agents: list[AgentProcess]) -> None:
         a.stop()
 
 
-def agent_argv(*, slices: str, slice_name: str, port: int, metrics_port: int, tier: str, si: str,
-               next_addr: Optional[str] = None, tier_spec: Optional[dict] = None, link: bool = True,
-               netem_report: Optional[str] = None, extra: tuple = ()) -> list[str]:
+def agent_argv(
+    *,
+    slices: str,
+    slice_name: str,
+    port: int,
+    metrics_port: int,
+    tier: str,
+    si: str,
+    next_addr: str | None = None,
+    tier_spec: dict | None = None,
+    link: bool = True,
+    netem_report: str | None = None,
+    extra: tuple = (),
+) -> list[str]:
     """The `splitdnn agent` command line for one tier of a SplitInference (what the pods run, minus the image)."""
     tier_spec = tier_spec or {}
-    argv = [sys.executable, "-m", "splitdnn", "agent", "--slices", slices, "--slice", slice_name,
-            "--port", str(port), "--metrics-port", str(metrics_port), "--si", si, "--tier", tier,
-            "--overhead-ratio", str(tier_spec.get("overheadRatio", 0)),
-            "--max-message-bytes", str(tier_spec.get("maxMessageBytes", 4194304))]
+    argv = [
+        sys.executable,
+        "-m",
+        "splitdnn",
+        "agent",
+        "--slices",
+        slices,
+        "--slice",
+        slice_name,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--si",
+        si,
+        "--tier",
+        tier,
+        "--overhead-ratio",
+        str(tier_spec.get("overheadRatio", 0)),
+        "--max-message-bytes",
+        str(tier_spec.get("maxMessageBytes", 4194304)),
+    ]
     if next_addr:
         argv += ["--next", next_addr]
     if link:
@@ -154,7 +189,7 @@ def agent_argv(*, slices: str, slice_name: str, port: int, metrics_port: int, ti
 class Progress:
     """Live progress on stderr (rich), fed from the agents' own metrics."""
 
-    total: Optional[int]
+    total: int | None
     quiet: bool = False
     _progress: object = None
     _task: object = None
@@ -163,11 +198,18 @@ class Progress:
     def __enter__(self):
         if not self.quiet:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
-            self._progress = RichProgress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                          TextColumn("{task.description}"), console=Console(stderr=True),
-                                          transient=False)
+            self._progress = RichProgress(
+                TextColumn("frames"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self._progress.__enter__()
             self._task = self._progress.add_task("", total=self.total)
         return self
@@ -194,8 +236,9 @@ def tier_stats(agent: AgentProcess, samples: dict) -> dict:
         "frames": int(count),
         "stage_seconds_mean": value(samples, "splitdnn_stage_compute_seconds_sum") / count if count else None,
         "link_bytes": int(value(samples, "splitdnn_link_bytes_total")),
-        "link_transfer_seconds_mean": (value(samples, "splitdnn_link_transfer_seconds_sum") / transfers
-                                       if transfers else None),
+        "link_transfer_seconds_mean": (
+            value(samples, "splitdnn_link_transfer_seconds_sum") / transfers if transfers else None
+        ),
         "link_rtt_seconds": rtt[0] if rtt else None,
         "link_bandwidth_bytes_per_second": bandwidth[0] if bandwidth else None,
         "link_emulation": "+".join(paths) or "none",
@@ -209,8 +252,7 @@ def outcomes_of(samples: dict) -> dict:
     return {"offered": offered, **counts, "drop_rate": lost / offered if offered else 0.0}
 
 
-def run_local(si, frames: Optional[int] = None, netns: bool = False, out: Optional[str] = None,
-              quiet: bool = False) -> dict:
+def run_local(si, frames: int | None = None, netns: bool = False, out: str | None = None, quiet: bool = False) -> dict:
     """Run a SplitInference (from `splitdnn.spec`) locally; returns the summary (see README "splitdnn run")."""
     from splitdnn.spec import cross_field_problems
 
@@ -303,9 +345,16 @@ def _slice(si, points, directory) -> None:
     export_slices(model, graph, cuts, directory)
 
 
-def start_agents(slices: str, logdir: Path, tier_specs: list[dict], si: str, chain=None,
-                 extra: Optional[dict] = None, netem_reports: Optional[dict] = None,
-                 ports: Optional[tuple] = None) -> list[AgentProcess]:
+def start_agents(
+    slices: str,
+    logdir: Path,
+    tier_specs: list[dict],
+    si: str,
+    chain=None,
+    extra: dict | None = None,
+    netem_reports: dict | None = None,
+    ports: tuple | None = None,
+) -> list[AgentProcess]:
     """One `splitdnn agent` per tier (SplitInference tier dicts), last tier first, on loopback or in `chain`'s
     namespaces; `extra[k]` and `netem_reports[k]` add flags to tier k. In namespaces every tier listens on
     `ports` = (gRPC, metrics), default (8500, 9100); a second set of agents beside the first (a re-split's surge)
@@ -323,13 +372,27 @@ def start_agents(slices: str, logdir: Path, tier_specs: list[dict], si: str, cha
             if k < n - 1:
                 next_host = "127.0.0.1" if chain is None else chain.next_addr(k)
                 next_addr = f"{next_host}:{ports[k + 1][0]}"
-            argv = agent_argv(slices=slices, slice_name=f"slice{k}", port=port, metrics_port=metrics_port,
-                              tier=tier["name"], si=si, next_addr=next_addr, tier_spec=tier,
-                              netem_report=netem_reports.get(k), extra=tuple(extra.get(k, ())))
+            argv = agent_argv(
+                slices=slices,
+                slice_name=f"slice{k}",
+                port=port,
+                metrics_port=metrics_port,
+                tier=tier["name"],
+                si=si,
+                next_addr=next_addr,
+                tier_spec=tier,
+                netem_report=netem_reports.get(k),
+                extra=tuple(extra.get(k, ())),
+            )
             if chain is not None:
                 argv = chain.exec_prefix(k) + argv
-            agent = AgentProcess(tier["name"], argv, Path(logdir) / f"{tier['name']}.log",
-                                 f"http://{host}:{metrics_port}/metrics", f"{host}:{port}")
+            agent = AgentProcess(
+                tier["name"],
+                argv,
+                Path(logdir) / f"{tier['name']}.log",
+                f"http://{host}:{metrics_port}/metrics",
+                f"{host}:{port}",
+            )
             agents.insert(0, agent.start())
     except BaseException:
         stop_all(agents)
@@ -344,12 +407,26 @@ def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, cha
         for k, tier in enumerate(si.tiers):
             reports[k] = str(Path(tmp) / f"netem-{tier['name']}.json")
             result = apply_netem(chain, k, tier.get("netem", {}), reports[k])
-            say(f"{tier['name']}: tc applied {result['applied'] or 'nothing'}; "
-                f"in-process: {result['not_applied'] or 'nothing'}")
-    source = ["--source", str(workload.get("source", "synthetic")), "--fps", str(workload.get("fps", 5)),
-              "--frames", str(total), "--deadline", str(workload.get("deadline", "1s")),
-              "--seed", str(workload.get("seed", 0)), "--warmup", str(workload.get("warmupFrames", 0)),
-              "--summary", str(summary_file)]
+            say(
+                f"{tier['name']}: tc applied {result['applied'] or 'nothing'}; "
+                f"in-process: {result['not_applied'] or 'nothing'}"
+            )
+    source = [
+        "--source",
+        str(workload.get("source", "synthetic")),
+        "--fps",
+        str(workload.get("fps", 5)),
+        "--frames",
+        str(total),
+        "--deadline",
+        str(workload.get("deadline", "1s")),
+        "--seed",
+        str(workload.get("seed", 0)),
+        "--warmup",
+        str(workload.get("warmupFrames", 0)),
+        "--summary",
+        str(summary_file),
+    ]
     # every tier: a frame holds a gRPC thread on each tier until its result is back (server.worker_count)
     inflight = ["--max-inflight", str(workload.get("maxInFlight", 8))]
     extra = {k: inflight + (source if k == 0 else []) for k in range(len(si.tiers))}
@@ -358,8 +435,17 @@ def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, cha
 
 def apply_netem(chain, k: int, netem: dict, report: str) -> dict:
     """`splitdnn netem apply` in tier k's namespace on its outgoing interface: what the init container runs."""
-    argv = chain.exec_prefix(k) + [sys.executable, "-m", "splitdnn", "netem", "apply", "--dev", chain.egress_dev(k),
-                                   "--report", report]
+    argv = chain.exec_prefix(k) + [
+        sys.executable,
+        "-m",
+        "splitdnn",
+        "netem",
+        "apply",
+        "--dev",
+        chain.egress_dev(k),
+        "--report",
+        report,
+    ]
     for key in ("delay", "jitter", "loss", "rate", "limit"):
         if netem.get(key) not in (None, ""):
             argv += [f"--{key}", str(netem[key])]
@@ -386,9 +472,13 @@ def _show(progress: Progress, agents: list[AgentProcess]) -> None:
 def summary_table(result: dict):
     from rich.table import Table
 
-    table = Table(title=(f"{result['offered']} frames: {result['completed']} completed, {result['dropped']} dropped, "
-                         f"{result['late']} late, {result['failed']} failed — drop rate "
-                         f"{result['drop_rate'] * 100:.1f}% in {result['seconds']:.1f} s"))
+    table = Table(
+        title=(
+            f"{result['offered']} frames: {result['completed']} completed, {result['dropped']} dropped, "
+            f"{result['late']} late, {result['failed']} failed — drop rate "
+            f"{result['drop_rate'] * 100:.1f}% in {result['seconds']:.1f} s"
+        )
+    )
     for column in ("tier", "slice", "frames", "stage ms", "sent bytes", "transfer ms", "rtt ms", "Mbit/s", "link"):
         table.add_column(column, justify="left" if column in ("tier", "slice", "link") else "right")
 
@@ -397,7 +487,15 @@ def summary_table(result: dict):
 
     for t in result["tiers"]:
         bw = t["link_bandwidth_bytes_per_second"]
-        table.add_row(t["name"], t["slice"] or "", str(t["frames"]), ms(t["stage_seconds_mean"]),
-                      f"{t['link_bytes']:,}", ms(t["link_transfer_seconds_mean"]), ms(t["link_rtt_seconds"]),
-                      "—" if bw is None else f"{bw * 8 / 1e6:.2f}", t["link_emulation"])
+        table.add_row(
+            t["name"],
+            t["slice"] or "",
+            str(t["frames"]),
+            ms(t["stage_seconds_mean"]),
+            f"{t['link_bytes']:,}",
+            ms(t["link_transfer_seconds_mean"]),
+            ms(t["link_rtt_seconds"]),
+            "—" if bw is None else f"{bw * 8 / 1e6:.2f}",
+            t["link_emulation"],
+        )
     return table

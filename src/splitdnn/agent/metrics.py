@@ -44,17 +44,21 @@ class AgentMetrics:
         self._frames = counter("splitdnn_frames_total", "Frames by outcome (first tier).", ["outcome"])
         self.frames = {o: self._frames.labels(**base, outcome=o) for o in ("completed", "dropped", "late", "failed")}
         self.frame_latency = histogram("splitdnn_frame_latency_seconds", "End-to-end latency of returned frames.")
-        self.stage_compute = histogram("splitdnn_stage_compute_seconds",
-                                       "Stage time per frame: compute plus emulated overhead.")
-        self.link_transfer = histogram("splitdnn_link_transfer_seconds",
-                                       "Time to send one message to the next tier until acknowledged.")
+        self.stage_compute = histogram(
+            "splitdnn_stage_compute_seconds", "Stage time per frame: compute plus emulated overhead."
+        )
+        self.link_transfer = histogram(
+            "splitdnn_link_transfer_seconds", "Time to send one message to the next tier until acknowledged."
+        )
         self.link_bytes = counter("splitdnn_link_bytes_total", "Bytes sent on the outgoing link.").labels(**base)
-        self.reconnects = counter("splitdnn_link_reconnects_total",
-                                  "New connections opened to the next tier after its pings kept failing.").labels(**base)
+        self.reconnects = counter(
+            "splitdnn_link_reconnects_total", "New connections opened to the next tier after its pings kept failing."
+        ).labels(**base)
         # measured gauges appear once there is a measurement (the last tier, with no next tier, has none)
         self._link_rtt = gauge("splitdnn_link_rtt_seconds", "Measured round trip to the next tier.")
-        self._link_bandwidth = gauge("splitdnn_link_bandwidth_bytes_per_second",
-                                     "Measured bandwidth of the outgoing link.")
+        self._link_bandwidth = gauge(
+            "splitdnn_link_bandwidth_bytes_per_second", "Measured bandwidth of the outgoing link."
+        )
         self.inflight = gauge("splitdnn_inflight_frames", "Frames in the pipeline.").labels(**base)
         self.queue_depth = gauge("splitdnn_queue_depth", "Frames waiting for this stage.").labels(**base)
         self._slice_info = gauge("splitdnn_slice_info", "The slice this tier runs.", ["slice", "cut", "model"])

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from splitdnn.units import parse_duration, parse_percent, parse_rate
 
@@ -32,16 +32,16 @@ class NetemError(ValueError):
 
 @dataclass(frozen=True)
 class NetemParams:
-    delay: Optional[str] = None
-    jitter: Optional[str] = None
-    loss: Optional[str] = None
-    rate: Optional[str] = None
-    limit: Optional[int] = None
+    delay: str | None = None
+    jitter: str | None = None
+    loss: str | None = None
+    rate: str | None = None
+    limit: int | None = None
 
     def given(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
 
-    def validate(self) -> "NetemParams":
+    def validate(self) -> NetemParams:
         try:
             delay = parse_duration(self.delay) if self.delay else 0.0
             jitter = parse_duration(self.jitter) if self.jitter else 0.0
@@ -106,8 +106,26 @@ def plan(dev: str, params: NetemParams, kernel: dict) -> tuple[list[list[str]], 
     elif "rate" in given and kernel.get("htb"):
         burst = str(max(int(parse_rate(given["rate"]) / 100), 3028))
         commands.append(tc + ["root", "handle", "1:", "htb", "default", "10"])
-        commands.append(["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
-                         "rate", _bits(given["rate"]), "ceil", _bits(given["rate"]), "burst", burst])
+        commands.append(
+            [
+                "tc",
+                "class",
+                "replace",
+                "dev",
+                dev,
+                "parent",
+                "1:",
+                "classid",
+                "1:10",
+                "htb",
+                "rate",
+                _bits(given["rate"]),
+                "ceil",
+                _bits(given["rate"]),
+                "burst",
+                burst,
+            ]
+        )
         applied["rate"] = given["rate"]
     not_applied = {k: v for k, v in given.items() if k not in applied}
     return commands, applied, not_applied
@@ -156,7 +174,7 @@ def clear(dev: str, run: Runner = _run) -> bool:
     return proc.returncode == 0
 
 
-def apply(dev: str, params: NetemParams, run: Runner = _run, report: Optional[str] = None) -> dict:
+def apply(dev: str, params: NetemParams, run: Runner = _run, report: str | None = None) -> dict:
     """Probe, clear, then apply what the kernel supports. Returns (and writes to `report`) the report."""
     params.validate()
     kernel = probe(dev, run) if params.given() else {}
@@ -176,15 +194,21 @@ def apply(dev: str, params: NetemParams, run: Runner = _run, report: Optional[st
     if errors:  # all or nothing: a half-applied shaping is worse than emulating everything in-process
         clear(dev, run)
         not_applied, applied = params.given(), {}
-    result = {"dev": dev, "kernel": kernel, "applied": applied, "not_applied": not_applied,
-              "commands": commands, "errors": errors}
+    result = {
+        "dev": dev,
+        "kernel": kernel,
+        "applied": applied,
+        "not_applied": not_applied,
+        "commands": commands,
+        "errors": errors,
+    }
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def load_report(path: Optional[str]) -> Optional[dict]:
+def load_report(path: str | None) -> dict | None:
     """The init container's report, or None when there is no file (then the agent emulates everything given)."""
     if not path or not Path(path).is_file():
         return None

@@ -38,8 +38,8 @@ class Chain:
     octet: int = field(default_factory=lambda: 10 + os.getpid() % 200)
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     created: list = field(default_factory=list)
-    prefix: str = "sdnn"      # namespace names: <prefix><tag>t<k>
-    dev_prefix: str = "sd"    # interface names in the root namespace and on the links
+    prefix: str = "sdnn"  # namespace names: <prefix><tag>t<k>
+    dev_prefix: str = "sd"  # interface names in the root namespace and on the links
 
     def ns(self, k: int) -> str:
         return f"{self.prefix}{self.tag}t{k}"
@@ -65,7 +65,7 @@ class Chain:
     def exec_prefix(self, k: int) -> list[str]:
         return ["ip", "netns", "exec", self.ns(k)]
 
-    def create(self) -> "Chain":
+    def create(self) -> Chain:
         if self.tiers > 30:
             raise ValueError("at most 30 tiers in a namespace chain")
         try:

@@ -34,7 +34,6 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import grpc
 import numpy as np
@@ -51,8 +50,11 @@ CHUNKED_METHOD = "/splitdnn.Link/PredictChunked"
 PING_METHOD = "/splitdnn.Link/Ping"
 # failed pings for this long replace the channel to the next tier (see Agent._ping_result)
 RECONNECT_SECONDS = float(os.environ.get("SPLITDNN_RECONNECT_SECONDS", "10"))
-GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-                ("grpc.enable_http_proxy", 0)]  # tiers talk directly, whatever http_proxy says
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.enable_http_proxy", 0),
+]  # tiers talk directly, whatever http_proxy says
 SIGNATURE = "serving_default"
 
 
@@ -65,8 +67,8 @@ class AgentConfig:
     slices: str
     slice: str
     port: int
-    next: Optional[str] = None
-    metrics_port: Optional[int] = None
+    next: str | None = None
+    metrics_port: int | None = None
     si: str = "local"
     tier: str = ""
     overhead_ratio: float = 0.0
@@ -79,7 +81,7 @@ class AgentConfig:
     ping_interval: float = 1.0
     seed: int = 0
     # frame source (first tier)
-    source: Optional[str] = None
+    source: str | None = None
     fps: float = 5.0
     frames: int = 0
     deadline: float = 1.0
@@ -88,10 +90,10 @@ class AgentConfig:
     # on SIGTERM keep serving until no request has been in progress for `drain_quiet` s (at most `drain_timeout`)
     drain_quiet: float = 1.0
     drain_timeout: float = 30.0
-    summary: Optional[str] = None
+    summary: str | None = None
 
 
-def emulation_plan(requested: dict, report: Optional[dict]) -> tuple[LinkParams, tuple, set]:
+def emulation_plan(requested: dict, report: dict | None) -> tuple[LinkParams, tuple, set]:
     """What to emulate in-process given the link flags and the netem init container's report.
 
     `requested` maps delay/jitter/loss/rate to their flag text (None = not given). Without a report everything
@@ -131,8 +133,9 @@ class Agent:
         manifest = load_manifest(config.slices)
         names = [s["name"] for s in manifest["slices"]]
         if config.slice not in names:
-            raise ValueError(f"slice {config.slice!r} is not in {Path(config.slices) / 'slices.json'} "
-                             f"(slices: {', '.join(names)})")
+            raise ValueError(
+                f"slice {config.slice!r} is not in {Path(config.slices) / 'slices.json'} (slices: {', '.join(names)})"
+            )
         self.index = names.index(config.slice)
         self.entry = manifest["slices"][self.index]
         self.model = manifest["model"]
@@ -151,8 +154,13 @@ class Agent:
         self._signature = tf.saved_model.load(str(Path(config.slices) / self.entry["path"])).signatures[SIGNATURE]
         self._tf = tf
         self._warm_up()
-        self.stage = Stage(self._compute, config.overhead_ratio, config.queue_size,
-                           on_done=self.metrics.stage_compute.observe, name=f"stage-{self.tier}")
+        self.stage = Stage(
+            self._compute,
+            config.overhead_ratio,
+            config.queue_size,
+            on_done=self.metrics.stage_compute.observe,
+            name=f"stage-{self.tier}",
+        )
         self.metrics.queue_depth.set_function(lambda: self.stage.depth)
         self._active = 0
         self._active_lock = threading.Lock()
@@ -201,7 +209,9 @@ class Agent:
                 problems.append(f"input {name!r} has dtype {value.dtype.name}, expected {spec['dtype']}")
             if not _same_shape(spec["shape"], value.shape):
                 shape = ["None" if d is None else d for d in spec["shape"]]
-                problems.append(f"input {name!r} has shape {list(value.shape)}, expected [{', '.join(map(str, shape))}]")
+                problems.append(
+                    f"input {name!r} has shape {list(value.shape)}, expected [{', '.join(map(str, shape))}]"
+                )
             elif value.ndim:
                 batch.add(value.shape[0])
         if len(batch) > 1:
@@ -217,7 +227,7 @@ class Agent:
         if model_spec.signature_name not in ("", SIGNATURE):
             raise BadRequest(f"signature {model_spec.signature_name!r} does not exist: the only one is {SIGNATURE!r}")
 
-    def process(self, tensors: dict, timeout: Optional[float] = None) -> bytes:
+    def process(self, tensors: dict, timeout: float | None = None) -> bytes:
         """Inputs of this slice -> serialized PredictResponse with the model's outputs (via the next tiers)."""
         timeout = timeout or self.config.timeout
         start = time.monotonic()
@@ -258,8 +268,9 @@ class Agent:
     def forward(self, outputs: dict, timeout: float) -> bytes:
         data = predict_request(self.model, outputs).SerializeToString()
         start = time.monotonic()
-        responses = self._push(self.emulator.send(split_chunks(data, self.config.max_message_bytes)),
-                               timeout=timeout, wait_for_ready=True)
+        responses = self._push(
+            self.emulator.send(split_chunks(data, self.config.max_message_bytes)), timeout=timeout, wait_for_ready=True
+        )
         next(responses)  # the acknowledgement: the whole request has arrived
         took = time.monotonic() - start
         self.metrics.link_transfer.observe(took)
@@ -293,9 +304,15 @@ class Agent:
         # (within the frame's deadline) rather than fail a frame because the channel was backing off
         # (a channel of its own subchannel pool: channels to one address otherwise share the connection, and the
         # new channel would reuse the one it replaces)
-        self._channel = grpc.insecure_channel(self.config.next, options=GRPC_OPTIONS + [
-            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.use_local_subchannel_pool", 1)])
+        self._channel = grpc.insecure_channel(
+            self.config.next,
+            options=GRPC_OPTIONS
+            + [
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
         self._push = self._channel.stream_stream(CHUNKED_METHOD)
         self._ping = self._channel.unary_unary(PING_METHOD)
         self._connected_at = time.monotonic()
@@ -304,7 +321,7 @@ class Agent:
             closer.daemon = True
             closer.start()
 
-    def _ping_result(self, exc: Optional[grpc.RpcError]) -> None:
+    def _ping_result(self, exc: grpc.RpcError | None) -> None:
         """Bookkeeping after a ping. gRPC only reconnects a connection that breaks; one that stays up but answers
         every call with an error stays in use for ever. That happens in kind: a pod that dials a Service's
         ClusterIP before kube-proxy has its rules goes out through the node's default route, and whatever
@@ -317,12 +334,16 @@ class Agent:
         if self._failing_since is None:
             self._failing_since = now
         elif now - self._failing_since >= RECONNECT_SECONDS and now - self._connected_at >= RECONNECT_SECONDS:
-            log.warning("the next tier %s has not answered for %.0f s (%s): opening a new connection",
-                        self.config.next, now - self._failing_since, exc.details())
+            log.warning(
+                "the next tier %s has not answered for %.0f s (%s): opening a new connection",
+                self.config.next,
+                now - self._failing_since,
+                exc.details(),
+            )
             self.metrics.reconnects.inc()
             self._connect()
 
-    def wait_next(self, timeout: Optional[float] = None) -> bool:
+    def wait_next(self, timeout: float | None = None) -> bool:
         """Block until the next tier answers a ping (tiers start in any order); False if stopped or timed out."""
         if self.last:
             return True
@@ -374,13 +395,27 @@ class Agent:
             if latency is not None:
                 self.metrics.frame_latency.observe(latency)
 
-        self.source = FrameSource(make, pipeline, c.fps, c.frames, c.deadline, c.max_inflight,
-                                  timeout=max(c.timeout, c.deadline), on_outcome=on_outcome)
+        self.source = FrameSource(
+            make,
+            pipeline,
+            c.fps,
+            c.frames,
+            c.deadline,
+            c.max_inflight,
+            timeout=max(c.timeout, c.deadline),
+            on_outcome=on_outcome,
+        )
         if not self.wait_next():
             return
         self.warm_up_pipeline(make)
-        log.info("source: %s at %g fps, %s frames, deadline %gs, max in flight %d", c.source, c.fps,
-                 c.frames or "endless", c.deadline, c.max_inflight)
+        log.info(
+            "source: %s at %g fps, %s frames, deadline %gs, max in flight %d",
+            c.source,
+            c.fps,
+            c.frames or "endless",
+            c.deadline,
+            c.max_inflight,
+        )
         summary = self.source.run()
         lat = sorted(self.source.latencies)
         summary["latency_mean"] = float(np.mean(lat)) if lat else None
@@ -419,9 +454,13 @@ class Agent:
 
 # --- gRPC shell ---------------------------------------------------------------------------------------------------
 
-_STATUS = {BadRequest: grpc.StatusCode.INVALID_ARGUMENT, WireError: grpc.StatusCode.INVALID_ARGUMENT,
-           QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED, TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-           futures.TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED}
+_STATUS = {
+    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    WireError: grpc.StatusCode.INVALID_ARGUMENT,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    futures.TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def _serve_request(agent: Agent, request, context) -> bytes:
@@ -451,19 +490,25 @@ def build_server(agent: Agent, max_workers: int = 32) -> grpc.Server:
             if request.output_filter:
                 unknown = [n for n in request.output_filter if n not in response.outputs]
                 if unknown:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"output_filter names unknown output {', '.join(map(repr, unknown))}")
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"output_filter names unknown output {', '.join(map(repr, unknown))}",
+                    )
                 for name in [n for n in response.outputs if n not in request.output_filter]:
                     del response.outputs[name]
             return response
 
         def GetModelMetadata(self, request, context):
             if request.model_spec.name != agent.model:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"model {request.model_spec.name!r} is not served here: this agent serves {agent.model!r}")
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"model {request.model_spec.name!r} is not served here: this agent serves {agent.model!r}",
+                )
             if list(request.metadata_field) != ["signature_def"]:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}",
+                )
             from splitdnn.agent.wire import dtype_enum
 
             sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
@@ -495,13 +540,18 @@ def build_server(agent: Agent, max_workers: int = 32) -> grpc.Server:
         return b""
 
     # no SO_REUSEPORT (gRPC's default): a second agent on a taken port must fail, not share its connections
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                         options=GRPC_OPTIONS + [("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=GRPC_OPTIONS + [("grpc.so_reuseport", 0)],
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
-    link = grpc.method_handlers_generic_handler("splitdnn.Link", {
-        "PredictChunked": grpc.stream_stream_rpc_method_handler(chunked),
-        "Ping": grpc.unary_unary_rpc_method_handler(ping),
-    })
+    link = grpc.method_handlers_generic_handler(
+        "splitdnn.Link",
+        {
+            "PredictChunked": grpc.stream_stream_rpc_method_handler(chunked),
+            "Ping": grpc.unary_unary_rpc_method_handler(ping),
+        },
+    )
     server.add_generic_rpc_handlers((link,))
     return server
 
@@ -519,7 +569,7 @@ def worker_count(config: AgentConfig) -> int:
     return max(32, config.max_inflight + config.queue_size + 8)
 
 
-def serve(config: AgentConfig, ready_file: Optional[str] = None) -> int:
+def serve(config: AgentConfig, ready_file: str | None = None) -> int:
     """Run an agent until SIGTERM/SIGINT. Returns the exit code."""
     agent = Agent(config)
     server = build_server(agent, max_workers=worker_count(config))
@@ -529,10 +579,17 @@ def serve(config: AgentConfig, ready_file: Optional[str] = None) -> int:
     server.start()
     if config.metrics_port is not None:
         agent.metrics.serve(config.metrics_port, addr=config.host, ready=agent.ready)
-    log.info("tier %s serving %s of model %s on :%d%s; link emulation: %s (in-process: %s; tc: %s)",
-             agent.tier, config.slice, agent.model, bound,
-             f" -> {config.next}" if config.next else " (last tier)", "+".join(sorted(agent.emulation_paths)),
-             config.link.describe(), ", ".join(config.tc_applied) or "nothing")
+    log.info(
+        "tier %s serving %s of model %s on :%d%s; link emulation: %s (in-process: %s; tc: %s)",
+        agent.tier,
+        config.slice,
+        agent.model,
+        bound,
+        f" -> {config.next}" if config.next else " (last tier)",
+        "+".join(sorted(agent.emulation_paths)),
+        config.link.describe(),
+        ", ".join(config.tc_applied) or "nothing",
+    )
     stopping = threading.Event()
 
     def on_signal(signum, frame):

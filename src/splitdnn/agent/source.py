@@ -7,17 +7,17 @@
 - failed:    the pipeline raised (an error, or no result within `timeout`).
 
 offered = completed + dropped + late + failed holds at every instant: a frame is counted when its outcome is
-known, and frames still in the pipeline are `inflight`. `run` returns the counts, and `seconds` from the first frame to the last outcome, after the last frame has an
-outcome.
+known, and frames still in the pipeline are `inflight`. `run` returns the counts, and `seconds` from the first
+frame to the last outcome, after the last frame has an outcome.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -118,10 +118,18 @@ def image_frames(directory: str | Path, inputs: Sequence[dict]) -> Callable[[int
 class FrameSource:
     """Offer `frames` frames (0 = until stopped) at `fps` to `pipeline(frame, timeout)`."""
 
-    def __init__(self, make_frame: Callable[[int], dict], pipeline: Callable[[dict, float], object], fps: float,
-                 frames: int, deadline: float, max_inflight: int, timeout: float = 30.0,
-                 on_outcome: Optional[Callable[[str, Optional[float]], None]] = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        make_frame: Callable[[int], dict],
+        pipeline: Callable[[dict, float], object],
+        fps: float,
+        frames: int,
+        deadline: float,
+        max_inflight: int,
+        timeout: float = 30.0,
+        on_outcome: Callable[[str, float | None], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if max_inflight < 1:
@@ -137,7 +145,7 @@ class FrameSource:
         self.clock = clock
         self.outcomes = Outcomes()
         self.latencies: list[float] = []  # of frames that came back (completed or late); bounded below
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
         self.stopped = threading.Event()
         self.finished = threading.Event()
 
@@ -177,7 +185,7 @@ class FrameSource:
         finally:
             self._finish(outcome, latency, leaving=True)
 
-    def _finish(self, outcome: str, latency: Optional[float], leaving: bool = False) -> None:
+    def _finish(self, outcome: str, latency: float | None, leaving: bool = False) -> None:
         self.outcomes.record(outcome, leaving)
         if latency is not None and len(self.latencies) < 100_000:
             self.latencies.append(latency)

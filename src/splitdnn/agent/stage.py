@@ -10,8 +10,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable, Optional
 
 
 class QueueFull(RuntimeError):
@@ -19,9 +19,16 @@ class QueueFull(RuntimeError):
 
 
 class Stage:
-    def __init__(self, compute: Callable, overhead_ratio: float = 0.0, queue_size: int = 16,
-                 on_done: Optional[Callable[[float], None]] = None, name: str = "stage",
-                 clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        compute: Callable,
+        overhead_ratio: float = 0.0,
+        queue_size: int = 16,
+        on_done: Callable[[float], None] | None = None,
+        name: str = "stage",
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if overhead_ratio < 0:
             raise ValueError(f"overhead ratio must be >= 0, got {overhead_ratio}")
         if queue_size < 1:
@@ -48,7 +55,7 @@ class Stage:
             raise QueueFull(f"stage queue full ({self._queue.maxsize} frames waiting)") from None
         return future
 
-    def __call__(self, item, timeout: Optional[float] = None):
+    def __call__(self, item, timeout: float | None = None):
         return self.submit(item).result(timeout)
 
     def close(self) -> None:

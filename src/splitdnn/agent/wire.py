@@ -6,14 +6,24 @@ client stream (see `server.CHUNKED_METHOD`); the receiver concatenates them and 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
 # tensorflow.core.framework.types_pb2 enum values (stable since TF 1.0); numpy dtype name <-> DataType.
 DTYPES = {
-    "float32": 1, "float64": 2, "int32": 3, "uint8": 4, "int16": 5, "int8": 6, "int64": 9, "bool": 10,
-    "uint16": 17, "float16": 19, "uint32": 22, "uint64": 23,
+    "float32": 1,
+    "float64": 2,
+    "int32": 3,
+    "uint8": 4,
+    "int16": 5,
+    "int8": 6,
+    "int64": 9,
+    "bool": 10,
+    "uint16": 17,
+    "float16": 19,
+    "uint32": 22,
+    "uint64": 23,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -45,9 +55,18 @@ def to_tensor_proto(array, proto=None):
 
 
 _VAL_FIELDS = {
-    "float32": "float_val", "float64": "double_val", "int32": "int_val", "int16": "int_val", "int8": "int_val",
-    "uint8": "int_val", "uint16": "int_val", "int64": "int64_val", "bool": "bool_val", "float16": "half_val",
-    "uint32": "uint32_val", "uint64": "uint64_val",
+    "float32": "float_val",
+    "float64": "double_val",
+    "int32": "int_val",
+    "int16": "int_val",
+    "int8": "int_val",
+    "uint8": "int_val",
+    "uint16": "int_val",
+    "int64": "int64_val",
+    "bool": "bool_val",
+    "float16": "half_val",
+    "uint32": "uint32_val",
+    "uint64": "uint64_val",
 }
 
 
@@ -65,8 +84,10 @@ def from_tensor_proto(proto) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     if proto.tensor_content:
         if len(proto.tensor_content) != count * dtype.itemsize:
-            raise WireError(f"tensor_content has {len(proto.tensor_content)} bytes, shape {list(shape)} of "
-                            f"{dtype.name} needs {count * dtype.itemsize}")
+            raise WireError(
+                f"tensor_content has {len(proto.tensor_content)} bytes, shape {list(shape)} of "
+                f"{dtype.name} needs {count * dtype.itemsize}"
+            )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
     values = list(getattr(proto, _VAL_FIELDS[dtype.name]))
     if dtype.name == "float16":
@@ -87,7 +108,7 @@ def split_chunks(data: bytes, max_bytes: int) -> list[bytes]:
     if not data:
         return [b""]
     view = memoryview(data)
-    return [bytes(view[i:i + max_bytes]) for i in range(0, len(data), max_bytes)]
+    return [bytes(view[i : i + max_bytes]) for i in range(0, len(data), max_bytes)]
 
 
 def join_chunks(chunks: Iterable[bytes]) -> bytes:

@@ -16,7 +16,8 @@ import kopf
 
 from splitdnn.controller import kube as kube_mod
 from splitdnn.controller import plan as plan_mod
-from splitdnn.controller import render, status as status_mod
+from splitdnn.controller import render
+from splitdnn.controller import status as status_mod
 from splitdnn.spec import GROUP, PLURAL, VERSION, SpecError, from_resource
 
 RESYNC_SECONDS = float(os.environ.get("SPLITDNN_RESYNC_SECONDS", "10"))
@@ -34,8 +35,9 @@ try:
     from prometheus_client import Counter, Gauge
 
     RECONCILES = Counter("splitdnn_operator_reconciles_total", "Reconcile passes", ["cause", "result"])
-    PHASE = Gauge("splitdnn_operator_phase", "1 for the current phase of each SplitInference",
-                  ["namespace", "name", "phase"])
+    PHASE = Gauge(
+        "splitdnn_operator_phase", "1 for the current phase of each SplitInference", ["namespace", "name", "phase"]
+    )
 except ImportError:  # pragma: no cover - prometheus_client is a dependency; metrics are optional
     RECONCILES = PHASE = None
 
@@ -62,7 +64,8 @@ def configure(settings: kopf.OperatorSettings, **_):
     # Keep kopf's bookkeeping in annotations under our prefix; status stays ours.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="splitdnn.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="splitdnn.io", key="last-handled-configuration")
+        prefix="splitdnn.io", key="last-handled-configuration"
+    )
     settings.posting.reporting_component = EVENT_COMPONENT
     settings.posting.reporting_instance = os.environ.get("POD_NAME", "splitdnn-operator")
     settings.posting.loggers = False  # Events only for decisions (kopf.info/warn below), not every log line
@@ -90,9 +93,12 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     name, namespace = meta["name"], meta.get("namespace", "default")
     generation = meta.get("generation", 0)
     previous = dict(body.get("status") or {})
-    resource = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": effective_spec(dict(body.get("spec") or {}), previous)}
+    resource = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": effective_spec(dict(body.get("spec") or {}), previous),
+    }
     try:
         si = from_resource(resource)
     except SpecError as exc:
@@ -129,16 +135,18 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     plan = plan_mod.build_plan(si, summary)
     if summary:
         try:
-            plan["predicted"].update(estimate or plan_mod.predicted(si, summary, plan["splitPoints"],
-                                                                    _profiles(namespace, name, si)))
+            plan["predicted"].update(
+                estimate or plan_mod.predicted(si, summary, plan["splitPoints"], _profiles(namespace, name, si))
+            )
         except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
             plan["predicted"]["estimateError"] = str(exc)
     objs = render.render_all(si, plan)
     kopf.adopt(objs, owner=body)
     k = kube()
     existing = k.children(namespace, name)
-    missing = [f"{o['kind']}/{o['metadata']['name']}" for o in objs
-               if (o["kind"], o["metadata"]["name"]) not in existing]
+    missing = [
+        f"{o['kind']}/{o['metadata']['name']}" for o in objs if (o["kind"], o["metadata"]["name"]) not in existing
+    ]
     old_points = previous.get("splitPoints")
     from kubernetes.client.exceptions import ApiException
 
@@ -147,9 +155,15 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
             k.apply(o)
     except ApiException as exc:
         if exc.status in (400, 422):  # the rendered objects are refused: the spec made them invalid
-            return _fail(body, patch, previous, generation, [f"API refused a child object: {exc.reason}: "
-                                                             f"{(exc.body or '')[:300]}"], logger)
-        raise kopf.TemporaryError(f"applying children failed: {exc.status} {exc.reason}", delay=5)
+            return _fail(
+                body,
+                patch,
+                previous,
+                generation,
+                [f"API refused a child object: {exc.reason}: {(exc.body or '')[:300]}"],
+                logger,
+            )
+        raise kopf.TemporaryError(f"applying children failed: {exc.status} {exc.reason}", delay=5) from exc
 
     # (a new split brings new per-split Services, so some children are always missing then: not drift)
     split_changed = old_points is not None and old_points != plan["splitPoints"]
@@ -157,12 +171,18 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
         kopf.warn(body, reason="DriftRepaired", message=f"re-created {', '.join(missing)}")
         logger.info("drift repaired: %s", missing)
     elif missing and len(missing) == len(objs):
-        kopf.info(body, reason="Deployed",
-                  message=f"created {len(si.tiers)} tiers ({', '.join(si.tier_names)}) split at "
-                          f"{','.join(plan['splitPoints']) or '-'}")
+        kopf.info(
+            body,
+            reason="Deployed",
+            message=f"created {len(si.tiers)} tiers ({', '.join(si.tier_names)}) split at "
+            f"{','.join(plan['splitPoints']) or '-'}",
+        )
     if split_changed and len(missing) < len(objs):
-        kopf.info(body, reason="SplitChanged",
-                  message=f"rolling tiers from {','.join(old_points) or '-'} to {','.join(plan['splitPoints'])}")
+        kopf.info(
+            body,
+            reason="SplitChanged",
+            message=f"rolling tiers from {','.join(old_points) or '-'} to {','.join(plan['splitPoints'])}",
+        )
 
     retire_splits(k, body, existing, plan["splitId"], logger)
     deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
@@ -211,8 +231,11 @@ def _profiles(namespace: str, name: str, si) -> dict:
 def _fail(body, patch, previous, generation, problems, logger):
     new = status_mod.failed_status(previous, generation, problems)
     _observe(body, "invalid", "failed", "Failed")
-    if previous.get("phase") != "Failed" or previous.get("message") != new["message"] \
-            or previous.get("observedGeneration") != generation:
+    if (
+        previous.get("phase") != "Failed"
+        or previous.get("message") != new["message"]
+        or previous.get("observedGeneration") != generation
+    ):
         kopf.warn(body, reason="InvalidSpec", message=new["message"][:1000])
         logger.warning("invalid spec: %s", new["message"])
     _write_status(body, patch, previous, new)
@@ -222,8 +245,13 @@ def _write_status(body, patch, previous, new):
     if not status_mod.status_changed(previous, new):
         return
     if new.get("phase") != previous.get("phase"):
-        reason = {"Running": "Running", "Degraded": "Degraded", "Deploying": "Deploying",
-                  "Pending": "Pending", "Failed": "Failed"}[new["phase"]]
+        reason = {
+            "Running": "Running",
+            "Degraded": "Degraded",
+            "Deploying": "Deploying",
+            "Pending": "Pending",
+            "Failed": "Failed",
+        }[new["phase"]]
         if new["phase"] in ("Running", "Deploying", "Pending"):
             kopf.info(body, reason=reason, message=new.get("message", ""))
         elif new["phase"] == "Degraded":
@@ -275,8 +303,14 @@ def refresh_status(namespace: str, name: str, logger) -> None:
     if previous.get("phase") in (None, "Failed") or not plan or previous.get("observedGeneration") != generation:
         return
     try:
-        si = from_resource({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-                            "metadata": {"name": name, "namespace": namespace}, "spec": obj.get("spec") or {}})
+        si = from_resource(
+            {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": obj.get("spec") or {},
+            }
+        )
     except SpecError:
         return
     deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
@@ -286,8 +320,13 @@ def refresh_status(namespace: str, name: str, logger) -> None:
     body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}
     try:
         co.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name,
-            {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": new})
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": new},
+        )
     except ApiException as exc:
         if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
             return
@@ -299,12 +338,16 @@ def refresh_status(namespace: str, name: str, logger) -> None:
 
 # --- the feedback loop (issue #5) ---------------------------------------------------------------------------------
 
+
 def effective_spec(spec: dict, status: dict) -> dict:
     """The spec with the split the feedback loop chose (`status.adapted`), as long as adaptation is on and the
     user has not changed `splitPoints` since (a new spec split wins, and the loop starts from it)."""
     adapted = (status or {}).get("adapted") or {}
-    if ((spec.get("adaptation") or {}).get("enabled") and adapted.get("splitPoints")
-            and list(adapted.get("specSplitPoints") or []) == list(spec.get("splitPoints") or [])):
+    if (
+        (spec.get("adaptation") or {}).get("enabled")
+        and adapted.get("splitPoints")
+        and list(adapted.get("specSplitPoints") or []) == list(spec.get("splitPoints") or [])
+    ):
         spec = dict(spec)
         spec["splitPoints"] = list(adapted["splitPoints"])
     return spec
@@ -316,7 +359,7 @@ def _epoch(stamp) -> float | None:
     if not stamp:
         return None
     try:
-        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
     except (TypeError, ValueError):
         return None
 
@@ -325,8 +368,9 @@ def _adaptation_enabled(spec, **_) -> bool:
     return bool((spec or {}).get("adaptation", {}).get("enabled"))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=ADAPT_TICK_SECONDS, initial_delay=ADAPT_TICK_SECONDS,
-            when=_adaptation_enabled)
+@kopf.timer(
+    GROUP, VERSION, PLURAL, interval=ADAPT_TICK_SECONDS, initial_delay=ADAPT_TICK_SECONDS, when=_adaptation_enabled
+)
 def adapt(body, patch, logger, **_):
     """Every `adaptation.interval`: measure in Prometheus, re-plan with the measured figures, maybe re-split."""
     import time
@@ -346,7 +390,9 @@ def feedback_pass(body, patch, logger, now: float) -> str:
     previous = dict(body.get("status") or {})
     spec = dict(body.get("spec") or {})
     adaptation = spec.get("adaptation") or {}
-    if previous.get("phase") not in ("Running", "Degraded") or previous.get("observedGeneration") != meta.get("generation"):
+    if previous.get("phase") not in ("Running", "Degraded") or previous.get("observedGeneration") != meta.get(
+        "generation"
+    ):
         return "not deployed yet"
     policy = Policy.from_spec(adaptation)
     measured_prev = previous.get("measured") or {}
@@ -358,9 +404,14 @@ def feedback_pass(body, patch, logger, now: float) -> str:
     conditions = list(previous.get("conditions") or [])
     url = adaptation.get("prometheusUrl")
     try:
-        si = from_resource({"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                            "metadata": {"name": name, "namespace": namespace},
-                            "spec": effective_spec(spec, previous)})
+        si = from_resource(
+            {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": effective_spec(spec, previous),
+            }
+        )
         summary = plan_mod.model_summary(si.model_source, tuple(si.input_shape) if si.input_shape else None)
         problem = feedback.base_problem(si, summary, _profiles(namespace, name, si))
     except Exception as exc:  # noqa: BLE001 - a model the operator cannot plan for: say so, keep the split
@@ -368,54 +419,81 @@ def feedback_pass(body, patch, logger, now: float) -> str:
         return "cannot plan"
     # the last change: a re-split, or the tiers becoming ready (a fresh deployment's warm-up is not judged)
     ready = next((c for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"), None)
-    changes = [t for t in (_epoch(((previous.get("resplits") or [{}])[-1]).get("time")),
-                           _epoch(ready.get("lastTransitionTime")) if ready else None) if t is not None]
+    changes = [
+        t
+        for t in (
+            _epoch(((previous.get("resplits") or [{}])[-1]).get("time")),
+            _epoch(ready.get("lastTransitionTime")) if ready else None,
+        )
+        if t is not None
+    ]
     last_change = max(changes) if changes else None
     if not url:
         s = feedback.Step(time=now, current_points=current, error="adaptation.prometheusUrl is not set")
     else:
         try:
-            s = feedback.step(si, current, problem, Prometheus(url, timeout=5), now=now, last_change=last_change,
-                              policy=policy, namespace=namespace if PROMQL_NAMESPACE else None)
+            s = feedback.step(
+                si,
+                current,
+                problem,
+                Prometheus(url, timeout=5),
+                now=now,
+                last_change=last_change,
+                policy=policy,
+                namespace=namespace if PROMQL_NAMESPACE else None,
+            )
         except ValueError as exc:  # a split the planner cannot express (multi-tensor cut)
             patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
             return "cannot plan"
     if s.error:
-        conditions, changed = status_mod.set_condition(conditions, "MetricsAvailable", "False",
-                                                       "PrometheusUnavailable", s.error[:1000])
+        conditions, changed = status_mod.set_condition(
+            conditions, "MetricsAvailable", "False", "PrometheusUnavailable", s.error[:1000]
+        )
         # one Event per outage (measured.error is only written here, so a status rewrite by another handler
         # cannot make it flap)
         if not measured_prev.get("error"):
-            kopf.warn(body, reason="MetricsUnavailable", message=f"{s.error[:900]}; keeping split "
-                                                                 f"{','.join(current)}")
+            kopf.warn(body, reason="MetricsUnavailable", message=f"{s.error[:900]}; keeping split {','.join(current)}")
             logger.warning("metrics unavailable: %s", s.error)
         patch.status["conditions"] = conditions
-        patch.status["measured"] = {**{k: v for k, v in measured_prev.items() if k != "decision"},
-                                    "time": stamp, "error": s.error[:1000]}
+        patch.status["measured"] = {
+            **{k: v for k, v in measured_prev.items() if k != "decision"},
+            "time": stamp,
+            "error": s.error[:1000],
+        }
         return "prometheus unavailable"
-    conditions, changed = status_mod.set_condition(conditions, "MetricsAvailable", "True", "PrometheusQueried",
-                                                   f"measured at {adaptation.get('prometheusUrl')}")
+    conditions, changed = status_mod.set_condition(
+        conditions, "MetricsAvailable", "True", "PrometheusQueried", f"measured at {adaptation.get('prometheusUrl')}"
+    )
     if measured_prev.get("error") and not str(measured_prev["error"]).startswith("cannot plan"):
         kopf.info(body, reason="MetricsAvailable", message=f"Prometheus at {url} answers again")
     m = s.measurements
     objective = (spec.get("planner") or {}).get("objective", "throughput")
     figures = s.figures(objective)
     patch.status["conditions"] = conditions
-    patch.status["measured"] = {**m.to_status(), "time": stamp, "window": feedback.window_for(policy),
-                                "decision": s.decision.reason if s.decision else None,
-                                "predicted": {k: v for k, v in figures.items() if k != "measured"}, "error": None}
+    patch.status["measured"] = {
+        **m.to_status(),
+        "time": stamp,
+        "window": feedback.window_for(policy),
+        "decision": s.decision.reason if s.decision else None,
+        "predicted": {k: v for k, v in figures.items() if k != "measured"},
+        "error": None,
+    }
     if m.drop_rate is not None:
         patch.status["frameDropRate"] = round(m.drop_rate, 6)
     if not s.resplit:
         return "kept: " + (s.decision.reason if s.decision else "")
     entry = feedback.resplit_entry(s, objective, stamp)
     resplits = (list(previous.get("resplits") or []) + [entry])[-RESPLIT_HISTORY:]
-    adapted = {"splitPoints": list(s.best_points), "specSplitPoints": list(spec.get("splitPoints") or []),
-               "time": stamp}
+    adapted = {
+        "splitPoints": list(s.best_points),
+        "specSplitPoints": list(spec.get("splitPoints") or []),
+        "time": stamp,
+    }
     patch.status["resplits"] = resplits
     patch.status["adapted"] = adapted
-    kopf.info(body, reason="Resplit", message=f"{','.join(current)} → {','.join(s.best_points)}: "
-                                              f"{s.decision.reason}"[:1000])
+    kopf.info(
+        body, reason="Resplit", message=f"{','.join(current)} → {','.join(s.best_points)}: {s.decision.reason}"[:1000]
+    )
     logger.info("re-split %s -> %s: %s", current, s.best_points, s.decision.reason)
     # roll the tiers to the new split now, through the same reconcile as every other change
     status_now = {**previous, "conditions": conditions, "adapted": adapted, "resplits": resplits}

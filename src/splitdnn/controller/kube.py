@@ -61,8 +61,9 @@ class Kube:
         if obj["kind"] not in ("Deployment", "Service", "ConfigMap"):
             raise ValueError(f"cannot apply kind {obj['kind']}")
         resource = self._resource(obj["apiVersion"], obj["kind"])
-        return self.dynamic.server_side_apply(resource, body=obj, namespace=obj["metadata"]["namespace"],
-                                              field_manager=MANAGER, force_conflicts=True)
+        return self.dynamic.server_side_apply(
+            resource, body=obj, namespace=obj["metadata"]["namespace"], field_manager=MANAGER, force_conflicts=True
+        )
 
     @property
     def dynamic(self):
@@ -101,9 +102,11 @@ class Kube:
         core, apps = self._apis()
         sel = f"{LABEL_SI}={si_name}"
         found = {}
-        for kind, lister in (("Deployment", apps.list_namespaced_deployment),
-                             ("Service", core.list_namespaced_service),
-                             ("ConfigMap", core.list_namespaced_config_map)):
+        for kind, lister in (
+            ("Deployment", apps.list_namespaced_deployment),
+            ("Service", core.list_namespaced_service),
+            ("ConfigMap", core.list_namespaced_config_map),
+        ):
             resp = lister(namespace, label_selector=sel, _preload_content=False)
             import json
 

@@ -27,7 +27,7 @@ class ModelSummary:
     cut_tensors: dict = field(default_factory=dict)
     input_bytes: int = 0
     classes: tuple[str, ...] = ()  # layer classes (InputLayer blocks are not planned: shipping the input is a hop)
-    output_bytes: int = 0          # the model outputs, one frame
+    output_bytes: int = 0  # the model outputs, one frame
 
 
 class ModelUnavailable(Exception):
@@ -64,11 +64,15 @@ def problems(si: SplitInference, summary: ModelSummary | None) -> list[str]:
         name = f"{si.name}-{t['name']}-<split id>"  # the longest name made: a split's Service (render.split_id)
         length = len(si.name) + len(t["name"]) + 10
         if length > NAME_MAX:
-            found.append(f"object name {name!r} ({length} characters with the 8-character split id) is longer "
-                         f"than {NAME_MAX}: shorten the resource or tier name")
+            found.append(
+                f"object name {name!r} ({length} characters with the 8-character split id) is longer "
+                f"than {NAME_MAX}: shorten the resource or tier name"
+            )
     if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints") and summary is None:
-        found.append("planner.mode auto needs a model the operator can load (a .keras file in the operator's "
-                     "file system, or a builtin/kerasApplication model): set splitPoints")
+        found.append(
+            "planner.mode auto needs a model the operator can load (a .keras file in the operator's "
+            "file system, or a builtin/kerasApplication model): set splitPoints"
+        )
     return found
 
 
@@ -152,13 +156,15 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
             entry["next"] = split_service_name(si.name, tiers[i + 1]["name"], split)
         if bounds:
             a, b = bounds[i]
-            entry.update({
-                "firstLayer": summary.layers[a] if a <= b else None,
-                "lastLayer": summary.layers[b] if a <= b else None,
-                "layers": max(0, b - a + 1),
-                "params": sum(summary.params[a:b + 1]),
-                "flops": sum(summary.flops[a:b + 1]),
-            })
+            entry.update(
+                {
+                    "firstLayer": summary.layers[a] if a <= b else None,
+                    "lastLayer": summary.layers[b] if a <= b else None,
+                    "layers": max(0, b - a + 1),
+                    "params": sum(summary.params[a : b + 1]),
+                    "flops": sum(summary.flops[a : b + 1]),
+                }
+            )
         plan["tiers"].append(entry)
     for i, p in enumerate(points):
         link = {"from": tiers[i]["name"], "to": tiers[i + 1]["name"], "after": p}
@@ -169,12 +175,14 @@ def build_plan(si: SplitInference, summary: ModelSummary | None) -> dict:
     if summary:
         sizes = [l.get("bytes") or 0 for l in plan["links"]]
         flops = [t["flops"] for t in plan["tiers"]]
-        plan["predicted"].update({
-            "inputBytes": summary.input_bytes,
-            "bytesPerFrame": sum(sizes),
-            "maxLinkBytes": max(sizes) if sizes else 0,
-            "flopsPerTier": {t["name"]: t["flops"] for t in plan["tiers"]},
-        })
+        plan["predicted"].update(
+            {
+                "inputBytes": summary.input_bytes,
+                "bytesPerFrame": sum(sizes),
+                "maxLinkBytes": max(sizes) if sizes else 0,
+                "flopsPerTier": {t["name"]: t["flops"] for t in plan["tiers"]},
+            }
+        )
         if flops:  # the FLOPs-heaviest tier until predicted() has per-tier times
             plan["predicted"]["bottleneckTier"] = plan["tiers"][flops.index(max(flops))]["name"]
     return plan

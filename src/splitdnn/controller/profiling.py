@@ -40,25 +40,32 @@ def configmap_name(si_name: str) -> str:
 def render_job(si, index: int, image: str) -> dict:
     tier = si.tiers[index]
     tname = tier["name"]
-    script = (f"splitdnn profile {shlex.quote(si.model_source)} --tier {shlex.quote(tname)} --out /tmp/profile.json"
-              f" >&2 && echo {MARKER} && cat /tmp/profile.json")
+    script = (
+        f"splitdnn profile {shlex.quote(si.model_source)} --tier {shlex.quote(tname)} --out /tmp/profile.json"
+        f" >&2 && echo {MARKER} && cat /tmp/profile.json"
+    )
     labels = {**common_labels(si.name, tname), LABEL_ROLE: "profile"}
     pod = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "nodeSelector": dict(tier.get("nodeSelector") or {}),
-        "containers": [{
-            "name": "profile", "image": image, "imagePullPolicy": "IfNotPresent",
-            "command": ["sh", "-c", script],
-            "env": [{"name": "HOME", "value": "/tmp"}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
-            "resources": dict(tier.get("resources") or {}),
-            "securityContext": _restricted(),
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        }],
+        "containers": [
+            {
+                "name": "profile",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", script],
+                "env": [{"name": "HOME", "value": "/tmp"}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+                "resources": dict(tier.get("resources") or {}),
+                "securityContext": _restricted(),
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {"name": job_name(si.name, tname), "namespace": si.namespace, "labels": labels},
         "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": labels}, "spec": pod}},
     }
@@ -72,8 +79,13 @@ def parse_log(text: str, model: str, tier: str) -> dict | None:
         doc = json.loads(text.split(MARKER, 1)[1])
     except ValueError:
         return None
-    if (not isinstance(doc, dict) or doc.get("format") != "splitdnn.profile/1" or doc.get("model") != model
-            or doc.get("tier") != tier or not isinstance(doc.get("blocks"), list)):
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != "splitdnn.profile/1"
+        or doc.get("model") != model
+        or doc.get("tier") != tier
+        or not isinstance(doc.get("blocks"), list)
+    ):
         return None
     for b in doc["blocks"]:
         b.pop("samples_s", None)  # ConfigMaps are small; the medians are what the planner uses
@@ -120,8 +132,9 @@ RUNNING = "running"  # the state of a tier whose Job may still bring a profile s
 class Profiling:
     """One pass of sync: the profiles there are, each tier's profiling state (for status.profiling) and what this
     pass did (one Event each)."""
+
     profiles: dict = field(default_factory=dict)  # tier -> profile document
-    state: dict = field(default_factory=dict)     # tier -> PROFILED | "running (Job …)" | why there is none
+    state: dict = field(default_factory=dict)  # tier -> PROFILED | "running (Job …)" | why there is none
     notes: list = field(default_factory=list)
 
     @property
@@ -145,7 +158,7 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
     ns = si.namespace
     out = Profiling(profiles=read_profiles(core, ns, si))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for index, tier in enumerate(si.tier_names):
         if tier in out.profiles:
             out.state[tier] = PROFILED
@@ -171,16 +184,19 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
                 out.state[tier] = f"{RUNNING} (Job {name})"
                 continue
             if not (job.status and job.status.succeeded):
-                out.state[tier] = (f"Job {name} failed: FLOPs estimates; delete the Job to profile again"
-                                   if failed(job) else
-                                   f"Job {name} still running after {WAIT_SECONDS:g} s: FLOPs estimates until it ends")
+                out.state[tier] = (
+                    f"Job {name} failed: FLOPs estimates; delete the Job to profile again"
+                    if failed(job)
+                    else f"Job {name} still running after {WAIT_SECONDS:g} s: FLOPs estimates until it ends"
+                )
                 continue
             pods = core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items
             doc = None
             for pod in pods:
                 try:
-                    doc = parse_log(core.read_namespaced_pod_log(pod.metadata.name, ns, container="profile"),
-                                    si.model_source, tier)
+                    doc = parse_log(
+                        core.read_namespaced_pod_log(pod.metadata.name, ns, container="profile"), si.model_source, tier
+                    )
                 except ApiException:
                     doc = None
                 if doc:
@@ -188,13 +204,25 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
             if doc is None:
                 out.state[tier] = f"Job {name} succeeded but printed no profile: FLOPs estimates"
                 continue
-            cm = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": configmap_name(si.name), "namespace": ns,
-                               "labels": {**common_labels(si.name), LABEL_ROLE: "profiles"}},
-                  "data": {f"{tier}.json": json.dumps(doc)}}
+            cm = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": configmap_name(si.name),
+                    "namespace": ns,
+                    "labels": {**common_labels(si.name), LABEL_ROLE: "profiles"},
+                },
+                "data": {f"{tier}.json": json.dumps(doc)},
+            }
             kopf.adopt(cm, owner=owner)
-            core.patch_namespaced_config_map(cm["metadata"]["name"], ns, cm, field_manager=f"{MANAGER}-{tier}",
-                                             force=True, _content_type="application/apply-patch+yaml")
+            core.patch_namespaced_config_map(
+                cm["metadata"]["name"],
+                ns,
+                cm,
+                field_manager=f"{MANAGER}-{tier}",
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
             out.profiles[tier] = doc
             out.state[tier] = PROFILED
             out.notes.append(f"stored the {tier} profile from Job {name}")

@@ -63,8 +63,14 @@ def split_service_name(si_name: str, tier: str, split: str) -> str:
 def split_id(si: SplitInference, split_points: list[str]) -> str:
     """Which slices the pods run: pods of one split id compose, pods of two do not. Changing anything else (links,
     workload, resources) rolls the pods within the same split, and old and new pods can then serve each other."""
-    return stable_hash({"model": si.model_source, "inputShape": si.input_shape, "splitPoints": list(split_points),
-                        "tiers": len(si.tiers)})[:8]
+    return stable_hash(
+        {
+            "model": si.model_source,
+            "inputShape": si.input_shape,
+            "splitPoints": list(split_points),
+            "tiers": len(si.tiers),
+        }
+    )[:8]
 
 
 def plan_configmap_name(si_name: str) -> str:
@@ -128,30 +134,49 @@ def agent_command(si: SplitInference, index: int, split: str) -> list[str]:
     tiers = si.tiers
     tier = tiers[index]
     cmd = [
-        "splitdnn", "agent",
-        "--slices", MODELS_DIR,
-        "--slice", f"slice{index}",
-        "--port", str(GRPC_PORT),
-        "--metrics-port", str(METRICS_PORT),
-        "--si", si.name,
-        "--tier", tier["name"],
-        "--overhead-ratio", _num(tier.get("overheadRatio", 0)),
-        "--max-message-bytes", str(tier.get("maxMessageBytes", 4194304)),
-        "--netem-report", NETEM_REPORT,
+        "splitdnn",
+        "agent",
+        "--slices",
+        MODELS_DIR,
+        "--slice",
+        f"slice{index}",
+        "--port",
+        str(GRPC_PORT),
+        "--metrics-port",
+        str(METRICS_PORT),
+        "--si",
+        si.name,
+        "--tier",
+        tier["name"],
+        "--overhead-ratio",
+        _num(tier.get("overheadRatio", 0)),
+        "--max-message-bytes",
+        str(tier.get("maxMessageBytes", 4194304)),
+        "--netem-report",
+        NETEM_REPORT,
         # every tier: a frame holds a gRPC thread on each tier until its result comes back (see worker_count)
-        "--max-inflight", str(si.workload.get("maxInFlight", 4)),
-        "--drain-quiet", f"{drain_quiet_seconds(si):g}s", "--drain-timeout", f"{DRAIN_TIMEOUT_SECONDS}s",
+        "--max-inflight",
+        str(si.workload.get("maxInFlight", 4)),
+        "--drain-quiet",
+        f"{drain_quiet_seconds(si):g}s",
+        "--drain-timeout",
+        f"{DRAIN_TIMEOUT_SECONDS}s",
     ]
     if index + 1 < len(tiers):
         cmd += ["--next", f"{split_service_name(si.name, tiers[index + 1]['name'], split)}:{GRPC_PORT}"]
     if index == 0:
         w = si.workload
         cmd += [
-            "--source", str(w.get("source", "synthetic")),
-            "--fps", _num(w.get("fps", 1)),
-            "--frames", str(w.get("frames", 50)),
-            "--deadline", str(w.get("deadline", "1s")),
-            "--warmup", str(w.get("warmupFrames", 0)),
+            "--source",
+            str(w.get("source", "synthetic")),
+            "--fps",
+            _num(w.get("fps", 1)),
+            "--frames",
+            str(w.get("frames", 50)),
+            "--deadline",
+            str(w.get("deadline", "1s")),
+            "--warmup",
+            str(w.get("warmupFrames", 0)),
         ]
     return cmd + _netem_values(tier)
 
@@ -224,8 +249,12 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": si.namespace, "labels": common_labels(si.name, tname),
-                     "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)}},
+        "metadata": {
+            "name": name,
+            "namespace": si.namespace,
+            "labels": common_labels(si.name, tname),
+            "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)},
+        },
         "spec": {
             "replicas": REPLICAS,
             "revisionHistoryLimit": 3,
@@ -242,12 +271,22 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                     # the agent drains before it exits (at most DRAIN_TIMEOUT_SECONDS, plus the source's frames)
                     "terminationGracePeriodSeconds": DRAIN_TIMEOUT_SECONDS + 30,
                     "initContainers": [
-                        {**container_defaults, "name": "slicer", "command": slicer_command(si, split_points),
-                         "volumeMounts": [models_mount, tmp_mount], "securityContext": _restricted(),
-                         "resources": copy.deepcopy(resources)},
-                        {**container_defaults, "name": "netem", "command": netem_command(tier),
-                         "volumeMounts": [run_mount], "securityContext": netem_sc,
-                         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}},
+                        {
+                            **container_defaults,
+                            "name": "slicer",
+                            "command": slicer_command(si, split_points),
+                            "volumeMounts": [models_mount, tmp_mount],
+                            "securityContext": _restricted(),
+                            "resources": copy.deepcopy(resources),
+                        },
+                        {
+                            **container_defaults,
+                            "name": "netem",
+                            "command": netem_command(tier),
+                            "volumeMounts": [run_mount],
+                            "securityContext": netem_sc,
+                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                        },
                     ],
                     "containers": [
                         {
@@ -259,16 +298,28 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                                 {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                             ],
                             # Ready = this tier serves and its next tier answers (the whole chain behind it)
-                            "readinessProbe": {"httpGet": {"path": "/ready", "port": METRICS_PORT},
-                                               "initialDelaySeconds": 2, "periodSeconds": 2, "failureThreshold": 3,
-                                               "timeoutSeconds": probe_timeout_seconds(tier)},
-                            "livenessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT},
-                                              "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6,
-                                              "timeoutSeconds": probe_timeout_seconds(tier)},
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ready", "port": METRICS_PORT},
+                                "initialDelaySeconds": 2,
+                                "periodSeconds": 2,
+                                "failureThreshold": 3,
+                                "timeoutSeconds": probe_timeout_seconds(tier),
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/metrics", "port": METRICS_PORT},
+                                "initialDelaySeconds": 15,
+                                "periodSeconds": 10,
+                                "failureThreshold": 6,
+                                "timeoutSeconds": probe_timeout_seconds(tier),
+                            },
                             "resources": resources,
                             "securityContext": _restricted(),
-                            "volumeMounts": [{**models_mount, "readOnly": True}, {**run_mount, "readOnly": True},
-                                             tmp_mount, plan_mount],
+                            "volumeMounts": [
+                                {**models_mount, "readOnly": True},
+                                {**run_mount, "readOnly": True},
+                                tmp_mount,
+                                plan_mount,
+                            ],
                         }
                     ],
                     "volumes": [
@@ -288,8 +339,11 @@ def render_service(si: SplitInference, index: int) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": object_name(si.name, tname), "namespace": si.namespace,
-                     "labels": common_labels(si.name, tname)},
+        "metadata": {
+            "name": object_name(si.name, tname),
+            "namespace": si.namespace,
+            "labels": common_labels(si.name, tname),
+        },
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(si.name, tname),
@@ -307,8 +361,11 @@ def render_split_service(si: SplitInference, index: int, split: str) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": split_service_name(si.name, tname, split), "namespace": si.namespace,
-                     "labels": {**common_labels(si.name, tname), LABEL_SPLIT: split}},
+        "metadata": {
+            "name": split_service_name(si.name, tname, split),
+            "namespace": si.namespace,
+            "labels": {**common_labels(si.name, tname), LABEL_SPLIT: split},
+        },
         "spec": {
             "type": "ClusterIP",
             "selector": {**selector_labels(si.name, tname), LABEL_SPLIT: split},
@@ -325,8 +382,12 @@ def render_configmap(si: SplitInference, plan: dict) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": plan_configmap_name(si.name), "namespace": si.namespace,
-                     "labels": common_labels(si.name), "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)}},
+        "metadata": {
+            "name": plan_configmap_name(si.name),
+            "namespace": si.namespace,
+            "labels": common_labels(si.name),
+            "annotations": {ANNOTATION_PLAN_HASH: plan_hash(plan)},
+        },
         "data": {"plan.json": json.dumps(plan, indent=2, sort_keys=True)},
     }
 

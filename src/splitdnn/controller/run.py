@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 
 
-def run(namespaces: list[str] | None = None, all_namespaces: bool = False, liveness: str | None = None,
-        verbose: bool = False, metrics_port: int = 0) -> None:
+def run(
+    namespaces: list[str] | None = None,
+    all_namespaces: bool = False,
+    liveness: str | None = None,
+    verbose: bool = False,
+    metrics_port: int = 0,
+) -> None:
     import kopf
 
     from splitdnn.controller import handlers  # noqa: F401  (registers the handlers)
@@ -17,9 +22,11 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, liven
 
         start_http_server(metrics_port)
     clusterwide = all_namespaces or not namespaces
-    asyncio.run(kopf.operator(
-        clusterwide=clusterwide,
-        namespaces=[] if clusterwide else list(namespaces),
-        standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
-        liveness_endpoint=liveness,
-    ))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=clusterwide,
+            namespaces=[] if clusterwide else list(namespaces),
+            standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
+            liveness_endpoint=liveness,
+        )
+    )

@@ -10,7 +10,7 @@ PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def deployment_ready(dep: dict | None, want: int = REPLICAS) -> dict:
@@ -21,8 +21,13 @@ def deployment_ready(dep: dict | None, want: int = REPLICAS) -> dict:
     spec, st, meta = dep.get("spec", {}), dep.get("status", {}) or {}, dep.get("metadata", {})
     want = max(want, 1)
     if spec.get("replicas", want) != want:
-        return {"exists": True, "ready": False, "replicas": want, "readyReplicas": st.get("readyReplicas", 0) or 0,
-                "updated": False}
+        return {
+            "exists": True,
+            "ready": False,
+            "replicas": want,
+            "readyReplicas": st.get("readyReplicas", 0) or 0,
+            "updated": False,
+        }
     ready = st.get("readyReplicas", 0) or 0
     updated = st.get("updatedReplicas", 0) or 0
     available = st.get("availableReplicas", 0) or 0
@@ -71,8 +76,16 @@ def running_status(si, plan: dict, deployments: dict, previous: dict, generation
     for i, t in enumerate(si.tiers):
         name = object_name(si.name, t["name"])
         r = deployment_ready(deployments.get(name))
-        tiers.append({"name": t["name"], "slice": f"slice{i}", "deployment": name, "ready": r["ready"],
-                      "replicas": r["replicas"], "readyReplicas": r["readyReplicas"]})
+        tiers.append(
+            {
+                "name": t["name"],
+                "slice": f"slice{i}",
+                "deployment": name,
+                "ready": r["ready"],
+                "replicas": r["replicas"],
+                "readyReplicas": r["readyReplicas"],
+            }
+        )
     ready_count = sum(1 for t in tiers if t["ready"])
     not_ready = [t["name"] for t in tiers if not t["ready"]]
     prev_phase = previous.get("phase")
@@ -98,8 +111,13 @@ def running_status(si, plan: dict, deployments: dict, previous: dict, generation
         "plan": plan,
         "conditions": [
             _condition(prev_conditions, "Valid", "True", "SpecValid", "the spec is valid for the model"),
-            _condition(prev_conditions, "Ready", "True" if not not_ready else "False",
-                       "AllTiersReady" if not not_ready else "TiersNotReady", message),
+            _condition(
+                prev_conditions,
+                "Ready",
+                "True" if not not_ready else "False",
+                "AllTiersReady" if not not_ready else "TiersNotReady",
+                message,
+            ),
             # conditions other handlers own (the feedback loop's MetricsAvailable) are kept as they are
             *[c for c in prev_conditions if c.get("type") not in ("Valid", "Ready")],
         ],
@@ -117,9 +135,12 @@ def set_condition(conditions: list, ctype: str, status: str, reason: str, messag
 
 def status_changed(old: dict, new: dict) -> bool:
     """Ignore lastTransitionTime-only differences (they are recomputed from the old ones anyway)."""
+
     def strip(s):
         s = dict(s or {})
-        s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in (s.get("conditions") or [])]
+        s["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in (s.get("conditions") or [])
+        ]
         return s
 
     keys = set(new)

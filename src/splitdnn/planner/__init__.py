@@ -25,13 +25,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
-from .problem import (OBJECTIVES, Block, Compiled, Constraints, Infeasible, Link, Metrics, Problem, ProblemError,
-                      evaluate, ranges_of, to_seconds)
+from .problem import (
+    OBJECTIVES,
+    Block,
+    Compiled,
+    Constraints,
+    Infeasible,
+    Link,
+    Problem,
+    ProblemError,
+    evaluate,
+    ranges_of,
+    to_seconds,
+)
+from .problem import (
+    Metrics as Metrics,  # re-exported
+)
 
-__all__ = ["Problem", "Block", "Link", "Constraints", "Plan", "plan", "plan_timed", "evaluate_plan", "recalibrate",
-           "Infeasible", "ProblemError", "OBJECTIVES"]
+__all__ = [
+    "Problem",
+    "Block",
+    "Link",
+    "Constraints",
+    "Plan",
+    "plan",
+    "plan_timed",
+    "evaluate_plan",
+    "recalibrate",
+    "Infeasible",
+    "ProblemError",
+    "OBJECTIVES",
+]
 
 
 @dataclass
@@ -41,20 +66,24 @@ class Plan:
     latency: float
     bottleneck: float
     bytes: int
-    compute: dict = field(default_factory=dict)     # tier -> compute seconds
-    upload: dict = field(default_factory=dict)      # tier -> bytes sent out per frame
-    drop_rate: Optional[float] = None
+    compute: dict = field(default_factory=dict)  # tier -> compute seconds
+    upload: dict = field(default_factory=dict)  # tier -> bytes sent out per frame
+    drop_rate: float | None = None
 
     def to_json(self) -> dict:
-        d = {"assignment": {t: (list(r) if r else None) for t, r in self.assignment.items()},
-             "latency": self.latency, "bottleneck": self.bottleneck, "bytes": self.bytes,
-             "cuts": list(self.cuts)}
+        d = {
+            "assignment": {t: (list(r) if r else None) for t, r in self.assignment.items()},
+            "latency": self.latency,
+            "bottleneck": self.bottleneck,
+            "bytes": self.bytes,
+            "cuts": list(self.cuts),
+        }
         if self.drop_rate is not None:
             d["drop_rate"] = self.drop_rate
         return d
 
 
-def make_plan(problem: Problem, cp: Compiled, cuts: tuple, fps: Optional[float] = None) -> Plan:
+def make_plan(problem: Problem, cp: Compiled, cuts: tuple, fps: float | None = None) -> Plan:
     m = evaluate(cp, cuts)
     assignment = {}
     for t, (i, j) in zip(problem.tiers, ranges_of(cuts, cp.T)):
@@ -63,15 +92,24 @@ def make_plan(problem: Problem, cp: Compiled, cuts: tuple, fps: Optional[float] 
     drop = None
     if fps is not None:
         drop = 0.0 if bn <= 0 else max(0.0, 1.0 - (1.0 / bn) / fps)
-    return Plan(tuple(cuts), assignment, to_seconds(m.latency), bn, m.bytes,
-                {t: to_seconds(x) for t, x in zip(problem.tiers, m.compute)},
-                {t: u for t, u in zip(problem.tiers, m.upload)}, drop)
+    return Plan(
+        tuple(cuts),
+        assignment,
+        to_seconds(m.latency),
+        bn,
+        m.bytes,
+        {t: to_seconds(x) for t, x in zip(problem.tiers, m.compute)},
+        {t: u for t, u in zip(problem.tiers, m.upload)},
+        drop,
+    )
 
 
-def plan_timed(problem: Problem, objective: str = "latency", top: int = 1, fps: Optional[float] = None,
-               strategy: str = "dp") -> tuple[list[Plan], float]:
+def plan_timed(
+    problem: Problem, objective: str = "latency", top: int = 1, fps: float | None = None, strategy: str = "dp"
+) -> tuple[list[Plan], float]:
     """Like :func:`plan`, also returning the search time in seconds (compilation excluded)."""
     from . import strategies
+
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
     if top < 1:
@@ -88,13 +126,14 @@ def plan_timed(problem: Problem, objective: str = "latency", top: int = 1, fps: 
     return [make_plan(problem, cp, c, fps) for c in cuts], dt
 
 
-def plan(problem: Problem, objective: str = "latency", top: int = 1, fps: Optional[float] = None,
-         strategy: str = "dp") -> list[Plan]:
+def plan(
+    problem: Problem, objective: str = "latency", top: int = 1, fps: float | None = None, strategy: str = "dp"
+) -> list[Plan]:
     """The `top` best distinct plans, best first. Raises :class:`Infeasible` (with the reason) when none exists."""
     return plan_timed(problem, objective, top, fps, strategy)[0]
 
 
-def evaluate_plan(problem: Problem, split, fps: Optional[float] = None) -> Plan:
+def evaluate_plan(problem: Problem, split, fps: float | None = None) -> Plan:
     """Predicted figures of a given split (e.g. the one deployed now, under freshly measured figures).
 
     split: cumulative cuts (tuple of ints, one per tier), or {tier: (first block, last block) | None}. Constraints
@@ -124,8 +163,13 @@ def evaluate_plan(problem: Problem, split, fps: Optional[float] = None) -> Plan:
     return make_plan(problem, cp, split, fps)
 
 
-def recalibrate(problem: Problem, split, compute_seconds: Optional[dict] = None,
-                link_rtt_seconds: Optional[dict] = None, link_bandwidth: Optional[dict] = None) -> Problem:
+def recalibrate(
+    problem: Problem,
+    split,
+    compute_seconds: dict | None = None,
+    link_rtt_seconds: dict | None = None,
+    link_bandwidth: dict | None = None,
+) -> Problem:
     """A copy of `problem` adjusted to live measurements of the deployed `split` (cuts or assignment).
 
     compute_seconds {tier: measured seconds per frame}: every block time on that tier is scaled by
@@ -134,6 +178,7 @@ def recalibrate(problem: Problem, split, compute_seconds: Optional[dict] = None,
     split gets latency = rtt / 2 (one way, as the cost model charges it) and the measured bandwidth (bytes/s).
     These are the figures `splitdnn.adapt` reads from Prometheus (by tier)."""
     import copy
+
     current = evaluate_plan(problem, split)
     new = copy.deepcopy(problem)
     for tier, measured in (compute_seconds or {}).items():
@@ -146,7 +191,7 @@ def recalibrate(problem: Problem, split, compute_seconds: Optional[dict] = None,
                 b.time[tier] = b.time[tier] * f
     used = [t for t in new.tiers if current.assignment[t] is not None]
     if current.assignment[new.tiers[0]] is None:
-        used = [new.tiers[0]] + used             # the input hop leaves tier 0
+        used = [new.tiers[0]] + used  # the input hop leaves tier 0
     nxt = dict(zip(used, used[1:]))
     for what, values in (("rtt", link_rtt_seconds or {}), ("bw", link_bandwidth or {})):
         for tier, v in values.items():
@@ -165,12 +210,15 @@ def recalibrate(problem: Problem, split, compute_seconds: Optional[dict] = None,
 def diagnose(problem: Problem) -> str:
     """Explain infeasibility: which constraint groups, when dropped alone, make the problem feasible."""
     from .dp import DPStrategy
+
     c = problem.constraints
     base = "no plan satisfies the constraints"
     unconstrained = problem.with_constraints(Constraints())
     if not DPStrategy().solve(unconstrained.compile(), "latency", 1):
-        return (f"{base}: even without constraints no plan exists -- the links do not connect tier "
-                f"{problem.tiers[0]!r} (where frames originate) to a tier that can run the blocks")
+        return (
+            f"{base}: even without constraints no plan exists -- the links do not connect tier "
+            f"{problem.tiers[0]!r} (where frames originate) to a tier that can run the blocks"
+        )
     culprits = []
     for name in ("pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share"):
         if not getattr(c, name):

@@ -36,15 +36,13 @@ brute force in the property tests.
 from __future__ import annotations
 
 import heapq
-from typing import Optional
 
 from .problem import Compiled, evaluate, feasible, sort_key
 
-
-
 # ---- window helpers ----------------------------------------------------------------------------------------------
 
-def _windows(cp: Compiled, t: int, cap: Optional[int]) -> list[int]:
+
+def _windows(cp: Compiled, t: int, cap: int | None) -> list[int]:
     """lo[j] for j = 1..n (lo[0] unused): smallest admissible start of a range ending at j on tier t, or j if none.
 
     Admissible start i: blocks i..j-1 allowed on t, and S[t][j]-S[t][i] <= cap (cap = min(tier time cap, B))."""
@@ -57,18 +55,18 @@ def _windows(cp: Compiled, t: int, cap: Optional[int]) -> list[int]:
     elif tc is not None:
         cap = min(cap, tc)
     lo = [0] * (n + 1)
-    barrier = 0          # first index after the last disallowed block seen
-    p = 0                # cap pointer
+    barrier = 0  # first index after the last disallowed block seen
+    p = 0  # cap pointer
     for j in range(1, n + 1):
         if not allowed[j - 1]:
             barrier = j
-            lo[j] = j    # empty window
+            lo[j] = j  # empty window
             continue
         if cap is not None:
             while p < j and S[j] - S[p] > cap:
                 p += 1
             if S[j] - S[p] > cap:
-                p = j            # cap < 0: nothing fits
+                p = j  # cap < 0: nothing fits
         lo[j] = max(barrier, p)
     return lo
 
@@ -89,7 +87,7 @@ def _hop_table(cp: Compiled) -> dict:
             tr = cp.transfer(0, b, nb)
             row[0] = (cp.link[(0, b)][0] + tr, nb, tr)
         tab[(-1, b)] = row
-    for (a, b) in cp.link:
+    for a, b in cp.link:
         row = [None] * (cp.n + 1)
         for i in range(1, cp.n):
             if cp.hop_ok(a, b, i):
@@ -101,7 +99,7 @@ def _hop_table(cp: Compiled) -> dict:
     return tab
 
 
-def _hop(cp: Compiled, a: int, b: int, i: int, cap: Optional[int]):
+def _hop(cp: Compiled, a: int, b: int, i: int, cap: int | None):
     """(cost ticks, bytes) of a hop from tier a (-1 = source) to b carrying boundary i, or None if not allowed."""
     row = _hop_table(cp).get((a, b))
     if row is None:
@@ -118,16 +116,17 @@ def _final_ok(cp: Compiled, t: int) -> bool:
 
 # ---- latency / bytes: top-N DP -----------------------------------------------------------------------------------
 
-def topn_dp(cp: Compiled, objective: str, top: int, cap: Optional[int] = None) -> list[tuple]:
+
+def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> list[tuple]:
     """Exact top-N plans (cut tuples) by (objective, tie-breaks, cut order) for objective latency|bytes.
 
     cap (ticks): optional bound on every tier's compute and every hop's transfer time (used by throughput)."""
     T, n = cp.T, cp.n
-    lat_slot = 0 if objective == "latency" else 1      # label = (a, b, prefix); latency lives in slot lat_slot
+    lat_slot = 0 if objective == "latency" else 1  # label = (a, b, prefix); latency lives in slot lat_slot
     tiers = [t for t in range(T) if t not in cp.skip]
     lo = {t: _windows(cp, t, cap) for t in tiers}
     heaps = {t: [] for t in tiers}
-    end: list[dict[int, list]] = [dict() for _ in range(n + 1)]   # end[j][t] = labels
+    end: list[dict[int, list]] = [dict() for _ in range(n + 1)]  # end[j][t] = labels
 
     def push_enter(i: int) -> None:
         for t2 in tiers:
@@ -176,7 +175,7 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: Optional[int] = None) -
             while hp and len(got) < top:
                 item = heapq.heappop(hp)
                 if item[1] < lj:
-                    continue        # expired for good: lo is non-decreasing in j
+                    continue  # expired for good: lo is non-decreasing in j
                 got.append(item)
             for item in got:
                 heapq.heappush(hp, item)
@@ -201,12 +200,13 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: Optional[int] = None) -
 
 # ---- throughput: thresholds + counting ---------------------------------------------------------------------------
 
-def count_plans(cp: Compiled, cap: Optional[int]) -> int:
+
+def count_plans(cp: Compiled, cap: int | None) -> int:
     """Number of feasible plans (share constraints ignored) whose bottleneck is <= cap (None: no cap)."""
     T, n = cp.T, cp.n
     tiers = [t for t in range(T) if t not in cp.skip]
     lo = {t: _windows(cp, t, cap) for t in tiers}
-    pe = {t: [0] * (n + 1) for t in tiers}        # pe[t][i] = sum of Enter counts at boundaries < i
+    pe = {t: [0] * (n + 1) for t in tiers}  # pe[t][i] = sum of Enter counts at boundaries < i
     endc = [dict() for _ in range(n + 1)]
     for j in range(1, n + 1):
         i = j - 1
@@ -231,12 +231,12 @@ def count_plans(cp: Compiled, cap: Optional[int]) -> int:
 
 def throughput(cp: Compiled, top: int) -> list[tuple]:
     base = topn_dp(cp, "latency", top, None)
-    if len(base) < top:          # fewer than `top` feasible plans: they are all in `base`
+    if len(base) < top:  # fewer than `top` feasible plans: they are all in `base`
         cand = base
     else:
         # every plan runs each block somewhere it is allowed: the bottleneck is at least the largest such minimum
         lo_ = max((min(cp.ct[t][b] for t in range(cp.T) if cp.allowed[t][b]) for b in range(cp.n)), default=0)
-        hi = max(evaluate(cp, c).bottleneck for c in base)     # `top` plans have bottleneck <= hi
+        hi = max(evaluate(cp, c).bottleneck for c in base)  # `top` plans have bottleneck <= hi
         # smallest integer B with count(B) >= top; count only steps at actual bottleneck values, so B is one
         while lo_ < hi:
             mid = (lo_ + hi) // 2
@@ -244,14 +244,15 @@ def throughput(cp: Compiled, top: int) -> list[tuple]:
                 hi = mid
             else:
                 lo_ = mid + 1
-        cand = topn_dp(cp, "latency", top, lo_)          # contains the best plans with bottleneck == B
+        cand = topn_dp(cp, "latency", top, lo_)  # contains the best plans with bottleneck == B
         if lo_ > 0:
-            cand += topn_dp(cp, "latency", top, lo_ - 1)     # all (< top) plans with bottleneck < B
+            cand += topn_dp(cp, "latency", top, lo_ - 1)  # all (< top) plans with bottleneck < B
     scored = sorted({c: sort_key("throughput", evaluate(cp, c), c) for c in cand}.items(), key=lambda kv: kv[1])
     return [c for c, _ in scored[:top]]
 
 
 # ---- label search (share constraints; exact for every objective) -------------------------------------------------
+
 
 def _prune(labels: list, top: int, use_bn: bool) -> list:
     """Keep labels dominated by fewer than `top` others. label = (key, bn, g, prefix)."""
@@ -260,7 +261,7 @@ def _prune(labels: list, top: int, use_bn: bool) -> list:
     for lab in labels:
         key, bn, g, _ = lab
         dom = 0
-        for other in kept:      # only earlier (smaller key) labels can dominate; kept ones suffice (transitivity)
+        for other in kept:  # only earlier (smaller key) labels can dominate; kept ones suffice (transitivity)
             if (not use_bn or other[1] <= bn) and all(x <= y for x, y in zip(other[2], g)):
                 dom += 1
                 if dom >= top:
@@ -296,19 +297,26 @@ def _suffix_bounds(cp: Compiled, w_range, w_hop):
     return F, G
 
 
-def label_search(cp: Compiled, objective: str, top: int, bound: Optional[int] = None) -> list[tuple]:
+def label_search(cp: Compiled, objective: str, top: int, bound: int | None = None) -> list[tuple]:
     """Exact for every objective and constraint. bound: optional primary-objective value that `top` feasible
     plans are known to reach (labels that cannot finish within it are dropped)."""
     T, n = cp.T, cp.n
     use_bn = objective == "throughput"
     shares = cp.shares
-    hopc = lambda a, b, i: cp.link[(a, b)][0] + cp.transfer(a, b, cp.hop_bytes(i))
+
+    def hopc(a: int, b: int, i: int) -> int:
+        return cp.link[(a, b)][0] + cp.transfer(a, b, cp.hop_bytes(i))
+
     lat_F, lat_G = _suffix_bounds(cp, lambda t, b: cp.ct[t][b], hopc)
     g_bounds = []
     for ts, p, q in shares:
-        g_bounds.append(_suffix_bounds(
-            cp, lambda t, b, ts=ts, p=p, q=q: ((q - p) if t == ts else -p) * cp.ct[t][b],
-            lambda a, b, i, p=p: -p * hopc(a, b, i) if cp.share_of_latency else 0))
+        g_bounds.append(
+            _suffix_bounds(
+                cp,
+                lambda t, b, ts=ts, p=p, q=q: ((q - p) if t == ts else -p) * cp.ct[t][b],
+                lambda a, b, i, p=p: -p * hopc(a, b, i) if cp.share_of_latency else 0,
+            )
+        )
     if objective == "bytes" and bound is not None:
         by_F, by_G = _suffix_bounds(cp, lambda t, b: 0, lambda a, b, i: cp.hop_bytes(i))
 
@@ -392,7 +400,7 @@ def label_search(cp: Compiled, objective: str, top: int, bound: Optional[int] = 
     for t, labs in end[n].items():
         if not _final_ok(cp, t):
             continue
-        for key, bn, g, pre in labs:
+        for _key, _bn, g, pre in labs:
             if all(x <= 0 for x in g):
                 finals.append(pre + (n,) * (T - 1 - t))
     scored = sorted((sort_key(objective, evaluate(cp, c), c), c) for c in finals)
@@ -405,13 +413,14 @@ def share_search(cp: Compiled, objective: str, top: int, k0: int = 32, kmax: int
     be missing. If that needs more than kmax plans, the label search (pruned by suffix bounds on the share
     resources) finishes the job."""
     import copy
+
     free = copy.copy(cp)
     free.shares = []
     k = max(k0, top)
     while True:
         cand = throughput(free, k) if objective == "throughput" else topn_dp(free, objective, k)
         ok = [c for c in cand if feasible(cp, c)]
-        if len(ok) >= top or len(cand) < k:      # enough, or every plan was enumerated
+        if len(ok) >= top or len(cand) < k:  # enough, or every plan was enumerated
             return ok[:top]
         if k >= kmax:
             return label_search(cp, objective, top)
@@ -419,6 +428,7 @@ def share_search(cp: Compiled, objective: str, top: int, k0: int = 32, kmax: int
 
 
 # ---- strategy ----------------------------------------------------------------------------------------------------
+
 
 class DPStrategy:
     """Default strategy: exact and polynomial (see the module docstring for the share-constraint caveat)."""

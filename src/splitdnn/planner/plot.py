@@ -3,19 +3,19 @@ chosen plan's tier ranges shaded and its cuts marked."""
 
 from __future__ import annotations
 
-from typing import Optional
 
-
-def plot_plan(problem, plan, path: str, title: Optional[str] = None) -> None:
+def plot_plan(problem, plan, path: str, title: str | None = None) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
     n, T = len(problem.blocks), len(problem.tiers)
     x = np.arange(n)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8.0, min(24.0, 0.35 * n + 4)), 7.5), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(max(8.0, min(24.0, 0.35 * n + 4)), 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / T
     for k, t in enumerate(problem.tiers):
@@ -37,19 +37,36 @@ def plot_plan(problem, plan, path: str, title: Optional[str] = None) -> None:
         if c > prev:
             for ax in (ax1, ax2):
                 ax.axvspan(prev - 0.5, c - 0.5, color=colors[k % len(colors)], alpha=0.10, lw=0)
-            ax1.text((prev + c - 1) / 2, 0.97, t, transform=ax1.get_xaxis_transform(), ha="center", va="top",
-                     fontsize=11, fontweight="bold", color=colors[k % len(colors)])
-            if last_used is None and k > 0:      # tier 0 unused: the input is shipped to this tier
+            ax1.text(
+                (prev + c - 1) / 2,
+                0.97,
+                t,
+                transform=ax1.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=11,
+                fontweight="bold",
+                color=colors[k % len(colors)],
+            )
+            if last_used is None and k > 0:  # tier 0 unused: the input is shipped to this tier
                 last_used = f"input {problem.tiers[0]}"
             if last_used is not None:
                 nb = problem.blocks[prev - 1].out_bytes if prev > 0 else problem.input_bytes
                 for ax in (ax1, ax2):
                     ax.axvline(prev - 0.5, color="crimson", ls="--", lw=1.8)
                 label = f"{last_used}→{t}" if last_used.startswith("input") else f"cut {last_used}→{t}"
-                ax2.annotate(f"{label}\n{nb / 1e3:.1f} kB", (prev - 0.5, 0.95),
-                             xycoords=ax2.get_xaxis_transform(), ha="left", va="top", fontsize=9,
-                             color="crimson", xytext=(4, 0), textcoords="offset points",
-                             bbox=dict(fc="white", alpha=0.85, lw=0))
+                ax2.annotate(
+                    f"{label}\n{nb / 1e3:.1f} kB",
+                    (prev - 0.5, 0.95),
+                    xycoords=ax2.get_xaxis_transform(),
+                    ha="left",
+                    va="top",
+                    fontsize=9,
+                    color="crimson",
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    bbox=dict(fc="white", alpha=0.85, lw=0),
+                )
             last_used = t
             prev = c
     ax2.set_xticks(x)
@@ -57,8 +74,13 @@ def plot_plan(problem, plan, path: str, title: Optional[str] = None) -> None:
     ax2.set_xticklabels(labels, rotation=60 if n > 8 else 0, ha="right" if n > 8 else "center", fontsize=8)
     ax2.set_xlabel("block (in model order)")
     ax1.legend(loc="upper right", fontsize=9)
-    ax1.set_title(title or (f"plan: latency {plan.latency * 1e3:.1f} ms, bottleneck {plan.bottleneck * 1e3:.1f} ms, "
-                            f"{plan.bytes / 1e3:.1f} kB per frame"))
+    ax1.set_title(
+        title
+        or (
+            f"plan: latency {plan.latency * 1e3:.1f} ms, bottleneck {plan.bottleneck * 1e3:.1f} ms, "
+            f"{plan.bytes / 1e3:.1f} kB per frame"
+        )
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, Optional
+from typing import Any
 
 TICKS_PER_SECOND = 10**12
 
@@ -39,37 +40,44 @@ def to_seconds(ticks: int) -> float:
 @dataclass
 class Block:
     name: str
-    time: dict[str, float]            # tier -> compute seconds
+    time: dict[str, float]  # tier -> compute seconds
     out_bytes: int
-    layers: Optional[tuple[int, int]] = None   # optional (first, last) model-layer indices, for layer pins
+    layers: tuple[int, int] | None = None  # optional (first, last) model-layer indices, for layer pins
 
 
 @dataclass
 class Link:
-    latency: float      # seconds, charged once per hop
-    bandwidth: float    # bytes per second
+    latency: float  # seconds, charged once per hop
+    bandwidth: float  # bytes per second
 
 
 @dataclass
 class Constraints:
-    pin: dict[str, str] = field(default_factory=dict)            # block (or "layer:N") -> tier
-    forbid: dict[str, list[str]] = field(default_factory=dict)   # block (or "layer:N") -> tiers
-    use: list[str] = field(default_factory=list)                 # tiers that must run >= 1 block
-    skip: list[str] = field(default_factory=list)                # tiers that must run nothing
-    max_upload_bytes: dict[str, int] = field(default_factory=dict)   # bytes sent out of a tier per frame
-    max_time: dict[str, float] = field(default_factory=dict)         # compute seconds on a tier
-    max_time_share: dict[str, float] = field(default_factory=dict)   # compute on tier <= share * total latency
-    max_time_share_of: str = "latency"     # or "compute": share of total compute (Scission's P%)
+    pin: dict[str, str] = field(default_factory=dict)  # block (or "layer:N") -> tier
+    forbid: dict[str, list[str]] = field(default_factory=dict)  # block (or "layer:N") -> tiers
+    use: list[str] = field(default_factory=list)  # tiers that must run >= 1 block
+    skip: list[str] = field(default_factory=list)  # tiers that must run nothing
+    max_upload_bytes: dict[str, int] = field(default_factory=dict)  # bytes sent out of a tier per frame
+    max_time: dict[str, float] = field(default_factory=dict)  # compute seconds on a tier
+    max_time_share: dict[str, float] = field(default_factory=dict)  # compute on tier <= share * total latency
+    max_time_share_of: str = "latency"  # or "compute": share of total compute (Scission's P%)
 
     def empty(self) -> bool:
-        return not any((self.pin, self.forbid, self.use, self.skip, self.max_upload_bytes, self.max_time,
-                        self.max_time_share))
+        return not any(
+            (self.pin, self.forbid, self.use, self.skip, self.max_upload_bytes, self.max_time, self.max_time_share)
+        )
 
     def to_json(self) -> dict:
-        return {"pin": dict(self.pin), "forbid": {k: list(v) for k, v in self.forbid.items()}, "use": list(self.use),
-                "skip": list(self.skip), "max_upload_bytes": dict(self.max_upload_bytes),
-                "max_time": dict(self.max_time), "max_time_share": dict(self.max_time_share),
-                **({"max_time_share_of": self.max_time_share_of} if self.max_time_share_of != "latency" else {})}
+        return {
+            "pin": dict(self.pin),
+            "forbid": {k: list(v) for k, v in self.forbid.items()},
+            "use": list(self.use),
+            "skip": list(self.skip),
+            "max_upload_bytes": dict(self.max_upload_bytes),
+            "max_time": dict(self.max_time),
+            "max_time_share": dict(self.max_time_share),
+            **({"max_time_share_of": self.max_time_share_of} if self.max_time_share_of != "latency" else {}),
+        }
 
 
 @dataclass
@@ -79,15 +87,15 @@ class Problem:
     input_bytes: int
     links: dict[tuple[str, str], Link]
     constraints: Constraints = field(default_factory=Constraints)
-    warnings: list = field(default_factory=list, repr=False, compare=False)   # non-fatal findings while loading
+    warnings: list = field(default_factory=list, repr=False, compare=False)  # non-fatal findings while loading
 
     # ---- JSON ------------------------------------------------------------------------------------------------
     @classmethod
-    def from_json(cls, data: Any, where: str = "problem") -> "Problem":
+    def from_json(cls, data: Any, where: str = "problem") -> Problem:
         return _parse_problem(data, where)
 
     @classmethod
-    def load(cls, path: str) -> "Problem":
+    def load(cls, path: str) -> Problem:
         try:
             with open(path) as fh:
                 data = json.load(fh)
@@ -101,21 +109,30 @@ class Problem:
         return {
             "tiers": list(self.tiers),
             "input_bytes": self.input_bytes,
-            "blocks": [{"name": b.name, "time": dict(b.time), "out_bytes": b.out_bytes,
-                        **({"layers": list(b.layers)} if b.layers else {})} for b in self.blocks],
-            "links": [{"from": a, "to": b, "latency": l.latency, "bandwidth": l.bandwidth}
-                      for (a, b), l in self.links.items()],
+            "blocks": [
+                {
+                    "name": b.name,
+                    "time": dict(b.time),
+                    "out_bytes": b.out_bytes,
+                    **({"layers": list(b.layers)} if b.layers else {}),
+                }
+                for b in self.blocks
+            ],
+            "links": [
+                {"from": a, "to": b, "latency": l.latency, "bandwidth": l.bandwidth} for (a, b), l in self.links.items()
+            ],
             "constraints": self.constraints.to_json(),
         }
 
-    def with_constraints(self, constraints: Constraints) -> "Problem":
+    def with_constraints(self, constraints: Constraints) -> Problem:
         return Problem(self.tiers, self.blocks, self.input_bytes, self.links, constraints)
 
-    def compile(self) -> "Compiled":
+    def compile(self) -> Compiled:
         return Compiled(self)
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------------
+
 
 def _need(cond: bool, msg: str) -> None:
     if not cond:
@@ -123,10 +140,14 @@ def _need(cond: bool, msg: str) -> None:
 
 
 def _num(value: Any, where: str, minimum: float = 0.0, positive: bool = False) -> float:
-    _need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-          f"{where}: expected a number, got {value!r}")
-    _need(value > 0 if positive else value >= minimum,
-          f"{where}: must be {'> 0' if positive else f'>= {minimum:g}'}, got {value!r}")
+    _need(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        f"{where}: expected a number, got {value!r}",
+    )
+    _need(
+        value > 0 if positive else value >= minimum,
+        f"{where}: must be {'> 0' if positive else f'>= {minimum:g}'}, got {value!r}",
+    )
     return float(value)
 
 
@@ -135,8 +156,10 @@ def _parse_problem(data: Any, src: str) -> Problem:
     unknown = set(data) - {"tiers", "input_bytes", "blocks", "links", "constraints", "model", "notes"}
     _need(not unknown, f"{src}: unknown key(s) {sorted(unknown)}")
     tiers = data.get("tiers")
-    _need(isinstance(tiers, list) and tiers and all(isinstance(t, str) and t for t in tiers),
-          f"{src}: 'tiers' must be a non-empty list of tier names")
+    _need(
+        isinstance(tiers, list) and tiers and all(isinstance(t, str) and t for t in tiers),
+        f"{src}: 'tiers' must be a non-empty list of tier names",
+    )
     _need(len(set(tiers)) == len(tiers), f"{src}: duplicate tier names in 'tiers'")
     input_bytes = int(_num(data.get("input_bytes", 0), f"{src}: input_bytes"))
     blocks_raw = data.get("blocks")
@@ -152,15 +175,22 @@ def _parse_problem(data: Any, src: str) -> Problem:
         names.add(name)
         time = b.get("time")
         _need(isinstance(time, dict), f"{w} ({name}): 'time' must map tier -> seconds")
-        _need(set(time) == set(tiers),
-              f"{w} ({name}): 'time' must give every tier exactly once; missing {sorted(set(tiers) - set(time))},"
-              f" unknown {sorted(set(time) - set(tiers))}")
+        _need(
+            set(time) == set(tiers),
+            f"{w} ({name}): 'time' must give every tier exactly once; missing {sorted(set(tiers) - set(time))},"
+            f" unknown {sorted(set(time) - set(tiers))}",
+        )
         time = {t: _num(time[t], f"{w} ({name}).time.{t}") for t in tiers}
         out = int(_num(b.get("out_bytes", 0), f"{w} ({name}).out_bytes"))
         layers = b.get("layers")
         if layers is not None:
-            _need(isinstance(layers, list) and len(layers) == 2 and all(isinstance(x, int) for x in layers)
-                  and layers[0] <= layers[1], f"{w} ({name}).layers: expected [first, last] layer indices")
+            _need(
+                isinstance(layers, list)
+                and len(layers) == 2
+                and all(isinstance(x, int) for x in layers)
+                and layers[0] <= layers[1],
+                f"{w} ({name}).layers: expected [first, last] layer indices",
+            )
             layers = (layers[0], layers[1])
         blocks.append(Block(name, time, out, layers))
     links: dict[tuple[str, str], Link] = {}
@@ -176,6 +206,7 @@ def _parse_problem(data: Any, src: str) -> Problem:
         lat = l.get("latency", 0.0)
         if isinstance(lat, str):
             from splitdnn.units import parse_duration
+
             try:
                 lat = parse_duration(lat)
             except ValueError as exc:
@@ -183,6 +214,7 @@ def _parse_problem(data: Any, src: str) -> Problem:
         bw = l.get("bandwidth")
         if isinstance(bw, str):
             from splitdnn.units import parse_rate
+
             try:
                 bw = parse_rate(bw)
             except ValueError as exc:
@@ -195,14 +227,26 @@ def _parse_problem(data: Any, src: str) -> Problem:
 def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) -> tuple[Constraints, list]:
     w = f"{src}: constraints"
     _need(isinstance(c, dict), f"{w}: must be an object")
-    aliases = {"maxUploadBytes": "max_upload_bytes", "maxTime": "max_time", "maxTimeShare": "max_time_share",
-               "maxTimeShareOf": "max_time_share_of"}
-    for camel, snake in aliases.items():     # the CRD's spelling (spec.planner.constraints) is accepted too
+    aliases = {
+        "maxUploadBytes": "max_upload_bytes",
+        "maxTime": "max_time",
+        "maxTimeShare": "max_time_share",
+        "maxTimeShareOf": "max_time_share_of",
+    }
+    for camel, snake in aliases.items():  # the CRD's spelling (spec.planner.constraints) is accepted too
         if camel in c:
             _need(snake not in c, f"{w}: both {camel!r} and {snake!r} given")
             c = {**{k: v for k, v in c.items() if k != camel}, snake: c[camel]}
-    unknown = set(c) - {"pin", "forbid", "use", "skip", "max_upload_bytes", "max_time", "max_time_share",
-                        "max_time_share_of"}
+    unknown = set(c) - {
+        "pin",
+        "forbid",
+        "use",
+        "skip",
+        "max_upload_bytes",
+        "max_time",
+        "max_time_share",
+        "max_time_share_of",
+    }
     _need(not unknown, f"{w}: unknown key(s) {sorted(unknown)}")
 
     def tier(t: Any, where: str) -> str:
@@ -226,12 +270,12 @@ def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) 
         _need(isinstance(v, list), f"{w}.forbid.{k}: must be a list of tiers")
         forbid2[str(k)] = [tier(t, f"{w}.forbid.{k}") for t in v]
     for ref in pin:
-        resolve_block(ref, blocks, f"{w}.pin")   # a pin on a block that does not exist cannot hold: error
+        resolve_block(ref, blocks, f"{w}.pin")  # a pin on a block that does not exist cannot hold: error
     warnings = []
     for ref in list(forbid2):
         try:
             resolve_block(ref, blocks, f"{w}.forbid")
-        except ProblemError as exc:              # forbidding a block that does not exist is vacuous: warn
+        except ProblemError as exc:  # forbidding a block that does not exist is vacuous: warn
             warnings.append(f"{exc}; ignored")
             del forbid2[ref]
     use = c.get("use", []) or []
@@ -243,6 +287,7 @@ def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) 
     def share(v, where):
         if isinstance(v, str):
             from splitdnn.units import parse_percent
+
             try:
                 v = parse_percent(v)
             except ValueError as exc:
@@ -254,15 +299,22 @@ def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) 
     def secs(v, where):
         if isinstance(v, str):
             from splitdnn.units import parse_duration
+
             try:
                 v = parse_duration(v)
             except ValueError as exc:
                 raise ProblemError(f"{where}: {exc}") from None
         return _num(v, where)
 
-    out = Constraints(pin=pin, forbid=forbid2, use=use, skip=skip,
-                      max_upload_bytes=tier_map("max_upload_bytes", lambda v, wh: int(_num(v, wh))),
-                      max_time=tier_map("max_time", secs), max_time_share=tier_map("max_time_share", share))
+    out = Constraints(
+        pin=pin,
+        forbid=forbid2,
+        use=use,
+        skip=skip,
+        max_upload_bytes=tier_map("max_upload_bytes", lambda v, wh: int(_num(v, wh))),
+        max_time=tier_map("max_time", secs),
+        max_time_share=tier_map("max_time_share", share),
+    )
     basis = c.get("max_time_share_of", "latency")
     _need(basis in ("latency", "compute"), f"{w}.max_time_share_of: 'latency' or 'compute', got {basis!r}")
     out.max_time_share_of = basis
@@ -288,6 +340,7 @@ def resolve_block(ref: str, blocks: list[Block], where: str = "constraint") -> i
 
 # ---- compiled (integer) form -------------------------------------------------------------------------------------
 
+
 class Compiled:
     """Integer form of a problem shared by all strategies. Tier indices 0..T-1, block indices 0..n-1."""
 
@@ -296,8 +349,8 @@ class Compiled:
         T, n = len(p.tiers), len(p.blocks)
         self.T, self.n = T, n
         tix = {t: k for k, t in enumerate(p.tiers)}
-        self.ct = [[to_ticks(b.time[t]) for b in p.blocks] for t in p.tiers]        # ct[t][b]
-        self.S = []                                                                  # prefix sums S[t][i]
+        self.ct = [[to_ticks(b.time[t]) for b in p.blocks] for t in p.tiers]  # ct[t][b]
+        self.S = []  # prefix sums S[t][i]
         for t in range(T):
             s, acc = [0], 0
             for x in self.ct[t]:
@@ -306,7 +359,7 @@ class Compiled:
             self.S.append(s)
         self.out = [b.out_bytes for b in p.blocks]
         self.input_bytes = p.input_bytes
-        self.link = {}                                                               # (a, b) -> (lat, bw)
+        self.link = {}  # (a, b) -> (lat, bw)
         for (a, b), l in p.links.items():
             self.link[(tix[a], tix[b])] = (to_ticks(l.latency), l.bandwidth)
         c = p.constraints
@@ -331,7 +384,7 @@ class Compiled:
         # share: compute_t <= p/q * total  <=>  q*compute_t - p*total <= 0 (exact in integers); total = latency
         # (the default) or the sum of compute
         self.shares = []
-        self.share_of_latency = c.max_time_share_of != "compute"    # else: share of total compute
+        self.share_of_latency = c.max_time_share_of != "compute"  # else: share of total compute
         for t, s in c.max_time_share.items():
             fr = Fraction(s).limit_denominator(10**9)
             self.shares.append((tix[t], fr.numerator, fr.denominator))
@@ -349,8 +402,7 @@ class Compiled:
         return any(a < r < b for r in self.required)
 
     def range_ok(self, t: int, i: int, j: int) -> bool:
-        return all(self.allowed[t][i:j]) and (t not in self.time_cap or self.S[t][j] - self.S[t][i]
-                                               <= self.time_cap[t])
+        return all(self.allowed[t][i:j]) and (t not in self.time_cap or self.S[t][j] - self.S[t][i] <= self.time_cap[t])
 
     def hop_ok(self, a: int, b: int, i: int) -> bool:
         """Hop from tier a (a = -1: the source, data on tier 0) to tier b carrying the boundary-i tensor."""
@@ -368,11 +420,11 @@ class Compiled:
 
 @dataclass(frozen=True)
 class Metrics:
-    latency: int         # ticks
-    bottleneck: int      # ticks
+    latency: int  # ticks
+    bottleneck: int  # ticks
     bytes: int
-    compute: tuple       # ticks per tier
-    upload: tuple        # bytes sent out of each tier
+    compute: tuple  # ticks per tier
+    upload: tuple  # bytes sent out of each tier
 
 
 def ranges_of(cuts: tuple, T: int) -> list[tuple[int, int]]:
@@ -383,13 +435,13 @@ def ranges_of(cuts: tuple, T: int) -> list[tuple[int, int]]:
     return out
 
 
-def evaluate(cp: Compiled, cuts: tuple) -> Optional[Metrics]:
+def evaluate(cp: Compiled, cuts: tuple) -> Metrics | None:
     """Exact metrics of a plan, or None when it needs a hop that has no link."""
     T = cp.T
     compute = [0] * T
     upload = [0] * T
     lat = bn = nbytes = 0
-    prev = -1        # last used tier; -1 = data still at the source (tier 0, nothing computed)
+    prev = -1  # last used tier; -1 = data still at the source (tier 0, nothing computed)
     for t, (i, j) in enumerate(ranges_of(cuts, T)):
         if j <= i:
             continue
@@ -411,7 +463,7 @@ def evaluate(cp: Compiled, cuts: tuple) -> Optional[Metrics]:
     return Metrics(lat, bn, nbytes, tuple(compute), tuple(upload))
 
 
-def feasible(cp: Compiled, cuts: tuple, m: Optional[Metrics] = None) -> bool:
+def feasible(cp: Compiled, cuts: tuple, m: Metrics | None = None) -> bool:
     """All constraints, checked directly on a full plan (the oracle's definition)."""
     m = m if m is not None else evaluate(cp, cuts)
     if m is None:
@@ -451,5 +503,6 @@ def sort_key(objective: str, m: Metrics, cuts: tuple) -> tuple:
 def all_cuts(n: int, T: int) -> Iterable[tuple]:
     """Every plan: non-decreasing cut tuples ending at n."""
     from itertools import combinations_with_replacement
+
     for c in combinations_with_replacement(range(n + 1), T - 1):
         yield c + (n,)

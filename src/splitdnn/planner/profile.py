@@ -25,7 +25,7 @@ import platform
 import re
 import statistics
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from .problem import Problem, ProblemError
 
@@ -38,8 +38,7 @@ def blocks_from_graph(graph, multi_tensor: bool = False) -> list[dict]:
     first_real = 0
     while first_real < L - 1 and graph.layers[first_real].cls == "InputLayer":
         first_real += 1
-    bounds = [c.index for c in graph.cuts
-              if c.index >= first_real and (multi_tensor or c.single_tensor)]
+    bounds = [c.index for c in graph.cuts if c.index >= first_real and (multi_tensor or c.single_tensor)]
     out = []
     start = 0
     cut_bytes = {c.index: c.bytes for c in graph.cuts}
@@ -47,16 +46,23 @@ def blocks_from_graph(graph, multi_tensor: bool = False) -> list[dict]:
         if last < start:
             continue
         nb = cut_bytes.get(last)
-        if nb is None:   # the last block: the model outputs
+        if nb is None:  # the last block: the model outputs
             nb = sum(graph.tensors[n].bytes for n in graph.outputs)
-        out.append({"name": graph.layers[last].name, "layers": [start, last], "out_bytes": int(nb),
-                    "flops": int(sum(l.flops for l in graph.layers[start:last + 1]))})
+        out.append(
+            {
+                "name": graph.layers[last].name,
+                "layers": [start, last],
+                "out_bytes": int(nb),
+                "flops": int(sum(l.flops for l in graph.layers[start : last + 1])),
+            }
+        )
         start = last + 1
     return out
 
 
 def _random_inputs(graph, names, seed: int = 0):
     import numpy as np
+
     rng = np.random.default_rng(seed)
     xs = []
     for n in names:
@@ -70,8 +76,13 @@ def _random_inputs(graph, names, seed: int = 0):
     return xs
 
 
-def time_paired(fn: Callable[[], object], ref: Callable[[], object], warmup: int, repeats: int,
-                clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float]]:
+def time_paired(
+    fn: Callable[[], object],
+    ref: Callable[[], object],
+    warmup: int,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], list[float]]:
     """Like time_calls for two functions, alternating them call by call, so both see the same machine load.
     Returns (fn's durations, ref's durations)."""
     for _ in range(warmup):
@@ -98,8 +109,9 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[floa
     return samples
 
 
-def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, multi_tensor: bool = False,
-                  progress: bool = True) -> dict:
+def profile_model(
+    spec: str, tier: str, warmup: int = 3, repeats: int = 10, multi_tensor: bool = False, progress: bool = True
+) -> dict:
     """Measure per-block compute time of model `spec` on this machine. Returns the profile document."""
     import keras
     import numpy as np
@@ -131,7 +143,9 @@ def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, mult
             else:
                 xs = _random_inputs(graph, used)
                 feed = xs if len(xs) > 1 else xs[0]
-                samples, refs = time_paired(lambda: sub.predict_on_batch(feed), empty, warmup, repeats)
+                samples, refs = time_paired(
+                    lambda sub=sub, feed=feed: sub.predict_on_batch(feed), empty, warmup, repeats
+                )
                 call = statistics.median(refs)
                 calls.extend(refs)
             med = statistics.median(samples)
@@ -140,16 +154,31 @@ def profile_model(spec: str, tier: str, warmup: int = 3, repeats: int = 10, mult
 
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        with Progress(TextColumn("[bold]profiling {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), transient=False) as prog:
+
+        with Progress(
+            TextColumn("[bold]profiling {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as prog:
             task = prog.add_task(f"{spec} on {tier}", total=len(blocks))
             run_all(lambda: prog.advance(task))
     else:
         run_all(lambda: None)
-    return {"format": FORMAT, "model": spec, "tier": tier, "multi_tensor": multi_tensor,
-            "input_bytes": int(graph.input_bytes), "warmup": warmup, "repeats": repeats,
-            "overhead_s": statistics.median(calls) if calls else 0.0,
-            "host": platform.node(), "machine": platform.machine(), "blocks": blocks}
+    return {
+        "format": FORMAT,
+        "model": spec,
+        "tier": tier,
+        "multi_tensor": multi_tensor,
+        "input_bytes": int(graph.input_bytes),
+        "warmup": warmup,
+        "repeats": repeats,
+        "overhead_s": statistics.median(calls) if calls else 0.0,
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "blocks": blocks,
+    }
 
 
 def load_profile(path: str) -> dict:
@@ -165,8 +194,10 @@ def load_profile(path: str) -> dict:
 
 def _check_profile(doc, where: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("blocks"), list):
-        raise ProblemError(f"{where}: not a splitdnn profile (expected format {FORMAT!r}; make one with "
-                           f"`splitdnn profile MODEL --tier NAME --out FILE`)")
+        raise ProblemError(
+            f"{where}: not a splitdnn profile (expected format {FORMAT!r}; make one with "
+            f"`splitdnn profile MODEL --tier NAME --out FILE`)"
+        )
     return doc
 
 
@@ -199,24 +230,38 @@ def parse_estimate(text: str) -> tuple[str, str, float]:
 
 def parse_link(text: str) -> dict:
     from splitdnn.units import parse_duration, parse_rate
+
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 4:
         raise ProblemError(f"bad --link {text!r}: expected FROM,TO,LATENCY,RATE like device,edge,5ms,4mbit")
     try:
-        return {"from": parts[0], "to": parts[1], "latency": parse_duration(parts[2]),
-                "bandwidth": parse_rate(parts[3])}
+        return {
+            "from": parts[0],
+            "to": parts[1],
+            "latency": parse_duration(parts[2]),
+            "bandwidth": parse_rate(parts[3]),
+        }
     except ValueError as exc:
         raise ProblemError(f"bad --link {text!r}: {exc}") from None
 
 
-def problem_from_profiles(model: str, profiles: Sequence, estimates: Sequence[str] = (),
-                          links: Sequence[str] = (), multi_tensor: bool = False,
-                          constraints: Optional[dict] = None) -> Problem:
+def problem_from_profiles(
+    model: str,
+    profiles: Sequence,
+    estimates: Sequence[str] = (),
+    links: Sequence[str] = (),
+    multi_tensor: bool = False,
+    constraints: dict | None = None,
+) -> Problem:
     """Tiers = the profiles' tiers in the order given, then the estimated tiers. Blocks come from the first
     profile (or from the model graph when only estimates are given). profiles: file paths or profile documents
     (dicts, e.g. from a ConfigMap); links: "FROM,TO,LATENCY,RATE" strings."""
-    docs = [(p, load_profile(p)) if isinstance(p, (str, bytes)) or hasattr(p, "__fspath__")
-            else (f"profile[{k}]", _check_profile(p, f"profile[{k}]")) for k, p in enumerate(profiles)]
+    docs = [
+        (p, load_profile(p))
+        if isinstance(p, (str, bytes)) or hasattr(p, "__fspath__")
+        else (f"profile[{k}]", _check_profile(p, f"profile[{k}]"))
+        for k, p in enumerate(profiles)
+    ]
     ests = [parse_estimate(e) for e in estimates]
     if not docs and not ests:
         raise ProblemError("model mode needs at least one --profile FILE or --estimate TIER=SPEED")
@@ -230,18 +275,22 @@ def problem_from_profiles(model: str, profiles: Sequence, estimates: Sequence[st
             if d.get("model") != model:
                 raise ProblemError(f"{path} profiles model {d.get('model')!r}, not {model!r}")
             if [b["name"] for b in d["blocks"]] != [b["name"] for b in blocks]:
-                raise ProblemError(f"{path} and {ref_path} have different blocks (profiled with different "
-                                   f"--multi-tensor settings or model versions)")
+                raise ProblemError(
+                    f"{path} and {ref_path} have different blocks (profiled with different "
+                    f"--multi-tensor settings or model versions)"
+                )
             if d["tier"] in times:
                 raise ProblemError(f"two profiles for tier {d['tier']!r}")
             tiers.append(d["tier"])
             times[d["tier"]] = [float(b["time"]) for b in d["blocks"]]
         if bool(ref.get("multi_tensor")) != bool(multi_tensor):
-            raise ProblemError(f"profiles were made with multi_tensor={ref.get('multi_tensor')}; "
-                               f"pass the same --multi-tensor setting")
+            raise ProblemError(
+                f"profiles were made with multi_tensor={ref.get('multi_tensor')}; pass the same --multi-tensor setting"
+            )
     else:
         from splitdnn.graph import build_graph
         from splitdnn.models import load_model
+
         g = build_graph(load_model(model))
         blocks = blocks_from_graph(g, multi_tensor)
         input_bytes = int(g.input_bytes)
@@ -256,12 +305,26 @@ def problem_from_profiles(model: str, profiles: Sequence, estimates: Sequence[st
             times[tier] = [float(b.get("flops", 0)) / val for b in blocks]
         tiers.append(tier)
     if len(tiers) > 1 and not links:
-        raise ProblemError("model mode needs --link FROM,TO,LATENCY,RATE for every hop you allow "
-                           "(e.g. --link device,edge,5ms,4mbit --link edge,cloud,20ms,100mbit)")
-    data = {"tiers": tiers, "input_bytes": input_bytes, "model": model,
-            "blocks": [{"name": b["name"], "layers": b.get("layers"), "out_bytes": int(b["out_bytes"]),
-                        "time": {t: times[t][k] for t in tiers}} for k, b in enumerate(blocks)],
-            "links": [parse_link(l) for l in links], "constraints": constraints or {}}
+        raise ProblemError(
+            "model mode needs --link FROM,TO,LATENCY,RATE for every hop you allow "
+            "(e.g. --link device,edge,5ms,4mbit --link edge,cloud,20ms,100mbit)"
+        )
+    data = {
+        "tiers": tiers,
+        "input_bytes": input_bytes,
+        "model": model,
+        "blocks": [
+            {
+                "name": b["name"],
+                "layers": b.get("layers"),
+                "out_bytes": int(b["out_bytes"]),
+                "time": {t: times[t][k] for t in tiers},
+            }
+            for k, b in enumerate(blocks)
+        ],
+        "links": [parse_link(l) for l in links],
+        "constraints": constraints or {},
+    }
     for b in data["blocks"]:
         if b["layers"] is None:
             del b["layers"]

@@ -21,7 +21,6 @@ import shlex
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Optional
 
 from . import Infeasible, plan
 from .problem import Problem
@@ -59,7 +58,7 @@ class Query:
     network: str
     criteria: dict = field(default_factory=lambda: {t: [] for t in TIERS})
     upload_mb: dict = field(default_factory=dict)
-    time: dict = field(default_factory=dict)        # tier -> ("s", seconds) | ("%", percent)
+    time: dict = field(default_factory=dict)  # tier -> ("s", seconds) | ("%", percent)
     input_mb: float = 0.15
     count: int = 5
 
@@ -102,7 +101,7 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def _int(s: str) -> Optional[int]:
+def _int(s: str) -> int | None:
     try:
         return int(s)
     except ValueError:
@@ -113,38 +112,53 @@ def _int(s: str) -> Optional[int]:
 class Answer:
     latency: float
     mb: float
-    hosts: dict          # tier -> host or None (unused)
-    layers: dict         # tier -> (first layer, last layer) or None
+    hosts: dict  # tier -> host or None (unused)
+    layers: dict  # tier -> (first layer, last layer) or None
     nbytes: int
     cuts: tuple
 
-    def line(self, rank: int, device_host: Optional[str] = None) -> str:
+    def line(self, rank: int, device_host: str | None = None) -> str:
         device_host = self.hosts.get("device") or device_host
+
         def part(t, label, host):
             r = self.layers[t]
-            a, b = (r if r else (-1, -1))
+            a, b = r if r else (-1, -1)
             return f"{label}({host}) = {a} - {b}"
-        return (f"[{rank}] {self.latency:.4f}s - {self.mb:.4f}MB - "
-                + ", ".join([part("device", "Device", device_host),
-                             part("edge", "Edge", self.hosts["edge"]),
-                             part("cloud", "Cloud", self.hosts["cloud"])]))
+
+        return f"[{rank}] {self.latency:.4f}s - {self.mb:.4f}MB - " + ", ".join(
+            [
+                part("device", "Device", device_host),
+                part("edge", "Edge", self.hosts["edge"]),
+                part("cloud", "Cloud", self.hosts["cloud"]),
+            ]
+        )
 
 
-def build_problem(hosts: dict, model: str, triple: dict, net: dict, input_bytes: int,
-                  constraints: Optional[dict] = None) -> Problem:
+def build_problem(
+    hosts: dict, model: str, triple: dict, net: dict, input_bytes: int, constraints: dict | None = None
+) -> Problem:
     blocks = []
     ref = hosts["device"][triple["device"]][model]
     for k, b in enumerate(ref):
         times = {t: hosts[t][triple[t]][model][k]["exec_time_s"] for t in TIERS}
-        blocks.append({"name": b["name"], "layers": list(b["layer_range"]), "out_bytes": b["output_size_bytes"],
-                       "time": times})
+        blocks.append(
+            {"name": b["name"], "layers": list(b["layer_range"]), "out_bytes": b["output_size_bytes"], "time": times}
+        )
     links = []
     for a, b in (("device", "edge"), ("device", "cloud"), ("edge", "cloud")):
         key = (triple[a], triple[b])
         if key in net:
             links.append({"from": a, "to": b, "latency": net[key][0], "bandwidth": net[key][1]})
-    return Problem.from_json({"tiers": list(TIERS), "input_bytes": input_bytes, "blocks": blocks, "links": links,
-                              "constraints": constraints or {}}, f"scission {model}")
+    return Problem.from_json(
+        {
+            "tiers": list(TIERS),
+            "input_bytes": input_bytes,
+            "blocks": blocks,
+            "links": links,
+            "constraints": constraints or {},
+        },
+        f"scission {model}",
+    )
 
 
 def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answer]:
@@ -155,8 +169,15 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
     for b in ref:
         for layer in range(b["layer_range"][0], b["layer_range"][1] + 1):
             layer_block[layer] = b["name"]
-    cons = {"pin": {}, "forbid": {}, "use": [], "skip": [], "max_upload_bytes": {}, "max_time": {},
-            "max_time_share": {}}
+    cons = {
+        "pin": {},
+        "forbid": {},
+        "use": [],
+        "skip": [],
+        "max_upload_bytes": {},
+        "max_time": {},
+        "max_time_share": {},
+    }
     host_is: dict[str, set] = {}
     host_not: dict[str, set] = {}
     impossible = False
@@ -170,7 +191,7 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
             elif n is not None:
                 if n not in layer_block:
                     if not neg:
-                        impossible = True       # Scission: no block holds that layer -> no results
+                        impossible = True  # Scission: no block holds that layer -> no results
                     continue
                 name = layer_block[n]
                 if neg:
@@ -189,7 +210,7 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
             cons["max_time"][tier] = v
         else:
             cons["max_time_share"][tier] = v / 100.0
-            cons["max_time_share_of"] = "compute"      # Scission: P% of total compute time
+            cons["max_time_share_of"] = "compute"  # Scission: P% of total compute time
     if impossible:
         return []
     answers: dict = {}
@@ -218,25 +239,29 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
                     layers[t] = (first, last)
             key = (tuple(hs.values()), p.cuts)
             answers[key] = Answer(p.latency, p.bytes / 1e6, hs, layers, p.bytes, p.cuts)
-    ranked = sorted(answers.values(), key=lambda a: (round(a.latency * 1e12), a.nbytes, a.cuts,
-                                                     tuple(str(h) for h in a.hosts.values())))
-    return ranked[:q.count]
+    ranked = sorted(
+        answers.values(),
+        key=lambda a: (round(a.latency * 1e12), a.nbytes, a.cuts, tuple(str(h) for h in a.hosts.values())),
+    )
+    return ranked[: q.count]
 
 
 # ---- expected_outputs.txt ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Recorded:
     title: str
     argv: list
-    lines: list          # printed result lines ("[k] ..."), or [] for "No results"
+    lines: list  # printed result lines ("[k] ..."), or [] for "No results"
     no_results: bool
-    search_ms: Optional[float] = None
+    search_ms: float | None = None
 
 
 def parse_expected(path: str | Path) -> list[Recorded]:
     """The recorded queries: command line, printed top-N lines, Scission's median search time."""
     import re
+
     out = []
     cur = None
     for raw in Path(path).read_text().splitlines():
@@ -253,12 +278,12 @@ def parse_expected(path: str | Path) -> list[Recorded]:
         if cur is None:
             continue
         if line.startswith("$ ") and cur.argv:
-            cur = None          # a second command in one section (the host-scaling runs): not a query record
+            cur = None  # a second command in one section (the host-scaling runs): not a query record
             continue
         if line.startswith("$ ") and "scission_predict.py" in line:
             args = shlex.split(line[2:])
             k = next(i for i, a in enumerate(args) if a.endswith("scission_predict.py"))
-            cur.argv = args[k + 1:]
+            cur.argv = args[k + 1 :]
         elif re.match(r"^\[\d+\] ", line):
             cur.lines.append(line)
         elif line.startswith("No results"):
@@ -273,6 +298,7 @@ def parse_expected(path: str | Path) -> list[Recorded]:
 def parse_line(line: str) -> dict:
     """'[1] 0.8586s - 0.1500MB - Device(raspi4) = -1 - -1, Edge(None) = ..., Cloud(...) = 0 - 25' -> fields."""
     import re
+
     m = re.match(r"^\[(\d+)\] ([0-9.]+)s - ([0-9.]+)MB - (.*)$", line)
     if not m:
         raise ValueError(f"not a Scission result line: {line!r}")

@@ -16,6 +16,7 @@ DEFAULT = "dp"
 def _builtins() -> dict:
     from .brute import BruteStrategy
     from .dp import DPStrategy, LabelStrategy
+
     return {"dp": DPStrategy, "labels": LabelStrategy, "brute": BruteStrategy}
 
 
