@@ -268,8 +268,8 @@ def bench_synthetic(n, tier_counts, repeats, enum_limit):
         t_top5, _ = time_it(lambda: plan(p, "latency", 5), 1)
         best, count, t_enum, complete, best_thr = exhaustive_generic(p, enum_limit)
         if complete:
-            same = (abs(best[0] - res[0].latency) < 1e-9 and best[1] == res[0].cuts
-                    and abs(best_thr[0] - thr[0].bottleneck) < 1e-9 and best_thr[2] == thr[0].cuts)
+            same = (abs(best[0] - res[0].latency) < 1e-9 and best[1] == res[0].ends
+                    and abs(best_thr[0] - thr[0].bottleneck) < 1e-9 and best_thr[2] == thr[0].ends)
             enum_s = f"{t_enum:.2f}"
             ratio = f"{t_enum / t_ours:.0f}x"
             how = "latency and throughput vs exhaustive"

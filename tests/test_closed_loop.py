@@ -173,6 +173,7 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
     from splitdnn import feedback
     from splitdnn.adapt import Policy
     from splitdnn.controller.plan import model_summary
+    from splitdnn.planner import deploy
     from splitdnn.prom import Prometheus
     from splitdnn.spec import from_resource
 
@@ -180,7 +181,7 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
         pytest.skip("prometheus binary not installed (scripts/install.sh installs Debian's package)")
     si = from_resource(json.loads(json.dumps(SPEC)))
     policy = Policy.from_spec(si.spec["adaptation"])
-    problem = feedback.base_problem(si, model_summary("cnn14"))
+    problem = deploy.problem_for(si, model_summary("cnn14"))
     chain = netns.Chain(3, octet=free_octet(), prefix="sdlp", dev_prefix="lp").create()
     actuator = LocalActuator(chain, tmp_path, cnn14_model, cnn14_graph)
     steps: list[dict] = []

@@ -6,19 +6,20 @@ import pytest
 from splitdnn import feedback
 from splitdnn.adapt import Policy
 from splitdnn.controller.handlers import effective_spec
-from splitdnn.controller.plan import ModelSummary
 from splitdnn.controller.status import running_status, set_condition
+from splitdnn.graph import GraphSummary
+from splitdnn.planner import deploy
 from splitdnn.prom import PrometheusError
 from splitdnn.spec import from_resource
 
 # conv (big output) → conv (bigger) → pool (small) → dense (tiny)
-SUMMARY = ModelSummary(
+SUMMARY = GraphSummary(
     model="toy",
     layers=("c1", "c2", "pool", "d1", "d2"),
     params=(1, 1, 0, 1, 1),
     flops=(1_000_000, 20_000_000, 10_000, 100_000, 1_000),
-    cut_bytes={"c1": 80_000, "c2": 150_000, "pool": 8_000, "d1": 500},
-    cut_tensors={"c1": ["c1"], "c2": ["c2"], "pool": ["pool"], "d1": ["d1"]},
+    boundary_bytes={"c1": 80_000, "c2": 150_000, "pool": 8_000, "d1": 500},
+    boundary_tensors={"c1": ["c1"], "c2": ["c2"], "pool": ["pool"], "d1": ["d1"]},
     input_bytes=3_000,
     classes=("Conv2D", "Conv2D", "MaxPooling2D", "Dense", "Dense"),
     output_bytes=40,
@@ -65,22 +66,22 @@ class FakeProm:
 
 def test_blocks_and_base_problem_from_the_summary():
     s = si()
-    p = feedback.base_problem(s, SUMMARY)
+    p = deploy.problem_for(s, SUMMARY)
     assert [b.name for b in p.blocks] == ["c1", "c2", "pool", "d1", "d2"]
     assert p.blocks[1].out_bytes == 150_000 and p.blocks[-1].out_bytes == 40
     # FLOPs / speed × (1 + overheadRatio)
-    assert p.blocks[1].time["device"] == pytest.approx(2 * 20e6 / feedback.DEFAULT_TIER_FLOPS)
-    assert p.blocks[1].time["edge"] == pytest.approx(20e6 / feedback.DEFAULT_TIER_FLOPS)
-    assert p.links[("device", "edge")].bandwidth == feedback.DEFAULT_LINK_BANDWIDTH
+    assert p.blocks[1].time["device"] == pytest.approx(2 * 20e6 / deploy.DEFAULT_TIER_FLOPS)
+    assert p.blocks[1].time["edge"] == pytest.approx(20e6 / deploy.DEFAULT_TIER_FLOPS)
+    assert p.links[("device", "edge")].bandwidth == deploy.DEFAULT_LINK_BANDWIDTH
     assert set(p.constraints.use) == {"device", "edge", "cloud"}
-    assert feedback.cuts_of(p, ["c2", "d1"]) == (2, 4, 5)
+    assert deploy.split_of(p, ["c2", "d1"]) == (2, 4, 5)
     with pytest.raises(ValueError, match="not a block boundary"):
-        feedback.cuts_of(p, ["nope", "d1"])
+        deploy.split_of(p, ["nope", "d1"])
 
 
 def test_a_slow_measured_link_moves_the_cut_to_a_small_tensor():
     s = si()
-    p = feedback.base_problem(s, SUMMARY)
+    p = deploy.problem_for(s, SUMMARY)
     prom = FakeProm(drop=0.5, bandwidth=100_000.0)
     st = feedback.step(s, ["c2", "d1"], p, prom, now=1000, policy=POLICY)
     assert st.error is None and st.resplit, st.decision
@@ -96,7 +97,7 @@ def test_a_slow_measured_link_moves_the_cut_to_a_small_tensor():
 
 def test_within_the_slo_or_in_cooldown_the_split_stays():
     s = si()
-    p = feedback.base_problem(s, SUMMARY)
+    p = deploy.problem_for(s, SUMMARY)
     assert not feedback.step(s, ["c2", "d1"], p, FakeProm(drop=0.05), now=1000, policy=POLICY).resplit
     st = feedback.step(s, ["c2", "d1"], p, FakeProm(drop=0.5), now=1000, last_change=980, policy=POLICY)
     assert not st.resplit and "cooldown" in st.decision.reason and st.new_points == ["c2", "d1"]
@@ -104,7 +105,7 @@ def test_within_the_slo_or_in_cooldown_the_split_stays():
 
 def test_prometheus_trouble_is_a_step_error_not_an_exception():
     s = si()
-    p = feedback.base_problem(s, SUMMARY)
+    p = deploy.problem_for(s, SUMMARY)
     st = feedback.step(
         s, ["c2", "d1"], p, FakeProm(fail="Prometheus at http://x is unreachable: refused"), now=1000, policy=POLICY
     )
@@ -140,7 +141,7 @@ def test_reconcile_status_keeps_the_loops_condition():
 
 def test_namespace_matcher_when_asked():
     s = si()
-    p = feedback.base_problem(s, SUMMARY)
+    p = deploy.problem_for(s, SUMMARY)
     prom = FakeProm(drop=0.0)
     feedback.step(s, ["c2", "d1"], p, prom, now=1000, policy=POLICY, namespace="prod")
     assert all('si="toy",namespace="prod"' in q for q in prom.queries)

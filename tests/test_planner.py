@@ -48,7 +48,7 @@ def three_blocks(**constraints):
 
 
 def find(plans, cuts):
-    return next(p for p in plans if p.cuts == cuts)
+    return next(p for p in plans if p.ends == cuts)
 
 
 def test_cost_model_by_hand():
@@ -74,8 +74,8 @@ def test_evaluate_a_given_split():
     best = plan(pr, "throughput", top=3, fps=30)
     for p in best:
         again = evaluate_plan(pr, p.assignment, fps=30)
-        assert (again.cuts, again.latency, again.bottleneck, again.bytes, again.drop_rate) == (
-            p.cuts,
+        assert (again.ends, again.latency, again.bottleneck, again.bytes, again.drop_rate) == (
+            p.ends,
             p.latency,
             p.bottleneck,
             p.bytes,
@@ -125,7 +125,7 @@ def test_ranking_and_tie_breaks_are_deterministic():
         }
     )
     plans = plan(p, "latency", top=5)
-    assert [x.cuts for x in plans] == [(0, 2), (1, 2), (2, 2)]  # equal latency and bytes: cut order
+    assert [x.ends for x in plans] == [(0, 2), (1, 2), (2, 2)]  # equal latency and bytes: cut order
     assert len({x.latency for x in plans}) == 1
 
 
@@ -157,9 +157,9 @@ def test_constraints_each_bite():
 
 def test_time_share_of_latency_or_of_compute():
     # device runs a (10 ms), edge runs b..c (10 ms), hop 41 ms: device share 10/61 of latency, 10/20 of compute
-    of_latency = [p.cuts for p in plan(three_blocks(max_time_share={"device": 0.3}), top=10)]
+    of_latency = [p.ends for p in plan(three_blocks(max_time_share={"device": 0.3}), top=10)]
     of_compute = [
-        p.cuts for p in plan(three_blocks(max_time_share={"device": 0.3}, max_time_share_of="compute"), top=10)
+        p.ends for p in plan(three_blocks(max_time_share={"device": 0.3}, max_time_share_of="compute"), top=10)
     ]
     assert (1, 3, 3) in of_latency and (1, 3, 3) not in of_compute
     for p in plan(three_blocks(max_time_share={"device": 0.3}, max_time_share_of="compute"), top=10):
@@ -268,9 +268,9 @@ def test_strategy_registry_and_entry_point_plugin(tmp_path, monkeypatch):
 def test_strategies_agree_on_a_fixed_problem():
     pr = three_blocks(max_time_share={"cloud": 0.5})
     for obj in ("latency", "throughput", "bytes"):
-        ref = [p.cuts for p in plan(pr, obj, top=6, strategy="brute")]
-        assert [p.cuts for p in plan(pr, obj, top=6, strategy="dp")] == ref
-        assert [p.cuts for p in plan(pr, obj, top=6, strategy="labels")] == ref
+        ref = [p.ends for p in plan(pr, obj, top=6, strategy="brute")]
+        assert [p.ends for p in plan(pr, obj, top=6, strategy="dp")] == ref
+        assert [p.ends for p in plan(pr, obj, top=6, strategy="labels")] == ref
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_blocks_follow_single_tensor_cuts(cnn14_graph):
-    from splitdnn.planner.profile import blocks_from_graph
+    from splitdnn.planner.blocks import blocks_of
 
-    blocks = blocks_from_graph(cnn14_graph)
+    blocks = blocks_of(cnn14_graph.summary())
     single = [c for c in cnn14_graph.cuts if c.single_tensor]
     assert len(blocks) == len(single) + 1
     assert blocks[0]["layers"][0] == 0 and blocks[-1]["layers"][1] == len(cnn14_graph.layers) - 1

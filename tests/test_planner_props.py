@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from splitdnn.planner import Infeasible, Problem, plan
 from splitdnn.planner.brute import brute_force
 from splitdnn.planner.dp import count_plans, label_search, share_search, throughput, topn_dp
-from splitdnn.planner.problem import all_cuts, evaluate, feasible, sort_key
+from splitdnn.planner.problem import all_ends, evaluate, feasible, sort_key
 
 TIER_NAMES = ["t0", "t1", "t2", "t3"]
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,7 +127,7 @@ def test_counting_dp_counts_capped_plans(problem, cap_ms):
     cp = problem.compile()
     cap = cap_ms * 10**9  # ticks
     expected = 0
-    for c in all_cuts(cp.n, cp.T):
+    for c in all_ends(cp.n, cp.T):
         m = evaluate(cp, c)
         if m is not None and feasible(cp, c, m) and m.bottleneck <= cap:
             expected += 1
@@ -147,6 +147,6 @@ def test_infeasible_is_an_error_not_an_empty_success(problem, objective):
 
 def plan_cuts(problem, objective, top, strategy):
     try:
-        return [p.cuts for p in plan(problem, objective, top, strategy=strategy)]
+        return [p.ends for p in plan(problem, objective, top, strategy=strategy)]
     except Infeasible:
         return []

@@ -117,18 +117,7 @@ def slice_(
 
 def _print_plans(problem, plans, search_seconds: float, as_json: bool, fps: float | None) -> None:
     if as_json:
-        out = []
-        for p in plans:
-            d = {
-                "assignment": {t: (list(r) if r else None) for t, r in p.assignment.items()},
-                "latency": p.latency,
-                "bottleneck": p.bottleneck,
-                "bytes": p.bytes,
-            }
-            if fps is not None:
-                d["drop_rate"] = p.drop_rate
-            out.append(d)
-        typer.echo(json.dumps({"plans": out, "search_seconds": search_seconds}))
+        typer.echo(json.dumps({"plans": [p.to_json() for p in plans], "search_seconds": search_seconds}))
         return
     from rich.console import Console
     from rich.table import Table

@@ -25,7 +25,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -337,52 +336,25 @@ def export_pair(directory: Path, device_after: str, edge_after: str) -> Path:
 
 
 def run_once(resource: dict, slices: Path, netns: bool, say: Callable[[str], None] = lambda m: None) -> dict:
-    """One run of a SplitInference on pre-exported slices, with the agents of `splitdnn run`; the source's summary."""
-    from splitdnn.agent.local import LocalRunError, _scrape_or_empty, _start_agents, stop_all, wait_ready
-    from splitdnn.agent.metrics import value
+    """One run of a SplitInference on pre-exported slices with `splitdnn run`'s agents (`agent.local.run_local`);
+    the source's summary. Ctrl-C stops the whole experiment, not just this run."""
+    from splitdnn.agent.local import run_local
     from splitdnn.spec import from_resource
 
-    si = from_resource(resource)
-    frames = si.workload["frames"]
-    with tempfile.TemporaryDirectory(prefix="splitdnn-exp-") as tmp:
-        summary_file = Path(tmp) / "source.json"
-        chain, agents = None, []
-        try:
-            if netns:
-                chain = _new_chain(len(si.tiers))
-            agents = _start_agents(si, str(slices), tmp, frames, summary_file, chain, lambda m: None)
-            wait_ready(agents)
-            last = 0.0
-            while not summary_file.exists():
-                for a in agents:
-                    if a.proc.poll() is not None:
-                        raise LocalRunError(f"agent {a.tier} exited with {a.proc.returncode}:\n{a.log_tail()}")
-                if time.monotonic() - last > 2.0:
-                    s = _scrape_or_empty(agents[0])
-                    if s:
-                        done = sum(
-                            int(value(s, "splitdnn_frames_total", outcome=o))
-                            for o in ("completed", "dropped", "late", "failed")
-                        )
-                        say(f"frames {done}/{frames}")
-                    last = time.monotonic()
-                time.sleep(0.2)
-            source = json.loads(summary_file.read_text())
-            stages = {}
-            for a in agents:
-                s = _scrape_or_empty(a)
-                n = value(s, "splitdnn_stage_compute_seconds_count") if s else 0
-                stages[a.tier] = value(s, "splitdnn_stage_compute_seconds_sum") / n if n else None
-        finally:
-            stop_all(agents)
-            if chain:
-                chain.destroy()
-    out = {k: source[k] for k in ("offered", "completed", "dropped", "late", "failed", "drop_rate")}
-    out["time_s"] = round(source["seconds"], 4)
-    out["latency_mean_s"] = source.get("latency_mean")
-    out["stage_seconds_mean"] = stages
-    if source.get("last_error"):
-        out["last_error"] = source["last_error"]
+    chain = _new_chain(len(resource["spec"]["tiers"])) if netns else None
+    try:
+        result = run_local(from_resource(resource), slices=str(slices), chain=chain, say=say)
+    finally:
+        if chain is not None:
+            chain.destroy()
+    if result["interrupted"]:
+        raise KeyboardInterrupt
+    out = {k: result[k] for k in ("offered", "completed", "dropped", "late", "failed", "drop_rate")}
+    out["time_s"] = round(result["source_seconds"], 4)
+    out["latency_mean_seconds"] = result.get("latency_mean_seconds")
+    out["stage_seconds_mean"] = {t["name"]: t["stage_seconds_mean"] for t in result["tiers"]}
+    if result.get("last_error"):
+        out["last_error"] = result["last_error"]
     return out
 
 

@@ -93,6 +93,20 @@ class ModelGraph:
             last[name] = len(self.layers)
         return last
 
+    def summary(self) -> GraphSummary:
+        """What planning needs of this graph, as plain data (no TensorFlow needed to read it back)."""
+        return GraphSummary(
+            model=self.model_name,
+            layers=tuple(l.name for l in self.layers),
+            classes=tuple(l.cls for l in self.layers),
+            params=tuple(l.params for l in self.layers),
+            flops=tuple(l.flops for l in self.layers),
+            boundary_bytes={c.after: c.bytes for c in self.cuts},
+            boundary_tensors={c.after: list(c.tensors) for c in self.cuts},
+            input_bytes=self.input_bytes,
+            output_bytes=sum(self.tensors[n].bytes for n in self.outputs),
+        )
+
     def to_json(self) -> dict:
         """The `splitdnn inspect --json` contract."""
         return {
@@ -121,6 +135,56 @@ class ModelGraph:
                 for c in self.cuts
             ],
         }
+
+
+SUMMARY_FORMAT = "splitdnn.graph-summary/1"
+
+
+@dataclass(frozen=True)
+class GraphSummary:
+    """A model graph reduced to what planning and the deployed plan need, per layer in model order and per
+    boundary (keyed by the layer it follows). Plain data: `to_json`/`from_json` round-trip it, so a process
+    without TensorFlow (the operator) can plan from a document another process wrote."""
+
+    model: str
+    layers: tuple[str, ...]
+    classes: tuple[str, ...] = ()  # Keras class per layer; empty = unknown (no InputLayer to skip)
+    params: tuple[int, ...] = ()
+    flops: tuple[int, ...] = ()
+    boundary_bytes: dict[str, int] = field(default_factory=dict)  # layer → bytes crossing the boundary after it
+    boundary_tensors: dict[str, list[str]] = field(default_factory=dict)  # layer → tensors crossing it
+    input_bytes: int = 0  # the model inputs, one frame
+    output_bytes: int = 0  # the model outputs, one frame
+
+    def to_json(self) -> dict:
+        return {
+            "format": SUMMARY_FORMAT,
+            "model": self.model,
+            "layers": list(self.layers),
+            "classes": list(self.classes),
+            "params": list(self.params),
+            "flops": list(self.flops),
+            "boundary_bytes": dict(self.boundary_bytes),
+            "boundary_tensors": {k: list(v) for k, v in self.boundary_tensors.items()},
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> GraphSummary:
+        if not isinstance(doc, dict) or doc.get("format") != SUMMARY_FORMAT:
+            raise ValueError(f"not a graph summary (expected format {SUMMARY_FORMAT!r})")
+        return cls(
+            model=str(doc["model"]),
+            layers=tuple(doc["layers"]),
+            classes=tuple(doc.get("classes", ())),
+            params=tuple(int(x) for x in doc.get("params", ())),
+            flops=tuple(int(x) for x in doc.get("flops", ())),
+            boundary_bytes={k: int(v) for k, v in doc.get("boundary_bytes", {}).items()},
+            boundary_tensors={k: list(v) for k, v in doc.get("boundary_tensors", {}).items()},
+            input_bytes=int(doc.get("input_bytes", 0)),
+            output_bytes=int(doc.get("output_bytes", 0)),
+        )
 
 
 def _dtype_size(dtype: str) -> int:

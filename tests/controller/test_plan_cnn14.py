@@ -3,6 +3,8 @@
 import pytest
 
 from splitdnn.controller import plan as plan_mod
+from splitdnn.planner import deploy
+from splitdnn.planner.blocks import blocks_of
 from splitdnn.spec import load_file
 
 pytestmark = pytest.mark.slow
@@ -51,14 +53,14 @@ def test_auto_mode_plans_from_flops_and_the_links():
     summary = plan_mod.model_summary("cnn14")
     si = _auto(rate="1mbit")  # 125 kB/s
     assert plan_mod.problems(si, summary) == []
-    points, predicted = plan_mod.choose(si, summary)
+    points, predicted = deploy.choose(si, summary)
     cut = dict(zip(summary.layers, range(len(summary.layers))))
-    assert summary.cut_bytes[points[0]] < summary.cut_bytes["conv2d"], points
+    assert summary.boundary_bytes[points[0]] < summary.boundary_bytes["conv2d"], points
     assert cut[points[0]] < cut[points[1]]
     assert predicted["source"] == "FLOPs estimates" and predicted["objective"] == "throughput"
     assert {"latencySeconds", "bottleneckSeconds", "bytesPerFrame", "dropRate", "bottleneckAt"} <= set(predicted)
     # the fixed example's split under the same slow link: its big tensor is the bottleneck, with drops at 5 fps
-    fixed = plan_mod.predicted(si, summary, ["conv2d", "flatten"])
+    fixed = deploy.predicted(si, summary, ["conv2d", "flatten"])
     assert fixed["bottleneckAt"] == "link device→edge" and fixed["dropRate"] > 0.5
     assert predicted["bottleneckSeconds"] < fixed["bottleneckSeconds"]
 
@@ -66,9 +68,7 @@ def test_auto_mode_plans_from_flops_and_the_links():
 def test_auto_mode_prefers_profiles_where_they_exist():
     summary = plan_mod.model_summary("cnn14")
     si = _auto()
-    from splitdnn import feedback
-
-    blocks = feedback.blocks_of(summary)
+    blocks = blocks_of(summary)
     # a device profile that makes everything after conv2d very slow there: the planner cuts right after it
     prof = {
         "format": "splitdnn.profile/1",
@@ -76,9 +76,9 @@ def test_auto_mode_prefers_profiles_where_they_exist():
         "tier": "device",
         "blocks": [{"name": b["name"], "time": 1e-4 if k == 0 else 10.0} for k, b in enumerate(blocks)],
     }
-    points, predicted = plan_mod.choose(si, summary, {"device": prof})
+    points, predicted = deploy.choose(si, summary, {"device": prof})
     assert points[0] == "conv2d" and predicted["source"] == "profiles"
     # a device 10 s per block past conv2d: any split that keeps one there makes the device the slowest tier, and
     # the status names it in both fields (bottleneckTier no longer stays at the FLOPs-heaviest tier)
-    slow = plan_mod.predicted(si, summary, ["max_pooling2d", "flatten"], {"device": prof})
+    slow = deploy.predicted(si, summary, ["max_pooling2d", "flatten"], {"device": prof})
     assert slow["bottleneckTier"] == "device" and slow["bottleneckAt"] == "tier device", slow

@@ -8,16 +8,17 @@ import pytest
 from splitdnn.controller import plan as plan_mod
 from splitdnn.controller import render
 from splitdnn.controller import status as status_mod
+from splitdnn.graph import GraphSummary
 from splitdnn.spec import from_resource, load_file
 
 LAYERS = ("conv2d", "max_pooling2d", "conv2d_1", "flatten", "dense", "dense_1")
-SUMMARY = plan_mod.ModelSummary(
+SUMMARY = GraphSummary(
     model="cnn14",
     layers=LAYERS,
     params=(10, 0, 20, 0, 30, 5),
     flops=(100, 10, 200, 0, 60, 6),
-    cut_bytes={"conv2d": 4000, "max_pooling2d": 1000, "conv2d_1": 800, "flatten": 800, "dense": 64},
-    cut_tensors={"conv2d": ["conv2d"], "flatten": ["flatten"]},
+    boundary_bytes={"conv2d": 4000, "max_pooling2d": 1000, "conv2d_1": 800, "flatten": 800, "dense": 64},
+    boundary_tensors={"conv2d": ["conv2d"], "flatten": ["flatten"]},
     input_bytes=3000,
 )
 

@@ -101,10 +101,10 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # n
     assert "Profiling" in [r for r, _ in events_for(kc, ns, "auto")]
     # profiles in the ConfigMap (as finished Jobs leave them, or made by hand) replace the estimates: a device
     # that is very slow after conv2d makes the planner cut right after it
-    from splitdnn import feedback
     from splitdnn.controller.plan import model_summary
+    from splitdnn.planner.blocks import blocks_of
 
-    blocks = feedback.blocks_of(model_summary("cnn14"))
+    blocks = blocks_of(model_summary("cnn14"))
 
     def profile(tier, slow_after_first):
         return json.dumps(

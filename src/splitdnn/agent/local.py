@@ -252,8 +252,21 @@ def outcomes_of(samples: dict) -> dict:
     return {"offered": offered, **counts, "drop_rate": lost / offered if offered else 0.0}
 
 
-def run_local(si, frames: int | None = None, netns: bool = False, out: str | None = None, quiet: bool = False) -> dict:
-    """Run a SplitInference (from `splitdnn.spec`) locally; returns the summary (see README "splitdnn run")."""
+def run_local(
+    si,
+    frames: int | None = None,
+    netns: bool = False,
+    out: str | None = None,
+    quiet: bool = False,
+    slices: str | None = None,
+    chain=None,
+    say=None,
+) -> dict:
+    """Run a SplitInference (from `splitdnn.spec`) locally; returns the summary (see README "splitdnn run").
+
+    For callers that run many times (the experiment): `slices` = a directory of slices already exported at the
+    spec's split points (no slicing), `chain` = a namespace chain already created (the caller destroys it),
+    `say` = where progress lines go (instead of stderr; no progress bar)."""
     from splitdnn.spec import cross_field_problems
 
     problems = cross_field_problems(si)
@@ -264,23 +277,26 @@ def run_local(si, frames: int | None = None, netns: bool = False, out: str | Non
         raise LocalRunError("splitdnn run needs spec.splitPoints (one fewer than tiers)")
     workload = si.workload
     total = workload.get("frames", 50) if frames is None else frames
-    if netns:
+    if netns and chain is None:
         from splitdnn.agent.netns import available
 
         ok, why = available()
         if not ok:
             raise LocalRunError(f"--netns {why}")
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    bar = not quiet and say is None
+    if say is None:
+        say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    own_chain = netns and chain is None
 
     with tempfile.TemporaryDirectory(prefix="splitdnn-run-") as tmp:
-        slices = out or str(Path(tmp) / "slices")
-        say(f"slicing {si.model_source} at {', '.join(points)} → {slices}")
-        _slice(si, points, slices)
-        chain = None
+        if slices is None:
+            slices = out or str(Path(tmp) / "slices")
+            say(f"slicing {si.model_source} at {', '.join(points)} → {slices}")
+            _slice(si, points, slices)
         agents: list[AgentProcess] = []
         summary_file = Path(tmp) / "source.json"
         try:
-            if netns:
+            if own_chain:
                 from splitdnn.agent.netns import Chain
 
                 chain = Chain(len(si.tiers)).create()
@@ -292,7 +308,7 @@ def run_local(si, frames: int | None = None, netns: bool = False, out: str | Non
                 if not stop.is_set():
                     say(f"agents ready: {', '.join(a.tier for a in agents)}; running {total or 'endless'} frames")
                 started = time.monotonic()
-                with Progress(total or None, quiet) as progress:
+                with Progress(total or None, not bar) as progress:
                     while not summary_file.exists() and not stop.is_set():
                         for a in agents:
                             if a.proc.poll() is not None:
@@ -314,12 +330,12 @@ def run_local(si, frames: int | None = None, netns: bool = False, out: str | Non
                 if source.get("last_error"):
                     result["last_error"] = source["last_error"]
             result["seconds"] = round(elapsed, 3)
-            result["link_emulation"] = "tc via netns" if netns else "inprocess"
+            result["link_emulation"] = "tc via netns" if chain is not None else "inprocess"
             result["tiers"] = [tier_stats(a, s) for a, s in zip(agents, samples)]
             result["interrupted"] = interrupted
         finally:
             stop_all(agents)
-            if chain:
+            if own_chain and chain is not None:
                 chain.destroy()
         return result
 

@@ -18,6 +18,7 @@ from splitdnn.controller import kube as kube_mod
 from splitdnn.controller import plan as plan_mod
 from splitdnn.controller import render
 from splitdnn.controller import status as status_mod
+from splitdnn.planner import deploy
 from splitdnn.spec import GROUP, PLURAL, VERSION, SpecError, from_resource
 
 RESYNC_SECONDS = float(os.environ.get("SPLITDNN_RESYNC_SECONDS", "10"))
@@ -124,7 +125,7 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
         except Exception as exc:  # noqa: BLE001 - no profiles: FLOPs estimates
             logger.warning("profiling: %s", exc)
         try:  # the planner chooses; the feedback loop's later choices come through effective_spec
-            points, estimate = plan_mod.choose(si, summary, profiles)
+            points, estimate = deploy.choose(si, summary, profiles)
             si.spec["splitPoints"] = points
         except Infeasible as exc:
             problems.append(f"planner.mode auto: {exc}")
@@ -136,7 +137,7 @@ def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
     if summary:
         try:
             plan["predicted"].update(
-                estimate or plan_mod.predicted(si, summary, plan["splitPoints"], _profiles(namespace, name, si))
+                estimate or deploy.predicted(si, summary, plan["splitPoints"], _profiles(namespace, name, si))
             )
         except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
             plan["predicted"]["estimateError"] = str(exc)
@@ -413,7 +414,7 @@ def feedback_pass(body, patch, logger, now: float) -> str:
             }
         )
         summary = plan_mod.model_summary(si.model_source, tuple(si.input_shape) if si.input_shape else None)
-        problem = feedback.base_problem(si, summary, _profiles(namespace, name, si))
+        problem = deploy.problem_for(si, summary, _profiles(namespace, name, si))
     except Exception as exc:  # noqa: BLE001 - a model the operator cannot plan for: say so, keep the split
         patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
         return "cannot plan"

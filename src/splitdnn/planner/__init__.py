@@ -7,7 +7,7 @@ Python API::
     plans = plan(problem, objective="throughput", top=3, fps=10.0)   # best first; raises Infeasible
     p = plans[0]
     p.assignment   # {"device": ("conv2d", "pool") | None, ...}   first and last block per tier, None = unused
-    p.cuts         # cumulative boundaries per tier: tier k runs blocks cuts[k-1] .. cuts[k]-1 (cuts[-1] = 0)
+    p.ends         # block ends per tier: tier k runs blocks ends[k-1] .. ends[k]-1 (ends[-1] = 0)
     p.latency, p.bottleneck   # seconds: one frame end to end; the stream's period (slowest stage or transfer)
     p.bytes                   # bytes over all hops per frame (the input too, if tier 0 computes nothing)
     p.drop_rate               # with fps: max(0, 1 - (1/bottleneck)/fps), else None
@@ -15,7 +15,7 @@ Python API::
 Cost model: latency = Σ compute on the used tiers + Σ over hops (link latency + bytes/bandwidth), where hops go from
 each used tier to the next used tier (a link entry for that ordered pair must exist), plus shipping the input from
 tier 0 when tier 0 is unused. bottleneck = max(used tiers' compute, hops' bytes/bandwidth). Objectives rank by
-the objective, then latency, then bytes, then cut order (lexicographic on ``cuts``).
+the objective, then latency, then bytes, then block order (lexicographic on ``ends``).
 
 Strategies (``strategy=``): ``dp`` (default), ``labels``, ``brute`` and any registered under the entry-point
 group ``splitdnn.strategies`` (see :mod:`splitdnn.planner.strategies`).
@@ -24,7 +24,9 @@ group ``splitdnn.strategies`` (see :mod:`splitdnn.planner.strategies`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .problem import (
     OBJECTIVES,
@@ -59,41 +61,61 @@ __all__ = [
 ]
 
 
+# One serialiser, two spellings: (attribute, `splitdnn plan --json` key, status key, status rounding)
+_FIGURES = (
+    ("latency", "latency", "latencySeconds", 6),
+    ("bottleneck", "bottleneck", "bottleneckSeconds", 6),
+    ("bytes", "bytes", "bytesPerFrame", None),
+    ("drop_rate", "drop_rate", "dropRate", 4),
+)
+
+
 @dataclass
 class Plan:
-    cuts: tuple
-    assignment: dict
-    latency: float
-    bottleneck: float
-    bytes: int
-    compute: dict = field(default_factory=dict)  # tier -> compute seconds
-    upload: dict = field(default_factory=dict)  # tier -> bytes sent out per frame
-    drop_rate: float | None = None
+    ends: tuple[int, ...]  # block ends per tier: tier k runs blocks ends[k-1] .. ends[k]-1 (ends[-1] = 0)
+    assignment: dict[str, tuple[str, str] | None]  # tier -> (first block, last block), None = unused
+    latency: float  # seconds, one frame end to end
+    bottleneck: float  # seconds, the stream's period (slowest stage or transfer)
+    bytes: int  # over all hops, per frame
+    compute: dict[str, float] = field(default_factory=dict)  # tier -> compute seconds
+    upload: dict[str, int] = field(default_factory=dict)  # tier -> bytes sent out per frame
+    drop_rate: float | None = None  # with an offered fps
 
-    def to_json(self) -> dict:
-        d = {
-            "assignment": {t: (list(r) if r else None) for t, r in self.assignment.items()},
-            "latency": self.latency,
-            "bottleneck": self.bottleneck,
-            "bytes": self.bytes,
-            "cuts": list(self.cuts),
-        }
-        if self.drop_rate is not None:
-            d["drop_rate"] = self.drop_rate
-        return d
+    def to_json(self) -> dict[str, Any]:
+        """The `splitdnn plan --json` form of one plan (a contract): assignment and raw figures; `drop_rate`
+        only when an fps was given."""
+        out: dict[str, Any] = {"assignment": {t: (list(r) if r else None) for t, r in self.assignment.items()}}
+        for attr, key, _, _ in _FIGURES:
+            if getattr(self, attr) is not None:
+                out[key] = getattr(self, attr)
+        return out
+
+    def to_status(self, objective: str, source: str) -> dict[str, Any]:
+        """The status form (`status.plan.predicted`, the loop's figures; a contract): camelCase, rounded, with
+        the objective, per-tier compute and where the figures come from."""
+        out: dict[str, Any] = {"objective": objective}
+        for attr, _, key, digits in _FIGURES:
+            v = getattr(self, attr)
+            if v is not None:
+                out[key] = int(v) if digits is None else round(v, digits)
+        out["computeSeconds"] = {t: round(v, 6) for t, v in self.compute.items()}
+        out["source"] = source
+        return out
 
 
-def make_plan(problem: Problem, cp: Compiled, cuts: tuple, fps: float | None = None) -> Plan:
-    m = evaluate(cp, cuts)
-    assignment = {}
-    for t, (i, j) in zip(problem.tiers, ranges_of(cuts, cp.T)):
+def make_plan(problem: Problem, cp: Compiled, ends: tuple[int, ...], fps: float | None = None) -> Plan:
+    m = evaluate(cp, ends)
+    if m is None:
+        raise ValueError("the split needs a hop between tiers that have no link")
+    assignment: dict[str, tuple[str, str] | None] = {}
+    for t, (i, j) in zip(problem.tiers, ranges_of(ends, cp.T)):
         assignment[t] = (problem.blocks[i].name, problem.blocks[j - 1].name) if j > i else None
     bn = to_seconds(m.bottleneck)
     drop = None
     if fps is not None:
         drop = 0.0 if bn <= 0 else max(0.0, 1.0 - (1.0 / bn) / fps)
     return Plan(
-        tuple(cuts),
+        tuple(ends),
         assignment,
         to_seconds(m.latency),
         bn,
@@ -119,11 +141,11 @@ def plan_timed(
     cp = problem.compile()
     strat = strategies.get(strategy)
     t0 = time.perf_counter()
-    cuts = strat.solve(cp, objective, top)
+    found = strat.solve(cp, objective, top)
     dt = time.perf_counter() - t0
-    if not cuts:
+    if not found:
         raise Infeasible(diagnose(problem))
-    return [make_plan(problem, cp, c, fps) for c in cuts], dt
+    return [make_plan(problem, cp, e, fps) for e in found], dt
 
 
 def plan(
@@ -133,17 +155,19 @@ def plan(
     return plan_timed(problem, objective, top, fps, strategy)[0]
 
 
-def evaluate_plan(problem: Problem, split, fps: float | None = None) -> Plan:
+def evaluate_plan(
+    problem: Problem, split: Sequence[int] | Mapping[str, Sequence[str] | None], fps: float | None = None
+) -> Plan:
     """Predicted figures of a given split (e.g. the one deployed now, under freshly measured figures).
 
-    split: cumulative cuts (tuple of ints, one per tier), or {tier: (first block, last block) | None}. Constraints
-    are not checked (the current split may violate new ones); a split needing a hop without a link raises
-    ValueError. In model mode blocks are named after their last layer, so assignment[tier][1] is the layer after
-    which that tier's slice ends (a split point)."""
+    split: block ends (ints, one per tier, see `Plan.ends`), or {tier: (first block, last block) | None}.
+    Constraints are not checked (the current split may violate new ones); a split needing a hop without a link
+    raises ValueError. In model mode blocks are named after their last layer, so assignment[tier][1] is the
+    layer after which that tier's slice ends (a split point)."""
     cp = problem.compile()
-    if isinstance(split, dict):
+    if isinstance(split, Mapping):
         names = [b.name for b in problem.blocks]
-        cuts, prev = [], 0
+        ends, prev = [], 0
         for t in problem.tiers:
             r = split.get(t)
             if r:
@@ -151,26 +175,24 @@ def evaluate_plan(problem: Problem, split, fps: float | None = None) -> Plan:
                 if first != prev or last < first:
                     raise ValueError(f"tier {t!r}: range {r[0]}..{r[1]} does not continue at block {prev}")
                 prev = last + 1
-            cuts.append(prev)
+            ends.append(prev)
         if prev != len(names):
             raise ValueError(f"split covers {prev} of {len(names)} blocks")
-        split = tuple(cuts)
-    split = tuple(int(c) for c in split)
-    if len(split) != cp.T or split[-1] != cp.n or any(a > b for a, b in zip(split, split[1:])):
-        raise ValueError(f"cuts must be {cp.T} non-decreasing block boundaries ending at {cp.n}, got {split}")
-    if evaluate(cp, split) is None:
-        raise ValueError("the split needs a hop between tiers that have no link")
-    return make_plan(problem, cp, split, fps)
+        split = ends
+    e = tuple(int(c) for c in split)
+    if len(e) != cp.T or e[-1] != cp.n or any(a > b for a, b in zip(e, e[1:])):
+        raise ValueError(f"block ends must be {cp.T} non-decreasing block indices ending at {cp.n}, got {e}")
+    return make_plan(problem, cp, e, fps)
 
 
 def recalibrate(
     problem: Problem,
-    split,
-    compute_seconds: dict | None = None,
-    link_rtt_seconds: dict | None = None,
-    link_bandwidth: dict | None = None,
+    split: Sequence[int] | Mapping[str, Sequence[str] | None],
+    compute_seconds: Mapping[str, float | None] | None = None,
+    link_rtt_seconds: Mapping[str, float | None] | None = None,
+    link_bandwidth: Mapping[str, float | None] | None = None,
 ) -> Problem:
-    """A copy of `problem` adjusted to live measurements of the deployed `split` (cuts or assignment).
+    """A copy of `problem` adjusted to live measurements of the deployed `split` (block ends or assignment).
 
     compute_seconds {tier: measured seconds per frame}: every block time on that tier is scaled by
     measured / predicted (predicted = the split's compute on that tier; tiers that run nothing keep their times).
@@ -193,7 +215,11 @@ def recalibrate(
     if current.assignment[new.tiers[0]] is None:
         used = [new.tiers[0]] + used  # the input hop leaves tier 0
     nxt = dict(zip(used, used[1:]))
-    for what, values in (("rtt", link_rtt_seconds or {}), ("bw", link_bandwidth or {})):
+    measured: tuple[tuple[str, Mapping[str, float | None]], ...] = (
+        ("rtt", link_rtt_seconds or {}),
+        ("bw", link_bandwidth or {}),
+    )
+    for what, values in measured:
         for tier, v in values.items():
             if v is None or tier not in nxt:
                 continue

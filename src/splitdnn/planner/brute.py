@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from .problem import Compiled, all_cuts, evaluate, feasible, sort_key
+from .problem import Compiled, all_ends, evaluate, feasible, sort_key
 
 
 def brute_force(cp: Compiled, objective: str, top: int) -> list[tuple]:
     scored = []
-    for c in all_cuts(cp.n, cp.T):
+    for c in all_ends(cp.n, cp.T):
         m = evaluate(cp, c)
         if m is None or not feasible(cp, c, m):
             continue

@@ -8,7 +8,7 @@ links, upload caps, and "a required tier may not be jumped over"); edges ``Enter
 range i..j-1 on t (filtered by pins/forbids and per-tier time caps, which turn the admissible i into a sliding
 window [lo(j), j-1] because compute times are non-negative).
 
-Latency and bytes objectives (``topn_dp``): each state keeps its N best labels ``(objective, tie-breaks, cut
+Latency and bytes objectives (``topn_dp``): each state keeps its N best labels ``(objective, tie-breaks, block
 prefix)``. The cost of a range is ``S[t][j] - S[t][i]`` (prefix sums), so the best N over the window are the best N
 of the *shifted* labels ``label(i) - S[t][i]``, kept in a heap with lazy deletion of expired i. The per-state
 order is the global order restricted to paths that share a continuation, so keeping N labels per state is exact
@@ -20,7 +20,7 @@ Throughput (``throughput``): the bottleneck is a max, not a sum, so it is handle
 bottleneck among the latency DP's top N] finds the smallest B_N with at least N plans -- necessarily some plan's
 bottleneck, since the count only changes there. The answer is every plan with bottleneck <= B_N - 1 (fewer than
 N: the latency DP capped at B_N - 1 returns them all) plus the best remaining plans with bottleneck = B_N (the
-latency DP capped at B_N contains them, ranked by latency, bytes, cuts). O(n · T² · log(range in ticks)).
+latency DP capped at B_N contains them, ranked by latency, bytes, block ends). O(n · T² · log(range in ticks)).
 
 Time-share constraints (``compute on tier <= share × total latency``) are not decomposable, but with integer
 ticks ``q·compute_t - p·latency <= 0`` is an *additive* resource, so the problem is a resource-constrained
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 
-from .problem import Compiled, evaluate, feasible, sort_key
+from .problem import Compiled, feasible, metrics_of, sort_key
 
 # ---- window helpers ----------------------------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ def _hop_table(cp: Compiled) -> dict:
         return tab
     tab = {}
     for b in range(cp.T):
-        row = [None] * (cp.n + 1)
+        row: list[tuple[int, int, int] | None] = [None] * (cp.n + 1)
         if b == 0:
             row[0] = (0, 0, 0)
         elif cp.hop_ok(-1, b, 0):
@@ -118,14 +118,14 @@ def _final_ok(cp: Compiled, t: int) -> bool:
 
 
 def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> list[tuple]:
-    """Exact top-N plans (cut tuples) by (objective, tie-breaks, cut order) for objective latency|bytes.
+    """Exact top-N plans (block-end tuples) by (objective, tie-breaks, block order) for objective latency|bytes.
 
     cap (ticks): optional bound on every tier's compute and every hop's transfer time (used by throughput)."""
     T, n = cp.T, cp.n
     lat_slot = 0 if objective == "latency" else 1  # label = (a, b, prefix); latency lives in slot lat_slot
     tiers = [t for t in range(T) if t not in cp.skip]
     lo = {t: _windows(cp, t, cap) for t in tiers}
-    heaps = {t: [] for t in tiers}
+    heaps: dict[int, list] = {t: [] for t in tiers}
     end: list[dict[int, list]] = [dict() for _ in range(n + 1)]  # end[j][t] = labels
 
     def push_enter(i: int) -> None:
@@ -171,7 +171,7 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
             if lj >= j:
                 continue
             hp = heaps[t]
-            got = []
+            got: list = []
             while hp and len(got) < top:
                 item = heapq.heappop(hp)
                 if item[1] < lj:
@@ -186,13 +186,13 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
                 end[j][t] = [(a + s, b, pre + (j,)) for (a, b, pre), _ in got]
             else:
                 end[j][t] = [(a, b + s, pre + (j,)) for (a, b, pre), _ in got]
-    finals = []
+    finals: list[tuple[int, ...]] = []
     for t, labs in end[n].items():
         if _final_ok(cp, t):
             finals.extend(pre + (n,) * (T - 1 - t) for _, _, pre in labs)
     scored = []
     for c in finals:
-        m = evaluate(cp, c)
+        m = metrics_of(cp, c)
         scored.append((sort_key(objective, m, c), c))
     scored.sort()
     return [c for _, c in scored[:top]]
@@ -207,7 +207,7 @@ def count_plans(cp: Compiled, cap: int | None) -> int:
     tiers = [t for t in range(T) if t not in cp.skip]
     lo = {t: _windows(cp, t, cap) for t in tiers}
     pe = {t: [0] * (n + 1) for t in tiers}  # pe[t][i] = sum of Enter counts at boundaries < i
-    endc = [dict() for _ in range(n + 1)]
+    endc: list[dict[int, int]] = [dict() for _ in range(n + 1)]
     for j in range(1, n + 1):
         i = j - 1
         for t2 in tiers:
@@ -236,7 +236,7 @@ def throughput(cp: Compiled, top: int) -> list[tuple]:
     else:
         # every plan runs each block somewhere it is allowed: the bottleneck is at least the largest such minimum
         lo_ = max((min(cp.ct[t][b] for t in range(cp.T) if cp.allowed[t][b]) for b in range(cp.n)), default=0)
-        hi = max(evaluate(cp, c).bottleneck for c in base)  # `top` plans have bottleneck <= hi
+        hi = max(metrics_of(cp, c).bottleneck for c in base)  # `top` plans have bottleneck <= hi
         # smallest integer B with count(B) >= top; count only steps at actual bottleneck values, so B is one
         while lo_ < hi:
             mid = (lo_ + hi) // 2
@@ -247,7 +247,7 @@ def throughput(cp: Compiled, top: int) -> list[tuple]:
         cand = topn_dp(cp, "latency", top, lo_)  # contains the best plans with bottleneck == B
         if lo_ > 0:
             cand += topn_dp(cp, "latency", top, lo_ - 1)  # all (< top) plans with bottleneck < B
-    scored = sorted({c: sort_key("throughput", evaluate(cp, c), c) for c in cand}.items(), key=lambda kv: kv[1])
+    scored = sorted({c: sort_key("throughput", metrics_of(cp, c), c) for c in cand}.items(), key=lambda kv: kv[1])
     return [c for c, _ in scored[:top]]
 
 
@@ -257,7 +257,7 @@ def throughput(cp: Compiled, top: int) -> list[tuple]:
 def _prune(labels: list, top: int, use_bn: bool) -> list:
     """Keep labels dominated by fewer than `top` others. label = (key, bn, g, prefix)."""
     labels.sort(key=lambda l: l[0])
-    kept = []
+    kept: list = []
     for lab in labels:
         key, bn, g, _ = lab
         dom = 0
@@ -396,14 +396,14 @@ def label_search(cp: Compiled, objective: str, top: int, bound: int | None = Non
                         cands.append((k2, b2, g2, p2))
             if cands:
                 end[j][t] = _prune(cands, top, use_bn)
-    finals = []
+    finals: list[tuple[int, ...]] = []
     for t, labs in end[n].items():
         if not _final_ok(cp, t):
             continue
         for _key, _bn, g, pre in labs:
             if all(x <= 0 for x in g):
                 finals.append(pre + (n,) * (T - 1 - t))
-    scored = sorted((sort_key(objective, evaluate(cp, c), c), c) for c in finals)
+    scored = sorted((sort_key(objective, metrics_of(cp, c), c), c) for c in finals)
     return [c for _, c in scored[:top]]
 
 

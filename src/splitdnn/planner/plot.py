@@ -1,5 +1,5 @@
 """Scission-style figure (its Figs. 3-4): per-block compute time on every tier and per-block output bytes, with the
-chosen plan's tier ranges shaded and its cuts marked."""
+chosen plan's tier ranges shaded and its split points marked."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def plot_plan(problem, plan, path: str, title: str | None = None) -> None:
     if out.max() > 0 and out[out > 0].min() > 0 and out.max() / max(out[out > 0].min(), 1) > 100:
         ax2.set_yscale("log")
     ax2.set_ylabel("output size (kB)")
-    # shade each tier's range and mark cuts
+    # shade each tier's range and mark split points
     prev = 0
     last_used = None
-    for k, (t, c) in enumerate(zip(problem.tiers, plan.cuts)):
+    for k, (t, c) in enumerate(zip(problem.tiers, plan.ends)):
         if c > prev:
             for ax in (ax1, ax2):
                 ax.axvspan(prev - 0.5, c - 0.5, color=colors[k % len(colors)], alpha=0.10, lw=0)
@@ -54,7 +54,7 @@ def plot_plan(problem, plan, path: str, title: str | None = None) -> None:
                 nb = problem.blocks[prev - 1].out_bytes if prev > 0 else problem.input_bytes
                 for ax in (ax1, ax2):
                     ax.axvline(prev - 0.5, color="crimson", ls="--", lw=1.8)
-                label = f"{last_used}→{t}" if last_used.startswith("input") else f"cut {last_used}→{t}"
+                label = f"{last_used}→{t}" if last_used.startswith("input") else f"link {last_used}→{t}"
                 ax2.annotate(
                     f"{label}\n{nb / 1e3:.1f} kB",
                     (prev - 0.5, 0.95),

@@ -4,8 +4,8 @@ Times are converted once to integer *ticks* (1 tick = 1e-12 s) so that every str
 label-setting search, the brute-force oracle) sums exactly the same integers: rankings, ties and constraint checks
 are identical across strategies, independent of summation order. Reported values are converted back to seconds.
 
-A plan is a tuple of cumulative cuts ``(c_0, ..., c_{T-1})`` with ``c_{T-1} = n``: tier k runs blocks
-``c_{k-1} .. c_k - 1`` (``c_{-1} = 0``); an empty range means the tier is unused. Frames originate on tier 0;
+A plan is a tuple of block ends ``(e_0, ..., e_{T-1})`` with ``e_{T-1} = n``: tier k runs blocks
+``e_{k-1} .. e_k - 1`` (``e_{-1} = 0``); an empty range means the tier is unused. Frames originate on tier 0;
 if tier 0 is unused, the input (``input_bytes``) is shipped from tier 0 to the first used tier.
 """
 
@@ -132,192 +132,244 @@ class Problem:
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------------
+# The JSON Schema checks shapes, types and ranges; `_parse_problem` then checks what refers to what (tiers, blocks,
+# links) and converts unit strings. Every error names the field: "<src>: blocks[2].time.edge: ...".
+
+_NUMBER = {"type": "number", "minimum": 0}
+_TIERS_OF = {"type": "array", "items": {"type": "string"}}
+_CONSTRAINT_PROPS: dict[str, Any] = {
+    "pin": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+    "forbid": {
+        "type": ["object", "null"],
+        "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}},
+    },
+    "use": {"type": ["array", "null"], "items": {"type": "string"}},
+    "skip": {"type": ["array", "null"], "items": {"type": "string"}},
+    "max_upload_bytes": {"type": ["object", "null"], "additionalProperties": _NUMBER},
+    "max_time": {"type": ["object", "null"], "additionalProperties": {"anyOf": [_NUMBER, {"type": "string"}]}},
+    "max_time_share": {
+        "type": ["object", "null"],
+        "additionalProperties": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string"}]},
+    },
+    "max_time_share_of": {"enum": ["latency", "compute"]},
+}
+# the CRD's spelling (spec.planner.constraints) is accepted too
+CRD_SPELLING = {
+    "maxUploadBytes": "max_upload_bytes",
+    "maxTime": "max_time",
+    "maxTimeShare": "max_time_share",
+    "maxTimeShareOf": "max_time_share_of",
+}
+SCHEMA: dict[str, Any] = {  # "x-message": what to say when this node fails (the field is named before it)
+    "type": "object",
+    "x-message": "top level must be a JSON object with 'tiers' and 'blocks'",
+    "required": ["tiers", "blocks"],
+    "additionalProperties": False,
+    "properties": {
+        "tiers": {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1},
+            "x-message": "'tiers' must be a non-empty list of distinct tier names",
+        },
+        "input_bytes": _NUMBER,
+        "model": {},
+        "notes": {},
+        "blocks": {
+            "type": "array",
+            "minItems": 1,
+            "x-message": "'blocks' must be a non-empty list",
+            "items": {
+                "type": "object",
+                "required": ["time"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "time": {
+                        "type": "object",
+                        "additionalProperties": _NUMBER,
+                        "x-message": "'time' must map tier -> seconds",
+                    },
+                    "out_bytes": _NUMBER,
+                    "layers": {
+                        "type": "array",
+                        "minItems": 2,
+                        "maxItems": 2,
+                        "items": {"type": "integer"},
+                        "x-message": "expected [first, last] layer indices",
+                    },
+                    "flops": _NUMBER,
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "x-message": "'links' must be a list",
+            "items": {
+                "type": "object",
+                "required": ["from", "to", "bandwidth"],
+                "additionalProperties": False,
+                "properties": {
+                    "from": {"type": "string"},
+                    "to": {"type": "string"},
+                    "latency": {"anyOf": [_NUMBER, {"type": "string"}]},
+                    "bandwidth": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]},
+                },
+            },
+        },
+        "constraints": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {
+                **_CONSTRAINT_PROPS,
+                **{camel: _CONSTRAINT_PROPS[snake] for camel, snake in CRD_SPELLING.items()},
+            },
+        },
+    },
+}
 
 
-def _need(cond: bool, msg: str) -> None:
+def _need(cond: object, msg: str) -> None:
     if not cond:
         raise ProblemError(msg)
 
 
-def _num(value: Any, where: str, minimum: float = 0.0, positive: bool = False) -> float:
-    _need(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        f"{where}: expected a number, got {value!r}",
-    )
-    _need(
-        value > 0 if positive else value >= minimum,
-        f"{where}: must be {'> 0' if positive else f'>= {minimum:g}'}, got {value!r}",
-    )
+def _path(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _validate(data: Any, src: str) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return
+    e = errors[0]
+    # the deepest, most specific reason of an anyOf (a number out of range rather than "not a string")
+    while e.context:
+        e = min(e.context, key=lambda c: (c.validator == "type", len(c.relative_path)))
+    where = _path(e.absolute_path)
+    if e.validator != "additionalProperties" and "x-message" in e.schema:
+        prefix = f"{where}: " if len(e.absolute_path) > 1 else ""  # a top-level key's message names the key
+        raise ProblemError(f"{src}: {prefix}{e.schema['x-message']}")
+    if e.validator == "additionalProperties":
+        known = set((e.schema.get("properties") or {}).keys())
+        unknown = sorted(set(e.instance) - known)
+        raise ProblemError(f"{src}: {where}: unknown key(s) {unknown}")
+    if e.validator == "enum":
+        raise ProblemError(f"{src}: {where}: {' or '.join(map(repr, e.validator_value))}, got {e.instance!r}")
+    if e.validator == "exclusiveMinimum":
+        raise ProblemError(f"{src}: {where}: must be > {e.validator_value:g}, got {e.instance!r}")
+    if e.validator == "maximum" and "share" in where.lower():
+        raise ProblemError(f"{src}: {where}: a share is a fraction in [0, 1] (or '30%'), got {e.instance!r}")
+    raise ProblemError(f"{src}: {where}: {e.message}")
+
+
+def _unit(value: Any, parse: Any, where: str) -> float:
+    """A number, or a string in the unit `parse` reads ("5ms", "4mbit", "30%")."""
+    if isinstance(value, str):
+        try:
+            value = parse(value)
+        except ValueError as exc:
+            raise ProblemError(f"{where}: {exc}") from None
+    _need(math.isfinite(value) and value >= 0, f"{where}: must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def _parse_problem(data: Any, src: str) -> Problem:
-    _need(isinstance(data, dict), f"{src}: top level must be a JSON object")
-    unknown = set(data) - {"tiers", "input_bytes", "blocks", "links", "constraints", "model", "notes"}
-    _need(not unknown, f"{src}: unknown key(s) {sorted(unknown)}")
-    tiers = data.get("tiers")
-    _need(
-        isinstance(tiers, list) and tiers and all(isinstance(t, str) and t for t in tiers),
-        f"{src}: 'tiers' must be a non-empty list of tier names",
-    )
-    _need(len(set(tiers)) == len(tiers), f"{src}: duplicate tier names in 'tiers'")
-    input_bytes = int(_num(data.get("input_bytes", 0), f"{src}: input_bytes"))
-    blocks_raw = data.get("blocks")
-    _need(isinstance(blocks_raw, list) and blocks_raw, f"{src}: 'blocks' must be a non-empty list")
+    from splitdnn.units import parse_duration, parse_rate
+
+    _validate(data, src)
+    tiers: list[str] = list(data["tiers"])
     blocks: list[Block] = []
     names: set[str] = set()
-    for k, b in enumerate(blocks_raw):
-        w = f"{src}: blocks[{k}]"
-        _need(isinstance(b, dict), f"{w}: must be an object")
+    for k, b in enumerate(data["blocks"]):
         name = b.get("name", str(k))
-        _need(isinstance(name, str) and name, f"{w}: 'name' must be a non-empty string")
-        _need(name not in names, f"{w}: duplicate block name {name!r}")
+        w = f"{src}: blocks[{k}] ({name})"
+        _need(name not in names, f"{src}: blocks[{k}]: duplicate block name {name!r}")
         names.add(name)
-        time = b.get("time")
-        _need(isinstance(time, dict), f"{w} ({name}): 'time' must map tier -> seconds")
+        time = b["time"]
         _need(
             set(time) == set(tiers),
-            f"{w} ({name}): 'time' must give every tier exactly once; missing {sorted(set(tiers) - set(time))},"
+            f"{w}: 'time' must give every tier exactly once; missing {sorted(set(tiers) - set(time))},"
             f" unknown {sorted(set(time) - set(tiers))}",
         )
-        time = {t: _num(time[t], f"{w} ({name}).time.{t}") for t in tiers}
-        out = int(_num(b.get("out_bytes", 0), f"{w} ({name}).out_bytes"))
         layers = b.get("layers")
-        if layers is not None:
-            _need(
-                isinstance(layers, list)
-                and len(layers) == 2
-                and all(isinstance(x, int) for x in layers)
-                and layers[0] <= layers[1],
-                f"{w} ({name}).layers: expected [first, last] layer indices",
+        _need(layers is None or layers[0] <= layers[1], f"{w}.layers: expected [first, last] layer indices")
+        blocks.append(
+            Block(
+                name,
+                {t: float(time[t]) for t in tiers},
+                int(b.get("out_bytes", 0)),
+                (layers[0], layers[1]) if layers is not None else None,
             )
-            layers = (layers[0], layers[1])
-        blocks.append(Block(name, time, out, layers))
+        )
     links: dict[tuple[str, str], Link] = {}
-    links_raw = data.get("links", [])
-    _need(isinstance(links_raw, list), f"{src}: 'links' must be a list")
-    for k, l in enumerate(links_raw):
+    for k, l in enumerate(data.get("links", [])):
         w = f"{src}: links[{k}]"
-        _need(isinstance(l, dict), f"{w}: must be an object")
-        a, b = l.get("from"), l.get("to")
+        a, b = l["from"], l["to"]
         _need(a in tiers and b in tiers, f"{w}: 'from'/'to' must be tier names, got {a!r} -> {b!r}")
         _need(tiers.index(a) < tiers.index(b), f"{w}: links go forward in tier order ({a} -> {b} does not)")
         _need((a, b) not in links, f"{w}: duplicate link {a} -> {b}")
-        lat = l.get("latency", 0.0)
-        if isinstance(lat, str):
-            from splitdnn.units import parse_duration
-
-            try:
-                lat = parse_duration(lat)
-            except ValueError as exc:
-                raise ProblemError(f"{w}.latency: {exc}") from None
-        bw = l.get("bandwidth")
-        if isinstance(bw, str):
-            from splitdnn.units import parse_rate
-
-            try:
-                bw = parse_rate(bw)
-            except ValueError as exc:
-                raise ProblemError(f"{w}.bandwidth: {exc}") from None
-        links[(a, b)] = Link(_num(lat, f"{w}.latency"), _num(bw, f"{w}.bandwidth (bytes/s)", positive=True))
-    constraints, warnings = _parse_constraints(data.get("constraints", {}) or {}, tiers, blocks, src)
-    return Problem(list(tiers), blocks, input_bytes, links, constraints, warnings)
+        bandwidth = _unit(l["bandwidth"], parse_rate, f"{w}.bandwidth (bytes/s)")
+        _need(bandwidth > 0, f"{w}.bandwidth (bytes/s): must be > 0, got {l['bandwidth']!r}")
+        links[(a, b)] = Link(_unit(l.get("latency", 0.0), parse_duration, f"{w}.latency"), bandwidth)
+    constraints, warnings = _parse_constraints(data.get("constraints") or {}, tiers, blocks, src)
+    return Problem(tiers, blocks, int(data.get("input_bytes", 0)), links, constraints, warnings)
 
 
-def _parse_constraints(c: Any, tiers: list[str], blocks: list[Block], src: str) -> tuple[Constraints, list]:
+def _parse_constraints(
+    c: dict[str, Any], tiers: list[str], blocks: list[Block], src: str
+) -> tuple[Constraints, list[str]]:
+    from splitdnn.units import parse_duration, parse_percent
+
     w = f"{src}: constraints"
-    _need(isinstance(c, dict), f"{w}: must be an object")
-    aliases = {
-        "maxUploadBytes": "max_upload_bytes",
-        "maxTime": "max_time",
-        "maxTimeShare": "max_time_share",
-        "maxTimeShareOf": "max_time_share_of",
-    }
-    for camel, snake in aliases.items():  # the CRD's spelling (spec.planner.constraints) is accepted too
+    for camel, snake in CRD_SPELLING.items():
         if camel in c:
             _need(snake not in c, f"{w}: both {camel!r} and {snake!r} given")
             c = {**{k: v for k, v in c.items() if k != camel}, snake: c[camel]}
-    unknown = set(c) - {
-        "pin",
-        "forbid",
-        "use",
-        "skip",
-        "max_upload_bytes",
-        "max_time",
-        "max_time_share",
-        "max_time_share_of",
-    }
-    _need(not unknown, f"{w}: unknown key(s) {sorted(unknown)}")
 
-    def tier(t: Any, where: str) -> str:
-        _need(isinstance(t, str) and t in tiers, f"{where}: unknown tier {t!r} (tiers: {', '.join(tiers)})")
+    def tier(t: str, where: str) -> str:
+        _need(t in tiers, f"{where}: unknown tier {t!r} (tiers: {', '.join(tiers)})")
         return t
 
-    def tier_map(key: str, conv) -> dict:
-        m = c.get(key, {}) or {}
-        _need(isinstance(m, dict), f"{w}.{key}: must map tier -> value")
-        return {tier(t, f"{w}.{key}"): conv(v, f"{w}.{key}.{t}") for t, v in m.items()}
+    def by_tier(key: str) -> dict[str, Any]:
+        return {tier(t, f"{w}.{key}"): v for t, v in (c.get(key) or {}).items()}
 
-    pin = c.get("pin", {}) or {}
-    _need(isinstance(pin, dict), f"{w}.pin: must map block -> tier")
-    pin = {str(k): tier(v, f"{w}.pin.{k}") for k, v in pin.items()}
-    forbid = c.get("forbid", {}) or {}
-    _need(isinstance(forbid, dict), f"{w}.forbid: must map block -> list of tiers")
-    forbid2 = {}
-    for k, v in forbid.items():
-        if isinstance(v, str):
-            v = [v]
-        _need(isinstance(v, list), f"{w}.forbid.{k}: must be a list of tiers")
-        forbid2[str(k)] = [tier(t, f"{w}.forbid.{k}") for t in v]
+    pin = {str(k): tier(v, f"{w}.pin.{k}") for k, v in (c.get("pin") or {}).items()}
+    forbid = {
+        str(k): [tier(t, f"{w}.forbid.{k}") for t in ([v] if isinstance(v, str) else v)]
+        for k, v in (c.get("forbid") or {}).items()
+    }
     for ref in pin:
         resolve_block(ref, blocks, f"{w}.pin")  # a pin on a block that does not exist cannot hold: error
     warnings = []
-    for ref in list(forbid2):
+    for ref in list(forbid):
         try:
             resolve_block(ref, blocks, f"{w}.forbid")
         except ProblemError as exc:  # forbidding a block that does not exist is vacuous: warn
             warnings.append(f"{exc}; ignored")
-            del forbid2[ref]
-    use = c.get("use", []) or []
-    skip = c.get("skip", []) or []
-    _need(isinstance(use, list) and isinstance(skip, list), f"{w}: 'use' and 'skip' must be lists of tiers")
-    use = [tier(t, f"{w}.use") for t in use]
-    skip = [tier(t, f"{w}.skip") for t in skip]
-
-    def share(v, where):
-        if isinstance(v, str):
-            from splitdnn.units import parse_percent
-
-            try:
-                v = parse_percent(v)
-            except ValueError as exc:
-                raise ProblemError(f"{where}: {exc}") from None
-        v = _num(v, where)
-        _need(v <= 1.0, f"{where}: a share is a fraction in [0, 1] (or '30%'), got {v!r}")
-        return v
-
-    def secs(v, where):
-        if isinstance(v, str):
-            from splitdnn.units import parse_duration
-
-            try:
-                v = parse_duration(v)
-            except ValueError as exc:
-                raise ProblemError(f"{where}: {exc}") from None
-        return _num(v, where)
-
+            del forbid[ref]
+    shares = {}
+    for t, v in by_tier("max_time_share").items():
+        share = _unit(v, parse_percent, f"{w}.max_time_share.{t}")
+        _need(share <= 1.0, f"{w}.max_time_share.{t}: a share is a fraction in [0, 1] (or '30%'), got {v!r}")
+        shares[t] = share
     out = Constraints(
         pin=pin,
-        forbid=forbid2,
-        use=use,
-        skip=skip,
-        max_upload_bytes=tier_map("max_upload_bytes", lambda v, wh: int(_num(v, wh))),
-        max_time=tier_map("max_time", secs),
-        max_time_share=tier_map("max_time_share", share),
+        forbid=forbid,
+        use=[tier(t, f"{w}.use") for t in c.get("use") or []],
+        skip=[tier(t, f"{w}.skip") for t in c.get("skip") or []],
+        max_upload_bytes={t: int(v) for t, v in by_tier("max_upload_bytes").items()},
+        max_time={t: _unit(v, parse_duration, f"{w}.max_time.{t}") for t, v in by_tier("max_time").items()},
+        max_time_share=shares,
+        max_time_share_of=c.get("max_time_share_of", "latency"),
     )
-    basis = c.get("max_time_share_of", "latency")
-    _need(basis in ("latency", "compute"), f"{w}.max_time_share_of: 'latency' or 'compute', got {basis!r}")
-    out.max_time_share_of = basis
     return out, warnings
 
 
@@ -350,7 +402,7 @@ class Compiled:
         self.T, self.n = T, n
         tix = {t: k for k, t in enumerate(p.tiers)}
         self.ct = [[to_ticks(b.time[t]) for b in p.blocks] for t in p.tiers]  # ct[t][b]
-        self.S = []  # prefix sums S[t][i]
+        self.S: list[list[int]] = []  # prefix sums S[t][i]
         for t in range(T):
             s, acc = [0], 0
             for x in self.ct[t]:
@@ -359,7 +411,7 @@ class Compiled:
             self.S.append(s)
         self.out = [b.out_bytes for b in p.blocks]
         self.input_bytes = p.input_bytes
-        self.link = {}  # (a, b) -> (lat, bw)
+        self.link: dict[tuple[int, int], tuple[int, float]] = {}  # (a, b) -> (latency ticks, bytes/s)
         for (a, b), l in p.links.items():
             self.link[(tix[a], tix[b])] = (to_ticks(l.latency), l.bandwidth)
         c = p.constraints
@@ -377,13 +429,14 @@ class Compiled:
         for t in c.skip:
             allowed[tix[t]] = [False] * n
         self.allowed = allowed
+        self._hop_cache: dict | None = None  # dp._hop_table's, per compiled problem
         self.skip = {tix[t] for t in c.skip}
         self.required = sorted({tix[t] for t in c.use})
         self.upload_cap = {tix[t]: v for t, v in c.max_upload_bytes.items()}
         self.time_cap = {tix[t]: to_ticks(v) for t, v in c.max_time.items()}
         # share: compute_t <= p/q * total  <=>  q*compute_t - p*total <= 0 (exact in integers); total = latency
         # (the default) or the sum of compute
-        self.shares = []
+        self.shares: list[tuple[int, int, int]] = []
         self.share_of_latency = c.max_time_share_of != "compute"  # else: share of total compute
         for t, s in c.max_time_share.items():
             fr = Fraction(s).limit_denominator(10**9)
@@ -427,22 +480,22 @@ class Metrics:
     upload: tuple  # bytes sent out of each tier
 
 
-def ranges_of(cuts: tuple, T: int) -> list[tuple[int, int]]:
+def ranges_of(ends: tuple[int, ...], T: int) -> list[tuple[int, int]]:
     out, prev = [], 0
     for k in range(T):
-        out.append((prev, cuts[k]))
-        prev = cuts[k]
+        out.append((prev, ends[k]))
+        prev = ends[k]
     return out
 
 
-def evaluate(cp: Compiled, cuts: tuple) -> Metrics | None:
+def evaluate(cp: Compiled, ends: tuple[int, ...]) -> Metrics | None:
     """Exact metrics of a plan, or None when it needs a hop that has no link."""
     T = cp.T
     compute = [0] * T
     upload = [0] * T
     lat = bn = nbytes = 0
     prev = -1  # last used tier; -1 = data still at the source (tier 0, nothing computed)
-    for t, (i, j) in enumerate(ranges_of(cuts, T)):
+    for t, (i, j) in enumerate(ranges_of(ends, T)):
         if j <= i:
             continue
         if prev != t and not (prev == -1 and t == 0):
@@ -463,12 +516,20 @@ def evaluate(cp: Compiled, cuts: tuple) -> Metrics | None:
     return Metrics(lat, bn, nbytes, tuple(compute), tuple(upload))
 
 
-def feasible(cp: Compiled, cuts: tuple, m: Metrics | None = None) -> bool:
+def metrics_of(cp: Compiled, ends: tuple[int, ...]) -> Metrics:
+    """`evaluate` for a plan a strategy found (its hops have links by construction)."""
+    m = evaluate(cp, ends)
+    if m is None:
+        raise ValueError(f"plan {ends} needs a hop between tiers that have no link")
+    return m
+
+
+def feasible(cp: Compiled, ends: tuple[int, ...], m: Metrics | None = None) -> bool:
     """All constraints, checked directly on a full plan (the oracle's definition)."""
-    m = m if m is not None else evaluate(cp, cuts)
+    m = m if m is not None else evaluate(cp, ends)
     if m is None:
         return False
-    rs = ranges_of(cuts, cp.T)
+    rs = ranges_of(ends, cp.T)
     for t, (i, j) in enumerate(rs):
         if not all(cp.allowed[t][i:j]):
             return False
@@ -489,19 +550,19 @@ def feasible(cp: Compiled, cuts: tuple, m: Metrics | None = None) -> bool:
 OBJECTIVES = ("latency", "throughput", "bytes")
 
 
-def sort_key(objective: str, m: Metrics, cuts: tuple) -> tuple:
-    """Total order on plans: the objective, then latency, then bytes, then cut order."""
+def sort_key(objective: str, m: Metrics, ends: tuple[int, ...]) -> tuple:
+    """Total order on plans: the objective, then latency, then bytes, then block order."""
     if objective == "latency":
-        return (m.latency, m.bytes, cuts)
+        return (m.latency, m.bytes, ends)
     if objective == "bytes":
-        return (m.bytes, m.latency, cuts)
+        return (m.bytes, m.latency, ends)
     if objective == "throughput":
-        return (m.bottleneck, m.latency, m.bytes, cuts)
+        return (m.bottleneck, m.latency, m.bytes, ends)
     raise ValueError(f"unknown objective {objective!r} (choose from {', '.join(OBJECTIVES)})")
 
 
-def all_cuts(n: int, T: int) -> Iterable[tuple]:
-    """Every plan: non-decreasing cut tuples ending at n."""
+def all_ends(n: int, T: int) -> Iterable[tuple[int, ...]]:
+    """Every plan: non-decreasing block-end tuples ending at n."""
     from itertools import combinations_with_replacement
 
     for c in combinations_with_replacement(range(n + 1), T - 1):

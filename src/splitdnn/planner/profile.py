@@ -1,14 +1,14 @@
 """Per-block profiling on this machine, and assembling planner problems from a model plus tier profiles.
 
-Blocks come from the model graph's cuts: the layers between consecutive single-tensor cuts (default), or between
-consecutive cuts of any kind (``multi_tensor=True``). The cut after the InputLayer(s) is not used: shipping the raw
-input is the planner's "input hop". Each block is run alone as a Keras sub-model (``splitdnn.slicer.submodel``) on
-random inputs of the right shape: ``warmup`` untimed calls, then ``repeats`` timed calls of the public
-``keras.Model.predict_on_batch``; the block's time is the median minus the median cost of an empty call
-(an identity model), clamped at 0 -- so a tier running k blocks as one slice is not charged k call overheads.
-The empty call is timed alternately with each block's calls, not once up front: on a busy machine (three
-profiling Jobs starting on one host) a cost measured during a burst would otherwise swallow every block timed
-after it. Raw medians and samples are kept in the file; ``overhead_s`` is the median over all blocks.
+Blocks are :func:`splitdnn.planner.blocks.blocks_of` of the model's graph summary: the layers between consecutive
+single-tensor boundaries (default), or between consecutive boundaries of any kind (``multi_tensor=True``). Each
+block is run alone as a Keras sub-model (``splitdnn.slicer.submodel``) on random inputs of the right shape:
+``warmup`` untimed calls, then ``repeats`` timed calls of the public ``keras.Model.predict_on_batch``; the block's
+time is the median minus the median cost of an empty call (an identity model), clamped at 0 -- so a tier running
+k blocks as one slice is not charged k call overheads. The empty call is timed alternately with each block's
+calls, not once up front: on a busy machine (three profiling Jobs starting on one host) a cost measured during a
+burst would otherwise swallow every block timed after it. Raw medians and samples are kept in the file;
+``overhead_s`` is the median over all blocks.
 
 Profile file (``splitdnn profile MODEL --tier NAME --out FILE``)::
 
@@ -26,38 +26,12 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from .blocks import BlockInfo, assemble, blocks_of
 from .problem import Problem, ProblemError
 
 FORMAT = "splitdnn.profile/1"
-
-
-def blocks_from_graph(graph, multi_tensor: bool = False) -> list[dict]:
-    """[{name, layers: [first, last], out_bytes, flops}] in model order."""
-    L = len(graph.layers)
-    first_real = 0
-    while first_real < L - 1 and graph.layers[first_real].cls == "InputLayer":
-        first_real += 1
-    bounds = [c.index for c in graph.cuts if c.index >= first_real and (multi_tensor or c.single_tensor)]
-    out = []
-    start = 0
-    cut_bytes = {c.index: c.bytes for c in graph.cuts}
-    for last in bounds + [L - 1]:
-        if last < start:
-            continue
-        nb = cut_bytes.get(last)
-        if nb is None:  # the last block: the model outputs
-            nb = sum(graph.tensors[n].bytes for n in graph.outputs)
-        out.append(
-            {
-                "name": graph.layers[last].name,
-                "layers": [start, last],
-                "out_bytes": int(nb),
-                "flops": int(sum(l.flops for l in graph.layers[start : last + 1])),
-            }
-        )
-        start = last + 1
-    return out
 
 
 def _random_inputs(graph, names, seed: int = 0):
@@ -88,7 +62,8 @@ def time_paired(
     for _ in range(warmup):
         fn()
         ref()
-    a, b = [], []
+    a: list[float] = []
+    b: list[float] = []
     for _ in range(repeats):
         for f, out in ((fn, a), (ref, b)):
             t0 = clock()
@@ -124,15 +99,18 @@ def profile_model(
         raise ValueError("need warmup >= 0 and repeats >= 1")
     model = load_model(spec)
     graph = build_graph(model)
-    blocks = blocks_from_graph(graph, multi_tensor)
+    blocks: list[dict[str, Any]] = [dict(b) for b in blocks_of(graph.summary(), multi_tensor)]
     # the empty call: an identity model on a small tensor, timed alternately with each block
     inp = keras.Input((8,))
     ident = keras.Model(inp, keras.layers.Identity()(inp))
     x0 = np.zeros((1, 8), "float32")
-    empty = lambda: ident.predict_on_batch(x0)  # noqa: E731
+
+    def empty() -> object:
+        return ident.predict_on_batch(x0)
+
     for _ in range(max(warmup, 2)):  # its first calls build the predict function
         empty()
-    calls = []
+    calls: list[float] = []
 
     def run_all(advance: Callable[[], None]) -> None:
         for b in blocks:
@@ -267,6 +245,7 @@ def problem_from_profiles(
         raise ProblemError("model mode needs at least one --profile FILE or --estimate TIER=SPEED")
     tiers: list[str] = []
     times: dict[str, list[float]] = {}
+    blocks: Sequence[dict[str, Any]] | list[BlockInfo]
     if docs:
         ref_path, ref = docs[0]
         blocks = ref["blocks"]
@@ -291,9 +270,9 @@ def problem_from_profiles(
         from splitdnn.graph import build_graph
         from splitdnn.models import load_model
 
-        g = build_graph(load_model(model))
-        blocks = blocks_from_graph(g, multi_tensor)
-        input_bytes = int(g.input_bytes)
+        summary = build_graph(load_model(model)).summary()
+        blocks = blocks_of(summary, multi_tensor)
+        input_bytes = summary.input_bytes
     for tier, kind, val in ests:
         if tier in times:
             raise ProblemError(f"tier {tier!r} is both profiled and estimated")
@@ -309,23 +288,6 @@ def problem_from_profiles(
             "model mode needs --link FROM,TO,LATENCY,RATE for every hop you allow "
             "(e.g. --link device,edge,5ms,4mbit --link edge,cloud,20ms,100mbit)"
         )
-    data = {
-        "tiers": tiers,
-        "input_bytes": input_bytes,
-        "model": model,
-        "blocks": [
-            {
-                "name": b["name"],
-                "layers": b.get("layers"),
-                "out_bytes": int(b["out_bytes"]),
-                "time": {t: times[t][k] for t in tiers},
-            }
-            for k, b in enumerate(blocks)
-        ],
-        "links": [parse_link(l) for l in links],
-        "constraints": constraints or {},
-    }
-    for b in data["blocks"]:
-        if b["layers"] is None:
-            del b["layers"]
-    return Problem.from_json(data, f"model {model}")
+    return assemble(
+        tiers, blocks, times, input_bytes, [parse_link(l) for l in links], constraints, model, f"model {model}"
+    )

@@ -115,7 +115,7 @@ class Answer:
     hosts: dict  # tier -> host or None (unused)
     layers: dict  # tier -> (first layer, last layer) or None
     nbytes: int
-    cuts: tuple
+    ends: tuple
 
     def line(self, rank: int, device_host: str | None = None) -> str:
         device_host = self.hosts.get("device") or device_host
@@ -237,11 +237,11 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
                     first = next(b for b in problem.blocks if b.name == r[0]).layers[0]
                     last = next(b for b in problem.blocks if b.name == r[1]).layers[1]
                     layers[t] = (first, last)
-            key = (tuple(hs.values()), p.cuts)
-            answers[key] = Answer(p.latency, p.bytes / 1e6, hs, layers, p.bytes, p.cuts)
+            key = (tuple(hs.values()), p.ends)
+            answers[key] = Answer(p.latency, p.bytes / 1e6, hs, layers, p.bytes, p.ends)
     ranked = sorted(
         answers.values(),
-        key=lambda a: (round(a.latency * 1e12), a.nbytes, a.cuts, tuple(str(h) for h in a.hosts.values())),
+        key=lambda a: (round(a.latency * 1e12), a.nbytes, a.ends, tuple(str(h) for h in a.hosts.values())),
     )
     return ranked[: q.count]
 

@@ -1,6 +1,6 @@
 """Strategy registry. Built-ins: ``dp`` (default, exact and polynomial), ``labels`` (exact label search),
 ``brute`` (exhaustive oracle). More are found through the entry-point group ``splitdnn.strategies``: each entry
-point names a class (or factory) whose instances have ``solve(compiled, objective, top) -> list[cuts]``,
+point names a class (or factory) whose instances have ``solve(compiled, objective, top) -> list[block ends]``,
 best first. See docs/planner.md, "Writing a strategy".
 """
 
