@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 MODEL = "cnn14"
@@ -229,21 +230,14 @@ def planner_split(
 ) -> dict:
     """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
     from splitdnn.planner import evaluate_plan, plan
+    from splitdnn.planner.deploy import points_of, split_of
 
     problem = planner_problem(config, profile, chunk_seconds=chunk_seconds, call_seconds=call_seconds)
     best = plan(problem, objective="throughput", top=1, fps=fps)[0]
-    device_after, edge_after = best.assignment["device"][1], best.assignment["edge"][1]
+    device_after, edge_after = points_of(problem, best)
     predicted = {}
     for d, e in fixed_splits() + [(device_after, edge_after)]:
-        p = evaluate_plan(
-            problem,
-            {
-                "device": ("conv2d", d),
-                "edge": (_next_block(problem, d), e),
-                "cloud": (_next_block(problem, e), problem.blocks[-1].name),
-            },
-            fps=fps,
-        )
+        p = evaluate_plan(problem, split_of(problem, [d, e]), fps=fps)
         predicted[f"{d},{e}"] = {"bottleneck_s": p.bottleneck, "latency_s": p.latency, "drop_rate": p.drop_rate}
     return {
         "device_after": device_after,
@@ -311,11 +305,6 @@ def measure_chunk_seconds(total_bytes: int = 1_000_000, chunks: int = 20, repeat
     finally:
         server.stop(None)
     return max(0.0, statistics.median(diffs) / (chunks - 1))
-
-
-def _next_block(problem, name: str) -> str:
-    names = [b.name for b in problem.blocks]
-    return names[names.index(name) + 1]
 
 
 # ---- running -----------------------------------------------------------------------------------------------------
@@ -431,12 +420,13 @@ def run_experiment(
         say(f"served-slice call cost {call_seconds * 1e3:.2f} ms (besides the layers)")
         chunk_seconds = measure_chunk_seconds()
         say(f"one more gRPC stream message costs {chunk_seconds * 1e3:.3f} ms")
-    runs, plans = [], {}
-    todo = []
+    runs: list[dict] = []
+    plans: dict[int, dict] = {}
+    todo: list[tuple[int, str, str, bool]] = []
     for c in configs:
         config = CONFIGS[c]
         items = [(d, e, False) for d, e in chosen]
-        if planner:
+        if profile is not None:
             rec = planner_split(config, profile, workload.fps, call_seconds, chunk_seconds)
             rec["call_seconds"] = call_seconds
             rec["chunk_seconds"] = chunk_seconds
@@ -449,7 +439,7 @@ def run_experiment(
             items.append((rec["device_after"], rec["edge_after"], True))
         todo += [(c, d, e, p) for d, e, p in items]
     started = time.monotonic()
-    samples = {item: [] for item in todo}
+    samples: dict[tuple[int, str, str, bool], list[dict]] = {item: [] for item in todo}
     # repeat r of every run before repeat r + 1 of any: a trend in the machine's load spreads over all pairs
     # instead of falling on the pairs that happened to run during it
     for r in range(repeats):
@@ -460,10 +450,7 @@ def run_experiment(
             say(f"{tag} starting agents")
             load = os.getloadavg()[0]
             s = run_once(
-                split_inference(CONFIGS[c], d, e, w),
-                export_pair(slices_dir, d, e),
-                netns,
-                lambda m, tag=tag: say(f"{tag} {m}"),
+                split_inference(CONFIGS[c], d, e, w), export_pair(slices_dir, d, e), netns, partial(_tagged, say, tag)
             )
             s["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
             samples[(c, d, e, is_plan)].append(s)
@@ -646,6 +633,10 @@ def plot_config(result: dict, c: int, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _tagged(say: Callable[[str], None], tag: str, message: str) -> None:
+    say(f"{tag} {message}")
 
 
 def say_stderr(message: str) -> None:

@@ -71,7 +71,7 @@ def load_model(spec: str, input_shape: Sequence[int] | None = None, seed: int = 
         if builder is None or not callable(builder) or not name[:1].isupper():
             raise ModelSourceError(f"unknown model {spec!r}: keras.applications has no model named {name!r}")
         keras.utils.set_random_seed(seed)
-        kwargs = {"weights": None}
+        kwargs: dict[str, object] = {"weights": None}
         if input_shape is not None:
             kwargs["input_shape"] = tuple(int(d) for d in input_shape)
         return builder(**kwargs)

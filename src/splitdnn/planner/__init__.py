@@ -215,11 +215,11 @@ def recalibrate(
     if current.assignment[new.tiers[0]] is None:
         used = [new.tiers[0]] + used  # the input hop leaves tier 0
     nxt = dict(zip(used, used[1:]))
-    measured: tuple[tuple[str, Mapping[str, float | None]], ...] = (
+    link_figures: tuple[tuple[str, Mapping[str, float | None]], ...] = (
         ("rtt", link_rtt_seconds or {}),
         ("bw", link_bandwidth or {}),
     )
-    for what, values in measured:
+    for what, values in link_figures:
         for tier, v in values.items():
             if v is None or tier not in nxt:
                 continue

@@ -417,17 +417,17 @@ class Compiled:
         c = p.constraints
         # allowed[t][b]: block b may run on tier t (pins, forbids, skipped tiers)
         allowed = [[True] * n for _ in range(T)]
-        for ref, t in c.pin.items():
+        for ref, tier in c.pin.items():
             k = resolve_block(ref, p.blocks, "pin")
             for u in range(T):
-                if u != tix[t]:
+                if u != tix[tier]:
                     allowed[u][k] = False
-        for ref, ts in c.forbid.items():
+        for ref, forbidden in c.forbid.items():
             k = resolve_block(ref, p.blocks, "forbid")
-            for t in ts:
-                allowed[tix[t]][k] = False
-        for t in c.skip:
-            allowed[tix[t]] = [False] * n
+            for tier in forbidden:
+                allowed[tix[tier]][k] = False
+        for tier in c.skip:
+            allowed[tix[tier]] = [False] * n
         self.allowed = allowed
         self._hop_cache: dict | None = None  # dp._hop_table's, per compiled problem
         self.skip = {tix[t] for t in c.skip}
@@ -438,9 +438,9 @@ class Compiled:
         # (the default) or the sum of compute
         self.shares: list[tuple[int, int, int]] = []
         self.share_of_latency = c.max_time_share_of != "compute"  # else: share of total compute
-        for t, s in c.max_time_share.items():
-            fr = Fraction(s).limit_denominator(10**9)
-            self.shares.append((tix[t], fr.numerator, fr.denominator))
+        for tier, share in c.max_time_share.items():
+            fr = Fraction(share).limit_denominator(10**9)
+            self.shares.append((tix[tier], fr.numerator, fr.denominator))
 
     # hop cost in ticks: link latency + transfer; transfer alone is what a stream's period sees
     def transfer(self, a: int, b: int, nbytes: int) -> int:

@@ -26,6 +26,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from .blocks import BlockInfo, assemble, blocks_of
@@ -121,9 +122,7 @@ def profile_model(
             else:
                 xs = _random_inputs(graph, used)
                 feed = xs if len(xs) > 1 else xs[0]
-                samples, refs = time_paired(
-                    lambda sub=sub, feed=feed: sub.predict_on_batch(feed), empty, warmup, repeats
-                )
+                samples, refs = time_paired(partial(sub.predict_on_batch, feed), empty, warmup, repeats)
                 call = statistics.median(refs)
                 calls.extend(refs)
             med = statistics.median(samples)

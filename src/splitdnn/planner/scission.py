@@ -21,6 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 from . import Infeasible, plan
 from .problem import Problem
@@ -169,7 +170,7 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
     for b in ref:
         for layer in range(b["layer_range"][0], b["layer_range"][1] + 1):
             layer_block[layer] = b["name"]
-    cons = {
+    cons: dict[str, Any] = {
         "pin": {},
         "forbid": {},
         "use": [],
@@ -228,15 +229,16 @@ def answer(q: Query, hosts: dict, net: dict, strategy: str = "dp") -> list[Answe
             used = {t: p.assignment[t] is not None for t in TIERS}
             # the device host stays part of the answer even when it computes nothing: the input starts there
             hs = {t: (triple[t] if used[t] or t == "device" else None) for t in TIERS}
-            layers = {}
+            layers: dict[str, tuple[int, int] | None] = {}
             for t in TIERS:
                 r = p.assignment[t]
                 if r is None:
                     layers[t] = None
                 else:
-                    first = next(b for b in problem.blocks if b.name == r[0]).layers[0]
-                    last = next(b for b in problem.blocks if b.name == r[1]).layers[1]
-                    layers[t] = (first, last)
+                    first = next(b for b in problem.blocks if b.name == r[0]).layers
+                    last = next(b for b in problem.blocks if b.name == r[1]).layers
+                    assert first is not None and last is not None  # Scission's blocks carry layer ranges
+                    layers[t] = (first[0], last[1])
             key = (tuple(hs.values()), p.ends)
             answers[key] = Answer(p.latency, p.bytes / 1e6, hs, layers, p.bytes, p.ends)
     ranked = sorted(
@@ -305,6 +307,8 @@ def parse_line(line: str) -> dict:
     parts = {}
     for t, label in zip(TIERS, ("Device", "Edge", "Cloud")):
         mm = re.search(label + r"\((.*?)\) = (-?\d+) - (-?\d+)", m.group(4))
+        if not mm:
+            raise ValueError(f"no {label} part in Scission result line: {line!r}")
         host, a, b = mm.group(1), int(mm.group(2)), int(mm.group(3))
         parts[t] = (None if host == "None" else host, None if a == -1 else (a, b))
     return {"rank": int(m.group(1)), "latency": float(m.group(2)), "mb": float(m.group(3)), "tiers": parts}
