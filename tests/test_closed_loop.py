@@ -248,7 +248,7 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
     assert throttled[-1]["resplit"] and len(throttled) - 1 - over[0] <= 1, throttled
     new_points = actuator.points
     assert new_points != START
-    cut_bytes = {c.after: c.bytes for c in cnn14_graph.cuts}
+    cut_bytes = {c.after: c.bytes for c in cnn14_graph.boundaries}
     assert cut_bytes[new_points[0]] < cut_bytes[START[0]]  # a smaller tensor on the throttled link
     # 3. after the re-split: one re-split only (cooldown, no flapping), and the drop rate falls below the SLO
     assert after and not any(r["resplit"] for r in after)

@@ -32,11 +32,11 @@ def test_cnn14_matches_table1(cnn14_graph):
 
 def test_cnn14_cuts_are_single_tensor_with_bytes(cnn14_graph):
     g = cnn14_graph
-    assert len(g.cuts) == 13
-    for cut, layer in zip(g.cuts, g.layers):
+    assert len(g.boundaries) == 13
+    for cut, layer in zip(g.boundaries, g.layers):
         assert cut.single_tensor and cut.tensors == (layer.name,)
         assert cut.bytes == layer.output_bytes
-    assert g.cuts[0].bytes == 26 * 26 * 32 * 4
+    assert g.boundaries[0].bytes == 26 * 26 * 32 * 4
 
 
 def test_cnn14_weights_are_seeded():
@@ -67,19 +67,19 @@ def test_branching_multi_input_multi_output_cuts():
     g = build_graph(branching_model())
     names = [l.name for l in g.layers]
     assert g.inputs == ["image", "meta"] and g.outputs == ["head", "aux"]
-    by_after = {c.after: c for c in g.cuts}
+    by_after = {c.after: c for c in g.boundaries}
     # After the stem, both the stem output and the still-unused second model input cross.
     stem = by_after["stem"]
     assert set(stem.tensors) == {"stem", "meta"} and not stem.single_tensor
     assert stem.bytes == 8 * 8 * 4 * 4 + 4 * 4
     # Inside the branch both branch outputs (or the branch input) must be shipped.
     first_branch = min(names.index("branch_a"), names.index("branch_b"))
-    assert len(g.cuts[first_branch].tensors) >= 3
+    assert len(g.boundaries[first_branch].tensors) >= 3
     # An early model output (aux) crosses every later cut: the result must reach the end of the pipeline.
     aux_at = names.index("aux")
-    for cut in g.cuts[aux_at:]:
+    for cut in g.boundaries[aux_at:]:
         assert "aux" in cut.tensors
-    for cut in g.cuts:
+    for cut in g.boundaries:
         assert cut.bytes == sum(g.tensors[t].bytes for t in cut.tensors)
 
 
@@ -98,4 +98,4 @@ def test_multi_output_layer_tensor_names():
     out = keras.layers.Concatenate(name="cat")([keras.layers.Dense(2, name="dp")(p), q])
     g = build_graph(keras.Model(inp, out))
     assert g.layers[[l.name for l in g.layers].index("split")].outputs == ("split__0", "split__1")
-    assert "split__1" in g.cuts[[c.after for c in g.cuts].index("dp")].tensors
+    assert "split__1" in g.boundaries[[c.after for c in g.boundaries].index("dp")].tensors

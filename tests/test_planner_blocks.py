@@ -78,3 +78,30 @@ def test_cli_and_operator_paths_give_the_same_cnn14_blocks_and_problem(cnn14_gra
     assert via_cli.input_bytes == via_operator.input_bytes == cnn14_graph.input_bytes
     assert via_cli.constraints.use == via_operator.constraints.use
     assert via_cli.links == via_operator.links
+
+
+def test_one_plan_serialiser_two_contracts():
+    """`splitdnn plan --json` (raw, snake_case, drop_rate only with an fps) and the status form (camelCase,
+    rounded) come from one field table."""
+    from splitdnn.planner import plan
+
+    blocks = blocks_of(BRANCHY)
+    times = {"device": [0.0011111111] * 3, "edge": [0.0002] * 3}
+    link = [{"from": "device", "to": "edge", "latency": "1ms", "bandwidth": "8mbit"}]
+    problem = assemble(["device", "edge"], blocks, times, 64, link)
+    without_fps = plan(problem)[0]
+    assert list(without_fps.to_json()) == ["assignment", "latency", "bottleneck", "bytes"]
+    p = plan(problem, fps=2000.0)[0]
+    doc = p.to_json()
+    assert list(doc) == ["assignment", "latency", "bottleneck", "bytes", "drop_rate"]
+    assert doc["latency"] == p.latency and doc["assignment"] == {"device": None, "edge": ["a", "c"]}
+    status = p.to_status("latency", "profiles")
+    assert status == {
+        "objective": "latency",
+        "latencySeconds": round(p.latency, 6),
+        "bottleneckSeconds": round(p.bottleneck, 6),
+        "bytesPerFrame": p.bytes,
+        "dropRate": round(p.drop_rate, 4),
+        "computeSeconds": {t: round(v, 6) for t, v in p.compute.items()},
+        "source": "profiles",
+    }

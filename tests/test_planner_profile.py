@@ -15,12 +15,12 @@ def test_blocks_follow_single_tensor_cuts(cnn14_graph):
     from splitdnn.planner.blocks import blocks_of
 
     blocks = blocks_of(cnn14_graph.summary())
-    single = [c for c in cnn14_graph.cuts if c.single_tensor]
+    single = [c for c in cnn14_graph.boundaries if c.single_tensor]
     assert len(blocks) == len(single) + 1
     assert blocks[0]["layers"][0] == 0 and blocks[-1]["layers"][1] == len(cnn14_graph.layers) - 1
     for a, b in zip(blocks, blocks[1:]):
         assert b["layers"][0] == a["layers"][1] + 1  # contiguous, in order
-        cut = next(c for c in cnn14_graph.cuts if c.index == a["layers"][1])
+        cut = next(c for c in cnn14_graph.boundaries if c.index == a["layers"][1])
         assert a["out_bytes"] == cut.bytes
     assert sum(b["flops"] for b in blocks) == sum(l.flops for l in cnn14_graph.layers)
 

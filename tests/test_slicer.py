@@ -78,7 +78,7 @@ def test_branching_model_multi_cut(tmp_path):
 
     model = branching_model()
     graph = build_graph(model)
-    multi = [c.index for c in graph.cuts if not c.single_tensor]
+    multi = [c.index for c in graph.boundaries if not c.single_tensor]
     cuts = [multi[0], multi[len(multi) // 2], multi[-1]]
     manifest = assert_composition(model, graph, sorted(set(cuts)), tmp_path)
     # an unused tensor (the `meta` input) is passed through slices that do not consume it
@@ -100,11 +100,11 @@ def test_keras_applications_single_and_multi_tensor_cuts(name, shape, tmp_path):
 
     model = load_model(f"keras.applications.{name}", input_shape=shape)
     graph = build_graph(model)
-    singles = [c.index for c in graph.cuts if c.single_tensor and c.index > 0]
-    multis = [c.index for c in graph.cuts if not c.single_tensor]
+    singles = [c.index for c in graph.boundaries if c.single_tensor and c.index > 0]
+    multis = [c.index for c in graph.boundaries if not c.single_tensor]
     assert singles and multis, "these models have both kinds of cut"
     single = singles[len(singles) // 2]
-    multi = max(multis, key=lambda i: (len(graph.cuts[i].tensors), -abs(i - len(graph.layers) // 2)))
+    multi = max(multis, key=lambda i: (len(graph.boundaries[i].tensors), -abs(i - len(graph.layers) // 2)))
     assert_composition(model, graph, [single], tmp_path / "single")
     assert_composition(model, graph, sorted({multi, singles[-1]}), tmp_path / "multi")
 

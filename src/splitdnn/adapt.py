@@ -99,9 +99,9 @@ class Decision:
 def decide(
     policy: Policy,
     drop_rate: float | None,
-    current_cuts: list[str],
+    current_points: list[str],
     current_value: float,
-    candidate_cuts: list[str],
+    candidate_points: list[str],
     candidate_value: float,
     objective: str = "throughput",
     now: float = 0.0,
@@ -116,7 +116,7 @@ def decide(
     if last_change is not None and now - last_change < policy.cooldown_seconds:
         left = policy.cooldown_seconds - (now - last_change)
         return Decision(False, f"drop rate {drop_rate:.3f} over the SLO, but in cooldown for {left:.0f}s more")
-    if list(candidate_cuts) == list(current_cuts):
+    if list(candidate_points) == list(current_points):
         return Decision(False, f"drop rate {drop_rate:.3f} over the SLO, but the current split is still the best plan")
     if candidate_value > current_value * (1.0 - policy.margin):
         return Decision(
@@ -127,5 +127,5 @@ def decide(
     return Decision(
         True,
         f"drop rate {drop_rate:.3f} > SLO {policy.max_drop_rate:.3f}; predicted {figure} "
-        f"{current_value:.4g} → {candidate_value:.4g} with split {','.join(candidate_cuts)}",
+        f"{current_value:.4g} → {candidate_value:.4g} with split {','.join(candidate_points)}",
     )

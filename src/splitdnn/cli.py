@@ -63,7 +63,7 @@ def inspect(
     table = Table(title=f"{graph.model_name}: {graph.params_total:,} parameters, input {graph.input_bytes:,} B")
     for column in ("#", "layer", "class", "output shape", "params", "MFLOPs", "out bytes", "cut after: crossing"):
         table.add_column(column, justify="right" if column in ("#", "params", "MFLOPs", "out bytes") else "left")
-    cuts = {c.index: c for c in graph.cuts}
+    cuts = {c.index: c for c in graph.boundaries}
     for i, layer in enumerate(graph.layers):
         cut = cuts.get(i)
         crossing = (

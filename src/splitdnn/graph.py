@@ -1,9 +1,9 @@
-"""Model graph: layers in order, the tensors between them, and every cut with the tensors that cross it.
+"""Model graph: layers in order, the tensors between them, and every boundary with the tensors that cross it.
 
-Order is `model.layers` (Keras keeps it topological). A cut "after layer L" puts layers 0..L in the earlier
-slice. The tensors crossing it are the ones produced at or before L and needed after L — by a later layer, or
-as a model output (the result must reach the end of the pipeline). Model inputs count as produced before
-layer 0: frames enter at the first tier, so a later slice that needs the raw input has it shipped along.
+Order is `model.layers` (Keras keeps it topological). The boundary "after layer L" (split point L) puts layers
+0..L in the earlier slice. The tensors crossing it are the ones produced at or before L and needed after L — by a
+later layer, or as a model output (the result must reach the end of the pipeline). Model inputs count as produced
+before layer 0: frames enter at the first tier, so a later slice that needs the raw input has it shipped along.
 
 Tensor names: the producing layer's name, `<layer>__<i>` for the i-th output of a multi-output layer; a
 model input is named after its input layer. Only public Keras 3 APIs are used (`model.layers`,
@@ -44,7 +44,9 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
-class Cut:
+class Boundary:
+    """Between layer `index` and the next: what a link carries when a slice ends at that layer."""
+
     after: str  # layer name
     index: int  # layer index
     tensors: tuple[str, ...]
@@ -59,7 +61,7 @@ class ModelGraph:
     tensors: dict[str, TensorInfo]
     inputs: list[str]  # model input tensor names
     outputs: list[str]  # model output tensor names
-    cuts: list[Cut] = field(default_factory=list)
+    boundaries: list[Boundary] = field(default_factory=list)
 
     @property
     def params_total(self) -> int:
@@ -76,7 +78,7 @@ class ModelGraph:
         raise KeyError(name)
 
     def crossing(self, index: int) -> list[str]:
-        """Tensors crossing the cut after layer `index` (-1: before everything = the model inputs)."""
+        """Tensors crossing the boundary after layer `index` (-1: before everything = the model inputs)."""
         if index < 0:
             return list(self.inputs)
         needed_after = self._last_use
@@ -101,14 +103,14 @@ class ModelGraph:
             classes=tuple(l.cls for l in self.layers),
             params=tuple(l.params for l in self.layers),
             flops=tuple(l.flops for l in self.layers),
-            boundary_bytes={c.after: c.bytes for c in self.cuts},
-            boundary_tensors={c.after: list(c.tensors) for c in self.cuts},
+            boundary_bytes={c.after: c.bytes for c in self.boundaries},
+            boundary_tensors={c.after: list(c.tensors) for c in self.boundaries},
             input_bytes=self.input_bytes,
             output_bytes=sum(self.tensors[n].bytes for n in self.outputs),
         )
 
     def to_json(self) -> dict:
-        """The `splitdnn inspect --json` contract."""
+        """The `splitdnn inspect --json` contract (its key "cuts" lists the boundaries)."""
         return {
             "model": self.model_name,
             "params_total": self.params_total,
@@ -132,7 +134,7 @@ class ModelGraph:
                     "bytes": c.bytes,
                     "single_tensor": c.single_tensor,
                 }
-                for c in self.cuts
+                for c in self.boundaries
             ],
         }
 
@@ -214,7 +216,7 @@ def _shape(t) -> tuple[int | None, ...]:
 
 
 def build_graph(model) -> ModelGraph:
-    """Walk `model.layers` and record tensors, layers and cuts. Raises ValueError for shared layers."""
+    """Walk `model.layers` and record tensors, layers and boundaries. Raises ValueError for shared layers."""
     by_id: dict[int, str] = {}
     tensors: dict[str, TensorInfo] = {}
     input_names: list[str] = []
@@ -267,8 +269,8 @@ def build_graph(model) -> ModelGraph:
     graph = ModelGraph(model.name, layers, tensors, input_names, output_names)
     for index in range(len(layers) - 1):
         crossing = graph.crossing(index)
-        graph.cuts.append(
-            Cut(
+        graph.boundaries.append(
+            Boundary(
                 after=layers[index].name,
                 index=index,
                 tensors=tuple(crossing),

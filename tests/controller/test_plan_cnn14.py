@@ -19,7 +19,7 @@ def test_examples_are_valid_and_planned(example, cnn14_graph):
     plan = plan_mod.build_plan(si, summary)
     assert sum(t["layers"] for t in plan["tiers"]) == len(summary.layers)
     assert [l["bytes"] for l in plan["links"]] == [
-        next(c.bytes for c in cnn14_graph.cuts if c.after == p) for p in si.spec["splitPoints"]
+        next(c.bytes for c in cnn14_graph.boundaries if c.after == p) for p in si.spec["splitPoints"]
     ]
 
 

@@ -92,7 +92,7 @@ def split_of(problem: Problem, points: Sequence[str]) -> tuple[int, ...]:
     ends = []
     for p in points:
         if p not in names:
-            raise ValueError(f"split point {p!r} is not a block boundary of the planner (a multi-tensor cut)")
+            raise ValueError(f"split point {p!r} is not a block boundary of the planner (a multi-tensor boundary)")
         ends.append(names.index(p) + 1)
     return (*ends, len(names))
 
