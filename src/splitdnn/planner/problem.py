@@ -304,8 +304,8 @@ def _parse_problem(data: Any, src: str) -> Problem:
         blocks.append(
             Block(
                 name,
-                {t: float(time[t]) for t in tiers},
-                int(b.get("out_bytes", 0)),
+                {t: _unit(time[t], None, f"{w}.time.{t}") for t in tiers},
+                int(_unit(b.get("out_bytes", 0), None, f"{w}.out_bytes")),
                 (layers[0], layers[1]) if layers is not None else None,
             )
         )
