@@ -4,9 +4,9 @@ next tier answers (readiness).
 A request travels on `/splitdnn.Link/PredictChunked` (a bidirectional stream of raw bytes): the serialized request
 in chunks of at most `max_message_bytes`, then the receiver answers one empty message (the acknowledgement the
 sender times the transfer with) followed by the serialized `PredictResponse` in chunks. `/splitdnn.Link/Ping`
-(empty in) measures the round trip every `ping_interval` seconds; the answer is empty while the next tier is ready
-itself, else why it is not, so readiness follows the whole chain (a tier is ready while the next tier answers and
-is ready), whether or not a Service stops routing to a pod that is not.
+(empty in) measures the round trip every `ping_interval` seconds; the answer is empty while the chain behind the
+next tier works, else why it does not, so readiness follows the whole chain (a tier is ready while the next tier
+answers and its own next tier does, and so on), whether or not a Service stops routing to a pod that is not.
 """
 
 from __future__ import annotations

@@ -192,13 +192,13 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
             return api.model_metadata(tier.model, tier.entry.inputs, tier.entry.model_outputs)
 
         def Classify(self, request, context):
-            _abort(context, api.unimplemented(request.model_spec.name or "", "Classify"))
+            _abort(context, api.unimplemented(tier.model if tier else "", "Classify"))
 
         def Regress(self, request, context):
-            _abort(context, api.unimplemented(request.model_spec.name or "", "Regress"))
+            _abort(context, api.unimplemented(tier.model if tier else "", "Regress"))
 
         def MultiInference(self, request, context):
-            _abort(context, api.unimplemented(request.model_spec.name or "", "MultiInference"))
+            _abort(context, api.unimplemented(tier.model if tier else "", "MultiInference"))
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         def GetModelStatus(self, request, context):
@@ -223,8 +223,9 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
         yield from tier.reply_chunks(_predict(tier, request, context, False, next_address))
 
     def ping(request, context):
-        """Empty while this tier is ready; else why not (the previous tier's readiness follows it)."""
-        return b"" if tier is None or tier.ready() else tier.not_ready_reason().encode()
+        """Empty while the chain behind this tier is ready, else why not: the previous tier's readiness follows it.
+        (Not this tier's own stopping: a draining tier still serves what the previous tier sends.)"""
+        return b"" if tier is None else tier.chain_problem().encode()
 
     # no SO_REUSEPORT (gRPC's default): a second agent on a taken port must fail, not share its connections
     server = grpc.server(

@@ -122,12 +122,16 @@ class Tier:
         answering = self.downstream is None or self.downstream.answering
         return answering and not self.stopping.is_set()
 
-    def not_ready_reason(self) -> str:
-        if self.stopping.is_set():
-            return f"tier {self.name} is stopping"
+    def chain_problem(self) -> str:
+        """Why the chain behind this tier does not work ("" while it does)."""
         if self.downstream is not None and not self.downstream.answering:
             return self.downstream.problem
         return ""
+
+    def not_ready_reason(self) -> str:
+        if self.stopping.is_set():
+            return f"tier {self.name} is stopping"
+        return self.chain_problem()
 
     def _ready_changed(self) -> None:
         if self.on_ready:

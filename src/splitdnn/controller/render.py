@@ -7,8 +7,9 @@ No I/O and no Kubernetes client here, so every rule of the pod contract is unit-
 - per tier after the first, a Service `<si>-<tier>-<split id>` that selects only the pods of one split (the
   split id hashes model, input shape and split points): a tier calls its next tier through it, so a frame never
   meets a tier of another split while the Deployments roll one by one after a re-split (see `split_id`);
-- readiness = the agent's gRPC health status (SERVING while the chain behind it is ready), so a rollout keeps a tier's old pod until the new
-  chain behind the new pod works; on SIGTERM an agent drains (keeps serving until idle) before it exits;
+- readiness = the agent's gRPC health status (SERVING while the chain behind it works), so a rollout keeps a
+  tier's old pod until the new chain behind the new pod works; on SIGTERM an agent drains (keeps serving until
+  idle) before it exits;
 - init container `slicer`: `splitdnn slice MODEL --at L1,L2 --out /models` into the `models` emptyDir;
 - init container `netem`: `splitdnn netem apply --dev eth0 ... --report /run/splitdnn/netem.json`, the only
   container with an added capability (NET_ADMIN);
