@@ -364,3 +364,13 @@ def test_a_second_agent_server_on_a_taken_port_fails():
         assert bound == 0
     finally:
         first.stop(None)
+
+
+def test_settings_from_the_environment_are_read_at_start_up():
+    from splitdnn.agent.server import AgentConfig, env_settings
+
+    assert env_settings({}) == {}
+    config = AgentConfig(slices="s", slice="slice0", port=1, **env_settings({"SPLITDNN_RECONNECT_SECONDS": "2.5"}))
+    assert config.reconnect_seconds == 2.5 and AgentConfig(slices="s", slice="slice0", port=1).reconnect_seconds == 10
+    with pytest.raises(ValueError, match="SPLITDNN_RECONNECT_SECONDS='soon'"):
+        env_settings({"SPLITDNN_RECONNECT_SECONDS": "soon"})

@@ -263,6 +263,7 @@ def agent(
     port: int = typer.Option(8500, help="gRPC port (TF Serving PredictionService)"),
     next_: str | None = typer.Option(None, "--next", help="HOST:PORT of the next tier; none for the last tier"),
     metrics_port: int | None = typer.Option(None, help="Prometheus /metrics port"),
+    rest_port: int | None = typer.Option(None, help="TF Serving REST API port (/v1/models/...; 8501 in pods)"),
     si: str = typer.Option("local", help="SplitInference name (metric label)"),
     tier: str | None = typer.Option(None, help="tier name (metric label); default: the slice name"),
     overhead_ratio: float = typer.Option(0.0, help="after computing t seconds, wait ratio·t more"),
@@ -304,7 +305,7 @@ def agent(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from splitdnn.agent.netem import load_report
-    from splitdnn.agent.server import AgentConfig, emulation_plan, serve
+    from splitdnn.agent.server import AgentConfig, emulation_plan, env_settings, serve
 
     try:
         report = load_report(netem_report)
@@ -315,6 +316,7 @@ def agent(
             port=port,
             next=next_,
             metrics_port=metrics_port,
+            rest_port=rest_port,
             si=si,
             tier=tier or slice_name,
             overhead_ratio=overhead_ratio,
@@ -334,6 +336,7 @@ def agent(
             summary=summary,
             drain_quiet=parse_duration(drain_quiet),
             drain_timeout=parse_duration(drain_timeout),
+            **env_settings(),
         )
         if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0 or warmup < 0:
             raise ValueError(

@@ -100,6 +100,8 @@ def test_deployment_pod_contract(si, plan):
         "8500",
         "--metrics-port",
         "9100",
+        "--rest-port",
+        "8501",
         "--si",
         "cnn14",
         "--tier",
@@ -131,13 +133,13 @@ def test_deployment_pod_contract(si, plan):
         "--delay",
         "5ms",
     ]
-    # Ready only while the next tier answers; the pod outlives its agent's drain
-    assert agent["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 9100}
+    # Ready only while the chain behind answers (gRPC health checking); the pod outlives its agent's drain
+    assert agent["readinessProbe"]["grpc"] == {"port": 8500}
     assert pod["terminationGracePeriodSeconds"] > render.DRAIN_TIMEOUT_SECONDS
     assert d["spec"]["template"]["metadata"]["labels"]["splitdnn.io/split"] == plan["splitId"]
     assert agent["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": 9100}
     assert agent["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
-    assert {p["containerPort"] for p in agent["ports"]} == {8500, 9100}
+    assert {p["containerPort"] for p in agent["ports"]} == {8500, 8501, 9100}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in vols["models"] and "emptyDir" in vols["run"]
     assert vols["plan"]["configMap"]["name"] == "cnn14-plan"
@@ -227,7 +229,7 @@ def test_model_sources():
 
 def test_service(si, plan):
     svc = objs_by(render.render_all(si, plan, image="i"))[("Service", "cnn14-edge")]
-    assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {("grpc", 8500), ("metrics", 9100)}
+    assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {("grpc", 8500), ("http", 8501), ("metrics", 9100)}
     assert svc["spec"]["selector"] == {"splitdnn.io/splitinference": "cnn14", "splitdnn.io/tier": "edge"}
     dep = objs_by(render.render_all(si, plan, image="i"))[("Deployment", "cnn14-edge")]
     labels = dep["spec"]["template"]["metadata"]["labels"]

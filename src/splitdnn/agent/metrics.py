@@ -2,7 +2,7 @@
 
 | metric | type | meaning |
 | --- | --- | --- |
-| `splitdnn_frames_total{outcome}` | counter | frames with that outcome (first tier; completed/dropped/late/failed) |
+| `splitdnn_frames_total{outcome}` | counter | frames with that outcome (first tier: source frames and client Predict rows; completed/dropped/late/failed) |
 | `splitdnn_frame_latency_seconds` | histogram | end-to-end latency of frames that came back (first tier) |
 | `splitdnn_stage_compute_seconds` | histogram | this stage's time per frame, compute + emulated overhead |
 | `splitdnn_link_transfer_seconds` | histogram | sending one message to the next tier until it acknowledged the last chunk |

@@ -13,13 +13,21 @@ frame to the last outcome, after the last frame has an outcome.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from splitdnn.agent.runtime import TensorSpec
+
+log = logging.getLogger("splitdnn.agent")
 
 OUTCOMES = ("completed", "dropped", "late", "failed")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff")
@@ -54,7 +62,7 @@ class Outcomes:
         return {"offered": offered, **counts, "drop_rate": lost / offered if offered else 0.0, "inflight": inflight}
 
 
-def synthetic_frames(inputs: Sequence[dict], seed: int = 0) -> Callable[[int], dict]:
+def synthetic_frames(inputs: Sequence[TensorSpec], seed: int = 0) -> Callable[[int], dict]:
     """Frame i -> {input name: array of shape (1, *shape[1:])}, uniform in [0, 1), reproducible per (seed, i)."""
 
     def make(i: int) -> dict:
@@ -64,17 +72,17 @@ def synthetic_frames(inputs: Sequence[dict], seed: int = 0) -> Callable[[int], d
     return make
 
 
-def zero_frame(inputs: Sequence[dict]) -> dict:
+def zero_frame(inputs: Sequence[TensorSpec]) -> dict:
     """{input name: zeros of shape (1, *shape[1:])}: a frame for warming up a slice."""
     return {t["name"]: np.zeros(_frame_shape(t), t["dtype"]) for t in inputs}
 
 
-def _frame_shape(tensor: dict) -> tuple:
+def _frame_shape(tensor: TensorSpec) -> tuple:
     """Batch of one; unknown dimensions 1."""
     return (1, *[d or 1 for d in tensor["shape"][1:]])
 
 
-def _random(rng, tensor: dict) -> np.ndarray:
+def _random(rng, tensor: TensorSpec) -> np.ndarray:
     shape = _frame_shape(tensor)
     dtype = np.dtype(tensor["dtype"])
     if dtype.kind == "f":
@@ -84,7 +92,7 @@ def _random(rng, tensor: dict) -> np.ndarray:
     return rng.integers(0, 256, size=shape).astype(dtype)
 
 
-def image_frames(directory: str | Path, inputs: Sequence[dict]) -> Callable[[int], dict]:
+def image_frames(directory: str | Path, inputs: Sequence[TensorSpec]) -> Callable[[int], dict]:
     """Frame i -> the i-th image of `directory` (sorted, cycling), resized to the input's H×W, scaled to [0, 1]."""
     from PIL import Image
 
@@ -94,7 +102,10 @@ def image_frames(directory: str | Path, inputs: Sequence[dict]) -> Callable[[int
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
     tensor = inputs[0]
-    _, height, width, channels = tensor["shape"]
+    _, h, w, c = tensor["shape"]
+    if h is None or w is None or c is None:
+        raise ValueError(f"an image source needs a fixed input height, width and channels, not {tensor['shape']}")
+    height, width, channels = h, w, c
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
     if mode is None:
         raise ValueError(f"cannot make {channels}-channel frames from images")
@@ -103,8 +114,8 @@ def image_frames(directory: str | Path, inputs: Sequence[dict]) -> Callable[[int
     def make(i: int) -> dict:
         k = i % len(files)
         if k not in cache:
-            with Image.open(files[k]) as img:
-                img = img.convert(mode).resize((width, height))
+            with Image.open(files[k]) as opened:
+                img = opened.convert(mode).resize((width, height))
                 array = np.asarray(img, dtype=np.float32).reshape(1, height, width, channels) / 255.0
             if len(cache) < 1024:
                 cache[k] = array
@@ -191,3 +202,106 @@ class FrameSource:
             self.latencies.append(latency)
         if self.on_outcome:
             self.on_outcome(outcome, latency)
+
+
+def summarize(result: dict, latencies: Sequence[float], last_error: str | None) -> dict:
+    """The source's summary (`--summary`): the outcome counts, mean and median latency, the last error if any."""
+    lat = sorted(latencies)
+    summary = dict(result)
+    summary["latency_mean"] = float(np.mean(lat)) if lat else None
+    summary["latency_p50"] = lat[len(lat) // 2] if lat else None
+    if last_error:
+        summary["last_error"] = last_error
+    return summary
+
+
+class TierSource:
+    """The first tier's frame source as the agent runs it, in a thread of its own: wait until the chain behind
+    answers, send the warm-up frames, offer the counted frames, write the summary.
+
+    `pipeline(frame, timeout)` is the tier's request path; `wait_chain(seconds)` blocks until the next tier answers
+    (False: not within `seconds`). `stop()` admits no more frames; `join()` waits for the frames in the pipeline."""
+
+    def __init__(
+        self,
+        make_frame: Callable[[int], dict],
+        pipeline: Callable[[dict, float], object],
+        wait_chain: Callable[[float], bool],
+        *,
+        fps: float,
+        frames: int,
+        deadline: float,
+        max_inflight: int,
+        timeout: float,
+        warmup: int = 0,
+        summary_path: str | None = None,
+        on_outcome: Callable[[str, float | None], None] | None = None,
+        label: str = "synthetic",
+    ):
+        self.pipeline = pipeline
+        self.make_frame = make_frame
+        self.wait_chain = wait_chain
+        self.warmup = warmup
+        self.timeout = timeout
+        self.summary_path = summary_path
+        self.label = label
+        self.source = FrameSource(
+            make_frame, pipeline, fps, frames, deadline, max_inflight, timeout=timeout, on_outcome=on_outcome
+        )
+        self.summary: dict | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_logged, daemon=True, name="source")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.source.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception:  # noqa: BLE001 - keep serving; the log says why the source stopped
+            log.exception("frame source stopped")
+
+    def run(self) -> dict | None:
+        while not self.wait_chain(1.0):
+            if self.source.stopped.is_set():
+                return None
+        if self.source.stopped.is_set():
+            return None
+        self.warm_up()
+        s = self.source
+        log.info(
+            "source: %s at %g fps, %s frames, deadline %gs, max in flight %d",
+            self.label,
+            s.fps,
+            s.frames or "endless",
+            s.deadline,
+            s.max_inflight,
+        )
+        self.summary = summarize(s.run(), s.latencies, s.last_error)
+        log.info("source done: %s", json.dumps(self.summary))
+        if self.summary_path:
+            Path(self.summary_path).write_text(json.dumps(self.summary) + "\n")
+        return self.summary
+
+    def warm_up(self) -> None:
+        """Send `warmup` frames one at a time through every tier and discard them: a run's first frames otherwise
+        pay one-time costs (a stream's first use between two tiers, TensorFlow's first call at a batch shape)
+        that the deadline counts against them. They are the first frames of the source (seeded), sent once more
+        when the counted run starts."""
+        for i in range(self.warmup):
+            if self.source.stopped.is_set():
+                return
+            start = time.monotonic()
+            try:
+                self.pipeline(self.make_frame(i), self.timeout)
+            except Exception as exc:  # noqa: BLE001 - a warm-up frame's outcome decides nothing
+                log.warning("warm-up frame %d/%d failed: %s", i + 1, self.warmup, exc)
+            else:
+                log.info("warm-up frame %d/%d took %.3f s", i + 1, self.warmup, time.monotonic() - start)

@@ -7,6 +7,7 @@ client stream (see `server.CHUNKED_METHOD`); the receiver concatenates them and 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -89,8 +90,8 @@ def from_tensor_proto(proto) -> np.ndarray:
                 f"{dtype.name} needs {count * dtype.itemsize}"
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    values = list(getattr(proto, _VAL_FIELDS[dtype.name]))
-    if dtype.name == "float16":
+    values: Any = list(getattr(proto, _VAL_FIELDS[dtype.name]))
+    if dtype.name == "float16":  # half_val holds the bit patterns
         values = np.array(values, dtype=np.uint16).view(np.float16)
     if len(values) == count:
         return np.array(values, dtype=dtype).reshape(shape)

@@ -7,8 +7,9 @@ No I/O and no Kubernetes client here, so every rule of the pod contract is unit-
 - per tier after the first, a Service `<si>-<tier>-<split id>` that selects only the pods of one split (the
   split id hashes model, input shape and split points): a tier calls its next tier through it, so a frame never
   meets a tier of another split while the Deployments roll one by one after a re-split (see `split_id`);
-- readiness = the agent's /ready (its next tier answers), so a rollout keeps a tier's old pod until the new
-  chain behind the new pod works; on SIGTERM an agent drains (keeps serving until idle) before it exits;
+- readiness = the agent's gRPC health status (SERVING while the chain behind it works), so a rollout keeps a
+  tier's old pod until the new chain behind the new pod works; on SIGTERM an agent drains (keeps serving until
+  idle) before it exits;
 - init container `slicer`: `splitdnn slice MODEL --at L1,L2 --out /models` into the `models` emptyDir;
 - init container `netem`: `splitdnn netem apply --dev eth0 ... --report /run/splitdnn/netem.json`, the only
   container with an added capability (NET_ADMIN);
@@ -30,6 +31,7 @@ from splitdnn import __version__
 from splitdnn.spec import SplitInference
 
 GRPC_PORT = 8500
+REST_PORT = 8501  # TF Serving's REST API
 METRICS_PORT = 9100
 MODELS_DIR = "/models"
 RUN_DIR = "/run/splitdnn"
@@ -144,6 +146,8 @@ def agent_command(si: SplitInference, index: int, split: str) -> list[str]:
         str(GRPC_PORT),
         "--metrics-port",
         str(METRICS_PORT),
+        "--rest-port",
+        str(REST_PORT),
         "--si",
         si.name,
         "--tier",
@@ -295,11 +299,13 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                             "command": agent_command(si, index, split),
                             "ports": [
                                 {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                                {"name": "http", "containerPort": REST_PORT, "protocol": "TCP"},
                                 {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                             ],
-                            # Ready = this tier serves and its next tier answers (the whole chain behind it)
+                            # Ready = this tier serves and the chain behind it is ready (gRPC health checking:
+                            # SERVING then; the metrics port's /ready says the same)
                             "readinessProbe": {
-                                "httpGet": {"path": "/ready", "port": METRICS_PORT},
+                                "grpc": {"port": GRPC_PORT},
                                 "initialDelaySeconds": 2,
                                 "periodSeconds": 2,
                                 "failureThreshold": 3,
@@ -349,6 +355,7 @@ def render_service(si: SplitInference, index: int) -> dict:
             "selector": selector_labels(si.name, tname),
             "ports": [
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "http", "port": REST_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },

@@ -1,0 +1,97 @@
+"""TF Serving's REST API on a tier (`--rest-port`; 8501 in pods), on the standard library's threading HTTP server.
+
+    GET  /v1/models/NAME[/versions/1]            model status (AVAILABLE while the chain behind answers)
+    GET  /v1/models/NAME[/versions/1]/metadata   signature serving_default: inputs and outputs, dtype and shape
+    POST /v1/models/NAME[/versions/1]:predict    {"instances": [...]} or {"inputs": ...} → predictions / outputs
+
+Errors are `{"error": "..."}` with TF Serving's HTTP codes (400 bad input, 404 unknown model or version, 429 this
+tier's queue is full, 501 classify/regress, 503/504 from the tiers behind). What the JSON means is in `api`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+
+from splitdnn.agent import api
+from splitdnn.agent.tier import Tier
+from splitdnn.agent.wire import tensors_of
+
+log = logging.getLogger("splitdnn.agent.rest")
+
+PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?::(?P<verb>predict|classify|regress)|/(?P<metadata>metadata))?",
+    re.IGNORECASE,
+)
+
+
+def handle(tier: Tier, method: str, path: str, body: bytes, next_address: str | None = None) -> tuple[int, dict]:
+    """One REST request -> (HTTP status, JSON document). Never raises for a bad request."""
+    try:
+        return 200, _route(tier, method, path.split("?", 1)[0], body)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes TF Serving's error shape
+        error = api.error_of(exc, tier.name, next_address)
+        if error.code == grpc.StatusCode.INTERNAL:
+            log.exception("internal error on %s %s", method, path)
+        return error.http_status, {"error": error.message}
+
+
+def _route(tier: Tier, method: str, path: str, body: bytes) -> dict[str, Any]:
+    match = PATH.fullmatch(path)
+    if match is None or (method == "GET") != (match["verb"] is None) or method not in ("GET", "POST"):
+        malformed = grpc.StatusCode.INVALID_ARGUMENT if path.lower().startswith("/v1/") else grpc.StatusCode.NOT_FOUND
+        raise api.ApiError(malformed, f"Malformed request: {method} {path}")
+    version = int(match["version"]) if match["version"] else None
+    api.check_model(tier.model, match["name"], version, match["label"] or "")
+    if method == "GET" and match["metadata"]:
+        return api.metadata_json(tier.model, tier.entry.inputs, tier.entry.model_outputs)
+    if method == "GET":
+        return api.to_json(api.model_status(tier.ready(), tier.stopping.is_set(), tier.not_ready_reason()))
+    if match["verb"].lower() != "predict":
+        raise api.unimplemented(tier.model, match["verb"].lower())
+    tensors, row = api.parse_predict(body, tier.entry.inputs)
+    response = b"".join(tier.reply_chunks(tier.predict(tensors)))
+    from tensorflow_serving.apis import predict_pb2
+
+    return api.render_predict(tensors_of(predict_pb2.PredictResponse.FromString(response).outputs), row)
+
+
+def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None = None) -> ThreadingHTTPServer:
+    """Start the REST server in a thread of its own (one thread per connection); returns it (`.shutdown()`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: clients reuse the connection
+
+        def _answer(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
+            status, doc = handle(tier, method, self.path, body, next_address)
+            data = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: debug only
+            log.debug("%s %s", self.address_string(), format % args)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+    server = Server((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="rest").start()
+    return server

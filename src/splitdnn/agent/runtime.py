@@ -1,0 +1,152 @@
+"""A tier's slice runtime: load slice NAME of `slices.json`, validate request tensors against its inputs, compute.
+
+`load(slices_dir, slice_name)` returns a `SliceRuntime`: the one interface the agent computes through. The TF
+SavedModel runtime is the only one today; another (a LiteRT interpreter) implements the same three members
+(`entry`, `validate`, `compute`) and reuses `validate_tensors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypedDict
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+
+
+class TensorSpec(TypedDict):
+    """One tensor of slices.json: name, shape (None = any size) and numpy dtype name."""
+
+    name: str
+    shape: list[int | None]
+    dtype: str
+
+
+class BadRequest(ValueError):
+    """A request with wrong model, signature, tensor names, shapes or dtypes (gRPC INVALID_ARGUMENT, HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class SliceEntry:
+    """What slices.json says about one slice, and the model it belongs to."""
+
+    model: str
+    name: str
+    index: int
+    path: str  # the SavedModel directory, relative to the slices directory
+    cut: str  # the layer this slice ends after ("" for the last slice)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    model_outputs: list[TensorSpec]  # the last slice's outputs: what every tier's Predict returns
+
+
+def read_entry(slices_dir: str | Path, slice_name: str) -> SliceEntry:
+    from splitdnn.slicer import load_manifest
+
+    manifest = load_manifest(slices_dir)
+    names = [s["name"] for s in manifest["slices"]]
+    if slice_name not in names:
+        raise ValueError(
+            f"slice {slice_name!r} is not in {Path(slices_dir) / 'slices.json'} (slices: {', '.join(names)})"
+        )
+    index = names.index(slice_name)
+    entry = manifest["slices"][index]
+    cuts = manifest.get("cuts", [])
+    return SliceEntry(
+        model=manifest["model"],
+        name=slice_name,
+        index=index,
+        path=entry["path"],
+        cut=cuts[index] if index < len(cuts) else "",
+        inputs=entry["inputs"],
+        outputs=entry["outputs"],
+        model_outputs=manifest["slices"][-1]["outputs"],
+    )
+
+
+def _same_shape(expected: Sequence[int | None], actual: tuple[int, ...]) -> bool:
+    return len(expected) == len(actual) and all(e is None or e == a for e, a in zip(expected, actual))
+
+
+def describe(specs: Sequence[TensorSpec]) -> str:
+    """`input float32[None, 28, 28, 1], ...`: what a slice takes, for error messages."""
+    return ", ".join(f"{s['name']} {s['dtype']}[{', '.join(str(d) for d in s['shape'])}]" for s in specs)
+
+
+def validate_tensors(specs: Sequence[TensorSpec], tensors: Mapping[str, np.ndarray], where: str) -> dict:
+    """Check names, dtypes and shapes against `specs`; the message names every problem. Returns the tensors in
+    the specs' order. `where` says whose inputs these are (e.g. "model 'cnn14' slice 'slice0'")."""
+    expected = {t["name"]: t for t in specs}
+    problems = []
+    missing = [n for n in expected if n not in tensors]
+    unexpected = sorted(n for n in tensors if n not in expected)
+    if missing:
+        problems.append(f"missing input {', '.join(map(repr, missing))}")
+    if unexpected:
+        problems.append(f"unexpected input {', '.join(map(repr, unexpected))}")
+    batch = set()
+    for name, spec in expected.items():
+        if name not in tensors:
+            continue
+        value = tensors[name]
+        if value.dtype != np.dtype(spec["dtype"]):
+            problems.append(f"input {name!r} has dtype {value.dtype.name}, expected {spec['dtype']}")
+        if not _same_shape(spec["shape"], value.shape):
+            shape = ["None" if d is None else d for d in spec["shape"]]
+            problems.append(f"input {name!r} has shape {list(value.shape)}, expected [{', '.join(map(str, shape))}]")
+        elif value.ndim:
+            batch.add(value.shape[0])
+    if len(batch) > 1:
+        problems.append(f"inputs disagree on the batch size: {sorted(batch)}")
+    if problems:
+        raise BadRequest(f"{'; '.join(problems)} ({where} takes: {describe(specs)})")
+    return {n: tensors[n] for n in expected}
+
+
+def batch_size(feed: Mapping[str, np.ndarray]) -> int:
+    """Rows in a validated feed (its inputs agree on dimension 0; a scalar input is one row)."""
+    return next((int(v.shape[0]) for v in feed.values() if v.ndim), 1)
+
+
+class SliceRuntime(Protocol):
+    """What the agent needs from a loaded slice."""
+
+    entry: SliceEntry
+
+    def validate(self, tensors: Mapping[str, np.ndarray]) -> dict:
+        """The slice's inputs from `tensors`, or BadRequest naming every problem."""
+        ...
+
+    def compute(self, feed: Mapping[str, np.ndarray]) -> dict:
+        """Validated inputs (a batch of any size) -> {output name: array}."""
+        ...
+
+
+class SavedModelRuntime:
+    """A slice as a TF SavedModel, called through its `serving_default` signature."""
+
+    def __init__(self, slices_dir: str | Path, entry: SliceEntry):
+        import tensorflow as tf
+
+        self.entry = entry
+        self._tf: Any = tf
+        self._signature = tf.saved_model.load(str(Path(slices_dir) / entry.path)).signatures[SIGNATURE]
+
+    def validate(self, tensors: Mapping[str, np.ndarray]) -> dict:
+        return validate_tensors(self.entry.inputs, tensors, f"model {self.entry.model!r} slice {self.entry.name!r}")
+
+    def compute(self, feed: Mapping[str, np.ndarray]) -> dict:
+        out = self._signature(**{n: self._tf.constant(v) for n, v in feed.items()})
+        return {n: v.numpy() for n, v in out.items()}
+
+
+def load(slices_dir: str | Path, slice_name: str) -> SliceRuntime:
+    """Load and warm up slice `slice_name` of `slices_dir/slices.json` (the first call pays TF's tracing)."""
+    from splitdnn.agent.source import zero_frame
+
+    runtime = SavedModelRuntime(slices_dir, read_entry(slices_dir, slice_name))
+    runtime.compute(zero_frame(runtime.entry.inputs))
+    return runtime
