@@ -67,7 +67,7 @@ def inspect(
         return
     from rich.console import Console
 
-    from splitdnn.tables import fit_table
+    from splitdnn.tables import Column, fit_table
 
     console = Console()
     cuts = {c.index: c for c in graph.cuts}
@@ -80,7 +80,7 @@ def inspect(
         return f"{cut.bytes:,}" + ("" if cut.single_tensor else f" ({len(cut.tensors)})")
 
     # most important first: a narrow terminal loses the last columns, never a row to wrapping
-    columns = [
+    columns: list[Column] = [
         ("#", "right", [str(i) for i, _ in layers]),
         ("layer", "left", [layer.name for _, layer in layers]),
         ("output", "left", [_shape(layer.output_shape) for _, layer in layers]),
@@ -93,7 +93,7 @@ def inspect(
     title = f"{graph.model_name}: {graph.params_total:,} parameters, input {graph.input_bytes:,} B"
     table, hidden = fit_table(title, columns, console.width, keep=3)
     console.print(table)
-    notes = ["bytes after: what crosses the boundary after the layer, one frame; (n): n tensors"]
+    notes = ["bytes after: crossing the boundary after the layer, one frame; (n): n tensors"]
     if hidden:
         notes.append(f"not shown at {console.width} columns: {', '.join(hidden)} (--json has every field)")
     for note in notes:

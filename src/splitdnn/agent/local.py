@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from splitdnn.agent.command import agent_argv
 from splitdnn.agent.metrics import scrape, value
@@ -85,9 +86,17 @@ class AgentProcess:
             return ""
         return "\n".join(line for line in lines[-n:])
 
+    def exit_code(self) -> int | None:
+        """The agent's exit code once it has exited; None while it runs (or before it starts)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def check_running(self) -> None:
+        code = self.exit_code()
+        if code is not None:
+            raise LocalRunError(f"agent {self.tier} exited with {code}:\n{self.log_tail()}")
+
     def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise LocalRunError(f"agent {self.tier} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        self.check_running()
         try:
             scrape(self.metrics_url, timeout=1)
             return True
@@ -148,8 +157,8 @@ class Progress:
 
     total: int | None
     quiet: bool = False
-    _progress: object = None
-    _task: object = None
+    _progress: Any = None
+    _task: Any = None
     started: float = field(default_factory=time.monotonic)
 
     def __enter__(self):
@@ -283,8 +292,7 @@ def run_local(si, frames: int | None = None, netns: bool = False, out: str | Non
                 with Progress(total or None, quiet) as progress:
                     while not summary_file.exists() and not stop.is_set():
                         for a in agents:
-                            if a.proc.poll() is not None:
-                                raise LocalRunError(f"agent {a.tier} exited with {a.proc.returncode}:\n{a.log_tail()}")
+                            a.check_running()
                         _show(progress, agents)
                         stop.wait(0.5)
                     _show(progress, agents)
@@ -491,7 +499,7 @@ def summary_table(result: dict, width: int = 80):
     """The run's summary for a terminal `width` columns wide: the frame counts, then a row per tier (its stage) and
     a row per link (what the tier sent on its outgoing link; the last tier's carries the results back). A row is
     one line and names are never cut: columns that do not fit are left out, and a last line says which."""
-    from rich.console import Group
+    from rich.console import Group, RenderableType
     from rich.text import Text
 
     from splitdnn.tables import fit_table
@@ -525,7 +533,7 @@ def summary_table(result: dict, width: int = 80):
         ],
         width,
     )
-    parts = [
+    parts: list[RenderableType] = [
         Text(
             f"{result['offered']} frames in {result['seconds']:.1f} s: {result['completed']} completed, "
             f"{result['dropped']} dropped, {result['late']} late, {result['failed']} failed; "
