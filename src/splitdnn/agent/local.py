@@ -4,7 +4,8 @@ Slices the model, starts one `splitdnn agent` process per tier (loopback and in-
 `--netns`, one network namespace per tier joined by veth pairs and real `tc` through `splitdnn netem apply`, the
 same command the pods' init container runs), runs the workload from the first tier's frame source, shows
 progress on stderr, and returns the summary. Agents die with this process (PR_SET_PDEATHSIG) and are stopped in
-every exit path, so nothing is left behind.
+every exit path, so nothing is left behind. The agents' command lines come from `agent.command.agent_argv`, the
+function the operator's pods use too; `dry_run` returns them without starting anything.
 """
 
 from __future__ import annotations
