@@ -1,10 +1,14 @@
 """The CRD's schema and the examples: every example validates; malformed specs are rejected with the field named."""
 
+import copy
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
+from splitdnn import spec as spec_mod
 from splitdnn.spec import SpecError, crd, cross_field_problems, from_resource, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +123,91 @@ def test_cross_field_problems_are_named(cnn14_graph):
     doc["spec"]["planner"]["mode"] = "auto"
     del doc["spec"]["splitPoints"]
     assert cross_field_problems(from_resource(doc), layers) == []
+
+
+# --- the typed spec: one home for the defaults, the CRD agrees ---------------------------------------------------
+
+
+def api_server_defaults(value, node):
+    """What the API server does on admission: fill in the schema's `default`s top-down (an object defaulted to {}
+    gets its fields' defaults too)."""
+    if node.get("type") == "object" and isinstance(value, dict):
+        for key, sub in node.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = api_server_defaults(value[key], sub)
+    elif node.get("type") == "array" and isinstance(value, list) and "items" in node:
+        value = [api_server_defaults(v, node["items"]) for v in value]
+    return value
+
+
+def _default_of(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def test_typed_defaults_agree_with_the_crd():
+    """Walk the CRD schema beside the dataclasses: the same fields, the same defaults; a field without a CRD
+    default is absent by default (None or empty), and a required field has no default."""
+    checked = []
+
+    def walk(cls, node, path):
+        hints = typing.get_type_hints(cls)
+        fields = {spec_mod.json_name(f.name): f for f in dataclasses.fields(cls)}
+        assert set(fields) == set(node["properties"]), f"{path}: typed fields differ from the CRD's"
+        for key, f in fields.items():
+            sub, where, default = node["properties"][key], f"{path}.{key}", _default_of(f)
+            if default is dataclasses.MISSING:
+                assert key in node.get("required", []), f"{where} has no default but the CRD does not require it"
+                assert "default" not in sub, where
+            node_cls = spec_mod._node_type(hints[f.name])
+            if node_cls is not None and sub["type"] == "array":
+                walk(node_cls, sub["items"], f"{where}[]")
+            elif node_cls is not None:
+                walk(node_cls, sub, where)
+                if default is not dataclasses.MISSING:
+                    want = api_server_defaults(copy.deepcopy(sub["default"]), sub) if "default" in sub else {}
+                    assert default.to_dict() == want, where
+            elif "default" in sub:
+                assert default == sub["default"] and type(default) is type(sub["default"]), where
+            elif default is not dataclasses.MISSING:
+                assert default in (None, [], {}), f"{where}: a default the CRD does not have"
+            checked.append(where)
+
+    walk(spec_mod.Spec, spec_mod.schema()["properties"]["spec"], "spec")
+    assert {"spec.workload.fps", "spec.workload.maxInFlight", "spec.tiers[].maxMessageBytes"} <= set(checked)
+
+
+MINIMAL = {
+    "apiVersion": "splitdnn.io/v1alpha1",
+    "kind": "SplitInference",
+    "metadata": {"name": "bare"},
+    "spec": {"model": {"builtin": "cnn14"}, "splitPoints": ["conv2d"], "tiers": [{"name": "a"}, {"name": "b"}]},
+}
+
+
+@pytest.mark.parametrize("doc", [MINIMAL, *map(lambda p: yaml.safe_load(p.read_text()), EXAMPLES)])
+def test_the_dict_form_is_what_the_api_server_stores(doc):
+    stored = api_server_defaults(copy.deepcopy(doc), spec_mod.schema())
+    assert from_resource(doc).spec == stored["spec"]
+
+
+def test_a_spec_without_workload_gets_the_defaults():
+    si = from_resource(copy.deepcopy(MINIMAL))
+    assert si.typed.workload == spec_mod.Workload()
+    assert (si.typed.workload.fps, si.typed.workload.max_in_flight, si.typed.workload.frames) == (1, 4, 50)
+    assert si.workload["maxInFlight"] == 4 and si.deadline_seconds == 1.0
+    assert si.typed.planner.mode == "fixed" and si.typed.adaptation.enabled is False
+    assert si.typed.tiers[0].netem == spec_mod.Netem() and "netem" not in si.tiers[0]
+
+
+def test_the_typed_view_follows_edits_of_the_dict():
+    si = from_resource(copy.deepcopy(MINIMAL))
+    si.spec["splitPoints"] = ["flatten"]
+    si.tiers[1]["netem"] = {"delay": "5ms"}
+    assert si.typed.split_points == ["flatten"] and si.typed.tiers[1].netem.delay == "5ms"
+    assert spec_mod.Spec.from_dict(si.spec).to_dict() == si.spec  # the dict form round-trips

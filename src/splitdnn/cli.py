@@ -46,42 +46,58 @@ def _load_graph(model_spec: str, input_shape: str | None):
         fail(str(exc))
 
 
+def _shape(shape) -> str:
+    """(None, 26, 26, 32) → 26×26×32 (no batch dimension); several outputs separated by commas."""
+    if shape and isinstance(shape[0], (list, tuple)):
+        return ", ".join(_shape(s) for s in shape)
+    dims = list(shape or [])[1:] if shape and shape[0] is None else list(shape or [])
+    return "×".join(str(d) for d in dims) or "scalar"
+
+
 @app.command()
 def inspect(
     model: str = typer.Argument(..., help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     input_shape: str | None = typer.Option(None, help=INPUT_SHAPE_HELP),
 ):
-    """Show a model's layers (shape, params, FLOPs, bytes) and every cut with the tensors that cross it."""
+    """Show a model's layers (shape, params, FLOPs, bytes) and every boundary with the tensors that cross it."""
     _, graph = _load_graph(model, input_shape)
     if as_json:
         typer.echo(json.dumps(graph.to_json()))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"{graph.model_name}: {graph.params_total:,} parameters, input {graph.input_bytes:,} B")
-    for column in ("#", "layer", "class", "output shape", "params", "MFLOPs", "out bytes", "cut after: crossing"):
-        table.add_column(column, justify="right" if column in ("#", "params", "MFLOPs", "out bytes") else "left")
+    from splitdnn.tables import Column, fit_table
+
+    console = Console()
     cuts = {c.index: c for c in graph.boundaries}
-    for i, layer in enumerate(graph.layers):
+    layers = list(enumerate(graph.layers))
+
+    def crossing(i: int) -> str:
         cut = cuts.get(i)
-        crossing = (
-            ""
-            if cut is None
-            else (f"{cut.bytes:,} B" + ("" if cut.single_tensor else f" ({len(cut.tensors)} tensors)"))
-        )
-        table.add_row(
-            str(i),
-            layer.name,
-            layer.cls,
-            str(layer.output_shape),
-            f"{layer.params:,}",
-            f"{layer.flops / 1e6:.2f}",
-            f"{layer.output_bytes:,}",
-            crossing,
-        )
-    Console().print(table)
+        if cut is None:
+            return ""
+        return f"{cut.bytes:,}" + ("" if cut.single_tensor else f" ({len(cut.tensors)})")
+
+    # most important first: a narrow terminal loses the last columns, never a row to wrapping
+    columns: list[Column] = [
+        ("#", "right", [str(i) for i, _ in layers]),
+        ("layer", "left", [layer.name for _, layer in layers]),
+        ("output", "left", [_shape(layer.output_shape) for _, layer in layers]),
+        ("bytes after", "right", [crossing(i) for i, _ in layers]),
+        ("MFLOPs", "right", [f"{layer.flops / 1e6:.2f}" for _, layer in layers]),
+        ("params", "right", [f"{layer.params:,}" for _, layer in layers]),
+        ("class", "left", [layer.cls for _, layer in layers]),
+        ("out bytes", "right", [f"{layer.output_bytes:,}" for _, layer in layers]),
+    ]
+    title = f"{graph.model_name}: {graph.params_total:,} parameters, input {graph.input_bytes:,} B"
+    table, hidden = fit_table(title, columns, console.width, keep=3)
+    console.print(table)
+    notes = ["bytes after: crossing the boundary after the layer, one frame; (n): n tensors"]
+    if hidden:
+        notes.append(f"not shown at {console.width} columns: {', '.join(hidden)} (--json has every field)")
+    for note in notes:
+        console.print(note, highlight=False)
 
 
 @app.command("slice")
@@ -364,26 +380,86 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="print one JSON summary object on stdout"),
     netns: bool = typer.Option(False, "--netns", help="one network namespace per tier, real tc on veths (root)"),
     out: str | None = typer.Option(None, help="keep the slices here (default: a temporary directory)"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="print each tier's `splitdnn agent` command line and start nothing"
+    ),
 ):
     """Run a SplitInference on this machine: slice, start one agent per tier, run the workload, summarize."""
+    import shlex
+
     from rich.console import Console
 
     from splitdnn.agent.local import LocalRunError, run_local, summary_table
+    from splitdnn.agent.local import dry_run as local_dry_run
     from splitdnn.spec import SpecError, load_file
 
     try:
         si = load_file(file)[0]
     except SpecError as exc:
         fail(str(exc))
+    if dry_run:
+        try:
+            tiers = local_dry_run(si, frames=frames, netns=netns, out=out)
+        except (LocalRunError, SpecError) as exc:
+            fail(str(exc))
+        if as_json:
+            typer.echo(json.dumps({"tiers": tiers}))
+        else:
+            for t in tiers:
+                typer.echo(f"# {t['name']}\n{shlex.join(t['argv'])}")
+        return
     try:
         summary = run_local(si, frames=frames, netns=netns, out=out, quiet=False)
     except (LocalRunError, SpecError) as exc:
         fail(str(exc))
-    Console(stderr=as_json).print(summary_table(summary))
+    console = Console(stderr=as_json)
+    console.print(summary_table(summary, console.width))
     if as_json:
         typer.echo(json.dumps(summary))
     if summary.get("interrupted"):
         raise typer.Exit(130)
+
+
+@app.command()
+def render(
+    file: str = typer.Argument(..., help="a SplitInference YAML file (every SplitInference in it is rendered)"),
+    namespace: str | None = typer.Option(
+        None, "--namespace", "-n", help="namespace of the objects (default: the resource's, else default)"
+    ),
+    split_points: str | None = typer.Option(
+        None, "--split-points", help="deploy these split points a,b instead of spec.splitPoints (as after a re-split)"
+    ),
+):
+    """Print the Kubernetes objects the operator applies for FILE, as multi-document YAML (what `helm template`
+    is to Helm): pipe it to `kubectl diff -f -` or `kubectl apply -f -`."""
+    import yaml
+
+    from splitdnn.controller.render import RenderError, render_offline
+    from splitdnn.spec import SpecError, load_file
+
+    points = None
+    if split_points is not None:
+        points = [p.strip() for p in split_points.split(",") if p.strip()]
+        if not points:
+            fail("--split-points needs layer names separated by commas, like conv2d,flatten")
+    try:
+        items = load_file(file)
+        objs = []
+        for si in items:
+            if namespace:
+                si.namespace = namespace
+            objs += render_offline(si, points)
+    except (SpecError, RenderError) as exc:
+        fail(str(exc))
+
+    class Dumper(yaml.SafeDumper):  # multi-line strings (the plan JSON) as literal blocks, as a person writes them
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    typer.echo(yaml.dump_all(objs, Dumper=Dumper, sort_keys=False, explicit_start=True), nl=False)
 
 
 netem_app = typer.Typer(no_args_is_help=True, help="Shape an interface's egress with tc (the agent's init container).")

@@ -1,15 +1,24 @@
-"""SplitInference resources: load from YAML, validate against the CRD's own schema, apply its defaults, and
-check what a schema cannot (cross-field rules). Used by `splitdnn run`, the operator and the tests, so a file
-that `splitdnn run` accepts is one the API server accepts too.
+"""SplitInference resources: load from YAML, validate against the CRD's own schema, apply the defaults, and check
+what a schema cannot (cross-field rules). Used by `splitdnn run`, `splitdnn render`, the operator and the tests, so a
+file that `splitdnn run` accepts is one the API server accepts too.
+
+The typed form (`Spec` and the dataclasses below) is the one home of the defaults: a field's dataclass default is its
+default everywhere (the operator's pods, `splitdnn run`, the planner). The CRD repeats them as `default:` so that the
+API server stores the same values; `tests/test_spec.py` walks the CRD schema and checks the two agree field by field.
+`SplitInference.spec` is the dict form of the typed spec (what the API server stores, defaults filled in), kept for
+code that reads or edits the resource as JSON; `SplitInference.typed` reads it back as a `Spec`.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -48,24 +57,175 @@ def validate_schema(resource: dict) -> None:
         raise SpecError(f"{where}: {first.message}{more}")
 
 
-def apply_defaults(value: Any, node: dict) -> Any:
-    """Fill in the schema's `default`s like the API server does on admission."""
-    if node.get("type") == "object" and isinstance(value, dict):
-        for key, sub in node.get("properties", {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                value[key] = apply_defaults(value[key], sub)
-    elif node.get("type") == "array" and isinstance(value, list) and "items" in node:
-        value = [apply_defaults(v, node["items"]) for v in value]
-    return value
+# --- the typed spec: field names are the JSON names in snake_case (maxInFlight ↔ max_in_flight) -------------------
+
+N = TypeVar("N", bound="Node")
+
+
+def json_name(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _node_type(hint: Any) -> type[Node] | None:
+    """The Node class inside a hint (`Tier`, `Tier | None`, `list[Tier]`), else None."""
+    if isinstance(hint, type) and issubclass(hint, Node):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (typing.Union, list):
+        for arg in typing.get_args(hint):
+            found = _node_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _absent(value: Any) -> bool:
+    """What the dict form leaves out: no value, an empty collection, an object with nothing set."""
+    return value is None or (isinstance(value, (dict, list)) and not value)
+
+
+class Node:
+    """A dataclass of the spec: from and to its JSON dict (the API server's form). Unknown keys are ignored, as the
+    API server prunes them; absent keys take the field's default."""
+
+    @classmethod
+    def from_dict(cls: type[N], data: dict) -> N:
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            key = json_name(f.name)
+            if key not in data or data[key] is None:
+                continue
+            value, node = data[key], _node_type(hints[f.name])
+            if node is None:
+                kwargs[f.name] = copy.deepcopy(value)
+            elif isinstance(value, list):
+                kwargs[f.name] = [node.from_dict(v) for v in value]
+            else:
+                kwargs[f.name] = node.from_dict(value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Node):
+                value = value.to_dict()
+            elif isinstance(value, list):
+                value = [v.to_dict() if isinstance(v, Node) else copy.deepcopy(v) for v in value]
+            else:
+                value = copy.deepcopy(value)
+            if not _absent(value):
+                out[json_name(f.name)] = value
+        return out
+
+
+@dataclass
+class Model(Node):
+    """Exactly one of builtin, uri, keras_application (the schema checks it)."""
+
+    builtin: str | None = None
+    uri: str | None = None
+    keras_application: str | None = None
+    input_shape: list[int] | None = None
+
+    @property
+    def source(self) -> str:
+        """The model string the CLI and `splitdnn.models.load_model` take."""
+        if self.builtin:
+            return self.builtin
+        if self.keras_application:
+            return f"keras.applications.{self.keras_application}"
+        return self.uri or ""
+
+
+@dataclass
+class Netem(Node):
+    """Emulation of a tier's outgoing link; None = not emulated."""
+
+    delay: str | None = None
+    jitter: str | None = None
+    loss: str | None = None
+    rate: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class Tier(Node):
+    name: str
+    node_selector: dict[str, str] = field(default_factory=dict)
+    overhead_ratio: float = 0
+    max_message_bytes: int = 4194304
+    netem: Netem = field(default_factory=Netem)
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Workload(Node):
+    """The frames the first tier's source offers. The operator's pods and `splitdnn run` both take these."""
+
+    fps: float = 1
+    frames: int = 50  # 0 = endless
+    deadline: str = "1s"
+    max_in_flight: int = 4
+    source: str = "synthetic"
+    seed: int = 0
+    warmup_frames: int = 0
+
+    @property
+    def deadline_seconds(self) -> float:
+        return parse_duration(self.deadline)
+
+
+@dataclass
+class Constraints(Node):
+    pin: dict[str, str] = field(default_factory=dict)
+    forbid: dict[str, list[str]] = field(default_factory=dict)
+    use: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    max_upload_bytes: dict[str, int] = field(default_factory=dict)
+    max_time: dict[str, str] = field(default_factory=dict)
+    max_time_share: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Planner(Node):
+    mode: Literal["fixed", "auto"] = "fixed"
+    objective: Literal["latency", "throughput", "bytes"] = "throughput"
+    constraints: Constraints = field(default_factory=Constraints)
+
+
+@dataclass
+class Adaptation(Node):
+    enabled: bool = False
+    prometheus_url: str | None = None
+    interval: str = "30s"
+    max_frame_drop_rate: float = 0.05
+    cooldown: str = "2m"
+    margin: float = 0.1
+
+
+@dataclass
+class Spec(Node):
+    model: Model
+    tiers: list[Tier]
+    split_points: list[str] = field(default_factory=list)
+    workload: Workload = field(default_factory=Workload)
+    planner: Planner = field(default_factory=Planner)
+    adaptation: Adaptation = field(default_factory=Adaptation)
 
 
 @dataclass
 class SplitInference:
     name: str
     namespace: str
-    spec: dict  # with defaults applied
+    spec: dict  # the dict form of `Spec`: what the API server stores, defaults filled in
+    labels: dict[str, str] = field(default_factory=dict)  # metadata.labels (kopf.adopt copies them to the children)
+
+    @property
+    def typed(self) -> Spec:
+        """The spec as dataclasses (read from `spec` each time, so edits of the dict show)."""
+        return Spec.from_dict(self.spec)
 
     @property
     def tiers(self) -> list[dict]:
@@ -81,7 +241,7 @@ class SplitInference:
         return model_source(self.spec)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> list[int] | None:
         return self.spec["model"].get("inputShape")
 
     @property
@@ -90,20 +250,15 @@ class SplitInference:
 
     @property
     def deadline_seconds(self) -> float:
-        return parse_duration(self.workload.get("deadline", "1s"))
+        return self.typed.workload.deadline_seconds
 
 
 def model_source(spec: dict) -> str:
-    model = spec["model"]
-    if "builtin" in model:
-        return model["builtin"]
-    if "kerasApplication" in model:
-        return f"keras.applications.{model['kerasApplication']}"
-    return model["uri"]
+    return Model.from_dict(spec["model"]).source
 
 
 def from_resource(resource: dict) -> SplitInference:
-    """Validate a resource dict (as read from YAML or the API) and apply defaults."""
+    """Validate a resource dict (as read from YAML or the API) and apply the defaults."""
     if not isinstance(resource, dict):
         raise SpecError("a SplitInference must be a YAML mapping")
     if resource.get("kind") != KIND or resource.get("apiVersion") != f"{GROUP}/{VERSION}":
@@ -111,13 +266,12 @@ def from_resource(resource: dict) -> SplitInference:
             f"expected apiVersion {GROUP}/{VERSION} kind {KIND}, "
             f"got {resource.get('apiVersion')} {resource.get('kind')}"
         )
-    resource = copy.deepcopy(resource)
     validate_schema(resource)
-    resource = apply_defaults(resource, schema())
     meta = resource.get("metadata") or {}
     if not meta.get("name"):
         raise SpecError("metadata.name is required")
-    return SplitInference(meta["name"], meta.get("namespace", "default"), resource["spec"])
+    spec = Spec.from_dict(resource["spec"]).to_dict()
+    return SplitInference(meta["name"], meta.get("namespace", "default"), spec, dict(meta.get("labels") or {}))
 
 
 def load_file(path: str | Path) -> list[SplitInference]:
@@ -138,14 +292,13 @@ def load_file(path: str | Path) -> list[SplitInference]:
 def cross_field_problems(si: SplitInference, layer_names: list[str] | None = None) -> list[str]:
     """What the schema cannot say. `layer_names` (model order) enables the split-point checks."""
     problems = []
-    names = si.tier_names
+    spec = si.typed
+    names = [t.name for t in spec.tiers]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         problems.append(f"duplicate tier names: {', '.join(duplicates)}")
-    planner = si.spec.get("planner", {})
-    points = si.spec.get("splitPoints")
-    if planner.get("mode", "fixed") == "fixed" or points:
-        points = points or []
+    points = spec.split_points
+    if spec.planner.mode == "fixed" or points:
         if len(points) != len(names) - 1:
             problems.append(
                 f"{len(points)} split points for {len(names)} tiers: need exactly {len(names) - 1} "
@@ -154,15 +307,15 @@ def cross_field_problems(si: SplitInference, layer_names: list[str] | None = Non
         if layer_names is not None:
             unknown = [p for p in points if p not in layer_names]
             for p in unknown:
-                problems.append(f"split point {p!r} is not a layer of model {si.model_source!r}")
+                problems.append(f"split point {p!r} is not a layer of model {spec.model.source!r}")
             known = [layer_names.index(p) for p in points if p in layer_names]
             if not unknown and known != sorted(set(known)):
                 problems.append("split points must be distinct and in layer order")
             if not unknown and known and known[-1] == len(layer_names) - 1:
                 problems.append(f"split point {points[-1]!r} is the last layer: the last tier would get nothing")
-    constraints = planner.get("constraints", {})
-    for key in ("use", "skip"):
-        for tier in constraints.get(key, []):
+    constraints = spec.planner.constraints
+    for key, tiers in (("use", constraints.use), ("skip", constraints.skip)):
+        for tier in tiers:
             if tier not in names:
                 problems.append(f"planner.constraints.{key} names unknown tier {tier!r}")
     return problems

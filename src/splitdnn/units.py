@@ -27,9 +27,13 @@ _RATE_UNITS = {
 
 
 def _split(text: str, pattern: str, what: str, example: str) -> tuple[float, str]:
-    if not isinstance(text, str) or not re.match(pattern, text.strip()):
+    m = (
+        re.match(r"^([0-9.]+)(.*)$", text.strip())
+        if isinstance(text, str) and re.match(pattern, text.strip())
+        else None
+    )
+    if m is None:
         raise ValueError(f"bad {what} {text!r}: expected a number with a unit, like {example}")
-    m = re.match(r"^([0-9.]+)(.*)$", text.strip())
     return float(m.group(1)), m.group(2)
 
 

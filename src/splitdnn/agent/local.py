@@ -4,7 +4,8 @@ Slices the model, starts one `splitdnn agent` process per tier (loopback and in-
 `--netns`, one network namespace per tier joined by veth pairs and real `tc` through `splitdnn netem apply`, the
 same command the pods' init container runs), runs the workload from the first tier's frame source, shows
 progress on stderr, and returns the summary. Agents die with this process (PR_SET_PDEATHSIG) and are stopped in
-every exit path, so nothing is left behind.
+every exit path, so nothing is left behind. The agents' command lines come from `agent.command.agent_argv`, the
+function the operator's pods use too; `dry_run` returns them without starting anything.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from splitdnn.agent.command import agent_argv
 from splitdnn.agent.metrics import scrape, value
 from splitdnn.agent.source import OUTCOMES
+from splitdnn.spec import SplitInference, Tier, Workload
+
+__all__ = ["agent_argv", "run_local", "dry_run", "start_agents", "stop_all", "wait_ready", "AgentProcess"]
+
+RUN_DIR_PLACEHOLDER = "<run-dir>"  # in `--dry-run` output: the temporary directory a real run creates
 
 
 class LocalRunError(RuntimeError):
@@ -79,9 +87,17 @@ class AgentProcess:
             return ""
         return "\n".join(line for line in lines[-n:])
 
+    def exit_code(self) -> int | None:
+        """The agent's exit code once it has exited; None while it runs (or before it starts)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def check_running(self) -> None:
+        code = self.exit_code()
+        if code is not None:
+            raise LocalRunError(f"agent {self.tier} exited with {code}:\n{self.log_tail()}")
+
     def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise LocalRunError(f"agent {self.tier} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        self.check_running()
         try:
             scrape(self.metrics_url, timeout=1)
             return True
@@ -136,63 +152,14 @@ def stop_all(agents: list[AgentProcess]) -> None:
         a.stop()
 
 
-def agent_argv(
-    *,
-    slices: str,
-    slice_name: str,
-    port: int,
-    metrics_port: int,
-    tier: str,
-    si: str,
-    next_addr: str | None = None,
-    tier_spec: dict | None = None,
-    link: bool = True,
-    netem_report: str | None = None,
-    extra: tuple = (),
-) -> list[str]:
-    """The `splitdnn agent` command line for one tier of a SplitInference (what the pods run, minus the image)."""
-    tier_spec = tier_spec or {}
-    argv = [
-        sys.executable,
-        "-m",
-        "splitdnn",
-        "agent",
-        "--slices",
-        slices,
-        "--slice",
-        slice_name,
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        "--si",
-        si,
-        "--tier",
-        tier,
-        "--overhead-ratio",
-        str(tier_spec.get("overheadRatio", 0)),
-        "--max-message-bytes",
-        str(tier_spec.get("maxMessageBytes", 4194304)),
-    ]
-    if next_addr:
-        argv += ["--next", next_addr]
-    if link:
-        for key in ("delay", "jitter", "loss", "rate"):
-            if tier_spec.get("netem", {}).get(key):
-                argv += [f"--{key}", str(tier_spec["netem"][key])]
-    if netem_report:
-        argv += ["--netem-report", netem_report]
-    return argv + list(extra)
-
-
 @dataclass
 class Progress:
     """Live progress on stderr (rich), fed from the agents' own metrics."""
 
     total: int | None
     quiet: bool = False
-    _progress: object = None
-    _task: object = None
+    _progress: Any = None
+    _task: Any = None
     started: float = field(default_factory=time.monotonic)
 
     def __enter__(self):
@@ -252,8 +219,47 @@ def outcomes_of(samples: dict) -> dict:
     return {"offered": offered, **counts, "drop_rate": lost / offered if offered else 0.0}
 
 
+def _split_points(si: SplitInference) -> list[str]:
+    """The spec's split points, or why it cannot run here."""
+    from splitdnn.spec import cross_field_problems
+
+    problems = cross_field_problems(si)
+    if problems:
+        raise LocalRunError("; ".join(problems))
+    points = si.typed.split_points
+    if len(points) != len(si.tiers) - 1:
+        raise LocalRunError("splitdnn run needs spec.splitPoints (one fewer than tiers)")
+    return points
+
+
+def dry_run(si: SplitInference, frames: int | None = None, netns: bool = False, out: str | None = None) -> list[dict]:
+    """`splitdnn run --dry-run`: each tier's agent command line, as `run_local` would start it, starting nothing.
+    Paths inside the run's temporary directory show as <run-dir>; loopback ports are free ports chosen now."""
+    _split_points(si)
+    spec = si.typed
+    chain = None
+    reports = {}
+    if netns:
+        from splitdnn.agent.netns import Chain
+
+        chain = Chain(len(spec.tiers))
+        reports = {k: f"{RUN_DIR_PLACEHOLDER}/netem-{t.name}.json" for k, t in enumerate(spec.tiers)}
+    agents = agent_processes(
+        out or f"{RUN_DIR_PLACEHOLDER}/slices",
+        Path(RUN_DIR_PLACEHOLDER),
+        spec.tiers,
+        si.name,
+        chain,
+        workload=spec.workload,
+        frames=frames,
+        summary=f"{RUN_DIR_PLACEHOLDER}/source.json",
+        netem_reports=reports,
+    )
+    return [{"name": a.tier, "argv": a.argv} for a in agents]
+
+
 def run_local(
-    si,
+    si: SplitInference,
     frames: int | None = None,
     netns: bool = False,
     out: str | None = None,
@@ -267,16 +273,8 @@ def run_local(
     For callers that run many times (the experiment): `slices` = a directory of slices already exported at the
     spec's split points (no slicing), `chain` = a namespace chain already created (the caller destroys it),
     `say` = where progress lines go (instead of stderr; no progress bar)."""
-    from splitdnn.spec import cross_field_problems
-
-    problems = cross_field_problems(si)
-    if problems:
-        raise LocalRunError("; ".join(problems))
-    points = si.spec.get("splitPoints") or []
-    if len(points) != len(si.tiers) - 1:
-        raise LocalRunError("splitdnn run needs spec.splitPoints (one fewer than tiers)")
-    workload = si.workload
-    total = workload.get("frames", 50) if frames is None else frames
+    points = _split_points(si)
+    total = si.typed.workload.frames if frames is None else frames
     if netns and chain is None:
         from splitdnn.agent.netns import available
 
@@ -311,8 +309,7 @@ def run_local(
                 with Progress(total or None, not bar) as progress:
                     while not summary_file.exists() and not stop.is_set():
                         for a in agents:
-                            if a.proc.poll() is not None:
-                                raise LocalRunError(f"agent {a.tier} exited with {a.proc.returncode}:\n{a.log_tail()}")
+                            a.check_running()
                         _show(progress, agents)
                         stop.wait(0.5)
                     _show(progress, agents)
@@ -361,6 +358,82 @@ def _slice(si, points, directory) -> None:
     export_slices(model, graph, cuts, directory)
 
 
+def agent_processes(
+    slices: str,
+    logdir: Path,
+    tiers: list[Tier],
+    si: str,
+    chain=None,
+    *,
+    workload: Workload | None = None,
+    frames: int | None = None,
+    summary: str | None = None,
+    extra: dict | None = None,
+    netem_reports: dict | None = None,
+    ports: tuple | None = None,
+) -> list[AgentProcess]:
+    """One `splitdnn agent` per tier (not started), on loopback or in `chain`'s namespaces, with the command line
+    of `agent_argv` (the one the operator's pods run). `workload` (frames overriding its `frames`, the source
+    writing `summary`) as in a SplitInference; `extra[k]` and `netem_reports[k]` add flags to tier k. In namespaces
+    every tier listens on `ports` = (gRPC, metrics), default (8500, 9100); a second set of agents beside the first
+    (a re-split's surge) takes other ports."""
+    extra, netem_reports = extra or {}, netem_reports or {}
+    n = len(tiers)
+    if chain is None:
+        addrs = [(free_port(), free_port()) for _ in range(n)]
+    else:
+        addrs = [(int(ports[0]), int(ports[1])) if ports else (8500, 9100)] * n
+    agents = []
+    for k, tier in enumerate(tiers):
+        port, metrics_port = addrs[k]
+        host = "127.0.0.1" if chain is None else chain.mgmt_addr(k)
+        next_addr = None
+        if k < n - 1:
+            next_host = "127.0.0.1" if chain is None else chain.next_addr(k)
+            next_addr = f"{next_host}:{addrs[k + 1][0]}"
+        argv = agent_argv(
+            slices=slices,
+            slice_name=f"slice{k}",
+            port=port,
+            metrics_port=metrics_port,
+            tier=tier.name,
+            si=si,
+            next_addr=next_addr,
+            tier_spec=tier,
+            workload=workload,
+            source=k == 0,
+            frames=frames,
+            summary=summary,
+            netem_report=netem_reports.get(k),
+            extra=tuple(extra.get(k, ())),
+        )
+        if chain is not None:
+            argv = chain.exec_prefix(k) + argv
+        agents.append(
+            AgentProcess(
+                tier.name,
+                argv,
+                Path(logdir) / f"{tier.name}.log",
+                f"http://{host}:{metrics_port}/metrics",
+                f"{host}:{port}",
+            )
+        )
+    return agents
+
+
+def launch(agents: list[AgentProcess]) -> list[AgentProcess]:
+    """Start the agents last tier first (so each tier's next is up first); all stopped if one fails to start.
+    Does not wait for readiness."""
+    started: list[AgentProcess] = []
+    try:
+        for agent in reversed(agents):
+            started.append(agent.start())
+    except BaseException:
+        stop_all(started)
+        raise
+    return agents
+
+
 def start_agents(
     slices: str,
     logdir: Path,
@@ -371,53 +444,15 @@ def start_agents(
     netem_reports: dict | None = None,
     ports: tuple | None = None,
 ) -> list[AgentProcess]:
-    """One `splitdnn agent` per tier (SplitInference tier dicts), last tier first, on loopback or in `chain`'s
-    namespaces; `extra[k]` and `netem_reports[k]` add flags to tier k. In namespaces every tier listens on
-    `ports` = (gRPC, metrics), default (8500, 9100); a second set of agents beside the first (a re-split's surge)
-    takes other ports. Does not wait for readiness."""
-    extra, netem_reports = extra or {}, netem_reports or {}
-    n = len(tier_specs)
-    ports = [(free_port(), free_port()) for _ in range(n)] if chain is None else [tuple(ports or (8500, 9100))] * n
-    agents: list[AgentProcess] = []
-    try:
-        for k in reversed(range(n)):  # last tier first, so each tier's next is up first
-            tier = tier_specs[k]
-            port, metrics_port = ports[k]
-            host = "127.0.0.1" if chain is None else chain.mgmt_addr(k)
-            next_addr = None
-            if k < n - 1:
-                next_host = "127.0.0.1" if chain is None else chain.next_addr(k)
-                next_addr = f"{next_host}:{ports[k + 1][0]}"
-            argv = agent_argv(
-                slices=slices,
-                slice_name=f"slice{k}",
-                port=port,
-                metrics_port=metrics_port,
-                tier=tier["name"],
-                si=si,
-                next_addr=next_addr,
-                tier_spec=tier,
-                netem_report=netem_reports.get(k),
-                extra=tuple(extra.get(k, ())),
-            )
-            if chain is not None:
-                argv = chain.exec_prefix(k) + argv
-            agent = AgentProcess(
-                tier["name"],
-                argv,
-                Path(logdir) / f"{tier['name']}.log",
-                f"http://{host}:{metrics_port}/metrics",
-                f"{host}:{port}",
-            )
-            agents.insert(0, agent.start())
-    except BaseException:
-        stop_all(agents)
-        raise
-    return agents
+    """`agent_processes` for SplitInference tier dicts and no workload (flags in `extra`), started."""
+    tiers = [Tier.from_dict(t) for t in tier_specs]
+    return launch(
+        agent_processes(slices, logdir, tiers, si, chain, extra=extra, netem_reports=netem_reports, ports=ports)
+    )
 
 
 def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, chain, say) -> list[AgentProcess]:
-    workload = si.workload
+    spec = si.typed
     reports = {}
     if chain is not None:  # what the init containers do: tc on each tier's outgoing interface, with a report
         for k, tier in enumerate(si.tiers):
@@ -427,26 +462,18 @@ def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, cha
                 f"{tier['name']}: tc applied {result['applied'] or 'nothing'}; "
                 f"in-process: {result['not_applied'] or 'nothing'}"
             )
-    source = [
-        "--source",
-        str(workload.get("source", "synthetic")),
-        "--fps",
-        str(workload.get("fps", 5)),
-        "--frames",
-        str(total),
-        "--deadline",
-        str(workload.get("deadline", "1s")),
-        "--seed",
-        str(workload.get("seed", 0)),
-        "--warmup",
-        str(workload.get("warmupFrames", 0)),
-        "--summary",
-        str(summary_file),
-    ]
-    # every tier: a frame holds a gRPC thread on each tier until its result is back (server.worker_count)
-    inflight = ["--max-inflight", str(workload.get("maxInFlight", 8))]
-    extra = {k: inflight + (source if k == 0 else []) for k in range(len(si.tiers))}
-    return start_agents(slices, Path(tmp), si.tiers, si.name, chain, extra=extra, netem_reports=reports)
+    agents = agent_processes(
+        slices,
+        Path(tmp),
+        spec.tiers,
+        si.name,
+        chain,
+        workload=spec.workload,
+        frames=total,
+        summary=str(summary_file),
+        netem_reports=reports,
+    )
+    return launch(agents)
 
 
 def apply_netem(chain, k: int, netem: dict, report: str) -> dict:
@@ -485,33 +512,56 @@ def _show(progress: Progress, agents: list[AgentProcess]) -> None:
     progress.update(o["offered"], f"drop {o['drop_rate'] * 100:.1f}%  stage: {' | '.join(stages)}")
 
 
-def summary_table(result: dict):
-    from rich.table import Table
+def summary_table(result: dict, width: int = 80):
+    """The run's summary for a terminal `width` columns wide: the frame counts, then a row per tier (its stage) and
+    a row per link (what the tier sent on its outgoing link; the last tier's carries the results back). A row is
+    one line and names are never cut: columns that do not fit are left out, and a last line says which."""
+    from rich.console import Group, RenderableType
+    from rich.text import Text
 
-    table = Table(
-        title=(
-            f"{result['offered']} frames: {result['completed']} completed, {result['dropped']} dropped, "
-            f"{result['late']} late, {result['failed']} failed — drop rate "
-            f"{result['drop_rate'] * 100:.1f}% in {result['seconds']:.1f} s"
-        )
-    )
-    for column in ("tier", "slice", "frames", "stage ms", "sent bytes", "transfer ms", "rtt ms", "Mbit/s", "link"):
-        table.add_column(column, justify="left" if column in ("tier", "slice", "link") else "right")
+    from splitdnn.tables import fit_table
 
     def ms(v):
         return "—" if v is None else f"{v * 1e3:.1f}"
 
-    for t in result["tiers"]:
-        bw = t["link_bandwidth_bytes_per_second"]
-        table.add_row(
-            t["name"],
-            t["slice"] or "",
-            str(t["frames"]),
-            ms(t["stage_seconds_mean"]),
-            f"{t['link_bytes']:,}",
-            ms(t["link_transfer_seconds_mean"]),
-            ms(t["link_rtt_seconds"]),
-            "—" if bw is None else f"{bw * 8 / 1e6:.2f}",
-            t["link_emulation"],
-        )
-    return table
+    tiers = result["tiers"]
+    names = [t["name"] for t in tiers]
+    targets = names[1:] + ["results"]
+    bandwidth = [t["link_bandwidth_bytes_per_second"] for t in tiers]
+    stages, hidden_stages = fit_table(
+        None,
+        [
+            ("tier", "left", names),
+            ("slice", "left", [t["slice"] or "" for t in tiers]),
+            ("frames", "right", [str(t["frames"]) for t in tiers]),
+            ("stage ms", "right", [ms(t["stage_seconds_mean"]) for t in tiers]),
+        ],
+        width,
+    )
+    links, hidden_links = fit_table(
+        None,
+        [
+            ("link", "left", [f"{a} → {b}" for a, b in zip(names, targets)]),
+            ("sent bytes", "right", [f"{t['link_bytes']:,}" for t in tiers]),
+            ("transfer ms", "right", [ms(t["link_transfer_seconds_mean"]) for t in tiers]),
+            ("rtt ms", "right", [ms(t["link_rtt_seconds"]) for t in tiers]),
+            ("Mbit/s", "right", ["—" if b is None else f"{b * 8 / 1e6:.2f}" for b in bandwidth]),
+            ("emulation", "left", [t["link_emulation"] for t in tiers]),
+        ],
+        width,
+    )
+    parts: list[RenderableType] = [
+        Text(
+            f"{result['offered']} frames in {result['seconds']:.1f} s, drop rate {result['drop_rate'] * 100:.1f}%\n"
+            f"{result['completed']} completed, {result['dropped']} dropped, {result['late']} late, "
+            f"{result['failed']} failed"
+        ),
+        Text(""),
+        stages,
+        Text(""),
+        links,
+    ]
+    hidden = hidden_stages + hidden_links
+    if hidden:
+        parts.append(Text(f"not shown at {width} columns: {', '.join(hidden)} (--json has every field)"))
+    return Group(*parts)

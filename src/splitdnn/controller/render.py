@@ -25,10 +25,13 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from splitdnn import __version__
-from splitdnn.spec import SplitInference
+from splitdnn.agent.command import LINK_KEYS, agent_argv
+from splitdnn.spec import Netem, SplitInference
+from splitdnn.units import parse_duration
 
 GRPC_PORT = 8500
 REST_PORT = 8501  # TF Serving's REST API
@@ -45,10 +48,9 @@ LABEL_TIER = "splitdnn.io/tier"
 LABEL_SPLIT = "splitdnn.io/split"
 DRAIN_TIMEOUT_SECONDS = 90  # an old pod keeps serving its previous tier this long at most (see render_deployment)
 ANNOTATION_PLAN_HASH = "splitdnn.io/plan-hash"
-NETEM_FLAGS = ("delay", "jitter", "loss", "rate")  # passed to both `netem apply` and the agent
 
 
-def agent_image(env: dict | None = None) -> str:
+def agent_image(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("SPLITDNN_AGENT_IMAGE") or f"splitdnn/agent:{__version__}"
 
@@ -108,97 +110,58 @@ def slicer_command(si: SplitInference, split_points: list[str]) -> list[str]:
     return cmd
 
 
-def _netem_values(tier: dict) -> list[str]:
-    netem = tier.get("netem") or {}
-    args: list[str] = []
-    for key in NETEM_FLAGS:
-        if netem.get(key) is not None:
-            args += [f"--{key}", str(netem[key])]
-    return args
+def _netem(tier: dict) -> Netem:
+    return Netem.from_dict(tier.get("netem") or {})
 
 
 def netem_command(tier: dict) -> list[str]:
-    cmd = ["splitdnn", "netem", "apply", "--dev", "eth0", *_netem_values(tier)]
-    netem = tier.get("netem") or {}
-    if netem.get("limit") is not None:
-        cmd += ["--limit", str(netem["limit"])]
+    """The init container's `splitdnn netem apply`: tc on the pod's eth0, with a report of what it applied."""
+    netem = _netem(tier)
+    cmd = ["splitdnn", "netem", "apply", "--dev", "eth0"]
+    for key in (*LINK_KEYS, "limit"):
+        if getattr(netem, key) is not None:
+            cmd += [f"--{key}", str(getattr(netem, key))]
     return cmd + ["--report", NETEM_REPORT]
 
 
-def _num(value: Any) -> str:
-    """Numbers as the CLI expects them: 10.0 → '10', 0.5 → '0.5'."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def agent_command(si: SplitInference, index: int, split: str) -> list[str]:
-    tiers = si.tiers
-    tier = tiers[index]
-    cmd = [
-        "splitdnn",
-        "agent",
-        "--slices",
-        MODELS_DIR,
-        "--slice",
-        f"slice{index}",
-        "--port",
-        str(GRPC_PORT),
-        "--metrics-port",
-        str(METRICS_PORT),
-        "--rest-port",
-        str(REST_PORT),
-        "--si",
-        si.name,
-        "--tier",
-        tier["name"],
-        "--overhead-ratio",
-        _num(tier.get("overheadRatio", 0)),
-        "--max-message-bytes",
-        str(tier.get("maxMessageBytes", 4194304)),
-        "--netem-report",
-        NETEM_REPORT,
-        # every tier: a frame holds a gRPC thread on each tier until its result comes back (see worker_count)
-        "--max-inflight",
-        str(si.workload.get("maxInFlight", 4)),
-        "--drain-quiet",
-        f"{drain_quiet_seconds(si):g}s",
-        "--drain-timeout",
-        f"{DRAIN_TIMEOUT_SECONDS}s",
-    ]
+    """The agent container's command: `agent_argv` (the one `splitdnn run` uses too) with the pod's paths and
+    ports, the next tier through its split's Service, and draining for rollouts."""
+    spec = si.typed
+    tiers = spec.tiers
+    next_addr = None
     if index + 1 < len(tiers):
-        cmd += ["--next", f"{split_service_name(si.name, tiers[index + 1]['name'], split)}:{GRPC_PORT}"]
-    if index == 0:
-        w = si.workload
-        cmd += [
-            "--source",
-            str(w.get("source", "synthetic")),
-            "--fps",
-            _num(w.get("fps", 1)),
-            "--frames",
-            str(w.get("frames", 50)),
-            "--deadline",
-            str(w.get("deadline", "1s")),
-            "--warmup",
-            str(w.get("warmupFrames", 0)),
-        ]
-    return cmd + _netem_values(tier)
+        next_addr = f"{split_service_name(si.name, tiers[index + 1].name, split)}:{GRPC_PORT}"
+    return agent_argv(
+        program=["splitdnn"],
+        slices=MODELS_DIR,
+        slice_name=f"slice{index}",
+        port=GRPC_PORT,
+        metrics_port=METRICS_PORT,
+        rest_port=REST_PORT,
+        tier=tiers[index].name,
+        si=si.name,
+        next_addr=next_addr,
+        tier_spec=tiers[index],
+        workload=spec.workload,
+        source=index == 0,
+        netem_report=NETEM_REPORT,  # the agent emulates in-process only what tc could not apply
+        drain=(drain_quiet_seconds(si), DRAIN_TIMEOUT_SECONDS),
+    )
 
 
 def drain_quiet_seconds(si: SplitInference) -> float:
     """How long a stopping tier must see no request before it exits: a few frame periods (a gap between two
     frames is not the end of the previous tier's stream), at least 2 s."""
-    return round(max(2.0, 3.0 / float(si.workload.get("fps", 1))), 3)
+    return round(max(2.0, 3.0 / float(si.typed.workload.fps)), 3)
 
 
 def probe_timeout_seconds(tier: dict) -> int:
     """The kubelet's probes cross the pod's egress qdisc too: with tc netem a probe's answer waits the tier's delay
     (+ jitter), and the default 1-s timeout would make a 1-s link (Cho 2021 Type 3) never Ready."""
-    from splitdnn.units import parse_duration
-
-    netem = tier.get("netem") or {}
-    delay = parse_duration(str(netem["delay"])) if netem.get("delay") else 0.0
-    jitter = parse_duration(str(netem["jitter"])) if netem.get("jitter") else 0.0
+    netem = _netem(tier)
+    delay = parse_duration(netem.delay) if netem.delay else 0.0
+    jitter = parse_duration(netem.jitter) if netem.jitter else 0.0
     return max(2, math.ceil(2 * (delay + jitter)) + 1)
 
 
@@ -410,4 +373,70 @@ def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list
         if i > 0:
             objs.append(render_split_service(si, i, split))
         objs.append(render_deployment(si, plan, i, image))
+    return objs
+
+
+def desired(
+    si: SplitInference,
+    summary: Any,
+    *,
+    estimate: dict | None = None,
+    profiles: dict | None = None,
+    image: str | None = None,
+) -> tuple[dict, list[dict]]:
+    """The plan and every child object of a valid spec (check `controller.plan.problems` first): the plan of its
+    split points with the predicted figures (`estimate` when the planner already made them, else from `profiles`
+    or FLOPs estimates), rendered. What reconcile applies, before kopf.adopt adds the owner reference and the
+    owner's labels, and what `splitdnn render` prints."""
+    from splitdnn.controller import plan as plan_mod
+    from splitdnn.planner import deploy
+
+    plan = plan_mod.build_plan(si, summary)
+    if summary:
+        try:
+            plan["predicted"].update(estimate or deploy.predicted(si, summary, plan["splitPoints"], profiles))
+        except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
+            plan["predicted"]["estimateError"] = str(exc)
+    return plan, render_all(si, plan, image)
+
+
+class RenderError(ValueError):
+    """A spec the operator would put in phase Failed; the message names the problems."""
+
+
+def render_offline(si: SplitInference, split_points: list[str] | None = None, image: str | None = None) -> list[dict]:
+    """`splitdnn render`: the objects the operator applies for `si`, without a cluster. `split_points` stands for a
+    split the operator would deploy instead of spec.splitPoints (the feedback loop's). Like the operator before any
+    profile arrives, planner.mode auto plans from FLOPs estimates and the links. Owner references need the live
+    resource's uid and are left out; the resource's labels are copied as kopf.adopt does."""
+    import kopf
+
+    from splitdnn.controller import plan as plan_mod
+    from splitdnn.planner import deploy
+
+    if split_points is not None:
+        si.spec["splitPoints"] = list(split_points)
+    shape = tuple(si.input_shape) if si.input_shape else None
+    summary, problems, estimate = None, [], None
+    try:
+        summary = plan_mod.model_summary(si.model_source, shape)
+    except plan_mod.ModelUnavailable:
+        pass
+    except Exception as exc:  # ModelSourceError, ValueError from Keras builders: the user's model is wrong
+        msg = str(exc) if str(exc).startswith("unknown model") else f"cannot load model {si.model_source!r}: {exc}"
+        problems.append(msg)
+    spec = si.typed
+    if not problems and summary and spec.planner.mode == "auto" and not spec.split_points:
+        from splitdnn.planner import Infeasible
+
+        try:
+            points, estimate = deploy.choose(si, summary, {})
+            si.spec["splitPoints"] = points
+        except Infeasible as exc:
+            problems.append(f"planner.mode auto: {exc}")
+    problems += plan_mod.problems(si, summary)
+    if problems:
+        raise RenderError("; ".join(problems))
+    _, objs = desired(si, summary, estimate=estimate, image=image)
+    kopf.label(objs, labels=si.labels)
     return objs
