@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitdnn.planner.placement import PlacementProblem, from_addnn, solve
+from splitdnn.planner.placement import PlacementProblem, Solution, from_addnn, solve
 
 
 def default_anchor_dir() -> Path:
@@ -70,7 +70,7 @@ def same(a: float | None, b: float | None) -> bool | None:
     return None if a is None or b is None else math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def time_ours(problem: PlacementProblem, repeats: int) -> tuple[float, object]:
+def time_ours(problem: PlacementProblem, repeats: int) -> tuple[float, Solution]:
     """Median wall time of solve() over `repeats` calls after one untimed call (arrays built inside each call)."""
     solution = solve(problem)
     times = []

@@ -458,6 +458,5 @@ def main() -> None:
 # `splitdnn place` and `splitdnn experiment addnn` (ADDNN-style node placement) register themselves on import
 from splitdnn import cli_placement  # noqa: E402, F401
 
-
 if __name__ == "__main__":
     main()

@@ -86,14 +86,14 @@ def topn_threshold(
     for (a, b), (delay, bandwidth) in cp.link.items():
         if a not in W or b not in W or a >= b or cp.blocks_between_required(a, b):
             continue
-        tr = np.rint(nbytes.astype(np.float64) * float(TICKS_PER_SECOND) / bandwidth).astype(np.int64)
+        ticks = np.rint(nbytes.astype(np.float64) * float(TICKS_PER_SECOND) / bandwidth).astype(np.int64)
         ok = np.ones(n, dtype=bool)
         ok[0] = False  # boundary 0 only leaves the source
         if a in cp.upload_cap:
             ok &= nbytes <= cp.upload_cap[a]
         if cap is not None:
-            ok &= tr <= cap
-        hop[(a, b)] = np.where(ok, (delay + tr) if latency else nbytes, INF)
+            ok &= ticks <= cap
+        hop[(a, b)] = np.where(ok, (delay + ticks) if latency else nbytes, INF)
 
     # forward DP, tier by tier
     enter: dict[int, np.ndarray] = {}
@@ -122,7 +122,12 @@ def topn_threshold(
         if len(plans) >= top or nxt >= INF:
             break
         theta = nxt
-    scored = sorted((sort_key(objective, evaluate(cp, c), c), c) for c in plans)
+    scored = []
+    for c in plans:
+        m = evaluate(cp, c)
+        assert m is not None  # every listed plan uses links that exist
+        scored.append((sort_key(objective, m, c), c))
+    scored.sort()
     return [c for _, c in scored[:top]]
 
 
