@@ -382,6 +382,10 @@ class _Arrays:
             np.searchsorted(Sp, Sp[1:, None] - self.caps[None, :], side="left"),
         )
 
+    def hop_row(self, layer: int, n: int) -> np.ndarray:
+        """hop(layer)[n]: from node n to every node, without building the whole matrix."""
+        return self.p[layer] * (self.bytes[layer] * self.bits[n] + self.delay[n]) + self.blocked[n]
+
     def hop(self, layer: int) -> np.ndarray:
         """(N, N) expected cost of sending layer's input from row node to column node (inf where not allowed)."""
         return self.p[layer] * (self.bytes[layer] * self.bits + self.delay) + self.blocked
@@ -477,7 +481,8 @@ def _search(ar: _Arrays, contiguity: str, max_expansions: int) -> tuple[float, l
             if j == L - 1:
                 out.append((g, _State(st.node, st.start, st.g, st.parent, end=j)))
                 break
-            f = g + ar.hop(j + 1)[st.node] + D[j + 1]
+            row = ar.hop_row(j + 1, st.node)
+            f = g + row + D[j + 1]
             if contiguity == "strict":
                 f[list(earlier)] = INF
             elif j == st.start and st.parent is not None:
@@ -487,7 +492,7 @@ def _search(ar: _Arrays, contiguity: str, max_expansions: int) -> tuple[float, l
                 if m + ar.mem[j + 1] > ar.capm[k] or s + ar.sto[j + 1] > ar.caps[k]:
                     continue
                 finished = _State(st.node, st.start, st.g, st.parent, end=j)
-                out.append((float(f[k]), _State(int(k), j + 1, g + float(ar.hop(j + 1)[st.node, k]), finished)))
+                out.append((float(f[k]), _State(int(k), j + 1, g + float(row[k]), finished)))
         return out
 
     for n in range(ar.N):
@@ -495,6 +500,7 @@ def _search(ar: _Arrays, contiguity: str, max_expansions: int) -> tuple[float, l
         if math.isfinite(f):
             heapq.heappush(heap, (f, next(tick), _State(n, 0, float(ar.entry[n]), None)))
     expansions = 0
+    closed: set = set()
     while heap:
         f, _, st = heapq.heappop(heap)
         if f > ub:
@@ -502,6 +508,12 @@ def _search(ar: _Arrays, contiguity: str, max_expansions: int) -> tuple[float, l
         if st.end == L - 1:
             best, ub = st, f
             break
+        # What the rest may do depends only on this key, and with a consistent heuristic the first expansion of a key
+        # has the cheapest prefix: later ones are dominated (Held-Karp style).
+        key = _key(ar, st, contiguity)
+        if key in closed:
+            continue
+        closed.add(key)
         expansions += 1
         if expansions > max_expansions:
             break
@@ -514,6 +526,20 @@ def _search(ar: _Arrays, contiguity: str, max_expansions: int) -> tuple[float, l
     if best is None:
         return INF, [], expansions, proven
     return ub, [(s.node, s.start, s.end) for s in [best, *best.history()]][::-1], expansions, proven
+
+
+def _key(ar: _Arrays, st: _State, contiguity: str) -> tuple:
+    """(node, first layer, node of the previous run, what earlier runs used): everything the constraints of the rest
+    of a placement depend on (strict: the set of used nodes; ilp: memory and storage used per node)."""
+    hist = st.history()
+    prev = hist[0].node if hist else -1
+    if contiguity == "strict":
+        return st.node, st.start, prev, frozenset(h.node for h in hist)
+    usage: dict[int, tuple[float, float]] = {}
+    for h in hist:
+        m, s = usage.get(h.node, (0.0, 0.0))
+        usage[h.node] = (m + ar.Mp[h.end + 1] - ar.Mp[h.start], s + ar.Sp[h.end + 1] - ar.Sp[h.start])
+    return st.node, st.start, prev, frozenset(usage.items())
 
 
 def _feasible_runs(ar: _Arrays, runs: list[tuple[int, int, int]], contiguity: str) -> bool:
