@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def _apply(layers, x):
 
 @dataclass
 class MultiExit:
-    model: object  # keras.Model: image -> [exit0, exit1, final]
+    model: Any  # keras.Model: image -> [exit0, exit1, final]
     parts: dict  # name -> keras.Model for block0, head0, block1, head1, block2 (shared weights)
 
 
