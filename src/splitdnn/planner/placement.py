@@ -495,10 +495,25 @@ def _search(ar: _Arrays, contiguity: str, max_expansions: int) -> tuple[float, l
                 out.append((float(f[k]), _State(int(k), j + 1, g + float(row[k]), finished)))
         return out
 
+    starts = []
     for n in range(ar.N):
         f = ar.entry[n] + D[0, n]
         if math.isfinite(f):
-            heapq.heappush(heap, (f, next(tick), _State(n, 0, float(ar.entry[n]), None)))
+            starts.append((float(f), next(tick), _State(n, 0, float(ar.entry[n]), None)))
+    # A first incumbent from a greedy dive (always the cheapest-looking feasible step): with it, children worse than a
+    # known placement are never queued.
+    if starts:
+        st = min(starts)[2]
+        for _ in range(L + 1):
+            kids = children(st)
+            if not kids:
+                break
+            f, st = min(kids, key=lambda kid: kid[0])
+            if st.end == L - 1:
+                ub, best = f, st
+                break
+    heap = [item for item in starts if item[0] <= ub]
+    heapq.heapify(heap)
     expansions = 0
     closed: set = set()
     while heap:
