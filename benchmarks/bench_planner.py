@@ -284,6 +284,69 @@ def bench_synthetic(n, tier_counts, repeats, enum_limit):
               f"{ratio:>12}  {'yes' if same else 'NO'} ({how})")
 
 
+def enumerate_top(problem, top=5):
+    """Prefix-sum enumeration of every split tuple (all (c1, c2) pairs at 3 tiers), keeping the `top` best by
+    latency in a bounded heap: O(T) per plan."""
+    import heapq
+    n, T = len(problem.blocks), len(problem.tiers)
+    pref = []
+    for t in problem.tiers:
+        s, acc = [0.0], 0.0
+        for b in problem.blocks:
+            acc += b.time[t]
+            s.append(acc)
+        pref.append(s)
+    links = {(problem.tiers.index(a), problem.tiers.index(b)): (l.latency, l.bandwidth)
+             for (a, b), l in problem.links.items()}
+    out = [problem.input_bytes] + [b.out_bytes for b in problem.blocks]
+    heap = []          # (-latency, cuts): the worst of the best `top` on top
+    for c in combinations_with_replacement(range(n + 1), T - 1):
+        cuts = c + (n,)
+        lat, prev, i = 0.0, -1, 0
+        for t in range(T):
+            j = cuts[t]
+            if j > i:
+                if prev != t and not (prev == -1 and t == 0):
+                    ll = links[(0 if prev == -1 else prev, t)]
+                    lat += ll[0] + out[i] / ll[1]
+                lat += pref[t][j] - pref[t][i]
+                prev = t
+            i = j
+        if len(heap) < top:
+            heapq.heappush(heap, (-lat, cuts))
+        elif -heap[0][0] > lat:
+            heapq.heapreplace(heap, (-lat, cuts))
+    return sorted((-x, c) for x, c in heap)
+
+
+def bench_top5(n=1000, T=3, repeats=5):
+    """Top-5 latency plans at n blocks x T tiers: the DP (vectorized threshold path, planner/fast_topn.py), the
+    same DP with that path switched off (the heap DP it falls back to), and the prefix-sum enumeration. "plan()"
+    is the whole call (compiling the problem to ticks, search, building the plans); "search" is the strategy alone."""
+    from unittest import mock
+
+    import splitdnn.planner.fast_topn as fast_topn
+    from splitdnn.planner import plan_timed
+    p = synthetic(n, T, seed=T)
+    t_fast, fast = time_it(lambda: plan(p, "latency", 5), repeats)
+    s_fast = statistics.median(plan_timed(p, "latency", 5)[1] for _ in range(repeats))
+    with mock.patch.object(fast_topn, "topn_threshold", lambda *a, **k: None):
+        t_heap, heap = time_it(lambda: plan(p, "latency", 5), max(1, repeats // 2))
+        s_heap = statistics.median(plan_timed(p, "latency", 5)[1] for _ in range(max(1, repeats // 2)))
+    t_enum, enum = time_it(lambda: enumerate_top(p, 5), 1)
+    same = ([x.cuts for x in fast] == [x.cuts for x in heap]
+            and all(abs(x.latency - e[0]) < 1e-9 for x, e in zip(fast, enum)))
+    print(f"\n## Top-5 latency plans, {n} blocks x {T} tiers ({math.comb(n + T - 1, T - 1):,} plans), same run;"
+          f" medians of {repeats}")
+    print(f"{'':>8}{'DP':>10}{'heap DP':>10}{'enum':>10}{'enum/DP':>10}{'heap/DP':>10}")
+    print(f"{'plan()':>8}{t_fast * 1e3:>8.2f}ms{t_heap * 1e3:>8.1f}ms{t_enum * 1e3:>8.0f}ms"
+          f"{t_enum / t_fast:>9.0f}x{t_heap / t_fast:>9.1f}x")
+    print(f"{'search':>8}{s_fast * 1e3:>8.2f}ms{s_heap * 1e3:>8.1f}ms{'':>10}{t_enum / s_fast:>9.0f}x"
+          f"{s_heap / s_fast:>9.1f}x")
+    print(f"top-5 identical (DP = heap DP cuts, = enumeration latencies): {'yes' if same else 'NO'}")
+    return t_fast, t_heap, t_enum, same
+
+
 def bench_reproduction():
     """How many of Scission's 44 recorded answers our planner prints identically (see tests/test_planner_scission.py)."""
     hosts = load_hosts(ANCHOR)
@@ -304,13 +367,18 @@ def bench_reproduction():
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--top5-only", action="store_true", help="only the 1,000-block x 3-tier top-5 comparison")
     args = ap.parse_args(argv)
+    if args.top5_only:
+        bench_top5(1000, 3, 3 if args.quick else 7)
+        return
     repeats = 3 if args.quick else 5
     print(f"python {sys.version.split()[0]}; medians of {repeats} runs; search only (data loaded beforehand)")
     if (ANCHOR / "expected_outputs.txt").exists():
         bench_reproduction()
         bench_scission(repeats)
         bench_host_scaling()
+    bench_top5(1000, 3, 3 if args.quick else 7)
     bench_synthetic(1000, [3, 5, 10], 1 if args.quick else 3, enum_limit=5.0 if args.quick else 20.0)
 
 

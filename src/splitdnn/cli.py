@@ -609,5 +609,8 @@ def main() -> None:
     app()
 
 
+# `splitdnn place` and `splitdnn experiment addnn` (ADDNN-style node placement) register themselves on import
+from splitdnn import cli_placement  # noqa: E402, F401
+
 if __name__ == "__main__":
     main()

@@ -121,6 +121,11 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
     """Exact top-N plans (block-end tuples) by (objective, tie-breaks, block order) for objective latency|bytes.
 
     cap (ticks): optional bound on every tier's compute and every hop's transfer time (used by throughput)."""
+    from .fast_topn import topn_threshold  # vectorized, exact; None when too many plans tie (then the heap DP)
+
+    fast = topn_threshold(cp, objective, top, cap)
+    if fast is not None:
+        return fast
     T, n = cp.T, cp.n
     lat_slot = 0 if objective == "latency" else 1  # label = (a, b, prefix); latency lives in slot lat_slot
     tiers = [t for t in range(T) if t not in cp.skip]
