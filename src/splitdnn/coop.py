@@ -106,6 +106,35 @@ def window_geom(
     return Geom(name, kind, (h, w, c), (oh, ow, out_c), (kh, kw), (sh, sw), pad, pool)  # type: ignore[arg-type]
 
 
+class Chain:
+    """A layer table built one layer at a time, each layer's input the previous output (models without weights:
+    the paper's, and small instances for the planner's tests)."""
+
+    def __init__(self, shape):
+        self.shape, self.layers = tuple(shape), []
+
+    def conv(self, filters, kernel, stride=1, padding="same"):
+        return self.add(window_geom(f"conv{len(self.layers)}", "conv", self.shape, filters, kernel, stride, padding))
+
+    def pool(self, size, stride, padding="valid"):
+        return self.add(window_geom(f"pool{len(self.layers)}", "pool", self.shape, 0, size, stride, padding, "max"))
+
+    def flatten(self):
+        size = self.shape[0] * self.shape[1] * self.shape[2]
+        return self.add(Geom(f"flatten{len(self.layers)}", "flatten", self.shape, (size,)))
+
+    def eltwise(self, unitwise=True):
+        return self.add(Geom(f"eltwise{len(self.layers)}", "eltwise", self.shape, self.shape, unitwise=unitwise))
+
+    def dense(self, units, softmax=False):
+        return self.add(Geom(f"fc{len(self.layers)}", "dense", self.shape, (units,), unitwise=not softmax))
+
+    def add(self, g: Geom):
+        self.layers.append(g)
+        self.shape = g.out_shape
+        return self
+
+
 def _shape(tensor) -> tuple[int, ...]:
     return tuple(int(d) for d in tensor.shape[1:])
 

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from splitdnn.coop import Geom, window_geom
+from splitdnn.coop import Chain, Geom
 from splitdnn.mls import BITS_PER_VALUE, CostModel, Platform, mls, sls
 
 RP4_FLOPS = 13.6e9
@@ -80,39 +80,14 @@ PAPER = {
 }
 
 
-class _Chain:
-    """Builds a layer table one layer at a time, each layer's input being the previous output."""
-
-    def __init__(self, shape):
-        self.shape, self.layers = tuple(shape), []
-
-    def conv(self, filters, kernel, stride=1, padding="same"):
-        return self._add(window_geom(f"conv{len(self.layers)}", "conv", self.shape, filters, kernel, stride, padding))
-
-    def pool(self, size, stride, padding="valid"):
-        return self._add(window_geom(f"pool{len(self.layers)}", "pool", self.shape, 0, size, stride, padding, "max"))
-
-    def flatten(self):
-        size = self.shape[0] * self.shape[1] * self.shape[2]
-        return self._add(Geom(f"flatten{len(self.layers)}", "flatten", self.shape, (size,)))
-
-    def dense(self, units, softmax=False):
-        return self._add(Geom(f"fc{len(self.layers)}", "dense", self.shape, (units,), unitwise=not softmax))
-
-    def _add(self, g: Geom):
-        self.layers.append(g)
-        self.shape = g.out_shape
-        return self
-
-
 def alexnet() -> list[Geom]:
-    c = _Chain((224, 224, 3)).conv(96, 11, 4, (2, 2, 2, 2)).pool(3, 2).conv(256, 5).pool(3, 2)
+    c = Chain((224, 224, 3)).conv(96, 11, 4, (2, 2, 2, 2)).pool(3, 2).conv(256, 5).pool(3, 2)
     c.conv(384, 3).conv(384, 3).conv(256, 3).pool(3, 2).flatten()
     return c.dense(4096).dense(4096).dense(1000, softmax=True).layers
 
 
 def vgg(convs_per_stage) -> list[Geom]:
-    c = _Chain((224, 224, 3))
+    c = Chain((224, 224, 3))
     for count, filters in zip(convs_per_stage, (64, 128, 256, 512, 512)):
         for _ in range(count):
             c.conv(filters, 3)
@@ -121,7 +96,7 @@ def vgg(convs_per_stage) -> list[Geom]:
 
 
 def yolov2() -> list[Geom]:
-    c = _Chain((608, 608, 3)).conv(32, 3).pool(2, 2).conv(64, 3).pool(2, 2)
+    c = Chain((608, 608, 3)).conv(32, 3).pool(2, 2).conv(64, 3).pool(2, 2)
     c.conv(128, 3).conv(64, 1).conv(128, 3).pool(2, 2)
     c.conv(256, 3).conv(128, 1).conv(256, 3).pool(2, 2)
     c.conv(512, 3).conv(256, 1).conv(512, 3).conv(256, 1).conv(512, 3)  # the 16th darknet layer: 38×38×512
@@ -129,7 +104,7 @@ def yolov2() -> list[Geom]:
     c.conv(1024, 3).conv(1024, 3)
     h, w, _ = c.shape
     branch_flops = 2.0 * 38 * 38 * 512 * 64  # route 16 → 1×1 conv, 64 filters (then reorg 2: 19×19×256)
-    c._add(Geom("passthrough", "conv", c.shape, (h, w, 1280), flops_per_row=branch_flops / h))
+    c.add(Geom("passthrough", "conv", c.shape, (h, w, 1280), flops_per_row=branch_flops / h))
     return c.conv(1024, 3).conv(425, 1).layers
 
 

@@ -89,10 +89,12 @@ class CostModel:
     def __init__(self, geoms: Sequence[Geom], devices: int):
         self.geoms, self.k = list(geoms), devices
         self.parts = lru_cache(maxsize=None)(self._parts)
+        self.modes = lru_cache(maxsize=None)(lambda i, j: block_modes(self.geoms, i, j))
+        self.plan = lru_cache(maxsize=None)(lambda i, j, mode: plan_block(self.geoms, i, j, self.k, mode))
 
     def needs(self, first: int, last: int, mode: str) -> list[tuple[int, int]]:
         """Flat ranges of the block input each device needs ((0, 0): nothing)."""
-        plan = plan_block(self.geoms, first, last, self.k, mode)
+        plan = self.plan(first, last, mode)
         in_shape = self.geoms[first].in_shape
         per_row = int(in_shape[1] * in_shape[2]) if len(in_shape) == 3 else 1
         out: list[tuple[int, int]] = []
@@ -107,7 +109,7 @@ class CostModel:
 
     def _parts(self, first: int, last: int, mode: str, distributed_input: bool) -> BlockParts:
         g, k = self.geoms, self.k
-        plan = plan_block(g, first, last, k, mode)
+        plan = self.plan(first, last, mode)
         last_block = last == len(g) - 1
         needs = [(0, 0)] * k if mode == "coordinator" else self.needs(first, last, mode)
         have = owned(g, first - 1, k) if distributed_input else [(0, 0)] * k
@@ -196,7 +198,7 @@ def _dp(
         for i in range(j + 1):
             if not allowed(i, j):
                 continue
-            modes = block_modes(geoms, i, j)
+            modes = costs.modes(i, j)
             for dist_in in (False, True):
                 if (i, dist_in) not in best:
                     continue
