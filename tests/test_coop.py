@@ -211,7 +211,7 @@ def test_halo_rows_are_prefetched_for_the_whole_block_and_padding_stays_at_the_t
 
 
 def test_a_device_gets_only_its_part(model_case):
-    model, geoms, _, acts = model_case
+    _, geoms, _, acts = model_case
     plan = coop.plan_block(geoms, 0, 1, 3, "stripes") if coop.block_modes(geoms, 0, 1) == ["stripes"] else None
     if plan is None:
         pytest.skip("first two layers are not a stripes block")
