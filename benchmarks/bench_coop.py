@@ -7,7 +7,9 @@
 2. for N = 1 … max-devices: MLS's and SLS's plans for N devices, run by N real worker processes (spawned, talking
    to the coordinator over loopback TCP), median wall time per frame vs the plan's predicted completion time; the
    output is checked against the unsplit model each time;
-3. bytes the stateless group really moved vs the values the cost model charges (devices that keep their outputs).
+3. both protocols of `splitdnn.coop_run.Group`: stateless (every round re-sends inputs, gathers outputs) and
+   stateful (the paper's: devices keep their outputs and trade only what another device lacks), with the bytes each
+   really moved beside the values the cost model charges.
 
 The workers share this machine's cores with each other (and with whatever else runs), unlike the paper's separate
 Raspberry Pis: the gap between predicted and measured for N > 1 is mostly that.
@@ -53,27 +55,6 @@ def vgg96():
     )
 
 
-def modelled_values(geoms, blocks):
-    """Values the cost model moves for `blocks` (Σ over blocks and devices of ti + τo + to)."""
-    from splitdnn.mls import CostModel
-
-    if blocks[0][3] == "local":
-        return _size(geoms[0].in_shape) + _size(geoms[-1].out_shape)
-    costs, dist, total = CostModel(geoms, blocks[0][2]), False, 0
-    for first, last, _, mode in blocks:
-        parts = costs.parts(first, last, mode, dist)
-        total += sum(values for _, values in parts.devices)
-        dist = parts.distributed_output
-    return total
-
-
-def _size(shape):
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="vgg96", choices=["vgg96", "cnn14"])
@@ -85,7 +66,7 @@ def main() -> None:
 
     from splitdnn import coop
     from splitdnn.coop_run import Group
-    from splitdnn.mls import Platform, mls, sls
+    from splitdnn.mls import Platform, mls, plan_values, sls
     from splitdnn.models import load_model
 
     model = vgg96() if args.model == "vgg96" else load_model("cnn14")
@@ -117,8 +98,9 @@ def main() -> None:
             flush=True,
         )
         header = (
-            f"{'N':>2} {'plan':<4} {'blocks':>6} {'predicted ms':>13} {'measured ms':>12} {'meas/pred':>9} "
-            f"{'Σ max dev compute ms':>21} {'bytes moved':>12} {'bytes modelled':>15} {'max |diff|':>10}"
+            f"{'N':>2} {'plan':<4} {'protocol':<9} {'blocks':>6} {'predicted ms':>13} {'measured ms':>12} "
+            f"{'meas/pred':>9} {'Σ max dev compute ms':>21} {'bytes moved':>12} {'bytes modelled':>15} "
+            f"{'max |diff|':>10}"
         )
         print(header)
         for n in range(1, args.max_devices + 1):
@@ -127,22 +109,25 @@ def main() -> None:
                     continue
                 plan = algo(geoms, n, platform)
                 blocks = list(plan.blocks)
-                y, _ = group.run_plan(model, geoms, blocks, x)  # warm-up
-                walls, computes, moved = [], [], 0
-                for _ in range(args.frames):
-                    t0 = time.perf_counter()
-                    y, stats = group.run_plan(model, geoms, blocks, x)
-                    walls.append(time.perf_counter() - t0)
-                    computes.append(sum(max(s.device_compute_seconds or [0.0]) for s in stats))
-                    moved = sum(s.bytes_sent + s.bytes_received for s in stats)
-                diff = float(np.max(np.abs(y - expected)))
-                measured = statistics.median(walls)
-                print(
-                    f"{n:>2} {name:<4} {len(blocks):>6} {plan.seconds * 1e3:>13.1f} {measured * 1e3:>12.1f} "
-                    f"{measured / plan.seconds:>9.2f} {statistics.median(computes) * 1e3:>21.1f} {moved:>12} "
-                    f"{modelled_values(geoms, blocks) * 4:>15} {diff:>10.1e}",
-                    flush=True,
-                )
+                for protocol in ("stateless", "stateful") if n > 1 else ("local",):
+                    stateful = protocol == "stateful"
+                    y, _ = group.run_plan(model, geoms, blocks, x, stateful=stateful)  # warm-up
+                    walls, computes, moved = [], [], 0
+                    for _ in range(args.frames):
+                        t0 = time.perf_counter()
+                        y, stats = group.run_plan(model, geoms, blocks, x, stateful=stateful)
+                        walls.append(time.perf_counter() - t0)
+                        computes.append(sum(max(s.device_compute_seconds or [0.0]) for s in stats))
+                        moved = sum(s.bytes_sent + s.bytes_received for s in stats)
+                    diff = float(np.max(np.abs(y - expected)))
+                    measured = statistics.median(walls)
+                    print(
+                        f"{n:>2} {name:<4} {protocol:<9} {len(blocks):>6} {plan.seconds * 1e3:>13.1f} "
+                        f"{measured * 1e3:>12.1f} {measured / plan.seconds:>9.2f} "
+                        f"{statistics.median(computes) * 1e3:>21.1f} {moved:>12} {plan_values(geoms, blocks) * 4:>15} "
+                        f"{diff:>10.1e}",
+                        flush=True,
+                    )
                 print(f"   blocks {[list(b) for b in blocks]}", flush=True)
 
 

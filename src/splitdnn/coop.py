@@ -359,8 +359,19 @@ def plan_block(
     return BlockPlan(first, last, n, mode, tuple(tasks), distributed)
 
 
-def plan_input_rows(plan: BlockPlan) -> list[tuple[int, int] | None]:
-    return [t.rows if isinstance(t, StripeTask) else None for t in plan.tasks]
+def needed_ranges(geoms: Sequence[Geom], plan: BlockPlan) -> list[tuple[int, int]]:
+    """Flat ranges of the block input each device needs ((0, 0): nothing, an idle device or the coordinator)."""
+    in_shape = geoms[plan.first].in_shape
+    per_row = _values_per_row(in_shape)
+    out: list[tuple[int, int]] = []
+    for task in plan.tasks:
+        if isinstance(task, StripeTask):
+            out.append((task.rows[0] * per_row, task.rows[1] * per_row))
+        elif isinstance(task, UnitTask):
+            out.append(task.inputs)
+        else:
+            out.append((0, 0))
+    return out
 
 
 # --- execution with TensorFlow ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from splitdnn.coop import Geom, StripeTask, UnitTask, block_modes, owned, plan_block
+from splitdnn.coop import Geom, StripeTask, block_modes, needed_ranges, owned, plan_block
 
 BITS_PER_VALUE = 32  # float32 activations (an assumption: the paper does not state the data type)
 
@@ -94,18 +94,7 @@ class CostModel:
 
     def needs(self, first: int, last: int, mode: str) -> list[tuple[int, int]]:
         """Flat ranges of the block input each device needs ((0, 0): nothing)."""
-        plan = self.plan(first, last, mode)
-        in_shape = self.geoms[first].in_shape
-        per_row = int(in_shape[1] * in_shape[2]) if len(in_shape) == 3 else 1
-        out: list[tuple[int, int]] = []
-        for task in plan.tasks:
-            if isinstance(task, StripeTask):
-                out.append((task.rows[0] * per_row, task.rows[1] * per_row))
-            elif isinstance(task, UnitTask):
-                out.append(task.inputs)
-            else:
-                out.append((0, 0))
-        return out
+        return needed_ranges(self.geoms, self.plan(first, last, mode))
 
     def _parts(self, first: int, last: int, mode: str, distributed_input: bool) -> BlockParts:
         g, k = self.geoms, self.k
@@ -223,6 +212,19 @@ def plan_seconds(geoms: Sequence[Geom], blocks: Sequence[tuple[int, int, int, st
     for first, last, _, mode in blocks:
         parts = costs.parts(first, last, mode, dist)
         total, dist = total + parts.seconds(platform), parts.distributed_output
+    return total
+
+
+def plan_values(geoms: Sequence[Geom], blocks: Sequence[tuple[int, int, int, str]]) -> int:
+    """Values a plan moves through the gateway for one frame: Σ over blocks and devices of ti + τo + to (k = 1:
+    the input and the output)."""
+    if blocks[0][3] == "local":
+        return _size(geoms[0].in_shape) + _size(geoms[-1].out_shape)
+    costs, dist, total = CostModel(geoms, blocks[0][2]), False, 0
+    for first, last, _, mode in blocks:
+        parts = costs.parts(first, last, mode, dist)
+        total += sum(values for _, values in parts.devices)
+        dist = parts.distributed_output
     return total
 
 
