@@ -33,7 +33,8 @@ def _worker(address, authkey: bytes, model_path: str, threads: int) -> None:
 
     model = load_model(model_path)
     layers, geoms, plans = list(model.layers), describe(model), {}
-    held, held_range = None, (0, 0)  # this device's output of the last distributed block, as flat values
+    held: Any = None  # this device's output of the last distributed block, as flat values
+    held_range = (0, 0)
     with Client(address, authkey=authkey) as conn:
         conn.send(os.getpid())
         while True:
