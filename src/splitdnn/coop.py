@@ -247,17 +247,17 @@ def _values_per_row(shape: Sequence[int]) -> int:
     return int(math.prod(shape[1:])) if len(shape) == 3 else 1
 
 
-def owned(geoms: Sequence[Geom], index: int, n: int, input_shape: Sequence[int] | None = None) -> list[tuple[int, int]]:
+def owned(geoms: Sequence[Geom], index: int, n: int) -> list[tuple[int, int]]:
     """Flat value ranges of layer `index`'s output (index -1: the model input) that device d holds after a block
     that leaves its output distributed: (H, W, C) tensors by even row stripes, vectors by even unit chunks; layers
     that keep the flat order (Flatten, per-unit layers) keep their input's ranges. The data-parallel chunks of
     `split` and `data` blocks are these ranges too, so a device already holds the chunk it computes."""
     if index < 0:
-        shape = tuple(input_shape) if input_shape is not None else geoms[0].in_shape
+        shape = geoms[0].in_shape
     else:
         g = geoms[index]
         if g.kind in ("flatten", "eltwise") and len(g.in_shape) in (1, 3):
-            return owned(geoms, index - 1, n, input_shape)
+            return owned(geoms, index - 1, n)
         shape = g.out_shape
     if len(shape) == 3:
         per_row = _values_per_row(shape)
@@ -329,17 +329,14 @@ def _dense_parts(block: Sequence[Geom]):
     return rest[:a], rest[a], rest[a + 1 : b], rest[b], rest[b + 1 :]
 
 
-def plan_block(
-    geoms: Sequence[Geom], first: int, last: int, n: int, mode: str, input_shape: Sequence[int] | None = None
-) -> BlockPlan:
+def plan_block(geoms: Sequence[Geom], first: int, last: int, n: int, mode: str) -> BlockPlan:
     """Each of the n devices' part of block first..last in `mode` (one of `block_modes`)."""
     if mode not in block_modes(geoms, first, last):
         raise ValueError(f"layers {first}..{last} cannot form a {mode!r} block")
     if n < 1:
         raise ValueError("a block needs at least one device")
     block = geoms[first : last + 1]
-    in_shape = geoms[first].in_shape if first > 0 or input_shape is None else tuple(input_shape)
-    in_size = int(math.prod(in_shape))
+    in_size = int(math.prod(geoms[first].in_shape))
     tasks: list[Any]
     if mode == "coordinator":
         return BlockPlan(first, last, n, mode, (None,) * n, False)
@@ -347,7 +344,7 @@ def plan_block(
         out_h = [g for g in block if g.kind != "flatten"][-1].out_shape[0]
         tasks = [stripe_task(block, rows) for rows in even_split(out_h, n)]
         return BlockPlan(first, last, n, mode, tuple(tasks), True)
-    chunks = owned(geoms, first - 1, n, input_shape)
+    chunks = owned(geoms, first - 1, n)
     _, d1, _, _, post = _dense_parts(block)
     if mode in ("split", "data"):
         tasks = [UnitTask(c, c) if c[1] > c[0] else None for c in chunks]

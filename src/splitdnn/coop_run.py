@@ -151,6 +151,16 @@ class Group:
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 
+    def round_seconds(self, devices: int, repeats: int = 9) -> float:
+        """Median time of an empty round: a tiny message to `devices` workers at once and every answer back."""
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for future in [self._pool.submit(self._ask, d, ("echo", b"")) for d in range(devices)]:
+                future.result()
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
     def run_plan(self, model, geoms, blocks, x, stateful: bool = False):
         """Run blocks [(first, last, devices, mode)] (mode 'local': the whole model on worker 0); returns the output
         and per-block stats."""
