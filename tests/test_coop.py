@@ -220,6 +220,18 @@ def test_a_device_gets_only_its_part(model_case):
         assert part.shape[1] == task.rows[1] - task.rows[0] < acts[0].shape[1]
 
 
+def test_models_that_are_not_chains_are_refused():
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(2, 3, padding="same")(inp)
+    skip = keras.Model(inp, keras.layers.Add()([a, keras.layers.Conv2D(2, 3, padding="same")(a)]), name="skip")
+    with pytest.raises(ValueError, match="not a chain"):
+        coop.describe(skip)
+    functional = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(a)), name="functional_chain")
+    assert [g.kind for g in coop.describe(functional)] == ["conv", "flatten", "dense"]
+
+
 def test_bad_plans_are_refused():
     g = coop.Chain((8, 8, 1)).conv(2, 3).flatten().dense(4).dense(4).dense(2).layers
     assert coop.block_modes(g, 0, 4) == []  # three dense layers never share a block

@@ -189,9 +189,29 @@ def describe_layer(layer) -> Geom:
     return g
 
 
+def chain_layers(model) -> list:
+    """The model's layers without InputLayers, checked to form a chain: each layer takes the previous one's output
+    (and only that), the last one's output is the model's. Anything else (branches, skips) is refused."""
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if type(model).__name__ == "Sequential":  # a chain by construction (a loaded one rebuilds its tensors)
+        return layers
+    expected = list(model.inputs)
+    for layer in layers:
+        ins = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        if len(ins) != 1 or len(expected) != 1 or ins[0] is not expected[0]:
+            raise ValueError(
+                f"model {model.name!r} is not a chain of layers: layer {layer.name!r} does not take "
+                "exactly the previous layer's output"
+            )
+        expected = [layer.output]
+    if len(model.outputs) != 1 or model.outputs[0] is not expected[0]:
+        raise ValueError(f"model {model.name!r} is not a chain of layers: its output is not its last layer's")
+    return layers
+
+
 def describe(model) -> list[Geom]:
-    """`Geom`s of a Sequential-like model's layers in `model.layers` order (each layer feeds the next)."""
-    return [describe_layer(layer) for layer in model.layers]
+    """`Geom`s of a chain model's layers (see `chain_layers`), in order."""
+    return [describe_layer(layer) for layer in chain_layers(model)]
 
 
 # --- pure geometry: which block modes are feasible, who owns what, who needs what ---------------------------------
@@ -528,7 +548,7 @@ def run_block(layers: Sequence[Any], geoms: Sequence[Geom], plan: BlockPlan, x):
 def run_plan(model, blocks: Sequence[tuple[int, int, int, str]], x, geoms: Sequence[Geom] | None = None):
     """A whole model as consecutive cooperative blocks [(first, last, devices, mode)] covering every layer."""
     geoms = list(geoms) if geoms is not None else describe(model)
-    layers = list(model.layers)
+    layers = chain_layers(model)
     expected = 0
     for first, last, n, mode in blocks:
         if first != expected:

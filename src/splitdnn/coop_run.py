@@ -28,11 +28,11 @@ def _worker(address, authkey: bytes, model_path: str, threads: int) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from splitdnn.coop import StripeTask, compute_part, describe, owned, plan_block
+    from splitdnn.coop import StripeTask, chain_layers, compute_part, describe, owned, plan_block
     from splitdnn.models import load_model
 
     model = load_model(model_path)
-    layers, geoms, plans = list(model.layers), describe(model), {}
+    layers, geoms, plans = chain_layers(model), describe(model), {}
     held: Any = None  # this device's output of the last distributed block, as flat values
     held_range = (0, 0)
     with Client(address, authkey=authkey) as conn:
@@ -127,11 +127,22 @@ class Group:
 
         t = threading.Thread(target=accept, daemon=True)
         t.start()
-        t.join(self.start_timeout)
+        deadline = time.monotonic() + self.start_timeout
+        while t.is_alive() and time.monotonic() < deadline:
+            t.join(0.5)
+            dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+            if dead:
+                break
         listener.close()
         if len(accepted) < self.size:
             self.close()
-            raise RuntimeError(f"only {len(accepted)} of {self.size} workers started within {self.start_timeout:g} s")
+            dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+            why = (
+                f"a worker exited with code {dead[0]} (its traceback is on stderr)"
+                if dead
+                else (f"timed out after {self.start_timeout:g} s")
+            )
+            raise RuntimeError(f"only {len(accepted)} of {self.size} workers started: {why}")
         self.conns = accepted
         self._pool = ThreadPoolExecutor(self.size)
 
@@ -168,9 +179,9 @@ class Group:
             return self._run_stateful(model, geoms, blocks, x)
         import numpy as np
 
-        from splitdnn.coop import gather, plan_block, scatter
+        from splitdnn.coop import chain_layers, gather, plan_block, scatter
 
-        layers, stats = list(model.layers), []
+        layers, stats = chain_layers(model), []
         for block in blocks:
             started = time.perf_counter()
             if block[3] == "local":
@@ -213,11 +224,11 @@ class Group:
     def _run_stateful(self, model, geoms, blocks, x):
         import numpy as np
 
-        from splitdnn.coop import gather, needed_ranges, owned, plan_block
+        from splitdnn.coop import chain_layers, gather, needed_ranges, owned, plan_block
 
         if any(b[3] == "local" for b in blocks):
             return self.run_plan(model, geoms, blocks, x)
-        layers, stats = list(model.layers), []
+        layers, stats = chain_layers(model), []
         batch = x.shape[0]
         flat = x.reshape(batch, -1).copy()  # the coordinator's copy of the current block input (where known)
         held = None  # per device: the flat range of the previous output it holds, when the output stayed on them
