@@ -605,6 +605,24 @@ def experiment_cho2021(
     )
 
 
+@experiment_app.command("coopai")
+def experiment_coopai(
+    out: str = typer.Option("out/coopai", help="results.json, results.md and coopai.png go here"),
+):
+    """CoopAI (Yang et al.): MLS vs layer-by-layer SLS with the paper's RP4 parameters, beside its Fig. 8/9 figures."""
+    from pathlib import Path
+
+    from splitdnn import coop_experiment as coopai
+    from splitdnn.experiment import say_stderr
+
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        fail(f"--out {out!r} exists and is not a directory")
+    result = coopai.run_experiment(target, say=say_stderr)
+    typer.echo(coopai.markdown(result))
+    say_stderr(f"wrote {out}/results.json, {out}/results.md, {out}/coopai.png ({result['wall_seconds']:.1f} s)")
+
+
 def main() -> None:
     app()
 
