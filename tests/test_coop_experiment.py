@@ -5,8 +5,8 @@ import itertools
 import json
 
 import pytest
-from harness.cli import run_cli
 
+from harness.cli import run_cli
 from splitdnn import coop_experiment as ce
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -90,7 +90,8 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def window_geom(
     name: str, kind: str, in_shape: Sequence[int], channels: int, kernel, stride, padding, pool: str = ""
 ) -> Geom:
-    """A convolution or pooling layer from its parameters; `padding` is 'same', 'valid' or (top, bottom, left, right)."""
+    """A convolution or pooling layer from its parameters; `padding` is 'same', 'valid' or
+    (top, bottom, left, right)."""
     h, w, c = in_shape
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -427,7 +428,8 @@ def _pad_rows(x, top: int, bottom: int, left: int, right: int, value: float = 0.
 
 
 def _window_layer(layer, g: Geom, x, top: int, bottom: int):
-    """Layer `layer` on a stripe: explicit padding (rows only at true borders, columns as the layer does), then valid."""
+    """Layer `layer` on a stripe: explicit padding (rows only at true borders, columns as the layer does),
+    then valid."""
     tf = _tf()
     left, right = g.pad[2], g.pad[3]
     strides = [1, g.stride[0], g.stride[1], 1]

@@ -195,7 +195,8 @@ def markdown(result) -> str:
     for name, v in s.items():
         p = v["paper"] or {}
         lines.append(
-            f"| {name} | {v['gflops']:.2f} \\| {p.get('gflops', '–')} | {v['mls_devices']} \\| {p.get('mls_devices', '–')}"
+            f"| {name} | {v['gflops']:.2f} \\| {p.get('gflops', '–')}"
+            f" | {v['mls_devices']} \\| {p.get('mls_devices', '–')}"
             f" | {v['sls_devices']} \\| {p.get('sls_devices', '–')} | {v['mls_seconds']:.3f} | {v['sls_seconds']:.3f}"
             f" | {v['one_device_seconds']:.3f} | {v['mls_vs_sls_percent']:.2f} \\| {p.get('mls_vs_sls_percent', '–')}"
             f" | {v['mls_vs_one_percent']:.2f} \\| {p.get('mls_vs_one_percent', '–')}"
