@@ -53,7 +53,7 @@ if [ "$#" -eq 0 ]; then  # default: the allow-listed tests, which must run and p
   mapfile -t selection < <(sed -e 's/#.*//' -e 's/|.*//' -e 's/[[:space:]]*$//' tests/skip-allowlist.txt | grep .)
   set -- -q -s --durations=0 "${selection[@]}"
 fi
-echo "[netem-vm] ready in $((SECONDS - t0)) s; booting $kver under software emulation (about 30 s)"
+echo "[netem-vm] ready in $((SECONDS - t0)) s; booting $kver under software emulation (about a minute here)"
 guest=$(printf '%q ' env "NETEM_VM_T0=$(date +%s)" bash "$ROOT/scripts/netem-vm.sh" --guest "$@")
 exec env PATH="$VNG_VENV/bin:$PATH" vng -r "/boot/vmlinuz-$kver" --user root --disable-kvm --cpus 2 --memory 2G \
   --cwd "$ROOT" -- "$guest"
