@@ -29,4 +29,8 @@ from harness.fixtures import controlplane, kube_api, namespace  # noqa: E402,F40
 
 # Under CI=true a skip fails unless tests/skip-allowlist.txt allows it; every run prints the skip count.
 from harness.skips import (  # noqa: E402,F401  (hooks of this conftest)
-    pytest_configure, pytest_make_collect_report, pytest_runtest_makereport, pytest_terminal_summary)
+    pytest_configure,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from harness import skips
 
 TESTS = Path(__file__).resolve().parent
