@@ -13,7 +13,10 @@ ROOT=$PWD
 if [ "${1:-}" = "--guest" ]; then  # inside the VM (root): writable /tmp, nothing written to the shared tree
   shift
   exec 2>&1
-  mount -t tmpfs -o size=512m tmpfs /tmp
+  case "$ROOT/" in  # a fresh tmpfs on /tmp, unless the tree is under /tmp (then vng's /tmp overlay, also in RAM)
+    /tmp/*) ;;
+    *) mount -t tmpfs -o size=512m tmpfs /tmp ;;
+  esac
   # no third-party pytest plugins (hypothesis, pytest-kind: seconds of imports each under emulation)
   export HOME=/tmp PYTHONDONTWRITEBYTECODE=1 SPLITDNN_STRICT_SKIPS=1 TMPDIR=/tmp PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
   echo "[netem-vm] guest $(uname -r), $(nproc) CPUs, $(modinfo -F filename sch_netem 2>/dev/null || echo 'no sch_netem');" \
