@@ -25,3 +25,11 @@ def cnn14_graph(cnn14_model):
 
 # The real Kubernetes control plane (Go-built, kwok nodes): see tests/harness/fixtures.py
 from harness.fixtures import controlplane, kube_api, namespace  # noqa: E402,F401  (re-exported fixtures)
+
+# Under CI=true a skip fails unless tests/skip-allowlist.txt allows it; every run prints the skip count.
+from harness.skips import (  # noqa: E402,F401  (hooks of this conftest)
+    pytest_configure,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)

@@ -2,8 +2,9 @@
 
 Three agents in three network namespaces joined by veth pairs (root only, marker `netns`): outputs equal the full
 model, bad requests get INVALID_ARGUMENT, tensors above 4 MB cross, `tc` rate shaping on a veth limits what the
-agent measures, and `splitdnn netem apply/clear` on a real interface. Loopback runs (overload, in-process delay,
-`splitdnn run`) are in test_agent_run.py.
+agent measures, and `splitdnn netem apply/clear` on a real interface. What the kernel's sch_netem does to a link
+(delay, jitter, loss) is measured in test_netem_kernel.py, which scripts/netem-vm.sh runs in a VM whose kernel has
+it. Loopback runs (overload, in-process delay, `splitdnn run`) are in test_agent_run.py.
 """
 
 import json
@@ -209,23 +210,3 @@ def test_netem_apply_and_clear_on_a_real_interface(chain_agents, tmp_path):
     assert bad.returncode == 2 and "bad duration '20'" in bad.stderr
     missing = splitdnn("netem", "apply", "--dev", "nosuchdev0", "--rate", "1mbit", ns=ns)
     assert missing.returncode == 2 and "no network device" in missing.stderr
-
-
-def test_netem_delay_shaping_when_the_kernel_has_netem(chain_agents):
-    chain, agents = chain_agents
-    dev, ns = chain.egress_dev(1), chain.ns(1)
-    probe = splitdnn("netem", "apply", "--dev", dev, "--delay", "150ms", "--report", "/dev/null", ns=ns)
-    try:
-        assert probe.returncode == 0, probe.stderr
-        if "netem" not in tc_show(dev, ns):
-            pytest.skip(
-                "kernel probe: sch_netem is absent on this kernel, so tc cannot delay; in-process delay is "
-                "tested by test_agent_run.py::test_run_in_process_delay"
-            )
-        client, channel = stub(agents[0].grpc_addr)
-        start = time.monotonic()
-        predict(client, {"input": frame()})
-        assert time.monotonic() - start >= 0.15
-        channel.close()
-    finally:
-        splitdnn("netem", "clear", "--dev", dev, ns=ns)

@@ -6,7 +6,8 @@
    (CNI across nodes, kube-proxy, CoreDNS);
 3. splitdnn itself: the operator and agent images built on the base image, `helm install` of helm/splitdnn,
    `kubectl apply -f examples/cnn14.yaml`: tier pods Running on their nodes, the slicer and netem init containers
-   ran (netem reports the qdisc missing on this kernel, the agent emulates in-process), frames flow and
+   ran (the netem one probes the node's kernel: with sch_netem tc delays the link, without it the agent emulates
+   the delay in-process, and the metric names the path the probe implies), frames flow and
    splitdnn_frames_total grows; deleting the SplitInference removes everything it made.
 """
 
@@ -384,7 +385,7 @@ def test_splitinference_end_to_end(kind_cluster):
             )
 
         tiers = node_tiers(kind_cluster)
-        pods = {}
+        pods, kernel_netem = {}, {}
         for tier in TIERS:
             items = kubectl_json(kind_cluster, "get", "pods", "-l", f"{SI_SELECTOR},{TIER_LABEL}={tier}")["items"]
             running = [p for p in items if p["status"]["phase"] == "Running"]
@@ -399,15 +400,22 @@ def test_splitinference_end_to_end(kind_cluster):
                 assert term.get("exitCode") == 0, (tier, name, inits[name]["state"])
             netem_log = kind_cluster.kubectl("logs", pods[tier], "-c", "netem")
             assert "netem" in netem_log, netem_log[-2000:]
+            # `splitdnn netem apply` prints what the kernel probe found: "eth0: applied … (kernel: netem yes, …)"
+            probe = re.search(r"\(kernel: netem (yes|no)\b", netem_log)
+            assert probe, netem_log[-2000:]
+            kernel_netem[tier] = probe.group(1) == "yes"
             print(
                 f"[{tier}] pod {pods[tier]} on {p['spec']['nodeName']}; netem init container log (tail):\n"
                 + "\n".join(netem_log.strip().splitlines()[-6:])
             )
 
-        # netem is not in this kernel: the tc init container says so and the agent emulates the delay in-process
+        # each tier's spec has a delay only: tc applies it where the node's kernel has sch_netem, and then the agent
+        # emulates nothing in-process; elsewhere the agent emulates it (scripts/netem-vm.sh tests both sides of this)
         for tier in TIERS:
             text = metrics_of(kind_cluster, pods[tier])
-            assert metric_sum(text, "splitdnn_link_emulation_info", path="inprocess") == 1, (tier, text[-3000:])
+            path, other = ("tc", "inprocess") if kernel_netem[tier] else ("inprocess", "tc")
+            assert metric_sum(text, "splitdnn_link_emulation_info", path=path) == 1, (tier, path, text[-3000:])
+            assert metric_sum(text, "splitdnn_link_emulation_info", path=other) == 0, (tier, path, text[-3000:])
             print(
                 f"[{tier}] "
                 + "; ".join(line for line in text.splitlines() if line.startswith("splitdnn_link_emulation_info"))
