@@ -499,3 +499,13 @@ def test_cli_inspect_s3_and_wrong_key(s3, cache):
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "refused the credentials" in bad.stderr and "AWS_ACCESS_KEY_ID" in bad.stderr
+
+
+def test_the_operator_leaves_a_storage_uri_to_the_slicer():
+    """The operator reads no remote model (the pods' slicer fetches it; a model Job later): no network here, or
+    this port, where nobody listens, would give Unreachable."""
+    from splitdnn.controller import plan as plan_mod
+
+    for uri in ("http://127.0.0.1:9/m.keras", "https://127.0.0.1:9/presigned?sig=1", "s3://b/m.keras"):
+        with pytest.raises(plan_mod.ModelUnavailable, match="the slicer checks it"):
+            plan_mod.model_summary(uri)

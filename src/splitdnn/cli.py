@@ -268,7 +268,7 @@ def plan_cmd(
 
 @app.command("profile")
 def profile_cmd(
-    model: str = typer.Argument(..., help="Model: cnn14, a .keras path, or keras.applications.Name."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     tier: str = typer.Option(..., "--tier", help="Name of the tier this machine stands for (device, edge, ...)."),
     out: str = typer.Option(..., "--out", help="Profile JSON to write."),
     warmup: int = typer.Option(3, help="Untimed calls per block before timing."),
