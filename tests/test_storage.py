@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -426,13 +427,13 @@ def s3_server_binary() -> Path | None:
 
 @pytest.fixture
 def s3(tmp_path, models):
-    """versitygw over a POSIX directory, root credentials (access key, secret); bucket `models` holds m.keras."""
+    """versitygw over a POSIX directory, root credentials (access key, secret); bucket `models` holds team/m.keras,
+    uploaded with a signed PUT as a user would."""
     binary = s3_server_binary()
     if binary is None:
         pytest.skip("no S3 server: run scripts/build-s3.sh (scripts/test.sh does)")
     root = tmp_path / "s3"
-    (root / "models" / "team").mkdir(parents=True)
-    shutil.copy(models["dir"] / "m.keras", root / "models" / "team" / "m.keras")
+    (root / "models").mkdir(parents=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -455,6 +456,13 @@ def s3(tmp_path, models):
             time.sleep(0.1)
     env = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "S3_ENDPOINT": f"127.0.0.1:{port}"}
     env["S3_USE_HTTPS"] = "0"
+    body = (models["dir"] / "m.keras").read_bytes()
+    url = f"http://127.0.0.1:{port}/models/team/m.keras"
+    signed = sigv4_headers(
+        url, "us-east-1", access, secret, method="PUT", payload_sha256=hashlib.sha256(body).hexdigest()
+    )
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT", headers=signed)) as put:
+        assert put.status == 200 and put.headers["ETag"]
     yield env
     proc.terminate()
     proc.wait(10)
@@ -467,6 +475,10 @@ def test_s3_right_key_loads_the_model_wrong_key_is_named(s3, models, cache, monk
 
     got = fetch("s3://models/team/m.keras", cache_dir=cache, env=s3)
     assert got.downloaded and got.sha256 == sha(models["dir"] / "m.keras")
+    again = fetch("s3://models/team/m.keras", cache_dir=cache, env=s3)  # If-None-Match → 304: the cached file
+    assert (again.downloaded, again.path) == (False, got.path)
+    with pytest.raises(StorageError, match='the region "eu-west-1" is wrong.*check AWS_REGION'):
+        fetch("s3://models/team/m.keras", cache_dir=cache, env={**s3, "AWS_REGION": "eu-west-1"})
     for key, value in s3.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SPLITDNN_CACHE", str(cache.parent))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import html
 import http.client
 import json
 import os
@@ -368,9 +369,14 @@ def _status_error(loc: Location, url: str, code: int, reason: str, body: str, en
     found = re.search(r"<Code>([^<]+)</Code>", body)
     s3code = found.group(1) if found else ""
     said = re.search(r"<Message>([^<]+)</Message>", body)
-    detail = f"{status}, {s3code}: {said.group(1) if said else ''}".rstrip(": ") if s3code else status
+    message = html.unescape(said.group(1)) if said else ""
+    detail = f"{status}, {s3code}: {message}".rstrip(": ") if s3code else status
     at = f"{loc.uri} at {_host(url)}"
-    if s3code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidSignature", "AuthorizationHeaderMalformed"):
+    if s3code == "AuthorizationHeaderMalformed":  # the signature's scope: most often the region
+        return StorageError("BadCredentials", f"{at}: the server refused the signature ({detail}): check AWS_REGION")
+    # AWS and MinIO say InvalidAccessKeyId / SignatureDoesNotMatch; versitygw answers an unknown access key with
+    # 404 XAdminUserNotFound
+    if "AccessKey" in s3code or "Signature" in s3code or s3code == "XAdminUserNotFound":
         return StorageError(
             "BadCredentials",
             f"{at}: the server refused the credentials ({detail}): check AWS_ACCESS_KEY_ID and "
@@ -422,27 +428,30 @@ def sigv4_headers(
     session_token: str | None = None,
     now: dt.datetime | None = None,
     extra: Mapping[str, str] | None = None,
+    method: str = "GET",
+    payload_sha256: str = EMPTY_SHA256,
 ) -> dict[str, str]:
-    """Headers that sign `GET url` (empty body; `extra` headers signed too) with AWS Signature Version 4, as
-    specified in https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html (canonical
-    request → string to sign → signing key derived from the secret, date, region and service → signature)."""
+    """Headers that sign `METHOD url` (a GET with an empty body unless told; `extra` headers signed too) with AWS
+    Signature Version 4, as specified in https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
+    (canonical request → string to sign → signing key derived from the secret, date, region and service →
+    signature)."""
     now = now or dt.datetime.now(dt.UTC)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     parts = urllib.parse.urlsplit(url)
     headers = {k.lower(): v for k, v in (extra or {}).items()}
-    headers |= {"host": parts.netloc, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+    headers |= {"host": parts.netloc, "x-amz-content-sha256": payload_sha256, "x-amz-date": amz_date}
     if session_token:
         headers["x-amz-security-token"] = session_token
     signed = ";".join(sorted(headers))
     query = "&".join(sorted(parts.query.split("&"))) if parts.query else ""
     canonical = "\n".join(
         [
-            "GET",
+            method,
             parts.path or "/",  # already URI-encoded once, as S3 wants (no double encoding)
             query,
             "".join(f"{k}:{headers[k].strip()}\n" for k in sorted(headers)),
             signed,
-            EMPTY_SHA256,
+            payload_sha256,
         ]
     )
     scope = f"{day}/{region}/s3/aws4_request"
