@@ -416,6 +416,33 @@ def test_cli_bad_sources_exit_2_with_one_line(server, cache, args, says):
     assert "Traceback" not in proc.stderr
 
 
+RUN_YAML = """
+apiVersion: splitdnn.io/v1alpha1
+kind: SplitInference
+metadata: {name: mine}
+spec:
+  model: {storageUri: URL, sha256: SHA}
+  splitPoints: [join]
+  tiers: [{name: device}, {name: cloud}]
+  workload: {fps: 20, frames: 4, deadline: 30s, source: synthetic}
+"""
+
+
+@pytest.mark.slow
+def test_cli_run_a_spec_whose_model_is_on_a_web_server(server, models, cache, tmp_path):
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(RUN_YAML.replace("URL", f"{server.url}/m.keras").replace("SHA", sha(models["dir"] / "m.keras")))
+    proc = splitdnn("run", spec, "--json", cache=cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["completed"] == 4 == result["offered"] and [t["name"] for t in result["tiers"]] == ["device", "cloud"]
+    assert server.bodies == ["/m.keras"]
+    spec.write_text(RUN_YAML.replace("URL", f"{server.url}/missing").replace("SHA", "a" * 64))
+    proc = splitdnn("run", spec, "--json", cache=cache)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {server.url}/missing: HTTP 404 Not Found"
+
+
 # --- S3: a real S3-compatible server -----------------------------------------------------------------------------
 
 
