@@ -93,6 +93,15 @@ class Server:
                 if path == "/stall-head":
                     server.release.wait(30)
                     return
+                if path.startswith("/large/"):  # N MiB of a repeating pattern, with Content-Length
+                    mib = int(path.rsplit("/", 1)[1])
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(mib << 20))
+                    self.end_headers()
+                    block = bytes(range(256)) * 4096
+                    for _ in range(mib):
+                        self.wfile.write(block)
+                    return
                 if path in ("/stall-body", "/big", "/short", "/endless"):
                     self.send_response(200)
                     if path != "/endless":
@@ -281,6 +290,40 @@ def test_unreachable_host(cache):
     with pytest.raises(StorageError, match=f"cannot reach 127.0.0.1:{port}") as err:
         fetch(f"http://127.0.0.1:{port}/m.keras", cache_dir=cache)
     assert err.value.reason == "Unreachable"
+
+
+STREAM_PROBE = """
+import json, sys, time
+from splitdnn.storage import fetch
+def peak_kib():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
+before, t0 = peak_kib(), time.monotonic()
+got = fetch(sys.argv[1], cache_dir=sys.argv[2], max_bytes=1 << 30)
+after, seconds = peak_kib(), time.monotonic() - t0
+print(json.dumps({"size": got.size, "before_kib": before, "after_kib": after, "seconds": seconds,
+                  "tf": "tensorflow" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_a_large_download_streams_in_bounded_memory_without_tensorflow(server, cache):
+    """200 MiB through a fresh process that imports only splitdnn.storage: its peak RSS grows by a few MiB, not by
+    the body's size, and TensorFlow is never imported (the operator can use this module)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STREAM_PROBE, f"{server.url}/large/200", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    probe = json.loads(proc.stdout)
+    assert probe["size"] == 200 << 20 and probe["tf"] is False
+    assert probe["after_kib"] - probe["before_kib"] < 16 * 1024, probe
+    assert leftovers(cache) == [
+        cache / "sha256" / f"{hashlib.sha256((bytes(range(256)) * 4096) * 200).hexdigest()}.keras"
+    ]
+    rss = f"peak RSS {probe['before_kib'] / 1024:.1f} → {probe['after_kib'] / 1024:.1f} MiB"
+    print(f"streamed 200 MiB in {probe['seconds']:.2f} s (figure, not asserted): {rss}")
 
 
 @pytest.mark.slow
