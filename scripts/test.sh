@@ -6,6 +6,8 @@ bash scripts/install.sh
 # Kubernetes control plane binaries (Go module proxy) for the `controlplane` tests: cached under
 # ~/.cache/splitdnn, a no-op in well under a second when warm (see scripts/build-k8s.sh for the cold timing).
 bash scripts/build-k8s.sh
+# A real S3-compatible server (versitygw, Go module proxy) for the s3:// model-source tests; cached likewise.
+bash scripts/build-s3.sh
 # kind e2e prerequisites: Docker, the offline base/node/project images, kind/kubectl/helm. Cached under
 # ~/.cache/splitdnn and in Docker; prints its own timing breakdown. The `kind_e2e` tests run with the rest.
 bash scripts/e2e.sh prepare

@@ -85,7 +85,11 @@ def mutate(fn):
         (lambda s: s["workload"].update(fps=0), "spec.workload.fps"),
         (lambda s: s["workload"].update(frames=-3), "spec.workload.frames"),
         (lambda s: s["planner"].update(objective="speed"), "spec.planner.objective"),
-        (lambda s: s["model"].update(uri="/m/x.keras"), "spec.model"),
+        (lambda s: s["model"].update(storageUri="/m/x.keras"), "spec.model"),
+        (lambda s: s.update(model={"storageUri": "gs://bucket/m.keras"}), "spec.model.storageUri"),
+        (lambda s: s.update(model={"storageUri": "s3://bucket-only"}), "spec.model.storageUri"),
+        (lambda s: s.update(model={"storageUri": "https://h/m.keras", "sha256": "abc"}), "spec.model.sha256"),
+        (lambda s: s.update(model={"storageUri": "s3://b/m.keras", "secretName": "S3_Creds"}), "spec.model.secretName"),
         (lambda s: s.update(model={}), "spec.model"),
         (lambda s: s["tiers"][0].update(name="Device_1"), "spec.tiers.0.name"),
         (lambda s: s.pop("tiers"), "spec"),
@@ -123,6 +127,28 @@ def test_cross_field_problems_are_named(cnn14_graph):
     doc["spec"]["planner"]["mode"] = "auto"
     del doc["spec"]["splitPoints"]
     assert cross_field_problems(from_resource(doc), layers) == []
+
+
+@pytest.mark.parametrize(
+    "model,problems",
+    [
+        ({"storageUri": "s3://models/m.keras", "sha256": "ab" * 32, "secretName": "s3-creds"}, []),
+        ({"storageUri": "https://h/m.keras", "sha256": "AB" * 32}, []),
+        ({"storageUri": "pvc://claim/m.keras"}, []),
+        ({"storageUri": "/models/m.keras"}, []),
+        ({"builtin": "cnn14", "sha256": "ab" * 32}, ["model.sha256 pins a model file: it needs model.storageUri"]),
+        (
+            {"storageUri": "https://h/m.keras", "secretName": "s3-creds"},
+            ["model.secretName holds S3 credentials: it needs an s3:// model.storageUri"],
+        ),
+    ],
+)
+def test_model_source_fields(model, problems):
+    doc = base()
+    doc["spec"]["model"] = model
+    si = from_resource(doc)
+    assert si.model_source == model.get("storageUri", "cnn14")
+    assert cross_field_problems(si) == problems
 
 
 # --- the typed spec: one home for the defaults, the CRD agrees ---------------------------------------------------

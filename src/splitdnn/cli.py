@@ -22,8 +22,25 @@ def fail(message: str, code: int = 2) -> None:
 
 # --- foundation: inspect, slice -------------------------------------------------------------------------------
 
-MODEL_HELP = "cnn14, keras.applications.<Name> (weights=None), or a path to a .keras file"
+MODEL_HELP = (
+    "cnn14, keras.applications.<Name> (weights=None), or a .keras file: a path, https://…, http://…, "
+    "s3://BUCKET/KEY (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; endpoint from S3_ENDPOINT)"
+)
 INPUT_SHAPE_HELP = "input shape without batch for keras.applications models, e.g. 224,224,3"
+SHA256_HELP = "refuse the model file unless its sha256 is this (64 hex digits)"
+MAX_MODEL_BYTES_HELP = "refuse a model file larger than this (bytes, or 512Mi, 2Gi, ...); default 1Gi"
+
+
+def _max_bytes(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from splitdnn.storage import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        fail(f"--max-model-bytes: {exc}")
+    return None
 
 
 def _parse_shape(text: str | None):
@@ -35,12 +52,15 @@ def _parse_shape(text: str | None):
         fail(f"bad --input-shape {text!r}: expected integers separated by commas, like 224,224,3")
 
 
-def _load_graph(model_spec: str, input_shape: str | None):
+def _load_graph(model_spec: str, input_shape: str | None, sha256: str | None = None, max_bytes: str | None = None):
     from splitdnn.graph import build_graph
     from splitdnn.models import ModelSourceError, load_model
 
+    limit = _max_bytes(max_bytes)
     try:
-        model = load_model(model_spec, _parse_shape(input_shape))
+        model = load_model(
+            model_spec, _parse_shape(input_shape), sha256=sha256, max_bytes=limit, say=lambda m: typer.echo(m, err=True)
+        )
         return model, build_graph(model)
     except (ModelSourceError, ValueError) as exc:
         fail(str(exc))
@@ -59,9 +79,11 @@ def inspect(
     model: str = typer.Argument(..., help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     input_shape: str | None = typer.Option(None, help=INPUT_SHAPE_HELP),
+    sha256: str | None = typer.Option(None, "--sha256", help=SHA256_HELP),
+    max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
 ):
     """Show a model's layers (shape, params, FLOPs, bytes) and every boundary with the tensors that cross it."""
-    _, graph = _load_graph(model, input_shape)
+    _, graph = _load_graph(model, input_shape, sha256, max_model_bytes)
     if as_json:
         typer.echo(json.dumps(graph.to_json()))
         return
@@ -107,6 +129,8 @@ def slice_(
     out: str = typer.Option(..., "--out", help="output directory (slices.json + one SavedModel per slice)"),
     input_shape: str | None = typer.Option(None, help=INPUT_SHAPE_HELP),
     verify: bool = typer.Option(True, help="check the slices' composition equals the model on a random frame"),
+    sha256: str | None = typer.Option(None, "--sha256", help=SHA256_HELP),
+    max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
 ):
     """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel."""
     from splitdnn.slicer import CutError, export_slices, resolve_cuts, verify_slices
@@ -114,7 +138,7 @@ def slice_(
     points = [p for p in at.split(",") if p.strip()]
     if not points:
         fail("--at needs at least one layer name")
-    keras_model, graph = _load_graph(model, input_shape)
+    keras_model, graph = _load_graph(model, input_shape, sha256, max_model_bytes)
     try:
         cuts = resolve_cuts(graph, points)
     except CutError as exc:
@@ -244,7 +268,7 @@ def plan_cmd(
 
 @app.command("profile")
 def profile_cmd(
-    model: str = typer.Argument(..., help="Model: cnn14, a .keras path, or keras.applications.Name."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     tier: str = typer.Option(..., "--tier", help="Name of the tier this machine stands for (device, edge, ...)."),
     out: str = typer.Option(..., "--out", help="Profile JSON to write."),
     warmup: int = typer.Option(3, help="Untimed calls per block before timing."),
@@ -383,6 +407,7 @@ def run(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="print each tier's `splitdnn agent` command line and start nothing"
     ),
+    max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
 ):
     """Run a SplitInference on this machine: slice, start one agent per tier, run the workload, summarize."""
     import shlex
@@ -408,8 +433,9 @@ def run(
             for t in tiers:
                 typer.echo(f"# {t['name']}\n{shlex.join(t['argv'])}")
         return
+    limit = _max_bytes(max_model_bytes)
     try:
-        summary = run_local(si, frames=frames, netns=netns, out=out, quiet=False)
+        summary = run_local(si, frames=frames, netns=netns, out=out, quiet=False, max_model_bytes=limit)
     except (LocalRunError, SpecError) as exc:
         fail(str(exc))
     console = Console(stderr=as_json)

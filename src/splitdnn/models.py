@@ -3,14 +3,19 @@
 A model *spec* is one string, the same in the CLI and the CRD:
 - `cnn14`                      the 14-layer CNN of Cho 2021, Table 1 (random weights, seeded);
 - `keras.applications.<Name>`  e.g. `keras.applications.ResNet50`, built with `weights=None`;
-- a path to a `.keras` file    loaded with `safe_mode=True` (Lambda layers are code; we never run untrusted code).
+- a `.keras` file by storageUri: `https://…`, `http://…`, `s3://BUCKET/KEY`, `pvc://CLAIM/PATH` or a path,
+  fetched by `splitdnn.storage` (size limit, optional sha256 pin, cache) and loaded with `safe_mode=True`
+  (Lambda layers are code; we never run untrusted code).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from splitdnn import storage
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,11 +60,20 @@ def cnn14(seed: int = DEFAULT_SEED):
     )
 
 
-def load_model(spec: str, input_shape: Sequence[int] | None = None, seed: int = DEFAULT_SEED):
+def load_model(
+    spec: str,
+    input_shape: Sequence[int] | None = None,
+    seed: int = DEFAULT_SEED,
+    *,
+    sha256: str | None = None,
+    max_bytes: int | None = None,
+    say: Callable[[str], None] | None = None,
+):
     """Build or load the model named by `spec` (see the module docstring).
 
     `input_shape` (without the batch dimension) applies to `keras.applications` models only; their defaults
-    (224×224×3, 299×299×3 for Inception) are used otherwise.
+    (224×224×3, 299×299×3 for Inception) are used otherwise. `sha256`, `max_bytes` apply to files
+    (`splitdnn.storage.fetch`); `say` gets progress lines of a download.
     """
     import keras
 
@@ -75,14 +89,59 @@ def load_model(spec: str, input_shape: Sequence[int] | None = None, seed: int = 
         if input_shape is not None:
             kwargs["input_shape"] = tuple(int(d) for d in input_shape)
         return builder(**kwargs)
-    path = Path(spec)
-    if path.suffix == ".keras":
-        if not path.is_file():
-            raise ModelSourceError(f"model file {spec!r} does not exist")
-        try:
-            return keras.saving.load_model(path, safe_mode=True, compile=False)
-        except Exception as exc:  # keras raises many types; the user needs the file name and the reason
-            raise ModelSourceError(f"cannot load model file {spec!r}: {exc}") from exc
+    if storage.is_uri(spec) or spec.endswith(".keras"):
+        return load_keras_file(fetch_model(spec, sha256=sha256, max_bytes=max_bytes, say=say).path, spec)
     raise ModelSourceError(
-        f"unknown model {spec!r}: expected 'cnn14', 'keras.applications.<Name>' or a path to a .keras file"
+        f"unknown model {spec!r}: expected 'cnn14', 'keras.applications.<Name>', a path to a .keras file, "
+        "or a storageUri (https://, http://, s3://BUCKET/KEY, pvc://CLAIM/PATH)"
     )
+
+
+def fetch_model(
+    source: str, sha256: str | None = None, max_bytes: int | None = None, say: Callable[[str], None] | None = None
+) -> storage.Fetched:
+    """The model file of a storageUri or path on this machine (downloaded into the cache if remote)."""
+    loc = storage.parse(source) if storage.is_uri(source) else None
+    if (loc is None or loc.scheme in ("file", "pvc")) and not source.endswith(".keras"):
+        raise ModelSourceError(f"model file {source!r}: expected a .keras file")
+
+    def progress(done: int, total: int | None) -> None:
+        if say is not None:
+            of = f" of {total / 1e6:.1f}" if total else ""
+            say(f"fetching {source}: {done / 1e6:.1f}{of} MB")
+
+    try:
+        return storage.fetch(
+            source,
+            sha256=sha256,
+            max_bytes=storage.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            progress=progress,
+        )
+    except storage.StorageError as exc:
+        raise ModelSourceError(str(exc)) from exc
+
+
+def load_keras_file(path: Path, label: str):
+    """A `.keras` archive, loaded with `safe_mode=True`; anything else gets one line that says what it is."""
+    import keras
+
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        what = (
+            "an HDF5 (.h5) file: re-save it as .keras"
+            if head.startswith(b"\x89HDF")
+            else ("text or HTML (an error page?)" if head.lstrip()[:1] in (b"<", b"{") else f"starts with {head!r}")
+        )
+        raise ModelSourceError(f"model {label!r} is not a .keras archive (a zip file): {what}")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # keras raises many types; the user needs the file name and the reason
+        text = str(exc)
+        if "Lambda" in text and "safe_mode" in text:
+            raise ModelSourceError(
+                f"model {label!r} has a Lambda layer (Python code): refused, .keras files are loaded with "
+                "safe_mode=True"
+            ) from exc
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+        raise ModelSourceError(f"cannot load model {label!r}: {first[:300]}") from exc

@@ -122,10 +122,13 @@ class Node:
 
 @dataclass
 class Model(Node):
-    """Exactly one of builtin, uri, keras_application (the schema checks it)."""
+    """Exactly one of builtin, storage_uri, keras_application (the schema checks it); sha256 and secret_name go with
+    storage_uri (`cross_field_problems` checks it)."""
 
     builtin: str | None = None
-    uri: str | None = None
+    storage_uri: str | None = None
+    sha256: str | None = None
+    secret_name: str | None = None
     keras_application: str | None = None
     input_shape: list[int] | None = None
 
@@ -136,7 +139,16 @@ class Model(Node):
             return self.builtin
         if self.keras_application:
             return f"keras.applications.{self.keras_application}"
-        return self.uri or ""
+        return self.storage_uri or ""
+
+    def problems(self) -> list[str]:
+        """What the schema cannot say about the model's fields."""
+        found = []
+        if self.sha256 and not self.storage_uri:
+            found.append("model.sha256 pins a model file: it needs model.storageUri")
+        if self.secret_name and not (self.storage_uri or "").startswith("s3://"):
+            found.append("model.secretName holds S3 credentials: it needs an s3:// model.storageUri")
+        return found
 
 
 @dataclass
@@ -291,8 +303,8 @@ def load_file(path: str | Path) -> list[SplitInference]:
 
 def cross_field_problems(si: SplitInference, layer_names: list[str] | None = None) -> list[str]:
     """What the schema cannot say. `layer_names` (model order) enables the split-point checks."""
-    problems = []
     spec = si.typed
+    problems = spec.model.problems()
     names = [t.name for t in spec.tiers]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

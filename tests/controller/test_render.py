@@ -203,7 +203,7 @@ def test_all_netem_fields(si, plan):
 
 
 def test_model_sources():
-    base = {
+    base: dict = {
         "apiVersion": "splitdnn.io/v1alpha1",
         "kind": "SplitInference",
         "metadata": {"name": "m"},
@@ -223,8 +223,23 @@ def test_model_sources():
         "96,96,3",
     ]
     r = copy.deepcopy(base)
-    r["spec"]["model"] = {"uri": "/data/m.keras"}
+    r["spec"]["model"] = {"storageUri": "/data/m.keras"}
     assert render.slicer_command(from_resource(r), ["a"])[2] == "/data/m.keras"
+    pin = "ab" * 32
+    r["spec"]["model"] = {"storageUri": "https://models.example/m.keras", "sha256": pin}
+    pinned = from_resource(r)
+    assert render.slicer_command(pinned, ["a"])[2:] == [
+        "https://models.example/m.keras",
+        "--at",
+        "a",
+        "--out",
+        "/models",
+        "--sha256",
+        pin,
+    ]
+    # a new pin is new content: other slices, another split id
+    r["spec"]["model"]["sha256"] = "cd" * 32
+    assert render.split_id(pinned, ["a"]) != render.split_id(from_resource(r), ["a"])
 
 
 def test_service(si, plan):

@@ -267,12 +267,14 @@ def run_local(
     slices: str | None = None,
     chain=None,
     say=None,
+    max_model_bytes: int | None = None,
 ) -> dict:
     """Run a SplitInference (from `splitdnn.spec`) locally; returns the summary (see README "splitdnn run").
 
     For callers that run many times (the experiment): `slices` = a directory of slices already exported at the
     spec's split points (no slicing), `chain` = a namespace chain already created (the caller destroys it),
-    `say` = where progress lines go (instead of stderr; no progress bar)."""
+    `say` = where progress lines go (instead of stderr; no progress bar). `max_model_bytes` limits a model file
+    (default `splitdnn.storage.DEFAULT_MAX_BYTES`)."""
     points = _split_points(si)
     total = si.typed.workload.frames if frames is None else frames
     if netns and chain is None:
@@ -290,7 +292,7 @@ def run_local(
         if slices is None:
             slices = out or str(Path(tmp) / "slices")
             say(f"slicing {si.model_source} at {', '.join(points)} → {slices}")
-            _slice(si, points, slices)
+            _slice(si, points, slices, max_model_bytes, say)
         agents: list[AgentProcess] = []
         summary_file = Path(tmp) / "source.json"
         try:
@@ -344,12 +346,17 @@ def _scrape_or_empty(agent: AgentProcess) -> dict:
         return {}
 
 
-def _slice(si, points, directory) -> None:
+def _slice(si, points, directory, max_model_bytes: int | None = None, say=None) -> None:
     from splitdnn.graph import build_graph
-    from splitdnn.models import load_model
+    from splitdnn.models import ModelSourceError, load_model
     from splitdnn.slicer import CutError, export_slices, resolve_cuts
 
-    model = load_model(si.model_source, si.input_shape)
+    try:
+        model = load_model(
+            si.model_source, si.input_shape, sha256=si.typed.model.sha256, max_bytes=max_model_bytes, say=say
+        )
+    except ModelSourceError as exc:
+        raise LocalRunError(str(exc)) from None
     graph = build_graph(model)
     try:
         cuts = resolve_cuts(graph, points)

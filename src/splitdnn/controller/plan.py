@@ -15,6 +15,7 @@ from typing import Any
 from splitdnn.controller.render import split_id, split_service_name
 from splitdnn.graph import GraphSummary
 from splitdnn.spec import SplitInference, cross_field_problems
+from splitdnn.storage import is_uri
 
 NAME_MAX = 63  # Service names are DNS-1035 labels
 
@@ -29,7 +30,8 @@ def model_summary(source: str, input_shape: tuple | None = None) -> GraphSummary
     from splitdnn.graph import build_graph
     from splitdnn.models import load_model
 
-    if source.endswith(".keras") and not Path(source).is_file():
+    if is_uri(source) or (source.endswith(".keras") and not Path(source).is_file()):
+        # a storageUri is fetched by the pods' slicer, not inside the operator (issue #15: a model Job later)
         raise ModelUnavailable(f"model file {source!r} is not in the operator's file system; the slicer checks it")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return build_graph(load_model(source, input_shape)).summary()

@@ -67,14 +67,15 @@ def split_service_name(si_name: str, tier: str, split: str) -> str:
 def split_id(si: SplitInference, split_points: list[str]) -> str:
     """Which slices the pods run: pods of one split id compose, pods of two do not. Changing anything else (links,
     workload, resources) rolls the pods within the same split, and old and new pods can then serve each other."""
-    return stable_hash(
-        {
-            "model": si.model_source,
-            "inputShape": si.input_shape,
-            "splitPoints": list(split_points),
-            "tiers": len(si.tiers),
-        }
-    )[:8]
+    identity = {
+        "model": si.model_source,
+        "inputShape": si.input_shape,
+        "splitPoints": list(split_points),
+        "tiers": len(si.tiers),
+    }
+    if si.typed.model.sha256:  # a new pin is new content (only when set: existing split ids stay as they were)
+        identity["sha256"] = si.typed.model.sha256.lower()
+    return stable_hash(identity)[:8]
 
 
 def plan_configmap_name(si_name: str) -> str:
@@ -107,6 +108,8 @@ def slicer_command(si: SplitInference, split_points: list[str]) -> list[str]:
     cmd = ["splitdnn", "slice", si.model_source, "--at", ",".join(split_points), "--out", MODELS_DIR]
     if si.input_shape:
         cmd += ["--input-shape", ",".join(str(d) for d in si.input_shape)]
+    if si.typed.model.sha256:
+        cmd += ["--sha256", si.typed.model.sha256]
     return cmd
 
 
