@@ -192,45 +192,21 @@ def recalibrate(
     link_rtt_seconds: Mapping[str, float | None] | None = None,
     link_bandwidth: Mapping[str, float | None] | None = None,
 ) -> Problem:
-    """A copy of `problem` adjusted to live measurements of the deployed `split` (block ends or assignment).
+    """A copy of `problem` calibrated to one set of live measurements of the deployed `split` (block ends or
+    assignment): `splitdnn.planner.calibrate` with a single split observed.
 
-    compute_seconds {tier: measured seconds per frame}: every block time on that tier is scaled by
-    measured / predicted (predicted = the split's compute on that tier; tiers that run nothing keep their times).
+    compute_seconds {tier: measured stage seconds per frame}: the tier's fixed call cost becomes measured −
+    predicted (its block times are kept: one split cannot tell a fixed cost from a compute scale); when the
+    measurement is below the prediction, the call cost is 0 and the block times are scaled to it instead.
     link_rtt_seconds / link_bandwidth {sending tier: value}: the link from that tier to the next used tier of the
-    split gets latency = rtt / 2 (one way, as the cost model charges it) and the measured bandwidth (bytes/s).
-    These are the figures `splitdnn.adapt` reads from Prometheus (by tier)."""
-    import copy
+    split gets latency = rtt / 2 and the measured bandwidth (bytes/s). Several splits observed over time: use
+    `calibrate.Calibration` (what `splitdnn.feedback.step` does)."""
+    from .calibrate import Calibration
 
-    current = evaluate_plan(problem, split)
-    new = copy.deepcopy(problem)
-    for tier, measured in (compute_seconds or {}).items():
-        if tier not in new.tiers:
-            raise ValueError(f"measured compute for unknown tier {tier!r}")
-        predicted = current.compute[tier]
-        if predicted > 0 and measured is not None and measured >= 0:
-            f = measured / predicted
-            for b in new.blocks:
-                b.time[tier] = b.time[tier] * f
-    used = [t for t in new.tiers if current.assignment[t] is not None]
-    if current.assignment[new.tiers[0]] is None:
-        used = [new.tiers[0]] + used  # the input hop leaves tier 0
-    nxt = dict(zip(used, used[1:]))
-    link_figures: tuple[tuple[str, Mapping[str, float | None]], ...] = (
-        ("rtt", link_rtt_seconds or {}),
-        ("bw", link_bandwidth or {}),
-    )
-    for what, values in link_figures:
-        for tier, v in values.items():
-            if v is None or tier not in nxt:
-                continue
-            link = new.links.get((tier, nxt[tier]))
-            if link is None:
-                continue
-            if what == "rtt":
-                link.latency = max(0.0, v / 2)
-            elif v > 0:
-                link.bandwidth = float(v)
-    return new
+    ends = evaluate_plan(problem, split).ends
+    cal = Calibration()
+    cal.observe(problem, ends, compute_seconds or {}, 0.0, link_rtt_seconds, link_bandwidth)
+    return cal.apply(problem, ends)
 
 
 def diagnose(problem: Problem) -> str:
