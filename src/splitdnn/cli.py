@@ -253,7 +253,8 @@ def profile_cmd(
         False, "--multi-tensor", help="Blocks between every cut, not only single-tensor cuts."
     ),
 ) -> None:
-    """Measure per-block compute time of MODEL on this machine (warm-up, repeats, median)."""
+    """Measure per-block compute time and the fixed per-call cost of MODEL on this machine, served the way an
+    agent serves a slice (SavedModel runtime, Stage thread; warm-up, repeats, median)."""
     from splitdnn.planner.profile import profile_model
 
     try:
@@ -265,7 +266,7 @@ def profile_cmd(
     total = sum(b["time"] for b in doc["blocks"])
     typer.echo(
         f"{len(doc['blocks'])} blocks, {total * 1e3:.2f} ms total on {tier} "
-        f"(call overhead {doc['overhead_s'] * 1e3:.3f} ms subtracted) -> {out}"
+        f"+ a fixed call cost of {doc['call_seconds'] * 1e3:.3f} ms per served call ({doc['runtime']}) -> {out}"
     )
 
 
@@ -598,6 +599,7 @@ def experiment_cho2021(
     except RuntimeError as exc:  # LocalRunError and friends: an agent that does not start
         fail(str(exc), 1)
     typer.echo(exp.markdown(result))
+    typer.echo(exp.error_summary(result))
     exp.say_stderr(
         f"wrote {out}/results.json, {out}/results.md, "
         + ", ".join(f"{out}/config{c}.png" for c in configs)
