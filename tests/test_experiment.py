@@ -89,7 +89,7 @@ def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
     assert (link.bandwidth, link.message_seconds, link.max_message_bytes) == (5e8, 1e-4, 50_000)
     assert problem.constraints.use == ["device", "edge", "cloud"]
     # the prediction for one pair: stages, bottleneck, and the latency including the result's way back
-    pred = exp.predict(exp.CONFIGS[2], problem, "conv2d", "conv2d_4")
+    pred = exp.predict(problem, ["conv2d", "conv2d_4"], exp.CONFIGS[2].link_delays_ms()[-1] / 1e3)
     assert pred["stage_seconds"]["device"] == pytest.approx(22e-3 + 11e-3)
     assert pred["stage_seconds"]["edge"] == pytest.approx(12e-3 + 8 * 6e-3)
     assert pred["bottleneck_seconds"] == pytest.approx(12e-3 + 8 * 6e-3)
@@ -254,3 +254,23 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert doc["link_emulation"] in ("netns", "loopback")
     assert "network namespaces" in proc.stderr  # says which (and why, when unavailable)
     assert "| Split point | Time (s) | Frame drop |" in proc.stdout
+
+
+def test_splits_pairs_sample_and_resource():
+    from splitdnn.experiment_splits import resource, split_pairs
+
+    points = ["a", "b", "c", "d", "e"]
+    every = split_pairs(points, None)
+    assert len(every) == 10 and all(points.index(d) < points.index(e) for d, e in every)
+    sample = split_pairs(points, 4, seed=1)
+    assert len(sample) == 4 and set(sample) <= set(every) and sample == split_pairs(points, 4, seed=1)
+    assert split_pairs(points, 50) == every
+    si = from_resource(resource("MobileNetV2", [32, 32, 3], ["block_1_project_BN", "block_5_add"], exp.Workload()))
+    assert si.model_source == "keras.applications.MobileNetV2" and si.spec["model"]["inputShape"] == [32, 32, 3]
+    assert si.tier_names == list(exp.TIERS) and si.spec["splitPoints"] == ["block_1_project_BN", "block_5_add"]
+
+
+def test_splits_bad_options_exit_2():
+    for args in (["--runtime", "litert"], ["--input-shape", "32,x"], ["--fps", "0"]):
+        proc = run_cli("experiment", "splits", "--model", "MobileNetV2", *args, check=False, timeout=60)
+        assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr

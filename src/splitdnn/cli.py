@@ -607,6 +607,55 @@ def experiment_cho2021(
     )
 
 
+@experiment_app.command("splits")
+def experiment_splits(
+    model: str = typer.Option(..., "--model", help="a keras.applications model: MobileNetV2 (random weights)"),
+    input_shape: str = typer.Option("64,64,3", "--input-shape", help="reduced input, without the batch: 64,64,3"),
+    sample: int = typer.Option(6, help="split pairs to run, a seeded sample (0 = all single-tensor pairs)"),
+    frames: int = typer.Option(30, help="frames per run"),
+    fps: float = typer.Option(10.0, help="source frame rate"),
+    repeats: int = typer.Option(1, help="runs per pair (medians reported)"),
+    seed: int = typer.Option(0, help="seed of the pair sample and the synthetic frames"),
+    runtime: str = typer.Option("tf", "--runtime", help="tf (SavedModel); litert is a future option"),
+    out: str = typer.Option("out/splits", help="results.json and results.md go here"),
+):
+    """Cost model vs measurement on a keras.applications model split over three local tiers."""
+    from pathlib import Path
+
+    from splitdnn import experiment as exp
+    from splitdnn.experiment_splits import run_splits
+
+    if runtime != "tf":
+        fail(f"--runtime {runtime!r}: only tf is available here (litert is not in this build yet)")
+    app_name = model.removeprefix("keras.applications.")
+    try:
+        shape = [int(d) for d in input_shape.split(",")]
+    except ValueError:
+        shape = []
+    if not shape or any(d < 1 for d in shape):
+        fail(f"--input-shape {input_shape!r}: expected positive integers separated by commas, like 64,64,3")
+    if frames < 1 or fps <= 0 or repeats < 1 or sample < 0:
+        fail("--frames ≥ 1, --fps > 0, --repeats ≥ 1 and --sample ≥ 0 are required")
+    try:
+        result = run_splits(
+            app_name,
+            shape,
+            exp.Workload(frames=frames, fps=fps, seed=seed),
+            Path(out),
+            sample=sample or None,
+            repeats=repeats,
+            say=exp.say_stderr,
+        )
+    except ValueError as exc:  # unknown model, an input the model does not accept
+        fail(str(exc))
+    except RuntimeError as exc:
+        fail(str(exc), 1)
+    from splitdnn.experiment_splits import markdown
+
+    typer.echo(markdown(result))
+    typer.echo(exp.error_summary(result))
+
+
 def main() -> None:
     app()
 

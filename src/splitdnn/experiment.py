@@ -230,20 +230,18 @@ def planner_problem(
     return problem
 
 
-def predict(config: Config, problem, device_after: str, edge_after: str, fps: float | None = None) -> dict:
-    """The cost model's figures for one pair: stage time per tier, bottleneck, and the end-to-end latency a frame
-    source measures (the planner's forward path plus the result's way back: the last tier's delay and one message)."""
+def predict(problem, points: Sequence[str], back_delay: float, fps: float | None = None) -> dict:
+    """The cost model's figures for one split (its split points): stage time per tier, bottleneck, and the
+    end-to-end latency a frame source measures: the planner's forward path plus the result's way back (the last
+    tier's delay `back_delay`, charged once, and the result as one hop of the last link's kind)."""
     from splitdnn.planner import evaluate_plan
     from splitdnn.planner.deploy import split_of
 
-    p = evaluate_plan(problem, split_of(problem, [device_after, edge_after]), fps=fps)
-    back = problem.links[(TIERS[-2], TIERS[-1])]
+    p = evaluate_plan(problem, split_of(problem, list(points)), fps=fps)
+    tiers = list(problem.tiers)
+    back = problem.links[(tiers[-2], tiers[-1])]
     result_bytes = problem.blocks[-1].out_bytes
-    ret = (
-        config.link_delays_ms()[-1] / 1e3
-        + result_bytes / back.bandwidth
-        + back.messages(result_bytes) * (back.message_seconds)
-    )
+    ret = back_delay + result_bytes / back.bandwidth + back.messages(result_bytes) * back.message_seconds
     return {
         "stage_seconds": {t: round(v, 6) for t, v in p.compute.items()},
         "bottleneck_seconds": round(p.bottleneck, 6),
@@ -505,7 +503,11 @@ def run_experiment(
                 "fps": workload.fps,
                 **summarize(samples[(c, d, e, is_plan)]),
                 "planner": is_plan,
-                **({"predicted": predict(CONFIGS[c], problems[c], d, e)} if problems else {}),
+                **(
+                    {"predicted": predict(problems[c], [d, e], CONFIGS[c].link_delays_ms()[-1] / 1e3)}
+                    if problems
+                    else {}
+                ),
             }
         )
     result = {

@@ -102,7 +102,13 @@ def _served(slices_dir: str, name: str, feed_of: Callable[[list], dict]) -> tupl
 
 
 def profile_model(
-    spec: str, tier: str, warmup: int = 3, repeats: int = 10, multi_tensor: bool = False, progress: bool = True
+    spec: str,
+    tier: str,
+    warmup: int = 3,
+    repeats: int = 10,
+    multi_tensor: bool = False,
+    progress: bool = True,
+    input_shape: Sequence[int] | None = None,
 ) -> dict:
     """Measure per-block compute time and the fixed per-call cost of model `spec` on this machine, through the
     serving path: every block is exported as a slice (SavedModel, `slicer.export_slices`), loaded by the agent's
@@ -119,7 +125,7 @@ def profile_model(
 
     if warmup < 0 or repeats < 1:
         raise ValueError("need warmup >= 0 and repeats >= 1")
-    model = load_model(spec)
+    model = load_model(spec, input_shape)
     graph = build_graph(model)
     blocks: list[dict[str, Any]] = [dict(b) for b in blocks_of(graph.summary(), multi_tensor)]
     inp = keras.Input((8,), name="x")
