@@ -29,7 +29,7 @@ from typing import Any
 from .problem import Problem
 
 MAX_POINTS = 20  # observations kept per tier / link (the most recent distinct splits)
-AVERAGE_OVER = 10  # a split measured again: running mean over its last ~10 measurements
+AVERAGE_OVER = 5  # a split measured again: running mean over its last ~5 windows (a network or load change shows)
 
 
 @dataclass(frozen=True)
