@@ -52,8 +52,8 @@ def test_split_inference_is_a_valid_resource_with_the_config(cnn14_graph):
         assert si.workload["maxInFlight"] >= w.fps * si.deadline_seconds
 
 
-def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
-    profile = {
+def _profile():
+    return {
         "format": "splitdnn.profile/1",
         "model": "cnn14",
         "tier": "local",
@@ -79,6 +79,10 @@ def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
             )
         ],
     }
+
+
+def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
+    profile = _profile()
     profile["call_seconds"] = 2e-3
     problem = exp.planner_problem(exp.CONFIGS[2], profile, chunk_seconds=1e-4, bandwidth=5e8)
     assert problem.blocks[0].time == pytest.approx({"device": 11e-3, "edge": 6e-3, "cloud": 2e-3})
@@ -165,6 +169,7 @@ def test_measured_medians_and_the_prediction_error_contract(tmp_path):
     # stage errors 0.2, 0.1, 0, 0 -> median 0.05, p90 0.17; latency errors 0.1, 0 -> median 0.05, p90 0.09
     assert err == pytest.approx({"stage_median": 0.05, "stage_p90": 0.17, "latency_median": 0.05, "latency_p90": 0.09})
     assert exp.prediction_error([s]) is None  # nothing predicted (--no-planner)
+    assert exp.prediction_error(runs, "calibrated") is None
     result = {**_fake_result(), "prediction_error": err}
     assert "stage time median 5.0 %, p90 17.0 %" in exp.error_summary(result)
     exp.write_outputs(result, tmp_path)
@@ -239,6 +244,8 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert set(err) == {"stage_median", "stage_p90", "latency_median", "latency_p90"}
     assert all(isinstance(v, float) and v >= 0 for v in err.values())
     assert "prediction error" in proc.stdout
+    assert set(doc["calibrated_error"]) == set(err)
+    assert all(set(r["calibrated"]) == set(r["predicted"]) for r in runs)
     for r in runs:
         assert r["config"] == 1 and r["frames"] == frames and r["fps"] == 20.0
         assert isinstance(r["time_s"], float) and r["time_s"] > 0 and 0.0 <= r["drop_rate"] <= 1.0
@@ -274,3 +281,20 @@ def test_splits_bad_options_exit_2():
     for args in (["--runtime", "litert"], ["--input-shape", "32,x"], ["--fps", "0"]):
         proc = run_cli("experiment", "splits", "--model", "MobileNetV2", *args, check=False, timeout=60)
         assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
+
+
+def test_cross_calibration_predicts_each_run_from_the_others():
+    """Served stages of a known form (call 5 ms + 3 × the profile, per tier): fitted on the other pairs, the
+    online calibration predicts every pair's stages exactly, where the profile alone is far off."""
+    problem = exp.planner_problem(exp.CONFIGS[1], _profile(), bandwidth=1e9)
+    runs = []
+    for d, e in exp.fixed_splits():
+        truth = exp.predict(problem, [d, e], 0.2575)["stage_seconds"]
+        cp = exp.predict(problem, [d, e], 0.2575)
+        served = {t: 0.005 + 3 * v for t, v in truth.items()}
+        runs.append({"device_after": d, "edge_after": e, "predicted": cp,
+                     "measured": {"stage_seconds": served, "latency_seconds": None}})  # fmt: skip
+    exp.cross_calibrate(problem, runs, 0.2575)
+    for r in runs:
+        assert r["calibrated"]["stage_seconds"] == pytest.approx(r["measured"]["stage_seconds"], rel=1e-3)
+    assert exp.prediction_error(runs, "calibrated")["stage_p90"] < 0.01 < exp.prediction_error(runs)["stage_median"]

@@ -537,18 +537,40 @@ def run_experiment(
         "runs": runs,
         "prediction_error": prediction_error(runs),
     }
+    if problems:
+        for c in configs:
+            cross_calibrate(problems[c], [r for r in runs if r["config"] == c], CONFIGS[c].link_delays_ms()[-1] / 1e3)
+        result["calibrated_error"] = prediction_error(runs, "calibrated")
     write_outputs(result, out)
     return result
 
 
-def prediction_error(runs: Sequence[dict]) -> dict | None:
+def cross_calibrate(problem, runs: Sequence[dict], back_delay: float) -> None:
+    """What the online calibration (`planner.calibrate`, the closed loop's code) makes of the measurements:
+    each run gets `"calibrated"` — the prediction after fitting the stage times measured in every *other* run
+    of the same problem (leave one out, so a run's own measurement never predicts it)."""
+    from splitdnn.planner.calibrate import Calibration
+    from splitdnn.planner.deploy import split_of
+
+    for r in runs:
+        cal = Calibration()
+        for k, o in enumerate(runs):
+            if o is not r and o.get("measured"):
+                split = split_of(problem, [o["device_after"], o["edge_after"]])
+                cal.observe(problem, split, o["measured"]["stage_seconds"], float(k))
+        split = split_of(problem, [r["device_after"], r["edge_after"]])
+        r["calibrated"] = predict(cal.apply(problem, split), [r["device_after"], r["edge_after"]], back_delay)
+
+
+def prediction_error(runs: Sequence[dict], key: str = "predicted") -> dict | None:
     """Absolute percentage error (fractions) of the predicted stage times (every tier of every run) and end-to-end
-    latencies: median and p90. None when no run has both a prediction and a measurement."""
+    latencies: median and p90. None when no run has both a prediction and a measurement. `key`: "predicted" (the
+    cost model from profiles) or "calibrated" (`cross_calibrate`)."""
     import numpy as np
 
     stage, latency = [], []
     for r in runs:
-        pred, meas = r.get("predicted"), r.get("measured")
+        pred, meas = r.get(key), r.get("measured")
         if not pred or not meas:
             continue
         for t, m in (meas.get("stage_seconds") or {}).items():
@@ -571,7 +593,8 @@ def prediction_error(runs: Sequence[dict]) -> dict | None:
 
 
 def error_summary(result: dict) -> str:
-    """One line: the prediction error summary (what `splitdnn experiment` prints)."""
+    """The prediction error summary (what `splitdnn experiment` prints): the profiles' cost model, and after the
+    online calibration when it was computed."""
     e = result.get("prediction_error")
     if not e:
         return "prediction error: no predictions (run with the planner)"
@@ -579,11 +602,16 @@ def error_summary(result: dict) -> str:
     def pct(x: float | None) -> str:
         return "—" if x is None else f"{100 * x:.1f} %"
 
-    return (
-        f"prediction error (absolute, over {len(result['runs'])} runs): stage time median {pct(e['stage_median'])}, "
-        f"p90 {pct(e['stage_p90'])}; end-to-end latency median {pct(e['latency_median'])}, "
-        f"p90 {pct(e['latency_p90'])}"
-    )
+    def line(what: str, e: dict) -> str:
+        return (
+            f"{what}: stage time median {pct(e['stage_median'])}, p90 {pct(e['stage_p90'])}; "
+            f"end-to-end latency median {pct(e['latency_median'])}, p90 {pct(e['latency_p90'])}"
+        )
+
+    out = line(f"prediction error (absolute, over {len(result['runs'])} runs)", e)
+    if result.get("calibrated_error"):
+        out += "\n" + line("after calibration (fit to the other runs' measurements)", result["calibrated_error"])
+    return out
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------------
