@@ -12,9 +12,11 @@ Python API::
     p.bytes                   # bytes over all hops per frame (the input too, if tier 0 computes nothing)
     p.drop_rate               # with fps: max(0, 1 - (1/bottleneck)/fps), else None
 
-Cost model: latency = Σ compute on the used tiers + Σ over hops (link latency + bytes/bandwidth), where hops go from
-each used tier to the next used tier (a link entry for that ordered pair must exist), plus shipping the input from
-tier 0 when tier 0 is unused. bottleneck = max(used tiers' compute, hops' bytes/bandwidth). Objectives rank by
+Cost model (served stages): a used tier's stage = its fixed call cost (``Problem.call_seconds``) + Σ its blocks; a
+hop's transfer = bytes/bandwidth + messages × the link's ``message_seconds`` (messages = chunks of at most
+``max_message_bytes``). latency = Σ stages + Σ over hops (link latency + transfer), where hops go from each used
+tier to the next used tier (a link entry for that ordered pair must exist), plus shipping the input from tier 0
+when tier 0 is unused. bottleneck = max(used tiers' stages, hops' transfers). Objectives rank by
 the objective, then latency, then bytes, then block order (lexicographic on ``ends``).
 
 Strategies (``strategy=``): ``dp`` (default), ``labels``, ``brute`` and any registered under the entry-point
