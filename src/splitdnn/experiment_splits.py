@@ -123,6 +123,7 @@ def run_splits(
             f"{tag} stages predicted {_ms(run['predicted']['stage_seconds'])} measured "
             f"{_ms(run['measured']['stage_seconds'])} ms, drop {run['drop_rate']:.2f}"
         )
+    exp.cross_calibrate(problem, runs, 0.0)  # leave-one-out: the online calibration's prediction of each pair
     result = {
         "experiment": "splits",
         "model": spec,
@@ -138,6 +139,7 @@ def run_splits(
         "wall_seconds": round(time.monotonic() - started, 1),
         "runs": runs,
         "prediction_error": exp.prediction_error(runs),
+        "calibrated_error": exp.prediction_error(runs, "calibrated"),
     }
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(markdown(result) + "\n" + exp.error_summary(result) + "\n")
