@@ -108,6 +108,16 @@ def test_link_fit_and_status_round_trip():
     link = new.links[("device", "edge")]
     assert link.latency == pytest.approx(rtt / 2)
     assert link.bandwidth == pytest.approx(2e5) and link.message_seconds == pytest.approx(0.0005)
+    # the network changes (a throttle): the newest window of a size replaces the older one at once
+    cal.observe(p, (1, 3, 5), {}, 2.0, {"device": rtt}, {"device": 1e4}, {"device": rtt + 20000 / 1e4},
+                {"device": 20000.0})  # fmt: skip
+    assert [pt.seconds for pt in cal.links if pt.bytes == 20000.0] == [pytest.approx(2.0)]
+    cal = Calibration.from_status(Calibration.to_status(cal, p))
+    cal.links = [pt for pt in cal.links if pt.bytes != 20000.0]
+    cal.observe(
+        p, (1, 3, 5), {}, 3.0, {"device": rtt}, {"device": 1e5},
+        {"device": rtt + 0.0005 + 20000 / 2e5}, {"device": 20000.0},
+    )  # fmt: skip
     status = cal.to_status(p)
     assert status["links"]["device"]["bandwidthBytesPerSecond"] == pytest.approx(2e5)
     again = Calibration.from_status(status)

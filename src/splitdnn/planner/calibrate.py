@@ -83,11 +83,12 @@ class LinkPoint:
     time: float = 0.0
 
 
-def _merge(points: list, new: Any, same: Any) -> None:
-    """Add `new`, or fold it into the point of the same split (running mean); keep the MAX_POINTS newest."""
+def _merge(points: list, new: Any, same: Any, average_over: int = AVERAGE_OVER) -> None:
+    """Add `new`, or fold it into the point of the same split (running mean over ~`average_over` windows; 1 =
+    replace); keep the MAX_POINTS newest."""
     for p in points:
         if same(p, new):
-            p.n = min(p.n + 1, AVERAGE_OVER)
+            p.n = min(p.n + 1, average_over)
             p.seconds += (new.seconds - p.seconds) / p.n
             p.time = new.time
             break
@@ -139,10 +140,13 @@ class Calibration:
             if seconds is None or nbytes is None or nbytes <= 0:
                 continue
             y = max(0.0, float(seconds) - self.rtt.get(t, 0.0))  # the transfer includes the ack's way back
+            # a link's newest window replaces its older ones: a network changes abruptly (a throttle, a reroute),
+            # and the window's rate is already a mean; compute changes far less
             _merge(
                 self.links,
                 LinkPoint(t, float(nbytes), y, time=now),
                 lambda a, b: a.tier == b.tier and abs(a.bytes - b.bytes) <= 0.01 * max(a.bytes, b.bytes),
+                average_over=1,
             )
 
     # ---- the fit ------------------------------------------------------------------------------------------------
