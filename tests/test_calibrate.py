@@ -54,6 +54,9 @@ def test_line_fit_recovers_intercept_and_slope():
     assert (one.intercept, one.slope, one.method) == (pytest.approx(0.016), 1.0, "intercept only")
     below = fit_line([(0.004, 0.002)], prior_slope=1.0)  # measured below the profile: scale down, no fixed cost
     assert (below.intercept, below.slope, below.method) == (0.0, pytest.approx(0.5), "slope only")
+    # a link whose bandwidth gauge is live keeps the gauge's slope when the window's mean transfer lags behind it
+    gauge = fit_line([(100_000.0, 0.5)], prior_slope=1 / 77_000, trust_prior=True)
+    assert (gauge.intercept, gauge.slope, gauge.method) == (0.0, 1 / 77_000, "intercept only")
     assert fit_line([(0.001, 0.0), (0.01, 0.05)], 1.0).intercept == 0.0  # never a negative fixed cost
     assert fit_line([], 1.0).method == "none"
 

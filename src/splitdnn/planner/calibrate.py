@@ -12,7 +12,9 @@ Both are a line through observed points, one point per split (slice range, or te
   negative slope keeps the mean as a pure fixed cost;
 * one x (a single split observed so far): the slope stays what the base problem says (scale 1: the profiled
   compute; the link's bandwidth as measured by its gauge or given by the spec) and only the intercept is fitted;
-  if that intercept would be negative (the base overestimates), intercept 0 and slope = y / x instead.
+  if that intercept would be negative (the base overestimates), intercept 0 and slope = y / x instead — except
+  for a link whose bandwidth gauge is measured: the gauge reacts to a throttle at once, while the window's mean
+  transfer still averages in the faster messages from before it, so the gauge's slope is kept (intercept 0).
 
 The observations live in ``status.calibration`` (`Calibration.to_status`/`from_status`), so the fit survives an
 operator restart and accumulates over re-splits; `apply` turns a fit into the calibrated Problem every re-plan
@@ -40,8 +42,10 @@ class LineFit:
     method: str  # "least squares", "least squares through 0", "mean", "intercept only", "slope only", "none"
 
 
-def fit_line(points: Sequence[tuple[float, float]], prior_slope: float) -> LineFit:
-    """y = intercept + slope · x, both ≥ 0, robust to a single distinct x (see the module docstring)."""
+def fit_line(points: Sequence[tuple[float, float]], prior_slope: float, trust_prior: bool = False) -> LineFit:
+    """y = intercept + slope · x, both ≥ 0, robust to a single distinct x (see the module docstring).
+    `trust_prior`: with one x and y below the prior line, keep the prior slope (intercept 0) instead of scaling
+    it to y / x — for a prior that is itself a live measurement (a link's bandwidth gauge)."""
     import numpy as np
 
     pts = [(float(x), float(y)) for x, y in points]
@@ -59,7 +63,7 @@ def fit_line(points: Sequence[tuple[float, float]], prior_slope: float) -> LineF
         return LineFit(float(intercept), float(slope), distinct, "least squares")
     x, y = float(xs.mean()), float(ys.mean())
     intercept = y - prior_slope * x
-    if intercept >= 0 or x <= 0:
+    if intercept >= 0 or x <= 0 or trust_prior:
         return LineFit(max(0.0, intercept), prior_slope, 1, "intercept only")
     return LineFit(0.0, y / x, 1, "slope only")
 
@@ -168,7 +172,7 @@ class Calibration:
             pts = [(p.bytes, p.seconds) for p in self.links if p.tier == t]
             if pts:
                 base = self.bandwidth.get(t) or next((l.bandwidth for (a, _), l in problem.links.items() if a == t), 0)
-                links[t] = fit_line(pts, 1.0 / base if base else 0.0)
+                links[t] = fit_line(pts, 1.0 / base if base else 0.0, trust_prior=t in self.bandwidth)
         return {"tiers": tiers, "links": links}
 
     def apply(self, problem: Problem, split: Sequence[int] | None = None) -> Problem:
