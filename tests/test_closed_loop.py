@@ -191,11 +191,20 @@ def test_throttled_link_drives_a_resplit_and_the_drop_rate_recovers(tmp_path, cn
             actuator.deploy(START)
             # the deployment counts as a change: its warm-up is not judged (cooldown), as the operator does
             phase, last_change, settled = "fast", time.time(), 0
+            calibration = None  # status.calibration: the fit carried from step to step, as the operator does
             for i in range(80):  # bounded: ~5 minutes of 4 s intervals at most
                 time.sleep(INTERVAL)
                 s = feedback.step(
-                    si, actuator.points, problem, prom, now=time.time(), last_change=last_change, policy=policy
+                    si,
+                    actuator.points,
+                    problem,
+                    prom,
+                    now=time.time(),
+                    last_change=last_change,
+                    policy=policy,
+                    calibration=calibration,
                 )
+                calibration = s.calibration or calibration
                 m = s.measurements
                 row = {
                     "i": i,

@@ -52,8 +52,8 @@ def test_split_inference_is_a_valid_resource_with_the_config(cnn14_graph):
         assert si.workload["maxInFlight"] >= w.fps * si.deadline_seconds
 
 
-def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
-    profile = {
+def _profile():
+    return {
         "format": "splitdnn.profile/1",
         "model": "cnn14",
         "tier": "local",
@@ -79,12 +79,27 @@ def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
             )
         ],
     }
-    problem = exp.planner_problem(exp.CONFIGS[2], profile)
+
+
+def test_planner_problem_scales_compute_by_overhead_and_models_chunks():
+    profile = _profile()
+    profile["call_seconds"] = 2e-3
+    problem = exp.planner_problem(exp.CONFIGS[2], profile, chunk_seconds=1e-4, bandwidth=5e8)
     assert problem.blocks[0].time == pytest.approx({"device": 11e-3, "edge": 6e-3, "cloud": 2e-3})
+    # the fixed call cost is charged per tier, × (1 + overheadRatio) like the blocks
+    assert problem.call_seconds == pytest.approx({"device": 22e-3, "edge": 12e-3, "cloud": 4e-3})
     link = problem.links[("edge", "cloud")]
     assert link.latency == pytest.approx(0.2525)
-    assert link.bandwidth == pytest.approx(50_000 / exp.CHUNK_SECONDS)
+    assert (link.bandwidth, link.message_seconds, link.max_message_bytes) == (5e8, 1e-4, 50_000)
     assert problem.constraints.use == ["device", "edge", "cloud"]
+    # the prediction for one pair: stages, bottleneck, and the latency including the result's way back
+    pred = exp.predict(problem, ["conv2d", "conv2d_4"], exp.CONFIGS[2].link_delays_ms()[-1] / 1e3)
+    assert pred["stage_seconds"]["device"] == pytest.approx(22e-3 + 11e-3)
+    assert pred["stage_seconds"]["edge"] == pytest.approx(12e-3 + 8 * 6e-3)
+    assert pred["bottleneck_seconds"] == pytest.approx(12e-3 + 8 * 6e-3)
+    hops = 0.005 + 86528 / 5e8 + 2 * 1e-4 + 0.2525 + 4096 / 5e8 + 1e-4
+    back = 0.2575 + 40 / 5e8 + 1e-4
+    assert pred["latency_seconds"] == pytest.approx(sum(pred["stage_seconds"].values()) + hops + back, abs=2e-6)
     rec = exp.planner_split(exp.CONFIGS[2], profile, fps=40.0)
     # every tier used, in order, and the prediction covers the 8 fixed pairs
     names = [b.name for b in problem.blocks]
@@ -135,6 +150,30 @@ def _fake_result():
         },
         "runs": runs,
     }
+
+
+def test_measured_medians_and_the_prediction_error_contract(tmp_path):
+    reps = [
+        {"time_s": 1.0, "drop_rate": 0.0, "latency_mean_seconds": x, "stage_seconds_mean": {"device": d, "edge": 0.01}}
+        for x, d in ((0.5, 0.020), (0.7, 0.030), (0.6, 0.025))
+    ]
+    s = exp.summarize(reps)
+    assert s["measured"] == {"stage_seconds": {"device": 0.025, "edge": 0.01}, "latency_seconds": 0.6}
+    runs = [
+        {**s, "predicted": {"stage_seconds": {"device": 0.020, "edge": 0.011}, "bottleneck_seconds": 0.02,
+                            "latency_seconds": 0.54}},
+        {**s, "predicted": {"stage_seconds": {"device": 0.025, "edge": 0.010}, "bottleneck_seconds": 0.025,
+                            "latency_seconds": 0.6}},
+    ]  # fmt: skip
+    err = exp.prediction_error(runs)
+    # stage errors 0.2, 0.1, 0, 0 -> median 0.05, p90 0.17; latency errors 0.1, 0 -> median 0.05, p90 0.09
+    assert err == pytest.approx({"stage_median": 0.05, "stage_p90": 0.17, "latency_median": 0.05, "latency_p90": 0.09})
+    assert exp.prediction_error([s]) is None  # nothing predicted (--no-planner)
+    assert exp.prediction_error(runs, "calibrated") is None
+    result = {**_fake_result(), "prediction_error": err}
+    assert "stage time median 5.0 %, p90 17.0 %" in exp.error_summary(result)
+    exp.write_outputs(result, tmp_path)
+    assert "end-to-end latency median 5.0 %" in (tmp_path / "results.md").read_text()
 
 
 def test_summarize_one_repeat_plots_without_negative_whiskers(tmp_path):
@@ -200,9 +239,20 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert sum(r["planner"] for r in runs) == 1
     assert doc["workload"]["warmup_frames"] == exp.WARMUP_FRAMES
     assert 0.0 < doc["planner"]["1"]["chunk_seconds"] < 0.01  # measured, not the 1-ms default
+    assert 0.0 < doc["planner"]["1"]["call_seconds"] < 0.05  # the profile's served call cost
+    err = doc["prediction_error"]
+    assert set(err) == {"stage_median", "stage_p90", "latency_median", "latency_p90"}
+    assert all(isinstance(v, float) and v >= 0 for v in err.values())
+    assert "prediction error" in proc.stdout
+    assert set(doc["calibrated_error"]) == set(err)
+    assert all(set(r["calibrated"]) == set(r["predicted"]) for r in runs)
     for r in runs:
         assert r["config"] == 1 and r["frames"] == frames and r["fps"] == 20.0
         assert isinstance(r["time_s"], float) and r["time_s"] > 0 and 0.0 <= r["drop_rate"] <= 1.0
+        assert set(r["predicted"]) == {"stage_seconds", "bottleneck_seconds", "latency_seconds"}
+        assert set(r["predicted"]["stage_seconds"]) == set(r["measured"]["stage_seconds"]) == set(exp.TIERS)
+        assert r["predicted"]["bottleneck_seconds"] == max(r["predicted"]["stage_seconds"].values())
+        assert r["measured"]["latency_seconds"] > 0.5  # the ring alone is 515 ms
         for rep in r["repeats"]:
             assert rep["offered"] == frames == rep["completed"] + rep["dropped"] + rep["late"] + rep["failed"]
     md = (tmp_path / "results.md").read_text()
@@ -211,3 +261,40 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert doc["link_emulation"] in ("netns", "loopback")
     assert "network namespaces" in proc.stderr  # says which (and why, when unavailable)
     assert "| Split point | Time (s) | Frame drop |" in proc.stdout
+
+
+def test_splits_pairs_sample_and_resource():
+    from splitdnn.experiment_splits import resource, split_pairs
+
+    points = ["a", "b", "c", "d", "e"]
+    every = split_pairs(points, None)
+    assert len(every) == 10 and all(points.index(d) < points.index(e) for d, e in every)
+    sample = split_pairs(points, 4, seed=1)
+    assert len(sample) == 4 and set(sample) <= set(every) and sample == split_pairs(points, 4, seed=1)
+    assert split_pairs(points, 50) == every
+    si = from_resource(resource("MobileNetV2", [32, 32, 3], ["block_1_project_BN", "block_5_add"], exp.Workload()))
+    assert si.model_source == "keras.applications.MobileNetV2" and si.spec["model"]["inputShape"] == [32, 32, 3]
+    assert si.tier_names == list(exp.TIERS) and si.spec["splitPoints"] == ["block_1_project_BN", "block_5_add"]
+
+
+def test_splits_bad_options_exit_2():
+    for args in (["--runtime", "litert"], ["--input-shape", "32,x"], ["--fps", "0"]):
+        proc = run_cli("experiment", "splits", "--model", "MobileNetV2", *args, check=False, timeout=60)
+        assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
+
+
+def test_cross_calibration_predicts_each_run_from_the_others():
+    """Served stages of a known form (call 5 ms + 3 × the profile, per tier): fitted on the other pairs, the
+    online calibration predicts every pair's stages exactly, where the profile alone is far off."""
+    problem = exp.planner_problem(exp.CONFIGS[1], _profile(), bandwidth=1e9)
+    runs = []
+    for d, e in exp.fixed_splits():
+        truth = exp.predict(problem, [d, e], 0.2575)["stage_seconds"]
+        cp = exp.predict(problem, [d, e], 0.2575)
+        served = {t: 0.005 + 3 * v for t, v in truth.items()}
+        runs.append({"device_after": d, "edge_after": e, "predicted": cp,
+                     "measured": {"stage_seconds": served, "latency_seconds": None}})  # fmt: skip
+    exp.cross_calibrate(problem, runs, 0.2575)
+    for r in runs:
+        assert r["calibrated"]["stage_seconds"] == pytest.approx(r["measured"]["stage_seconds"], rel=1e-3)
+    assert exp.prediction_error(runs, "calibrated")["stage_p90"] < 0.01 < exp.prediction_error(runs)["stage_median"]

@@ -61,7 +61,9 @@ class FakeProm:
             return {"device": 0.04, "edge": 0.01, "cloud": 0.001}
         if "rtt" in q:
             return {"device": 0.02}
-        return {"device": self.bandwidth} if self.bandwidth else {}
+        if "bandwidth" in q:
+            return {"device": self.bandwidth} if self.bandwidth else {}
+        return {}  # no transfers, no slice info
 
 
 def test_blocks_and_base_problem_from_the_summary():

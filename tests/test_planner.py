@@ -108,8 +108,10 @@ def test_recalibrate_to_measurements():
     assert new.links[("device", "edge")].bandwidth == 50_000.0
     assert new.links[("edge", "cloud")].bandwidth == 1_000_000.0  # not a hop of this split: unchanged
     assert now.latency == pytest.approx(0.030 + 0.005 + 4000 / 50_000 + 0.005)
-    assert [b.time["device"] for b in new.blocks] == pytest.approx([0.030, 0.060, 0.015])  # x3 on every block
-    assert pr.blocks[0].time["device"] == 0.010  # the original is untouched
+    # one split observed: the device's extra 20 ms is its fixed call cost, its block times stay the profile's
+    assert [b.time["device"] for b in new.blocks] == pytest.approx([b.time["device"] for b in pr.blocks])
+    assert new.call_seconds["device"] == pytest.approx(0.020)
+    assert pr.blocks[0].time["device"] == 0.010 and not pr.call_seconds  # the original is untouched
 
 
 def test_ranking_and_tie_breaks_are_deterministic():

@@ -40,6 +40,9 @@ def problems(draw, with_shares: bool = True):
                         "to": tiers[b],
                         "latency": draw(st.integers(0, 3)) * 0.001,
                         "bandwidth": draw(st.sampled_from([1e5, 1e6, 2.5e5])),
+                        # the served-stage cost model: a per-message cost, chunks of at most N bytes
+                        "message_seconds": draw(st.sampled_from([0.0, 0.0, 0.001, 0.002])),
+                        "max_message_bytes": draw(st.sampled_from([0, 0, 1000, 3000])),
                     }
                 )
     cons: dict = {}
@@ -65,9 +68,11 @@ def problems(draw, with_shares: bool = True):
                 for t in draw(st.lists(st.sampled_from(tiers), min_size=1, max_size=2, unique=True))
             }
             cons["max_time_share_of"] = draw(st.sampled_from(["latency", "compute"]))
+    calls = {t: draw(st.integers(0, 3)) * 0.001 for t in tiers if draw(st.booleans())}
     return Problem.from_json(
         {
             "tiers": tiers,
+            "call_seconds": calls,  # the fixed per-call cost of a used tier
             "input_bytes": draw(st.integers(0, 8)) * 1000,
             "blocks": blocks,
             "links": links,

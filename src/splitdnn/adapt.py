@@ -35,6 +35,17 @@ def promql(si: str, namespace: str | None = None, window: str = "1m") -> dict[st
         # the sender's measurements of its outgoing link, by sending tier
         "link_rtt_seconds": f"max by (tier) (splitdnn_link_rtt_seconds{{{sel}}})",
         "link_bandwidth_bytes_per_second": f"min by (tier) (splitdnn_link_bandwidth_bytes_per_second{{{sel}}})",
+        # one message's transfer (send until acknowledged) and its size, by sending tier: the calibration's link fit
+        "link_transfer_seconds": (
+            f"sum by (tier) (rate(splitdnn_link_transfer_seconds_sum{{{sel}}}[{window}]))"
+            f" / sum by (tier) (rate(splitdnn_link_transfer_seconds_count{{{sel}}}[{window}]))"
+        ),
+        "link_bytes_per_message": (
+            f"sum by (tier) (rate(splitdnn_link_bytes_total{{{sel}}}[{window}]))"
+            f" / sum by (tier) (rate(splitdnn_link_transfer_seconds_count{{{sel}}}[{window}]))"
+        ),
+        # the split points the running tiers serve (more than the deployed ones: a rollout is in the window)
+        "slice_cuts": f"count by (cut) (splitdnn_slice_info{{{sel}}})",
     }
 
 
@@ -45,6 +56,9 @@ class Measurements:
     compute_seconds: dict[str, float] = field(default_factory=dict)
     link_rtt_seconds: dict[str, float] = field(default_factory=dict)
     link_bandwidth_bytes_per_second: dict[str, float] = field(default_factory=dict)
+    link_transfer_seconds: dict[str, float] = field(default_factory=dict)
+    link_bytes_per_message: dict[str, float] = field(default_factory=dict)
+    slice_cuts: list[str] = field(default_factory=list)  # cuts of the slices served in the window ("" = last)
 
     def to_status(self) -> dict:
         """For `status.measured`: plain JSON, rounded for humans."""
@@ -58,6 +72,8 @@ class Measurements:
             "computeSeconds": {k: r(v) for k, v in self.compute_seconds.items()},
             "linkRttSeconds": {k: r(v) for k, v in self.link_rtt_seconds.items()},
             "linkBandwidthBytesPerSecond": {k: r(v) for k, v in self.link_bandwidth_bytes_per_second.items()},
+            "linkTransferSeconds": {k: r(v) for k, v in self.link_transfer_seconds.items()},
+            "linkBytesPerMessage": {k: r(v) for k, v in self.link_bytes_per_message.items()},
         }
 
 
@@ -70,6 +86,9 @@ def read_measurements(prometheus, si: str, namespace: str | None = None, window:
         compute_seconds=prometheus.by_label(q["compute_seconds"], "tier"),
         link_rtt_seconds=prometheus.by_label(q["link_rtt_seconds"], "tier"),
         link_bandwidth_bytes_per_second=prometheus.by_label(q["link_bandwidth_bytes_per_second"], "tier"),
+        link_transfer_seconds=prometheus.by_label(q["link_transfer_seconds"], "tier"),
+        link_bytes_per_message=prometheus.by_label(q["link_bytes_per_message"], "tier"),
+        slice_cuts=sorted(prometheus.by_label(q["slice_cuts"], "cut")),
     )
 
 

@@ -277,7 +277,8 @@ def profile_cmd(
         False, "--multi-tensor", help="Blocks between every cut, not only single-tensor cuts."
     ),
 ) -> None:
-    """Measure per-block compute time of MODEL on this machine (warm-up, repeats, median)."""
+    """Measure per-block compute time and the fixed per-call cost of MODEL on this machine, served the way an
+    agent serves a slice (SavedModel runtime, Stage thread; warm-up, repeats, median)."""
     from splitdnn.planner.profile import profile_model
 
     try:
@@ -289,7 +290,7 @@ def profile_cmd(
     total = sum(b["time"] for b in doc["blocks"])
     typer.echo(
         f"{len(doc['blocks'])} blocks, {total * 1e3:.2f} ms total on {tier} "
-        f"(call overhead {doc['overhead_s'] * 1e3:.3f} ms subtracted) -> {out}"
+        f"+ a fixed call cost of {doc['call_seconds'] * 1e3:.3f} ms per served call ({doc['runtime']}) -> {out}"
     )
 
 
@@ -624,6 +625,7 @@ def experiment_cho2021(
     except RuntimeError as exc:  # LocalRunError and friends: an agent that does not start
         fail(str(exc), 1)
     typer.echo(exp.markdown(result))
+    typer.echo(exp.error_summary(result))
     exp.say_stderr(
         f"wrote {out}/results.json, {out}/results.md, "
         + ", ".join(f"{out}/config{c}.png" for c in configs)
@@ -647,6 +649,55 @@ def experiment_coopai(
     result = coopai.run_experiment(target, say=say_stderr)
     typer.echo(coopai.markdown(result))
     say_stderr(f"wrote {out}/results.json, {out}/results.md, {out}/coopai.png ({result['wall_seconds']:.1f} s)")
+
+
+@experiment_app.command("splits")
+def experiment_splits(
+    model: str = typer.Option(..., "--model", help="a keras.applications model: MobileNetV2 (random weights)"),
+    input_shape: str = typer.Option("64,64,3", "--input-shape", help="reduced input, without the batch: 64,64,3"),
+    sample: int = typer.Option(6, help="split pairs to run, a seeded sample (0 = all single-tensor pairs)"),
+    frames: int = typer.Option(30, help="frames per run"),
+    fps: float = typer.Option(10.0, help="source frame rate"),
+    repeats: int = typer.Option(1, help="runs per pair (medians reported)"),
+    seed: int = typer.Option(0, help="seed of the pair sample and the synthetic frames"),
+    runtime: str = typer.Option("tf", "--runtime", help="tf (SavedModel); litert is a future option"),
+    out: str = typer.Option("out/splits", help="results.json and results.md go here"),
+):
+    """Cost model vs measurement on a keras.applications model split over three local tiers."""
+    from pathlib import Path
+
+    from splitdnn import experiment as exp
+    from splitdnn.experiment_splits import run_splits
+
+    if runtime != "tf":
+        fail(f"--runtime {runtime!r}: only tf is available here (litert is not in this build yet)")
+    app_name = model.removeprefix("keras.applications.")
+    try:
+        shape = [int(d) for d in input_shape.split(",")]
+    except ValueError:
+        shape = []
+    if not shape or any(d < 1 for d in shape):
+        fail(f"--input-shape {input_shape!r}: expected positive integers separated by commas, like 64,64,3")
+    if frames < 1 or fps <= 0 or repeats < 1 or sample < 0:
+        fail("--frames ≥ 1, --fps > 0, --repeats ≥ 1 and --sample ≥ 0 are required")
+    try:
+        result = run_splits(
+            app_name,
+            shape,
+            exp.Workload(frames=frames, fps=fps, seed=seed),
+            Path(out),
+            sample=sample or None,
+            repeats=repeats,
+            say=exp.say_stderr,
+        )
+    except ValueError as exc:  # unknown model, an input the model does not accept
+        fail(str(exc))
+    except RuntimeError as exc:
+        fail(str(exc), 1)
+    from splitdnn.experiment_splits import markdown
+
+    typer.echo(markdown(result))
+    typer.echo(exp.error_summary(result))
 
 
 def main() -> None:

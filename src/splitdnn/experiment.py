@@ -47,6 +47,7 @@ PAIRS = tuple((d, e) for d in (1, 3) for e in (8, 9, 10, 11))
 # what one gRPC stream message (chunk) costs, sender and receiver together, when not measured (measure_chunk_seconds
 # is what the experiment uses); the planner sees chunking as a bandwidth maxMessageBytes / chunk cost
 CHUNK_SECONDS = 1e-3
+DEFAULT_BANDWIDTH = 1e9  # bytes/s of a loopback gRPC stream when not measured (measure_stream is)
 WARMUP_FRAMES = 3  # sent one at a time before each run's counted frames (see docs/experiment.md)
 
 
@@ -197,42 +198,70 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
 # ---- the planner's split -----------------------------------------------------------------------------------------
 
 
-def planner_problem(config: Config, profile: dict, chunk_seconds: float = CHUNK_SECONDS, call_seconds: float = 0.0):
-    """Planner problem for one config: per-tier block times = the profile measured on this machine × (1 + overhead
-    ratio); links = the config's one-way delays, with chunking as a bandwidth of maxMessageBytes per chunk cost
-    (so bytes/bandwidth = chunks × chunk cost); every tier must run at least one block (a slice cannot be empty).
-
-    `call_seconds`: the fixed cost of one call of a served slice (SavedModel signature + tensor conversion, which the
-    profile subtracts), also × (1 + ratio). Blocks cannot carry a per-tier constant, but with every tier used the
-    device always runs the first block and the cloud the last, so it is added there exactly; the edge's share
-    (the same for every plan of this shape) is left out, so the edge's time is under-estimated by 6 × call_seconds."""
+def planner_problem(
+    config: Config,
+    profile: dict,
+    chunk_seconds: float = CHUNK_SECONDS,
+    call_seconds: float | None = None,
+    bandwidth: float = DEFAULT_BANDWIDTH,
+):
+    """Planner problem for one config, in the served-stage cost model: per tier, block times = the profile
+    measured on this machine × (1 + overhead ratio) and a fixed call cost = the profile's `call_seconds` (what one
+    served call costs besides its layers; `call_seconds` overrides it) × (1 + ratio); links = the config's one-way
+    delays, the measured stream `bandwidth`, and chunking as a per-message cost: `chunk_seconds` per message of at
+    most maxMessageBytes. Every tier must run at least one block (a slice cannot be empty)."""
     from splitdnn.planner.profile import problem_from_profiles
 
+    call = float(profile.get("call_seconds", 0.0) or 0.0) if call_seconds is None else call_seconds
     docs = []
     for k, tier in enumerate(TIERS):
         doc = json.loads(json.dumps(profile))
         doc["tier"] = tier
+        doc["call_seconds"] = call * (1 + config.overhead[k])
         for b in doc["blocks"]:
             b["time"] = float(b["time"]) * (1 + config.overhead[k])
-        if k == 0:
-            doc["blocks"][0]["time"] += call_seconds * (1 + config.overhead[k])
-        if k == len(TIERS) - 1:
-            doc["blocks"][-1]["time"] += call_seconds * (1 + config.overhead[k])
         docs.append(doc)
     delays = config.link_delays_ms()
-    bandwidth = config.max_bytes / max(chunk_seconds, 1e-6)
     links = [f"{TIERS[k]},{TIERS[k + 1]},{delays[k]:g}ms,{bandwidth:.0f}bps" for k in range(len(TIERS) - 1)]
-    return problem_from_profiles(MODEL, docs, links=links, constraints={"use": list(TIERS)})
+    problem = problem_from_profiles(MODEL, docs, links=links, constraints={"use": list(TIERS)})
+    for link in problem.links.values():
+        link.message_seconds = chunk_seconds
+        link.max_message_bytes = config.max_bytes
+    return problem
+
+
+def predict(problem, points: Sequence[str], back_delay: float, fps: float | None = None) -> dict:
+    """The cost model's figures for one split (its split points): stage time per tier, bottleneck, and the
+    end-to-end latency a frame source measures: the planner's forward path plus the result's way back (the last
+    tier's delay `back_delay`, charged once, and the result as one hop of the last link's kind)."""
+    from splitdnn.planner import evaluate_plan
+    from splitdnn.planner.deploy import split_of
+
+    p = evaluate_plan(problem, split_of(problem, list(points)), fps=fps)
+    tiers = list(problem.tiers)
+    back = problem.links[(tiers[-2], tiers[-1])]
+    result_bytes = problem.blocks[-1].out_bytes
+    ret = back_delay + result_bytes / back.bandwidth + back.messages(result_bytes) * back.message_seconds
+    return {
+        "stage_seconds": {t: round(v, 6) for t, v in p.compute.items()},
+        "bottleneck_seconds": round(p.bottleneck, 6),
+        "latency_seconds": round(p.latency + ret, 6),
+    }
 
 
 def planner_split(
-    config: Config, profile: dict, fps: float, call_seconds: float = 0.0, chunk_seconds: float = CHUNK_SECONDS
+    config: Config,
+    profile: dict,
+    fps: float,
+    call_seconds: float | None = None,
+    chunk_seconds: float = CHUNK_SECONDS,
+    bandwidth: float = DEFAULT_BANDWIDTH,
 ) -> dict:
     """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
     from splitdnn.planner import evaluate_plan, plan
     from splitdnn.planner.deploy import points_of, split_of
 
-    problem = planner_problem(config, profile, chunk_seconds=chunk_seconds, call_seconds=call_seconds)
+    problem = planner_problem(config, profile, chunk_seconds, call_seconds, bandwidth)
     best = plan(problem, objective="throughput", top=1, fps=fps)[0]
     device_after, edge_after = points_of(problem, best)
     predicted = {}
@@ -249,29 +278,16 @@ def planner_split(
     }
 
 
-def serving_call_seconds(slices: Path, repeats: int = 50) -> float:
-    """Median time of one call of slice0 of an exported split as the agent makes it (signature on tf.constant
-    inputs, outputs to numpy), on this machine: the per-frame cost a served slice pays besides its layers."""
-    import tensorflow as tf
-
-    from splitdnn.agent.source import zero_frame
-    from splitdnn.planner.profile import time_calls
-
-    manifest = json.loads((slices / "slices.json").read_text())
-    first = manifest["slices"][0]
-    fn = tf.saved_model.load(str(slices / first["path"])).signatures["serving_default"]
-    feed = zero_frame(first["inputs"])
-
-    def call():
-        return {n: v.numpy() for n, v in fn(**{n: tf.constant(v) for n, v in feed.items()}).items()}
-
-    return statistics.median(time_calls(call, warmup=5, repeats=repeats))
-
-
 def measure_chunk_seconds(total_bytes: int = 1_000_000, chunks: int = 20, repeats: int = 15) -> float:
-    """What one more stream message costs on this machine: the same `total_bytes` sent to a loopback gRPC server
+    """What one more stream message costs on this machine (`measure_stream`'s `message_seconds`)."""
+    return measure_stream(total_bytes, chunks, repeats)["message_seconds"]
+
+
+def measure_stream(total_bytes: int = 1_000_000, chunks: int = 20, repeats: int = 15) -> dict:
+    """The link terms of the cost model on this machine: the same `total_bytes` sent to a loopback gRPC server
     as one message and as `chunks` messages (a bidirectional stream that joins them and acknowledges, like the
-    agents' PredictChunked); the median difference / (chunks - 1)."""
+    agents' PredictChunked). `message_seconds` = the median difference / (chunks - 1); `bandwidth` (bytes/s) =
+    total_bytes / (the one-message median - message_seconds)."""
     from concurrent import futures
 
     import grpc
@@ -301,10 +317,15 @@ def measure_chunk_seconds(total_bytes: int = 1_000_000, chunks: int = 20, repeat
             one, many = [data], split_chunks(data, -(-total_bytes // chunks))
             for _ in range(3):
                 send(one), send(many)
-            diffs = [send(many) - send(one) for _ in range(repeats)]
+            ones, diffs = [], []
+            for _ in range(repeats):
+                a, b = send(one), send(many)
+                ones.append(a)
+                diffs.append(b - a)
     finally:
         server.stop(None)
-    return max(0.0, statistics.median(diffs) / (chunks - 1))
+    message = max(0.0, statistics.median(diffs) / (chunks - 1))
+    return {"message_seconds": message, "bandwidth": total_bytes / max(statistics.median(ones) - message, 1e-9)}
 
 
 # ---- running -----------------------------------------------------------------------------------------------------
@@ -368,10 +389,21 @@ def _new_chain(tiers: int):
 
 
 def summarize(samples: Sequence[dict]) -> dict:
-    """Median over repeats (time_s, drop_rate) with min/max, and the repeats themselves."""
+    """Median over repeats (time_s, drop_rate) with min/max, the measured stage time per tier and end-to-end
+    latency (medians of the repeats' means), and the repeats themselves."""
     times = [s["time_s"] for s in samples]
     drops = [s["drop_rate"] for s in samples]
+    stages: dict[str, list[float]] = {}
+    for s in samples:
+        for t, v in (s.get("stage_seconds_mean") or {}).items():
+            if v is not None:
+                stages.setdefault(t, []).append(v)
+    latencies = [s["latency_mean_seconds"] for s in samples if s.get("latency_mean_seconds") is not None]
     return {
+        "measured": {
+            "stage_seconds": {t: round(statistics.median(v), 6) for t, v in stages.items()},
+            "latency_seconds": round(statistics.median(latencies), 6) if latencies else None,
+        },
         "time_s": round(statistics.median(times), 4),
         "drop_rate": round(statistics.median(drops), 4),
         "time_s_min": round(min(times), 4),
@@ -408,18 +440,16 @@ def run_experiment(
     chosen = [fixed_splits()[i - 1] for i in pairs] if pairs else fixed_splits()
     classes = layer_classes()
     slices_dir = out / "slices"
-    profile, call_seconds, chunk_seconds = None, 0.0, CHUNK_SECONDS
+    profile, chunk_seconds, bandwidth = None, CHUNK_SECONDS, DEFAULT_BANDWIDTH
     if planner:
         from splitdnn.planner.profile import profile_model
 
-        say("profiling CNN14 blocks on this machine for the planner…")
+        say("profiling CNN14 blocks through the serving path on this machine for the planner…")
         profile = profile_model(MODEL, tier="local", warmup=5, repeats=50, progress=False)
-        d0, e0 = fixed_splits()[0]
-        conv = next(b for b in profile["blocks"] if b["name"] == d0)
-        call_seconds = max(0.0, serving_call_seconds(export_pair(slices_dir, d0, e0)) - conv["time"])
-        say(f"served-slice call cost {call_seconds * 1e3:.2f} ms (besides the layers)")
-        chunk_seconds = measure_chunk_seconds()
-        say(f"one more gRPC stream message costs {chunk_seconds * 1e3:.3f} ms")
+        say(f"served-slice call cost {profile['call_seconds'] * 1e3:.3f} ms (besides the layers)")
+        stream = measure_stream()
+        chunk_seconds, bandwidth = stream["message_seconds"], stream["bandwidth"]
+        say(f"one more gRPC stream message costs {chunk_seconds * 1e3:.3f} ms; stream {bandwidth / 1e6:.0f} MB/s")
     runs: list[dict] = []
     plans: dict[int, dict] = {}
     todo: list[tuple[int, str, str, bool]] = []
@@ -427,9 +457,10 @@ def run_experiment(
         config = CONFIGS[c]
         items = [(d, e, False) for d, e in chosen]
         if profile is not None:
-            rec = planner_split(config, profile, workload.fps, call_seconds, chunk_seconds)
-            rec["call_seconds"] = call_seconds
+            rec = planner_split(config, profile, workload.fps, None, chunk_seconds, bandwidth)
+            rec["call_seconds"] = profile["call_seconds"]
             rec["chunk_seconds"] = chunk_seconds
+            rec["bandwidth"] = bandwidth
             plans[c] = rec
             say(
                 f"config {c}: planner recommends {rec['device_after']} / {rec['edge_after']} "
@@ -458,6 +489,9 @@ def run_experiment(
                 f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f}, load {s['loadavg_1min'][1]:.1f} "
                 f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)"
             )
+    problems = (
+        {c: planner_problem(CONFIGS[c], profile, chunk_seconds, None, bandwidth) for c in configs} if profile else {}
+    )
     for c, d, e, is_plan in todo:
         runs.append(
             {
@@ -469,6 +503,11 @@ def run_experiment(
                 "fps": workload.fps,
                 **summarize(samples[(c, d, e, is_plan)]),
                 "planner": is_plan,
+                **(
+                    {"predicted": predict(problems[c], [d, e], CONFIGS[c].link_delays_ms()[-1] / 1e3)}
+                    if problems
+                    else {}
+                ),
             }
         )
     result = {
@@ -496,9 +535,83 @@ def run_experiment(
         "planner": plans,
         "wall_seconds": round(time.monotonic() - started, 1),
         "runs": runs,
+        "prediction_error": prediction_error(runs),
     }
+    if problems:
+        for c in configs:
+            cross_calibrate(problems[c], [r for r in runs if r["config"] == c], CONFIGS[c].link_delays_ms()[-1] / 1e3)
+        result["calibrated_error"] = prediction_error(runs, "calibrated")
     write_outputs(result, out)
     return result
+
+
+def cross_calibrate(problem, runs: Sequence[dict], back_delay: float) -> None:
+    """What the online calibration (`planner.calibrate`, the closed loop's code) makes of the measurements:
+    each run gets `"calibrated"` — the prediction after fitting the stage times measured in every *other* run
+    of the same problem (leave one out, so a run's own measurement never predicts it)."""
+    from splitdnn.planner.calibrate import Calibration
+    from splitdnn.planner.deploy import split_of
+
+    for r in runs:
+        cal = Calibration()
+        for k, o in enumerate(runs):
+            if o is not r and o.get("measured"):
+                split = split_of(problem, [o["device_after"], o["edge_after"]])
+                cal.observe(problem, split, o["measured"]["stage_seconds"], float(k))
+        split = split_of(problem, [r["device_after"], r["edge_after"]])
+        r["calibrated"] = predict(cal.apply(problem, split), [r["device_after"], r["edge_after"]], back_delay)
+
+
+def prediction_error(runs: Sequence[dict], key: str = "predicted") -> dict | None:
+    """Absolute percentage error (fractions) of the predicted stage times (every tier of every run) and end-to-end
+    latencies: median and p90. None when no run has both a prediction and a measurement. `key`: "predicted" (the
+    cost model from profiles) or "calibrated" (`cross_calibrate`)."""
+    import numpy as np
+
+    stage, latency = [], []
+    for r in runs:
+        pred, meas = r.get(key), r.get("measured")
+        if not pred or not meas:
+            continue
+        for t, m in (meas.get("stage_seconds") or {}).items():
+            if m and t in pred["stage_seconds"]:
+                stage.append(abs(pred["stage_seconds"][t] - m) / m)
+        if meas.get("latency_seconds"):
+            latency.append(abs(pred["latency_seconds"] - meas["latency_seconds"]) / meas["latency_seconds"])
+    if not stage and not latency:
+        return None
+
+    def q(xs: list[float], p: float) -> float | None:
+        return round(float(np.percentile(xs, p)), 4) if xs else None
+
+    return {
+        "stage_median": q(stage, 50),
+        "stage_p90": q(stage, 90),
+        "latency_median": q(latency, 50),
+        "latency_p90": q(latency, 90),
+    }
+
+
+def error_summary(result: dict) -> str:
+    """The prediction error summary (what `splitdnn experiment` prints): the profiles' cost model, and after the
+    online calibration when it was computed."""
+    e = result.get("prediction_error")
+    if not e:
+        return "prediction error: no predictions (run with the planner)"
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.1f} %"
+
+    def line(what: str, e: dict) -> str:
+        return (
+            f"{what}: stage time median {pct(e['stage_median'])}, p90 {pct(e['stage_p90'])}; "
+            f"end-to-end latency median {pct(e['latency_median'])}, p90 {pct(e['latency_p90'])}"
+        )
+
+    out = line(f"prediction error (absolute, over {len(result['runs'])} runs)", e)
+    if result.get("calibrated_error"):
+        out += "\n" + line("after calibration (fit to the other runs' measurements)", result["calibrated_error"])
+    return out
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------------
@@ -508,7 +621,7 @@ def write_outputs(result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "results.json", out / "results.md"]
     files[0].write_text(json.dumps(result, indent=1) + "\n")
-    files[1].write_text(markdown(result))
+    files[1].write_text(markdown(result) + "\n" + error_summary(result) + "\n")
     for c in sorted({r["config"] for r in result["runs"]}):
         files.append(plot_config(result, c, out / f"config{c}.png"))
     return files

@@ -6,10 +6,11 @@
     s.decision       # adapt.decide's verdict and reason
     s.new_points     # the split points to deploy when s.decision.resplit
 
-A step reads the measurements (`adapt.read_measurements`), re-calibrates the base problem to them for the split
-deployed now (`planner.recalibrate`: per-tier compute scaled to the measured stage time, the measured links'
-latency = RTT/2 and bandwidth), plans the best split under those figures (`planner.plan`, the spec's objective,
-`workload.fps`), evaluates the deployed split under the *same* figures (`planner.evaluate_plan`), and lets
+A step reads the measurements (`adapt.read_measurements`), adds them to the calibration's observations (the
+previous `status.calibration`, passed back in as `calibration`) and fits the served-stage cost model to every
+split observed so far (`planner.calibrate`: per tier a fixed call cost and a compute scale, per link latency =
+RTT/2, bandwidth and a per-message cost), plans the best split under those figures (`planner.plan`, the spec's
+objective, `workload.fps`), evaluates the deployed split under the *same* figures (`planner.evaluate_plan`), and lets
 `adapt.decide` weigh them against the SLO, the margin and the cooldown. Everything here is pure apart from the
 Prometheus queries, so the Kopf shell and the test shell run the same code.
 """
@@ -17,11 +18,13 @@ Prometheus queries, so the Kopf shell and the test shell run the same code.
 from __future__ import annotations
 
 import time as _time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from splitdnn.adapt import OBJECTIVE_FIGURE, Decision, Measurements, Policy, decide, read_measurements
-from splitdnn.planner import Infeasible, Plan, Problem, evaluate_plan, plan, recalibrate
+from splitdnn.planner import Infeasible, Plan, Problem, evaluate_plan, plan
+from splitdnn.planner.calibrate import Calibration
 from splitdnn.planner.deploy import fps_of, objective_of, points_of, split_of
 from splitdnn.prom import Prometheus, PrometheusError
 
@@ -41,6 +44,7 @@ class Step:
     best_plan: Plan | None = None
     best_points: list[str] = field(default_factory=list)
     decision: Decision | None = None
+    calibration: dict[str, Any] | None = None  # the new `status.calibration` (fit and observations)
 
     @property
     def resplit(self) -> bool:
@@ -70,10 +74,13 @@ def step(
     policy: Policy | None = None,
     window: str | None = None,
     namespace: str | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Step:
     """One pass of the loop. Never raises for Prometheus trouble: `Step.error` says what went wrong.
     `namespace`: also match the series' `namespace` label (what Kubernetes service discovery adds).
-    `problem`: `planner.deploy.problem_for(si, summary, profiles)`, the figures before measurements."""
+    `problem`: `planner.deploy.problem_for(si, summary, profiles)`, the figures before measurements.
+    `calibration`: the previous step's `Step.calibration` (what `status.calibration` holds), so the fit spans
+    every split observed; the step's own is in `Step.calibration` (None when Prometheus could not be read)."""
     now = _time.time() if now is None else now
     policy = policy or Policy.from_spec(si.spec.get("adaptation") or {})
     window = window or window_for(policy)
@@ -87,13 +94,26 @@ def step(
     objective, fps = objective_of(si), fps_of(si)
     current = split_of(problem, current_points)
     known = set(problem.tiers)
-    measured = recalibrate(
+    cal = Calibration.from_status(calibration)
+    # stage times are the deployed split's only when no other split's slices served in the window (a rollout)
+    cuts = {c for c in m.slice_cuts if c}
+    same_split = not cuts or cuts == set(current_points)
+
+    def mine(values: Mapping[str, float]) -> dict[str, float]:
+        return {t: v for t, v in values.items() if t in known}
+
+    cal.observe(
         problem,
         current,
-        {t: v for t, v in m.compute_seconds.items() if t in known},
-        {t: v for t, v in m.link_rtt_seconds.items() if t in known},
-        {t: v for t, v in m.link_bandwidth_bytes_per_second.items() if t in known},
+        mine(m.compute_seconds) if same_split else {},
+        now,
+        mine(m.link_rtt_seconds),
+        mine(m.link_bandwidth_bytes_per_second),
+        mine(m.link_transfer_seconds) if same_split else {},
+        mine(m.link_bytes_per_message) if same_split else {},
     )
+    s.calibration = cal.to_status(problem)
+    measured = cal.apply(problem, current)
     s.current_plan = evaluate_plan(measured, current, fps)
     try:
         s.best_plan = plan(measured, objective=objective, top=1, fps=fps)[0]

@@ -12,9 +12,11 @@ Python API::
     p.bytes                   # bytes over all hops per frame (the input too, if tier 0 computes nothing)
     p.drop_rate               # with fps: max(0, 1 - (1/bottleneck)/fps), else None
 
-Cost model: latency = Σ compute on the used tiers + Σ over hops (link latency + bytes/bandwidth), where hops go from
-each used tier to the next used tier (a link entry for that ordered pair must exist), plus shipping the input from
-tier 0 when tier 0 is unused. bottleneck = max(used tiers' compute, hops' bytes/bandwidth). Objectives rank by
+Cost model (served stages): a used tier's stage = its fixed call cost (``Problem.call_seconds``) + Σ its blocks; a
+hop's transfer = bytes/bandwidth + messages × the link's ``message_seconds`` (messages = chunks of at most
+``max_message_bytes``). latency = Σ stages + Σ over hops (link latency + transfer), where hops go from each used
+tier to the next used tier (a link entry for that ordered pair must exist), plus shipping the input from tier 0
+when tier 0 is unused. bottleneck = max(used tiers' stages, hops' transfers). Objectives rank by
 the objective, then latency, then bytes, then block order (lexicographic on ``ends``).
 
 Strategies (``strategy=``): ``dp`` (default), ``labels``, ``brute`` and any registered under the entry-point
@@ -192,45 +194,21 @@ def recalibrate(
     link_rtt_seconds: Mapping[str, float | None] | None = None,
     link_bandwidth: Mapping[str, float | None] | None = None,
 ) -> Problem:
-    """A copy of `problem` adjusted to live measurements of the deployed `split` (block ends or assignment).
+    """A copy of `problem` calibrated to one set of live measurements of the deployed `split` (block ends or
+    assignment): `splitdnn.planner.calibrate` with a single split observed.
 
-    compute_seconds {tier: measured seconds per frame}: every block time on that tier is scaled by
-    measured / predicted (predicted = the split's compute on that tier; tiers that run nothing keep their times).
+    compute_seconds {tier: measured stage seconds per frame}: the tier's fixed call cost becomes measured −
+    predicted (its block times are kept: one split cannot tell a fixed cost from a compute scale); when the
+    measurement is below the prediction, the call cost is 0 and the block times are scaled to it instead.
     link_rtt_seconds / link_bandwidth {sending tier: value}: the link from that tier to the next used tier of the
-    split gets latency = rtt / 2 (one way, as the cost model charges it) and the measured bandwidth (bytes/s).
-    These are the figures `splitdnn.adapt` reads from Prometheus (by tier)."""
-    import copy
+    split gets latency = rtt / 2 and the measured bandwidth (bytes/s). Several splits observed over time: use
+    `calibrate.Calibration` (what `splitdnn.feedback.step` does)."""
+    from .calibrate import Calibration
 
-    current = evaluate_plan(problem, split)
-    new = copy.deepcopy(problem)
-    for tier, measured in (compute_seconds or {}).items():
-        if tier not in new.tiers:
-            raise ValueError(f"measured compute for unknown tier {tier!r}")
-        predicted = current.compute[tier]
-        if predicted > 0 and measured is not None and measured >= 0:
-            f = measured / predicted
-            for b in new.blocks:
-                b.time[tier] = b.time[tier] * f
-    used = [t for t in new.tiers if current.assignment[t] is not None]
-    if current.assignment[new.tiers[0]] is None:
-        used = [new.tiers[0]] + used  # the input hop leaves tier 0
-    nxt = dict(zip(used, used[1:]))
-    link_figures: tuple[tuple[str, Mapping[str, float | None]], ...] = (
-        ("rtt", link_rtt_seconds or {}),
-        ("bw", link_bandwidth or {}),
-    )
-    for what, values in link_figures:
-        for tier, v in values.items():
-            if v is None or tier not in nxt:
-                continue
-            link = new.links.get((tier, nxt[tier]))
-            if link is None:
-                continue
-            if what == "rtt":
-                link.latency = max(0.0, v / 2)
-            elif v > 0:
-                link.bandwidth = float(v)
-    return new
+    ends = evaluate_plan(problem, split).ends
+    cal = Calibration()
+    cal.observe(problem, ends, compute_seconds or {}, 0.0, link_rtt_seconds, link_bandwidth)
+    return cal.apply(problem, ends)
 
 
 def diagnose(problem: Problem) -> str:

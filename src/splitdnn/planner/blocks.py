@@ -72,10 +72,12 @@ def assemble(
     constraints: Mapping[str, Any] | None = None,
     model: str | None = None,
     where: str = "problem",
+    call_seconds: Mapping[str, float] | None = None,
 ) -> Problem:
     """A Problem from blocks (`blocks_of` or a profile's), compute seconds per tier and block (`times[tier][k]`),
     links ({from, to, latency, bandwidth}, numbers or "5ms"/"4mbit") and constraints in either spelling (the
-    planner's snake_case or the CRD's camelCase): validated once, by `Problem.from_json`."""
+    planner's snake_case or the CRD's camelCase): validated once, by `Problem.from_json`. `call_seconds`: each
+    tier's fixed per-call cost (a profile's `call_seconds`), charged once per used tier."""
     data: dict[str, Any] = {
         "tiers": list(tiers),
         "input_bytes": int(input_bytes),
@@ -91,6 +93,8 @@ def assemble(
         "links": [dict(link) for link in links],
         "constraints": dict(constraints or {}),
     }
+    if call_seconds:
+        data["call_seconds"] = {t: float(v) for t, v in call_seconds.items()}
     if model is not None:
         data["model"] = model
     return Problem.from_json(data, where)

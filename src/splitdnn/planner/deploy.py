@@ -24,7 +24,7 @@ from .blocks import assemble, blocks_of
 from .problem import Problem
 
 # A tier's speed when nothing better is known (no profile yet): FLOP/s of the tier before its overheadRatio.
-# Only the ratios between blocks of one tier matter once a stage time has been measured (recalibrate rescales).
+# Once stage times are measured, the calibration (planner.calibrate) fits a compute scale and a call cost over it.
 DEFAULT_TIER_FLOPS = 2e9
 # A link without a `rate` is "fast": 1 GB/s.
 DEFAULT_LINK_BANDWIDTH = 1e9
@@ -59,12 +59,15 @@ def problem_for(
     tier_flops = tier_flops or {}
     blocks = blocks_of(summary)
     times: dict[str, list[float]] = {}
+    calls: dict[str, float] = {}  # a profile's fixed per-call cost × (1 + overheadRatio), like its blocks
     for t in si.tiers:
         scale = 1 + float(t.get("overheadRatio", 0) or 0)
         speed = float(tier_flops.get(t["name"], DEFAULT_TIER_FLOPS))
         measured = list((profiles.get(t["name"]) or {}).get("blocks") or [])
         if len(measured) != len(blocks):
             measured = []
+        if measured and (profiles.get(t["name"]) or {}).get("call_seconds"):
+            calls[t["name"]] = float(profiles[t["name"]]["call_seconds"]) * scale
         times[t["name"]] = [
             (float(measured[k]["time"]) if measured and measured[k].get("name") == b["name"] else b["flops"] / speed)
             * scale
@@ -82,7 +85,14 @@ def problem_for(
             }
         )
     return assemble(
-        si.tier_names, blocks, times, summary.input_bytes, links, constraints_of(si), where=f"SplitInference {si.name}"
+        si.tier_names,
+        blocks,
+        times,
+        summary.input_bytes,
+        links,
+        constraints_of(si),
+        where=f"SplitInference {si.name}",
+        call_seconds=calls,
     )
 
 

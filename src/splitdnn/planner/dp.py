@@ -45,7 +45,8 @@ from .problem import Compiled, feasible, metrics_of, sort_key
 def _windows(cp: Compiled, t: int, cap: int | None) -> list[int]:
     """lo[j] for j = 1..n (lo[0] unused): smallest admissible start of a range ending at j on tier t, or j if none.
 
-    Admissible start i: blocks i..j-1 allowed on t, and S[t][j]-S[t][i] <= cap (cap = min(tier time cap, B))."""
+    Admissible start i: blocks i..j-1 allowed on t, and S[t][j]-S[t][i] + call[t] <= cap (cap = min(tier time cap,
+    B)): the call cost is the same for every range of t, so it just lowers the cap."""
     n = cp.n
     S = cp.S[t]
     allowed = cp.allowed[t]
@@ -54,6 +55,8 @@ def _windows(cp: Compiled, t: int, cap: int | None) -> list[int]:
         cap = tc
     elif tc is not None:
         cap = min(cap, tc)
+    if cap is not None:
+        cap -= cp.call[t]
     lo = [0] * (n + 1)
     barrier = 0  # first index after the last disallowed block seen
     p = 0  # cap pointer
@@ -161,7 +164,7 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
                 continue
             if len(cands) > top:
                 cands = heapq.nsmallest(top, cands)
-            s = cp.S[t2][i]
+            s = cp.S[t2][i] - cp.call[t2]  # the range i..j-1 will add S[j] - S[i] + call
             hp = heaps[t2]
             for a, b, pre in cands:
                 if lat_slot == 0:
@@ -276,11 +279,12 @@ def _prune(labels: list, top: int, use_bn: bool) -> list:
     return kept
 
 
-def _suffix_bounds(cp: Compiled, w_range, w_hop):
+def _suffix_bounds(cp: Compiled, w_range, w_hop, w_call=lambda t: 0):
     """Lower bounds on the cost of finishing a plan, ignoring every constraint except the links.
 
     Returns (F, G): F[j][t] from End(j, t) (the next step is a hop to a later tier), G[j][t] from Enter(j, t)
-    (block j runs on t next). w_range(t, b) and w_hop(a, b, i) are the additive weights."""
+    (block j runs on t next, its call cost not paid yet). w_range(t, b), w_hop(a, b, i) and w_call(t) (a used
+    tier's call cost) are the additive weights."""
     T, n = cp.T, cp.n
     INF_ = float("inf")
     F = [[INF_] * T for _ in range(n + 1)]
@@ -297,9 +301,10 @@ def _suffix_bounds(cp: Compiled, w_range, w_hop):
             if j > 0:
                 for t2 in range(t + 1, T):
                     if links[t][t2] and G[j][t2] < INF_:
-                        best = min(best, w_hop(t, t2, j) + G[j][t2])
+                        best = min(best, w_hop(t, t2, j) + w_call(t2) + G[j][t2])
             F[j][t] = best
-    return F, G
+    # H (continuing on t, call paid) -> from Enter the call is still due; F already charges it on the next tier
+    return F, [[G[j][t] + w_call(t) for t in range(T)] for j in range(n + 1)]
 
 
 def label_search(cp: Compiled, objective: str, top: int, bound: int | None = None) -> list[tuple]:
@@ -312,7 +317,7 @@ def label_search(cp: Compiled, objective: str, top: int, bound: int | None = Non
     def hopc(a: int, b: int, i: int) -> int:
         return cp.link[(a, b)][0] + cp.transfer(a, b, cp.hop_bytes(i))
 
-    lat_F, lat_G = _suffix_bounds(cp, lambda t, b: cp.ct[t][b], hopc)
+    lat_F, lat_G = _suffix_bounds(cp, lambda t, b: cp.ct[t][b], hopc, lambda t: cp.call[t])
     g_bounds = []
     for ts, p, q in shares:
         g_bounds.append(
@@ -320,6 +325,7 @@ def label_search(cp: Compiled, objective: str, top: int, bound: int | None = Non
                 cp,
                 lambda t, b, ts=ts, p=p, q=q: ((q - p) if t == ts else -p) * cp.ct[t][b],
                 lambda a, b, i, p=p: -p * hopc(a, b, i) if cp.share_of_latency else 0,
+                lambda t, ts=ts, p=p, q=q: ((q - p) if t == ts else -p) * cp.call[t],
             )
         )
     if objective == "bytes" and bound is not None:
@@ -391,7 +397,7 @@ def label_search(cp: Compiled, objective: str, top: int, bound: int | None = Non
             for i0 in range(j - 1, -1, -1):
                 if not cp.allowed[t][i0]:
                     break
-                x = cp.S[t][j] - cp.S[t][i0]
+                x = cp.range_cost(t, i0, j)
                 if t in cp.time_cap and x > cp.time_cap[t]:
                     break
                 for key, bn, g, pre in enter[i0].get(t, ()):

@@ -49,6 +49,12 @@ class Block:
 class Link:
     latency: float  # seconds, charged once per hop
     bandwidth: float  # bytes per second
+    message_seconds: float = 0.0  # fixed cost of one message (serialisation at both ends, the gRPC call)
+    max_message_bytes: int = 0  # a tensor is sent in messages (chunks) of at most this size; 0 = one message
+
+    def messages(self, nbytes: int) -> int:
+        """Messages a hop of `nbytes` takes: one, or one per chunk of at most `max_message_bytes`."""
+        return max(1, -(-int(nbytes) // self.max_message_bytes)) if self.max_message_bytes > 0 else 1
 
 
 @dataclass
@@ -88,6 +94,9 @@ class Problem:
     links: dict[tuple[str, str], Link]
     constraints: Constraints = field(default_factory=Constraints)
     warnings: list = field(default_factory=list, repr=False, compare=False)  # non-fatal findings while loading
+    # fixed cost of one call of a tier's runtime, paid once per frame by every tier that runs blocks (the served
+    # stage time is call_seconds + the sum of its blocks' times); tiers not named pay nothing
+    call_seconds: dict[str, float] = field(default_factory=dict)
 
     # ---- JSON ------------------------------------------------------------------------------------------------
     @classmethod
@@ -119,13 +128,24 @@ class Problem:
                 for b in self.blocks
             ],
             "links": [
-                {"from": a, "to": b, "latency": l.latency, "bandwidth": l.bandwidth} for (a, b), l in self.links.items()
+                {
+                    "from": a,
+                    "to": b,
+                    "latency": l.latency,
+                    "bandwidth": l.bandwidth,
+                    **({"message_seconds": l.message_seconds} if l.message_seconds else {}),
+                    **({"max_message_bytes": l.max_message_bytes} if l.max_message_bytes else {}),
+                }
+                for (a, b), l in self.links.items()
             ],
+            **({"call_seconds": dict(self.call_seconds)} if self.call_seconds else {}),
             "constraints": self.constraints.to_json(),
         }
 
     def with_constraints(self, constraints: Constraints) -> Problem:
-        return Problem(self.tiers, self.blocks, self.input_bytes, self.links, constraints)
+        return Problem(
+            self.tiers, self.blocks, self.input_bytes, self.links, constraints, call_seconds=dict(self.call_seconds)
+        )
 
     def compile(self) -> Compiled:
         return Compiled(self)
@@ -174,6 +194,11 @@ SCHEMA: dict[str, Any] = {  # "x-message": what to say when this node fails (the
             "x-message": "'tiers' must be a non-empty list of distinct tier names",
         },
         "input_bytes": _NUMBER,
+        "call_seconds": {
+            "type": "object",
+            "additionalProperties": _NUMBER,
+            "x-message": "'call_seconds' must map tier -> seconds (the fixed cost of one call of its runtime)",
+        },
         "model": {},
         "notes": {},
         "blocks": {
@@ -215,6 +240,8 @@ SCHEMA: dict[str, Any] = {  # "x-message": what to say when this node fails (the
                     "to": {"type": "string"},
                     "latency": {"anyOf": [_NUMBER, {"type": "string"}]},
                     "bandwidth": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]},
+                    "message_seconds": {"anyOf": [_NUMBER, {"type": "string"}]},
+                    "max_message_bytes": {"type": "integer", "minimum": 0},
                 },
             },
         },
@@ -318,9 +345,18 @@ def _parse_problem(data: Any, src: str) -> Problem:
         _need((a, b) not in links, f"{w}: duplicate link {a} -> {b}")
         bandwidth = _unit(l["bandwidth"], parse_rate, f"{w}.bandwidth (bytes/s)")
         _need(bandwidth > 0, f"{w}.bandwidth (bytes/s): must be > 0, got {l['bandwidth']!r}")
-        links[(a, b)] = Link(_unit(l.get("latency", 0.0), parse_duration, f"{w}.latency"), bandwidth)
+        links[(a, b)] = Link(
+            _unit(l.get("latency", 0.0), parse_duration, f"{w}.latency"),
+            bandwidth,
+            _unit(l.get("message_seconds", 0.0), parse_duration, f"{w}.message_seconds"),
+            int(l.get("max_message_bytes", 0)),
+        )
+    calls = data.get("call_seconds") or {}
+    unknown = sorted(set(calls) - set(tiers))
+    _need(not unknown, f"{src}: call_seconds: unknown tier(s) {unknown} (tiers: {', '.join(tiers)})")
+    call_seconds = {t: _unit(v, None, f"{src}: call_seconds.{t}") for t, v in calls.items()}
     constraints, warnings = _parse_constraints(data.get("constraints") or {}, tiers, blocks, src)
-    return Problem(tiers, blocks, int(data.get("input_bytes", 0)), links, constraints, warnings)
+    return Problem(tiers, blocks, int(data.get("input_bytes", 0)), links, constraints, warnings, call_seconds)
 
 
 def _parse_constraints(
@@ -411,9 +447,13 @@ class Compiled:
             self.S.append(s)
         self.out = [b.out_bytes for b in p.blocks]
         self.input_bytes = p.input_bytes
+        # per-tier fixed call cost, charged once on every used tier: a range i..j-1 on t costs S[t][j]-S[t][i]+call[t]
+        self.call = [to_ticks(p.call_seconds.get(t, 0.0)) for t in p.tiers]
         self.link: dict[tuple[int, int], tuple[int, float]] = {}  # (a, b) -> (latency ticks, bytes/s)
+        self._links: dict[tuple[int, int], Link] = {}
         for (a, b), l in p.links.items():
             self.link[(tix[a], tix[b])] = (to_ticks(l.latency), l.bandwidth)
+            self._links[(tix[a], tix[b])] = l
         c = p.constraints
         # allowed[t][b]: block b may run on tier t (pins, forbids, skipped tiers)
         allowed = [[True] * n for _ in range(T)]
@@ -444,7 +484,15 @@ class Compiled:
 
     # hop cost in ticks: link latency + transfer; transfer alone is what a stream's period sees
     def transfer(self, a: int, b: int, nbytes: int) -> int:
-        return int(round(nbytes * TICKS_PER_SECOND / self.link[(a, b)][1]))
+        """bytes / bandwidth + messages × per-message cost (ticks): the time the hop occupies the link."""
+        link = self._links[(a, b)]
+        return int(round(nbytes * TICKS_PER_SECOND / link.bandwidth)) + link.messages(nbytes) * to_ticks(
+            link.message_seconds
+        )
+
+    def range_cost(self, t: int, i: int, j: int) -> int:
+        """Stage time (ticks) of tier t running blocks i..j-1 (j > i): the call cost plus the blocks."""
+        return self.S[t][j] - self.S[t][i] + self.call[t]
 
     def hop_bytes(self, i: int) -> int:
         """Bytes crossing the boundary before block i (the input for i = 0)."""
@@ -455,7 +503,7 @@ class Compiled:
         return any(a < r < b for r in self.required)
 
     def range_ok(self, t: int, i: int, j: int) -> bool:
-        return all(self.allowed[t][i:j]) and (t not in self.time_cap or self.S[t][j] - self.S[t][i] <= self.time_cap[t])
+        return all(self.allowed[t][i:j]) and (t not in self.time_cap or self.range_cost(t, i, j) <= self.time_cap[t])
 
     def hop_ok(self, a: int, b: int, i: int) -> bool:
         """Hop from tier a (a = -1: the source, data on tier 0) to tier b carrying the boundary-i tensor."""
@@ -508,7 +556,7 @@ def evaluate(cp: Compiled, ends: tuple[int, ...]) -> Metrics | None:
             bn = max(bn, tr)
             nbytes += b
             upload[a] += b
-        x = cp.S[t][j] - cp.S[t][i]
+        x = cp.range_cost(t, i, j)
         compute[t] = x
         lat += x
         bn = max(bn, x)

@@ -2,10 +2,12 @@
 
 Blocks are :func:`splitdnn.planner.blocks.blocks_of` of the model's graph summary: the layers between consecutive
 single-tensor boundaries (default), or between consecutive boundaries of any kind (``multi_tensor=True``). Each
-block is run alone as a Keras sub-model (``splitdnn.slicer.submodel``) on random inputs of the right shape:
-``warmup`` untimed calls, then ``repeats`` timed calls of the public ``keras.Model.predict_on_batch``; the block's
-time is the median minus the median cost of an empty call (an identity model), clamped at 0 -- so a tier running
-k blocks as one slice is not charged k call overheads. The empty call is timed alternately with each block's
+block is served the way a tier serves its slice: exported as a SavedModel slice, loaded by the agent's runtime
+and called through the agent's Stage thread on random inputs of the right shape (the Stage's own timing, what
+``splitdnn_stage_compute_seconds`` records): ``warmup`` untimed calls, then ``repeats`` timed ones; the block's
+time is the median minus the median cost of an empty served call (an identity slice), clamped at 0 -- so a tier
+running k blocks as one slice is not charged k call overheads; that fixed cost is ``call_seconds``, which the
+planner charges once per used tier (``Problem.call_seconds``). The empty call is timed alternately with each block's
 calls, not once up front: on a busy machine (three profiling Jobs starting on one host) a cost measured during a
 burst would otherwise swallow every block timed after it. Raw medians and samples are kept in the file;
 ``overhead_s`` is the median over all blocks.
@@ -13,7 +15,8 @@ burst would otherwise swallow every block timed after it. Raw medians and sample
 Profile file (``splitdnn profile MODEL --tier NAME --out FILE``)::
 
     {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device", "multi_tensor": false,
-     "input_bytes": 3136, "warmup": 3, "repeats": 10, "overhead_s": 0.0004, "host": "...",
+     "runtime": "savedmodel", "input_bytes": 3136, "warmup": 3, "repeats": 10, "call_seconds": 0.0004,
+     "overhead_s": 0.0004, "host": "...",
      "blocks": [{"name": "conv2d", "layers": [0, 1], "time": 0.0021, "median_s": 0.0025, "call_s": 0.0004,
                  "samples_s": [...], "out_bytes": 86528, "flops": 123456}]}
 """
@@ -85,73 +88,96 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[floa
     return samples
 
 
+def _served(slices_dir: str, name: str, feed_of: Callable[[list], dict]) -> tuple[Callable[[], object], list[float]]:
+    """Slice `name` loaded by the agent's runtime and called through the agent's Stage (its worker thread): a call
+    function and the list the Stage's own timing (what `splitdnn_stage_compute_seconds` observes) lands in."""
+    from splitdnn.agent import runtime
+    from splitdnn.agent.stage import Stage
+
+    rt = runtime.load(slices_dir, name)
+    took: list[float] = []
+    stage = Stage(rt.compute, on_done=took.append, queue_size=1, name=f"profile-{name}")
+    feed = rt.validate(feed_of(rt.entry.inputs))
+    return partial(stage, feed), took
+
+
 def profile_model(
-    spec: str, tier: str, warmup: int = 3, repeats: int = 10, multi_tensor: bool = False, progress: bool = True
+    spec: str,
+    tier: str,
+    warmup: int = 3,
+    repeats: int = 10,
+    multi_tensor: bool = False,
+    progress: bool = True,
+    input_shape: Sequence[int] | None = None,
 ) -> dict:
-    """Measure per-block compute time of model `spec` on this machine. Returns the profile document."""
+    """Measure per-block compute time and the fixed per-call cost of model `spec` on this machine, through the
+    serving path: every block is exported as a slice (SavedModel, `slicer.export_slices`), loaded by the agent's
+    runtime (`agent.runtime.load`) and called through the agent's Stage thread, exactly as a tier serves it; the
+    fixed call cost is the same for an identity slice (a 32-byte tensor). A block's time is its median minus the
+    median call cost; the call cost is reported as `call_seconds`. Returns the profile document."""
+    import tempfile
+
     import keras
-    import numpy as np
 
     from splitdnn.graph import build_graph
     from splitdnn.models import load_model
-    from splitdnn.slicer import submodel
+    from splitdnn.slicer import export_slices
 
     if warmup < 0 or repeats < 1:
         raise ValueError("need warmup >= 0 and repeats >= 1")
-    model = load_model(spec)
+    model = load_model(spec, input_shape)
     graph = build_graph(model)
     blocks: list[dict[str, Any]] = [dict(b) for b in blocks_of(graph.summary(), multi_tensor)]
-    # the empty call: an identity model on a small tensor, timed alternately with each block
-    inp = keras.Input((8,))
-    ident = keras.Model(inp, keras.layers.Identity()(inp))
-    x0 = np.zeros((1, 8), "float32")
-
-    def empty() -> object:
-        return ident.predict_on_batch(x0)
-
-    for _ in range(max(warmup, 2)):  # its first calls build the predict function
-        empty()
+    inp = keras.Input((8,), name="x")
+    ident = keras.Model(inp, keras.layers.Identity(name="y")(inp), name="identity")
     calls: list[float] = []
 
-    def run_all(advance: Callable[[], None]) -> None:
-        for b in blocks:
-            first, last = b["layers"]
-            sub, used, _ = submodel(model, graph, first, last)
-            if sub is None:
-                samples, call = [0.0], 0.0
-            else:
-                xs = _random_inputs(graph, used)
-                feed = xs if len(xs) > 1 else xs[0]
-                samples, refs = time_paired(partial(sub.predict_on_batch, feed), empty, warmup, repeats)
-                call = statistics.median(refs)
+    def random_feed(g: Any, specs: list) -> dict:
+        names = [t["name"] for t in specs]
+        return dict(zip(names, _random_inputs(g, names)))
+
+    with tempfile.TemporaryDirectory(prefix="splitdnn-profile-") as tmp:
+        export_slices(ident, (ig := build_graph(ident)), [], f"{tmp}/empty")
+        empty, empty_took = _served(f"{tmp}/empty", "slice0", partial(random_feed, ig))
+        export_slices(model, graph, [b["layers"][1] for b in blocks[:-1]], f"{tmp}/blocks")
+
+        def run_all(advance: Callable[[], None]) -> None:
+            for k, b in enumerate(blocks):
+                call, took = _served(f"{tmp}/blocks", f"slice{k}", partial(random_feed, graph))
+                del empty_took[:]
+                time_paired(call, empty, warmup, repeats)
+                samples, refs = took[-repeats:], empty_took[-repeats:]
+                med, ref = statistics.median(samples), statistics.median(refs)
                 calls.extend(refs)
-            med = statistics.median(samples)
-            b.update({"time": max(0.0, med - call), "median_s": med, "call_s": call, "samples_s": samples})
-            advance()
+                b.update({"time": max(0.0, med - ref), "median_s": med, "call_s": ref, "samples_s": samples})
+                advance()
 
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(
-            TextColumn("[bold]profiling {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            transient=False,
-        ) as prog:
-            task = prog.add_task(f"{spec} on {tier}", total=len(blocks))
-            run_all(lambda: prog.advance(task))
-    else:
-        run_all(lambda: None)
+            with Progress(
+                TextColumn("[bold]profiling {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            ) as prog:
+                task = prog.add_task(f"{spec} on {tier}", total=len(blocks))
+                run_all(lambda: prog.advance(task))
+        else:
+            run_all(lambda: None)
+    call_seconds = statistics.median(calls) if calls else 0.0
     return {
         "format": FORMAT,
         "model": spec,
         "tier": tier,
         "multi_tensor": multi_tensor,
+        "runtime": "savedmodel",  # the agent's runtime, called through its Stage thread
         "input_bytes": int(graph.input_bytes),
         "warmup": warmup,
         "repeats": repeats,
-        "overhead_s": statistics.median(calls) if calls else 0.0,
+        "call_seconds": call_seconds,  # the fixed cost of one served call (an identity slice)
+        "overhead_s": call_seconds,  # the same figure under its earlier name
         "host": platform.node(),
         "machine": platform.machine(),
         "blocks": blocks,
@@ -244,6 +270,7 @@ def problem_from_profiles(
         raise ProblemError("model mode needs at least one --profile FILE or --estimate TIER=SPEED")
     tiers: list[str] = []
     times: dict[str, list[float]] = {}
+    calls: dict[str, float] = {}  # profiled fixed call cost per tier (profiles made before it had none: 0)
     blocks: Sequence[dict[str, Any]] | list[BlockInfo]
     if docs:
         ref_path, ref = docs[0]
@@ -261,6 +288,7 @@ def problem_from_profiles(
                 raise ProblemError(f"two profiles for tier {d['tier']!r}")
             tiers.append(d["tier"])
             times[d["tier"]] = [float(b["time"]) for b in d["blocks"]]
+            calls[d["tier"]] = float(d.get("call_seconds", 0.0) or 0.0)
         if bool(ref.get("multi_tensor")) != bool(multi_tensor):
             raise ProblemError(
                 f"profiles were made with multi_tensor={ref.get('multi_tensor')}; pass the same --multi-tensor setting"
@@ -279,6 +307,7 @@ def problem_from_profiles(
             if not docs:
                 raise ProblemError(f"--estimate {tier}=x{val:g} scales a profiled tier, but no --profile given")
             times[tier] = [x * val for x in times[tiers[0]]]
+            calls[tier] = calls.get(tiers[0], 0.0) * val
         else:
             times[tier] = [float(b.get("flops", 0)) / val for b in blocks]
         tiers.append(tier)
@@ -288,5 +317,13 @@ def problem_from_profiles(
             "(e.g. --link device,edge,5ms,4mbit --link edge,cloud,20ms,100mbit)"
         )
     return assemble(
-        tiers, blocks, times, input_bytes, [parse_link(l) for l in links], constraints, model, f"model {model}"
+        tiers,
+        blocks,
+        times,
+        input_bytes,
+        [parse_link(l) for l in links],
+        constraints,
+        model,
+        f"model {model}",
+        {t: c for t, c in calls.items() if c},
     )
