@@ -124,9 +124,9 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
     """Exact top-N plans (block-end tuples) by (objective, tie-breaks, block order) for objective latency|bytes.
 
     cap (ticks): optional bound on every tier's compute and every hop's transfer time (used by throughput)."""
-    from .fast_topn import topn_threshold  # vectorized, exact; None when too many plans tie (then the heap DP)
+    from .fast_topn import supports, topn_threshold  # vectorized, exact; None when too many plans tie
 
-    fast = topn_threshold(cp, objective, top, cap)
+    fast = topn_threshold(cp, objective, top, cap) if supports(cp) else None
     if fast is not None:
         return fast
     T, n = cp.T, cp.n
