@@ -4,8 +4,9 @@
     GET  /v1/models/NAME[/versions/1]/metadata   signature serving_default: inputs and outputs, dtype and shape
     POST /v1/models/NAME[/versions/1]:predict    {"instances": [...]} or {"inputs": ...} → predictions / outputs
 
-Errors are `{"error": "..."}` with TF Serving's HTTP codes (400 bad input, 404 unknown model or version, 429 this
-tier's queue is full, 501 classify/regress, 503/504 from the tiers behind). What the JSON means is in `api`.
+Errors are `{"error": "..."}` with TF Serving's HTTP codes (400 bad input, 404 unknown model or version, 413 a body
+over `--max-request-bytes`, 429 this tier's queue is full, 501 classify/regress, 503/504 from the tiers behind).
+What the JSON means is in `api`. A body must arrive within the tier's `--timeout`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 
 from splitdnn.agent import api
 from splitdnn.agent.tier import Tier
-from splitdnn.agent.wire import tensors_of
+from splitdnn.agent.wire import TooLarge, tensors_of
 
 log = logging.getLogger("splitdnn.agent.rest")
 
@@ -40,7 +41,7 @@ def handle(tier: Tier, method: str, path: str, body: bytes, next_address: str | 
         error = api.error_of(exc, tier.name, next_address)
         if error.code == grpc.StatusCode.INTERNAL:
             log.exception("internal error on %s %s", method, path)
-        return error.http_status, {"error": error.message}
+        return 413 if isinstance(exc, TooLarge) else error.http_status, {"error": error.message}
 
 
 def _route(tier: Tier, method: str, path: str, body: bytes) -> dict[str, Any]:
@@ -68,11 +69,22 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse the connection
+        timeout = tier.timeout  # a body (or an idle connection) that stalls this long is dropped
 
         def _answer(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length > 0 else b""
-            status, doc = handle(tier, method, self.path, body, next_address)
+            if length > tier.max_request_bytes:  # refused unread; the connection cannot be reused
+                self.close_connection = True
+                status, doc = (
+                    413,
+                    {
+                        "error": f"{tier.name}: the body has {length} bytes, over the limit of "
+                        f"{tier.max_request_bytes} (--max-request-bytes)"
+                    },
+                )
+            else:
+                body = self.rfile.read(length) if length > 0 else b""
+                status, doc = handle(tier, method, self.path, body, next_address)
             data = json.dumps(doc).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
