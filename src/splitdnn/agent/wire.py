@@ -28,6 +28,7 @@ DTYPES = {
     "uint64": 23,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_DIMS = 32  # numpy's own limit is 64 (and raises a plain ValueError beyond); no slice takes more than a few
 
 
 class WireError(ValueError):
@@ -88,6 +89,8 @@ def from_tensor_proto(proto, max_bytes: int | None = None) -> np.ndarray:
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if any(d < 0 for d in shape):
         raise WireError(f"tensor shape {list(shape)} has a negative dimension")
+    if len(shape) > MAX_DIMS:
+        raise WireError(f"tensor shape has {len(shape)} dimensions, at most {MAX_DIMS} are supported")
     count = math.prod(shape)  # a Python int: dims like [2**32, 2**32] must not wrap around to 0
     nbytes = count * dtype.itemsize
     if max_bytes is not None and nbytes > max_bytes:
