@@ -108,13 +108,16 @@ def from_tensor_proto(proto, max_bytes: int | None = None) -> np.ndarray:
     values: Any = getattr(proto, _VAL_FIELDS[dtype.name])
     if len(values) not in (count, 1) and not (count == 0 and not values):
         raise WireError(f"tensor has {len(values)} {_VAL_FIELDS[dtype.name]} values, shape {list(shape)} needs {count}")
-    if dtype.name == "float16":  # half_val holds the bit patterns
-        values = np.array(values, dtype=np.uint16).view(np.float16)
-    if len(values) == count:
-        return np.array(values, dtype=dtype).reshape(shape)
-    if len(values) == 1:
-        return np.full(shape, values[0], dtype=dtype)
-    return np.zeros(shape, dtype=dtype)
+    try:
+        if dtype.name == "float16":  # half_val holds the bit patterns
+            values = np.array(values, dtype=np.uint16).view(np.float16)
+        if len(values) == count:
+            return np.array(values, dtype=dtype).reshape(shape)
+        if len(values) == 1:
+            return np.full(shape, values[0], dtype=dtype)
+        return np.zeros(shape, dtype=dtype)
+    except OverflowError:  # int_val is int32 on the wire whatever the tensor's dtype: -174 for a uint8 tensor
+        raise WireError(f"tensor has {_VAL_FIELDS[dtype.name]} values outside the range of {dtype.name}") from None
 
 
 def split_chunks(data: bytes, max_bytes: int) -> list[bytes]:
