@@ -154,6 +154,45 @@ def _predict(tier: Tier, request, context, client: bool, next_address: str | Non
         _abort(context, error)
 
 
+def parsing_in_handler(add_to_server, servicer, name: str) -> grpc.GenericRpcHandler:
+    """The handlers a generated `add_*Servicer_to_server` registers, but each parses its own request: grpcio
+    answers bytes it cannot deserialize with INTERNAL "Exception deserializing request!"; a request that is not
+    a protobuf message of the method's type is the caller's error, INVALID_ARGUMENT."""
+    captured: list = []
+
+    class Collector:
+        def add_generic_rpc_handlers(self, handlers) -> None:
+            captured.extend(handlers)
+
+        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+            captured.append(grpc.method_handlers_generic_handler(service, handlers))
+
+    add_to_server(servicer, Collector())
+
+    def parsing(handler):
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        def call(data: bytes, context):
+            try:
+                request = parse(data)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+                what = parse.__qualname__.rsplit(".", 1)[0]  # PredictRequest.FromString
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: not a {what}: {exc}")
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(call, response_serializer=handler.response_serializer)
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, handler_call_details):
+            for generic in captured:
+                found = generic.service(handler_call_details)
+                if found is not None:
+                    return parsing(found) if found.unary_unary and found.request_deserializer else found
+            return None
+
+    return Handler()
+
+
 def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | None = None, health=None):
     """The gRPC server of a tier: PredictionService, ModelService, the /splitdnn.Link methods and, given a
     `grpc_health.v1.health.HealthServicer`, grpc.health.v1.Health."""
@@ -236,8 +275,15 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=server_options(limit) + [("grpc.so_reuseport", 0)],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
+    name = tier.name if tier is not None else "agent"
+    server.add_generic_rpc_handlers(
+        (
+            parsing_in_handler(
+                prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server, PredictionService(), name
+            ),
+            parsing_in_handler(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelService(), name),
+        )
+    )
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     link = grpc.method_handlers_generic_handler(
