@@ -93,10 +93,12 @@ def from_tensor_proto(proto, max_bytes: int | None = None) -> np.ndarray:
         raise WireError(f"tensor shape has {len(shape)} dimensions, at most {MAX_DIMS} are supported")
     count = math.prod(shape)  # a Python int: dims like [2**32, 2**32] must not wrap around to 0
     nbytes = count * dtype.itemsize
-    if max_bytes is not None and nbytes > max_bytes:
+    # numpy refuses even an empty array whose other dimensions multiply past its index range ([0, 2**40, 2**40])
+    spans = math.prod(d for d in shape if d) * dtype.itemsize
+    if max_bytes is not None and max(nbytes, spans) > max_bytes:
+        what = f"claims {nbytes} bytes" if nbytes >= spans else f"spans {spans} bytes in its non-zero dimensions"
         raise TooLarge(
-            f"tensor shape {list(shape)} of {dtype.name} claims {nbytes} bytes, over the limit of {max_bytes} "
-            f"(--max-request-bytes)"
+            f"tensor shape {list(shape)} of {dtype.name} {what}, over the limit of {max_bytes} (--max-request-bytes)"
         )
     if proto.tensor_content:
         if len(proto.tensor_content) != nbytes:
