@@ -213,6 +213,8 @@ def parse_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[dict[str, n
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(f"JSON parse error: {exc}") from None
+    except RecursionError:  # json's decoder recurses once per nested list or object
+        raise _bad("JSON parse error: nested too deeply") from None
     if not isinstance(doc, dict):
         raise _bad("the request body must be a JSON object with 'instances' or 'inputs'")
     check_signature(doc.get("signature_name") or "")
