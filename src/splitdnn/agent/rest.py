@@ -72,8 +72,12 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
         timeout = tier.timeout  # a body (or an idle connection) that stalls this long is dropped
 
         def _answer(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > tier.max_request_bytes:  # refused unread; the connection cannot be reused
+            text = (self.headers.get("Content-Length") or "0").strip()
+            length = int(text) if text.isascii() and text.isdigit() else -1
+            if length < 0:  # where the body ends is unknown: the connection cannot be reused
+                self.close_connection = True
+                status, doc = 400, {"error": f"{tier.name}: Content-Length {text!r} is not a number of bytes"}
+            elif length > tier.max_request_bytes:  # refused unread; the connection cannot be reused
                 self.close_connection = True
                 status, doc = (
                     413,
