@@ -87,8 +87,35 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
                     },
                 )
             else:
-                body = self.rfile.read(length) if length > 0 else b""
-                status, doc = handle(tier, method, self.path, body, next_address)
+                body = self._body(length)
+                if len(body) < length:  # the sender stalled or closed: what it sent is not a request
+                    self.close_connection = True
+                    status, doc = (
+                        400,
+                        {
+                            "error": f"{tier.name}: the body ended after {len(body)} of {length} bytes "
+                            f"(Content-Length), or did not arrive within {tier.timeout:g} s (--timeout)"
+                        },
+                    )
+                else:
+                    status, doc = handle(tier, method, self.path, body, next_address)
+            self._send_json(status, doc)
+
+        def _body(self, length: int) -> bytes:
+            parts: list[bytes] = []
+            got = 0
+            try:
+                while got < length:
+                    part = self.rfile.read1(length - got)
+                    if not part:
+                        break
+                    parts.append(part)
+                    got += len(part)
+            except TimeoutError:
+                pass
+            return b"".join(parts)
+
+        def _send_json(self, status: int, doc: dict) -> None:
             data = json.dumps(doc).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
