@@ -129,6 +129,18 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
         def do_POST(self) -> None:  # noqa: N802
             self._answer("POST")
 
+        # other methods on the API's paths: "Malformed request" (400; 404 elsewhere), as TF Serving
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = lambda self: self._answer(self.command)  # noqa: E731
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (a garbage request line, an unknown method, headers too long) in the API's
+            shape, `{"error": ...}`, and always with an HTTP/1.1 status line (a garbage line counts as HTTP/0.9,
+            which has none)."""
+            self.close_connection = True
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.1"
+            self._send_json(code, {"error": f"{tier.name}: {message or self.responses.get(code, ('',))[0]}"})
+
         def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: debug only
             log.debug("%s %s", self.address_string(), format % args)
 
