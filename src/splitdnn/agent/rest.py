@@ -132,6 +132,14 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
         # other methods on the API's paths: "Malformed request" (400; 404 elsewhere), as TF Serving
         do_PUT = do_DELETE = do_PATCH = do_OPTIONS = lambda self: self._answer(self.command)  # noqa: E731
 
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            if self.request_version == "HTTP/0.9":  # "GET /path" alone: its answer would have no status line
+                self.send_error(400, "HTTP/0.9 requests are not supported: send HTTP/1.x")
+                return False
+            return True
+
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own refusals (a garbage request line, an unknown method, headers too long) in the API's
             shape, `{"error": ...}`, and always with an HTTP/1.1 status line (a garbage line counts as HTTP/0.9,
