@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -104,8 +105,9 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
         def _body(self, length: int) -> bytes:
             parts: list[bytes] = []
             got = 0
+            end = time.monotonic() + tier.timeout  # in all: a byte every few seconds must not hold the thread
             try:
-                while got < length:
+                while got < length and time.monotonic() < end:
                     part = self.rfile.read1(length - got)
                     if not part:
                         break
