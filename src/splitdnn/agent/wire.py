@@ -107,7 +107,7 @@ def from_tensor_proto(proto, max_bytes: int | None = None) -> np.ndarray:
                 f"{dtype.name} needs {nbytes}"
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    values: Any = getattr(proto, _VAL_FIELDS[dtype.name])
+    values: Any = list(getattr(proto, _VAL_FIELDS[dtype.name]))
     if len(values) not in (count, 1) and not (count == 0 and not values):
         raise WireError(f"tensor has {len(values)} {_VAL_FIELDS[dtype.name]} values, shape {list(shape)} needs {count}")
     try:
