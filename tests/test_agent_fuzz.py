@@ -308,7 +308,7 @@ def test_fuzz_link_chunks(chain, slices_dir, budget):  # noqa: F811
         # a running total over the limit: refused while the sender is still sending (the stream would go on
         # to 16x the limit)
         for size in (64 * 1024, 512 * 1024, LIMIT):
-            sent = []
+            sent: list[int] = []
 
             def endless_big(size=size, sent=sent):
                 for _ in range(16 * LIMIT // size):
