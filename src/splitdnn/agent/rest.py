@@ -157,6 +157,16 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
     class Server(ThreadingHTTPServer):
         daemon_threads = True
 
+        def handle_error(self, request, client_address) -> None:
+            """A client that went away before its answer is not a server error (socketserver prints a traceback)."""
+            import sys
+
+            exc = sys.exc_info()[1]
+            if isinstance(exc, ConnectionError):
+                log.debug("REST client %s went away: %s", client_address, exc)
+            else:
+                log.exception("REST request from %s failed", client_address)
+
     server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="rest").start()
     return server
