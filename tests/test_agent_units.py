@@ -16,7 +16,15 @@ from splitdnn.agent.link import LinkEmulator, LinkMeter, LinkParams, TokenBucket
 from splitdnn.agent.server import emulation_plan
 from splitdnn.agent.source import OUTCOMES, FrameSource, synthetic_frames
 from splitdnn.agent.stage import QueueFull, Stage
-from splitdnn.agent.wire import WireError, from_tensor_proto, join_chunks, split_chunks, to_tensor_proto
+from splitdnn.agent.wire import (
+    TooLarge,
+    WireError,
+    from_tensor_proto,
+    join_chunks,
+    split_chunks,
+    tensors_of,
+    to_tensor_proto,
+)
 
 
 class FakeClock:
@@ -66,6 +74,54 @@ def test_bad_tensor_content_is_named():
     proto.tensor_content = proto.tensor_content[:-4]
     with pytest.raises(WireError, match="20 bytes.*needs 24"):
         from_tensor_proto(proto)
+
+
+def claimed(dims, dtype=1, **values):
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=dtype, **values)
+    for d in dims:
+        proto.tensor_shape.dim.add(size=d)
+    return proto
+
+
+def test_claimed_size_is_checked_against_the_limit_before_allocating():
+    import tracemalloc
+
+    # 40 GB; wraps around to 0 in int64; empty but past numpy's index range
+    protos = [claimed(dims, float_val=[1.0]) for dims in ([100_000, 100_000], [2**32, 2**32], [0, 2**31, 2**41])]
+    tracemalloc.start()
+    try:
+        for proto in protos:
+            with pytest.raises(TooLarge, match="max-request-bytes"):
+                from_tensor_proto(proto, max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # nothing of the claimed size was allocated
+    # [2**32, 2**32] wraps around to 0 elements in int64: without the exact count, empty content would match it
+    with pytest.raises(WireError, match="needs 73786976294838206464"):
+        from_tensor_proto(claimed([2**32, 2**32], tensor_content=b"\0" * 4))
+
+
+def test_malformed_tensors_are_wire_errors():
+    with pytest.raises(WireError, match="at most 32"):
+        from_tensor_proto(claimed([1] * 70, float_val=[1.0]))
+    with pytest.raises(WireError, match="outside the range of uint8"):
+        from_tensor_proto(claimed([1], dtype=4, int_val=[-174]))
+    with pytest.raises(WireError, match="negative"):
+        from_tensor_proto(claimed([-1, 3]))
+
+
+def test_tensors_share_one_limit():
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    for name in ("a", "b"):
+        to_tensor_proto(np.zeros(200, np.float32), request.inputs[name])  # 800 bytes each
+    assert set(tensors_of(request.inputs, max_bytes=1600)) == {"a", "b"}
+    with pytest.raises(TooLarge, match="input '[ab]'.* claims 800 bytes, over the limit of 200 "):
+        tensors_of(request.inputs, max_bytes=1000)  # (a protobuf map's order is not the order of insertion)
 
 
 @settings(deadline=None)

@@ -283,3 +283,11 @@ def test_inspect_json_is_unchanged():
     doc = json.loads(cli("inspect", "cnn14", "--json"))
     assert set(doc) == {"model", "params_total", "input_bytes", "layers", "cuts"}
     assert set(doc["layers"][0]) == {"name", "class", "output_shape", "params", "flops", "output_bytes"}
+
+
+@pytest.mark.parametrize("value", ["100", "3000000000"])
+def test_agent_refuses_a_request_limit_out_of_range(value, tmp_path):
+    proc = run_cli(
+        "agent", "--slices", tmp_path, "--slice", "slice0", "--max-request-bytes", value, check=False, timeout=120
+    )
+    assert proc.returncode == 2 and "--max-request-bytes" in proc.stderr, proc.stderr

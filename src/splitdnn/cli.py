@@ -309,6 +309,11 @@ def agent(
     tier: str | None = typer.Option(None, help="tier name (metric label); default: the slice name"),
     overhead_ratio: float = typer.Option(0.0, help="after computing t seconds, wait ratio·t more"),
     max_message_bytes: int = typer.Option(4194304, help="larger messages to the next tier are chunked"),
+    max_request_bytes: int = typer.Option(
+        67108864,
+        help="largest request this tier accepts (a gRPC message, a chunk stream's total, a REST body, the tensors "
+        "its shapes claim): larger ones are refused before they are decoded (RESOURCE_EXHAUSTED, HTTP 413)",
+    ),
     delay: str | None = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
     jitter: str | None = typer.Option(None, help="… jitter, e.g. 10ms"),
     loss: str | None = typer.Option(None, help="… loss, e.g. 1%"),
@@ -362,6 +367,7 @@ def agent(
             tier=tier or slice_name,
             overhead_ratio=overhead_ratio,
             max_message_bytes=max_message_bytes,
+            max_request_bytes=max_request_bytes,
             link=link,
             tc_applied=tc_applied,
             host=host,
@@ -379,10 +385,18 @@ def agent(
             drain_timeout=parse_duration(drain_timeout),
             **env_settings(),
         )
-        if overhead_ratio < 0 or max_message_bytes < 1 or fps <= 0 or max_inflight < 1 or frames < 0 or warmup < 0:
+        if (
+            overhead_ratio < 0
+            or max_message_bytes < 1
+            or not 1024 <= max_request_bytes <= 2**31 - 1
+            or fps <= 0
+            or max_inflight < 1
+            or frames < 0
+            or warmup < 0
+        ):
             raise ValueError(
-                "--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, --fps > 0, --max-inflight ≥ 1, "
-                "--frames ≥ 0, --warmup ≥ 0 are required"
+                "--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, 1024 ≤ --max-request-bytes ≤ 2147483647, "
+                "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0 are required"
             )
         if source and source != "synthetic":
             from pathlib import Path

@@ -168,6 +168,7 @@ class Tier(Node):
     node_selector: dict[str, str] = field(default_factory=dict)
     overhead_ratio: float = 0
     max_message_bytes: int = 4194304
+    max_request_bytes: int = 67108864  # 64 MiB: the agent's --max-request-bytes
     netem: Netem = field(default_factory=Netem)
     resources: dict[str, Any] = field(default_factory=dict)
 

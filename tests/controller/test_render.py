@@ -110,6 +110,8 @@ def test_deployment_pod_contract(si, plan):
         "10",
         "--max-message-bytes",
         "500000",
+        "--max-request-bytes",
+        "67108864",
         "--netem-report",
         "/run/splitdnn/netem.json",
         "--max-inflight",

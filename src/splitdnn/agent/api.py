@@ -20,7 +20,7 @@ import numpy as np
 
 from splitdnn.agent.runtime import SIGNATURE, BadRequest, TensorSpec
 from splitdnn.agent.stage import QueueFull
-from splitdnn.agent.wire import WireError, dtype_enum
+from splitdnn.agent.wire import TooLarge, WireError, dtype_enum
 
 VERSION = 1
 
@@ -34,7 +34,7 @@ HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # except a request over the size limit: 413 (see `rest`)
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -61,6 +61,7 @@ class ApiError(Exception):
 
 _CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode]] = [
     ((BadRequest, WireError), grpc.StatusCode.INVALID_ARGUMENT),
+    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ((TimeoutError, futures.TimeoutError), grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
@@ -212,6 +213,8 @@ def parse_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[dict[str, n
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(f"JSON parse error: {exc}") from None
+    except RecursionError:  # json's decoder recurses once per nested list or object
+        raise _bad("JSON parse error: nested too deeply") from None
     if not isinstance(doc, dict):
         raise _bad("the request body must be a JSON object with 'instances' or 'inputs'")
     check_signature(doc.get("signature_name") or "")

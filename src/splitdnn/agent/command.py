@@ -14,7 +14,7 @@ from splitdnn.spec import Tier, Workload
 
 # The flags a SplitInference decides (the same in `splitdnn render` and `splitdnn run --dry-run`).
 WORKLOAD_FLAGS = ("--fps", "--frames", "--deadline", "--max-inflight")
-TIER_FLAGS = ("--overhead-ratio", "--max-message-bytes")
+TIER_FLAGS = ("--overhead-ratio", "--max-message-bytes", "--max-request-bytes")
 LINK_FLAGS = ("--delay", "--jitter", "--loss", "--rate")
 LINK_KEYS = tuple(f[2:] for f in LINK_FLAGS)  # the netem fields the agent emulates in-process (not `limit`)
 
@@ -83,6 +83,8 @@ def agent_argv(
         number(spec.overhead_ratio),
         "--max-message-bytes",
         str(spec.max_message_bytes),
+        "--max-request-bytes",
+        str(spec.max_request_bytes),
     ]
     if netem_report:
         argv += ["--netem-report", netem_report]

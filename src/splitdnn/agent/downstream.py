@@ -33,6 +33,11 @@ GRPC_OPTIONS: list[tuple[str, int]] = [
 ]  # tiers talk directly, whatever http_proxy says
 
 
+def server_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    """A tier's server options: GRPC_OPTIONS, but a message over the request limit is refused by gRPC."""
+    return [(k, max_request_bytes if k == "grpc.max_receive_message_length" else v) for k, v in GRPC_OPTIONS]
+
+
 class Downstream:
     """The channel to the next tier at `address`, and what is known about it.
 

@@ -4,8 +4,9 @@
     GET  /v1/models/NAME[/versions/1]/metadata   signature serving_default: inputs and outputs, dtype and shape
     POST /v1/models/NAME[/versions/1]:predict    {"instances": [...]} or {"inputs": ...} → predictions / outputs
 
-Errors are `{"error": "..."}` with TF Serving's HTTP codes (400 bad input, 404 unknown model or version, 429 this
-tier's queue is full, 501 classify/regress, 503/504 from the tiers behind). What the JSON means is in `api`.
+Errors are `{"error": "..."}` with TF Serving's HTTP codes (400 bad input, 404 unknown model or version, 413 a body
+over `--max-request-bytes`, 429 this tier's queue is full, 501 classify/regress, 503/504 from the tiers behind).
+What the JSON means is in `api`. A body must arrive within the tier's `--timeout`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,7 +23,7 @@ import grpc
 
 from splitdnn.agent import api
 from splitdnn.agent.tier import Tier
-from splitdnn.agent.wire import tensors_of
+from splitdnn.agent.wire import TooLarge, tensors_of
 
 log = logging.getLogger("splitdnn.agent.rest")
 
@@ -40,7 +42,7 @@ def handle(tier: Tier, method: str, path: str, body: bytes, next_address: str | 
         error = api.error_of(exc, tier.name, next_address)
         if error.code == grpc.StatusCode.INTERNAL:
             log.exception("internal error on %s %s", method, path)
-        return error.http_status, {"error": error.message}
+        return 413 if isinstance(exc, TooLarge) else error.http_status, {"error": error.message}
 
 
 def _route(tier: Tier, method: str, path: str, body: bytes) -> dict[str, Any]:
@@ -68,11 +70,54 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse the connection
+        timeout = tier.timeout  # a body (or an idle connection) that stalls this long is dropped
 
         def _answer(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length > 0 else b""
-            status, doc = handle(tier, method, self.path, body, next_address)
+            text = (self.headers.get("Content-Length") or "0").strip()
+            length = int(text) if text.isascii() and text.isdigit() else -1
+            if length < 0:  # where the body ends is unknown: the connection cannot be reused
+                self.close_connection = True
+                status, doc = 400, {"error": f"{tier.name}: Content-Length {text!r} is not a number of bytes"}
+            elif length > tier.max_request_bytes:  # refused unread; the connection cannot be reused
+                self.close_connection = True
+                status, doc = (
+                    413,
+                    {
+                        "error": f"{tier.name}: the body has {length} bytes, over the limit of "
+                        f"{tier.max_request_bytes} (--max-request-bytes)"
+                    },
+                )
+            else:
+                body = self._body(length)
+                if len(body) < length:  # the sender stalled or closed: what it sent is not a request
+                    self.close_connection = True
+                    status, doc = (
+                        400,
+                        {
+                            "error": f"{tier.name}: the body ended after {len(body)} of {length} bytes "
+                            f"(Content-Length), or did not arrive within {tier.timeout:g} s (--timeout)"
+                        },
+                    )
+                else:
+                    status, doc = handle(tier, method, self.path, body, next_address)
+            self._send_json(status, doc)
+
+        def _body(self, length: int) -> bytes:
+            parts: list[bytes] = []
+            got = 0
+            end = time.monotonic() + tier.timeout  # in all: a byte every few seconds must not hold the thread
+            try:
+                while got < length and time.monotonic() < end:
+                    part = self.rfile.read1(length - got)
+                    if not part:
+                        break
+                    parts.append(part)
+                    got += len(part)
+            except TimeoutError:
+                pass
+            return b"".join(parts)
+
+        def _send_json(self, status: int, doc: dict) -> None:
             data = json.dumps(doc).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -86,11 +131,41 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
         def do_POST(self) -> None:  # noqa: N802
             self._answer("POST")
 
+        # other methods on the API's paths: "Malformed request" (400; 404 elsewhere), as TF Serving
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = lambda self: self._answer(self.command)  # noqa: E731
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            if self.request_version == "HTTP/0.9":  # "GET /path" alone: its answer would have no status line
+                self.send_error(400, "HTTP/0.9 requests are not supported: send HTTP/1.x")
+                return False
+            return True
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (a garbage request line, an unknown method, headers too long) in the API's
+            shape, `{"error": ...}`, and always with an HTTP/1.1 status line (a garbage line counts as HTTP/0.9,
+            which has none)."""
+            self.close_connection = True
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.1"
+            self._send_json(code, {"error": f"{tier.name}: {message or self.responses.get(code, ('',))[0]}"})
+
         def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: debug only
             log.debug("%s %s", self.address_string(), format % args)
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+
+        def handle_error(self, request, client_address) -> None:
+            """A client that went away before its answer is not a server error (socketserver prints a traceback)."""
+            import sys
+
+            exc = sys.exc_info()[1]
+            if isinstance(exc, ConnectionError):
+                log.debug("REST client %s went away: %s", client_address, exc)
+            else:
+                log.exception("REST request from %s failed", client_address)
 
     server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="rest").start()

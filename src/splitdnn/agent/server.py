@@ -36,18 +36,19 @@ from typing import Any, NoReturn
 import grpc
 
 from splitdnn.agent import api
-from splitdnn.agent.downstream import CHUNKED_METHOD, GRPC_OPTIONS, PING_METHOD, Downstream
+from splitdnn.agent.downstream import CHUNKED_METHOD, GRPC_OPTIONS, PING_METHOD, Downstream, server_options
 from splitdnn.agent.link import LinkEmulator, LinkParams
 from splitdnn.agent.metrics import AgentMetrics
 from splitdnn.agent.runtime import SIGNATURE, BadRequest
 from splitdnn.agent.tier import Tier
-from splitdnn.agent.wire import tensors_of
+from splitdnn.agent.wire import TooLarge, tensors_of
 
 log = logging.getLogger("splitdnn.agent")
 
 __all__ = ["CHUNKED_METHOD", "GRPC_OPTIONS", "PING_METHOD", "SIGNATURE", "AgentConfig", "BadRequest", "serve"]
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -62,6 +63,7 @@ class AgentConfig:
     tier: str = ""
     overhead_ratio: float = 0.0
     max_message_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # largest request this tier accepts (gRPC, chunks, REST)
     link: LinkParams = field(default_factory=LinkParams)  # what to emulate in-process (after the netem report)
     tc_applied: tuple = ()  # what the init container's tc applied (from the report)
     host: str = "0.0.0.0"
@@ -142,7 +144,7 @@ def _predict(tier: Tier, request, context, client: bool, next_address: str | Non
             unknown=grpc.StatusCode.INVALID_ARGUMENT,
         )
         api.check_signature(spec.signature_name)
-        tensors = tensors_of(request.inputs)
+        tensors = tensors_of(request.inputs, tier.max_request_bytes)
         run = tier.predict if client else tier.process
         return run(tensors, context.time_remaining())
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status
@@ -150,6 +152,45 @@ def _predict(tier: Tier, request, context, client: bool, next_address: str | Non
         if error.code == grpc.StatusCode.INTERNAL:
             log.exception("internal error")
         _abort(context, error)
+
+
+def parsing_in_handler(add_to_server, servicer, name: str) -> grpc.GenericRpcHandler:
+    """The handlers a generated `add_*Servicer_to_server` registers, but each parses its own request: grpcio
+    answers bytes it cannot deserialize with INTERNAL "Exception deserializing request!"; a request that is not
+    a protobuf message of the method's type is the caller's error, INVALID_ARGUMENT."""
+    captured: list = []
+
+    class Collector:
+        def add_generic_rpc_handlers(self, handlers) -> None:
+            captured.extend(handlers)
+
+        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+            captured.append(grpc.method_handlers_generic_handler(service, handlers))
+
+    add_to_server(servicer, Collector())
+
+    def parsing(handler):
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        def call(data: bytes, context):
+            try:
+                request = parse(data)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+                what = parse.__qualname__.rsplit(".", 1)[0]  # PredictRequest.FromString
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: not a {what}: {exc}")
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(call, response_serializer=handler.response_serializer)
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, handler_call_details):
+            for generic in captured:
+                found = generic.service(handler_call_details)
+                if found is not None:
+                    return parsing(found) if found.unary_unary and found.request_deserializer else found
+            return None
+
+    return Handler()
 
 
 def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | None = None, health=None):
@@ -214,7 +255,7 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
 
     def chunked(request_iterator, context):
         assert tier is not None
-        data = b"".join(request_iterator)
+        data = read_stream(request_iterator, context, tier.max_request_bytes, tier.timeout, tier.name)
         yield b""  # acknowledgement: the sender's transfer time ends here
         try:
             request = predict_pb2.PredictRequest.FromString(data)
@@ -227,13 +268,22 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
         (Not this tier's own stopping: a draining tier still serves what the previous tier sends.)"""
         return b"" if tier is None else tier.chain_problem().encode()
 
-    # no SO_REUSEPORT (gRPC's default): a second agent on a taken port must fail, not share its connections
+    # no SO_REUSEPORT (gRPC's default): a second agent on a taken port must fail, not share its connections;
+    # gRPC itself refuses (RESOURCE_EXHAUSTED) a message over the request limit before handing it to us
+    limit = tier.max_request_bytes if tier is not None else DEFAULT_MAX_REQUEST_BYTES
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=GRPC_OPTIONS + [("grpc.so_reuseport", 0)],
+        options=server_options(limit) + [("grpc.so_reuseport", 0)],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
+    name = tier.name if tier is not None else "agent"
+    server.add_generic_rpc_handlers(
+        (
+            parsing_in_handler(
+                prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server, PredictionService(), name
+            ),
+            parsing_in_handler(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelService(), name),
+        )
+    )
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     link = grpc.method_handlers_generic_handler(
@@ -245,6 +295,53 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
     )
     server.add_generic_rpc_handlers((link,))
     return server
+
+
+def _cancel(context, code: grpc.StatusCode, details: str) -> None:
+    """End an RPC from another thread with a status (the handler's thread is blocked reading its requests).
+    grpcio's public `cancel()` can only say CANCELLED; the call object underneath can say more."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    try:
+        call.cancel(code.value[0], details)  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - another grpcio: at least end it
+        context.cancel()
+
+
+def read_stream(chunks, context, limit: int, seconds: float, name: str) -> bytes:
+    """The chunks of a `/splitdnn.Link/PredictChunked` request, joined. Refused with RESOURCE_EXHAUSTED as soon
+    as the running total passes `limit` (nothing more is read or kept), or when the stream has not ended after
+    `seconds` (the tier's --timeout: a sender that never half-closes must not hold a thread and its chunks)."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _cancel(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{name}: the chunk stream did not end within {seconds:g} s (--timeout)",
+        )
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    parts: list[bytes] = []
+    total = 0
+    try:
+        for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                error = api.error_of(
+                    TooLarge(f"the chunk stream passed {limit} bytes (--max-request-bytes) at chunk {len(parts) + 1}"),
+                    name,
+                )
+                parts.clear()
+                _abort(context, error)
+            parts.append(chunk)
+    except grpc.RpcError:  # the stream was cancelled: by `expire` (its status is sent) or by the sender
+        _abort(context, api.ApiError(grpc.StatusCode.CANCELLED, f"{name}: the chunk stream ended early"))
+    finally:
+        timer.cancel()
+    return b"".join(parts)
 
 
 def worker_count(config: AgentConfig) -> int:
@@ -293,6 +390,7 @@ def build_tier(config: AgentConfig) -> Tier:
         overhead_ratio=config.overhead_ratio,
         queue_size=config.queue_size,
         max_message_bytes=config.max_message_bytes,
+        max_request_bytes=config.max_request_bytes,
         timeout=config.timeout,
     )
 

@@ -32,6 +32,7 @@ class Tier:
         overhead_ratio: float = 0.0,
         queue_size: int = 16,
         max_message_bytes: int = 4 * 1024 * 1024,
+        max_request_bytes: int = 64 * 1024 * 1024,
         timeout: float = 30.0,
     ):
         self.runtime = runtime
@@ -42,6 +43,7 @@ class Tier:
         self.emulator = emulator  # this tier's outgoing link; the last tier applies it to its results
         self.downstream = downstream
         self.max_message_bytes = max_message_bytes
+        self.max_request_bytes = max_request_bytes  # the largest request this tier decodes (`wire.TooLarge`)
         self.timeout = timeout
         self.stage = Stage(
             runtime.compute, overhead_ratio, queue_size, on_done=metrics.stage_compute.observe, name=f"stage-{name}"

@@ -6,6 +6,7 @@ client stream (see `server.CHUNKED_METHOD`); the receiver concatenates them and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,10 +28,15 @@ DTYPES = {
     "uint64": 23,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_DIMS = 32  # numpy's own limit is 64 (and raises a plain ValueError beyond); no slice takes more than a few
 
 
 class WireError(ValueError):
     """A tensor or message that cannot be decoded; the message names the problem."""
+
+
+class TooLarge(ValueError):
+    """A request over the tier's `--max-request-bytes` (gRPC RESOURCE_EXHAUSTED, HTTP 413)."""
 
 
 def dtype_enum(dtype) -> int:
@@ -71,9 +77,10 @@ _VAL_FIELDS = {
 }
 
 
-def from_tensor_proto(proto) -> np.ndarray:
+def from_tensor_proto(proto, max_bytes: int | None = None) -> np.ndarray:
     """TensorProto -> numpy array. Reads `tensor_content`, and the typed `*_val` fields TF Serving clients may use
-    (one value is broadcast, as TensorFlow does)."""
+    (one value is broadcast, as TensorFlow does). The claimed shape is checked before anything is allocated: its
+    size (exact, no int64 wrap-around) against `max_bytes` (TooLarge) and against the bytes or values sent."""
     if proto.dtype not in DTYPE_NAMES:
         raise WireError(f"unsupported tensor dtype enum {proto.dtype}")
     dtype = np.dtype(DTYPE_NAMES[proto.dtype])
@@ -82,24 +89,37 @@ def from_tensor_proto(proto) -> np.ndarray:
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if any(d < 0 for d in shape):
         raise WireError(f"tensor shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
+    if len(shape) > MAX_DIMS:
+        raise WireError(f"tensor shape has {len(shape)} dimensions, at most {MAX_DIMS} are supported")
+    count = math.prod(shape)  # a Python int: dims like [2**32, 2**32] must not wrap around to 0
+    nbytes = count * dtype.itemsize
+    # numpy refuses even an empty array whose other dimensions multiply past its index range ([0, 2**40, 2**40])
+    spans = math.prod(d for d in shape if d) * dtype.itemsize
+    if max_bytes is not None and max(nbytes, spans) > max_bytes:
+        what = f"claims {nbytes} bytes" if nbytes >= spans else f"spans {spans} bytes in its non-zero dimensions"
+        raise TooLarge(
+            f"tensor shape {list(shape)} of {dtype.name} {what}, over the limit of {max_bytes} (--max-request-bytes)"
+        )
     if proto.tensor_content:
-        if len(proto.tensor_content) != count * dtype.itemsize:
+        if len(proto.tensor_content) != nbytes:
             raise WireError(
                 f"tensor_content has {len(proto.tensor_content)} bytes, shape {list(shape)} of "
-                f"{dtype.name} needs {count * dtype.itemsize}"
+                f"{dtype.name} needs {nbytes}"
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
     values: Any = list(getattr(proto, _VAL_FIELDS[dtype.name]))
-    if dtype.name == "float16":  # half_val holds the bit patterns
-        values = np.array(values, dtype=np.uint16).view(np.float16)
-    if len(values) == count:
-        return np.array(values, dtype=dtype).reshape(shape)
-    if len(values) == 1:
-        return np.full(shape, values[0], dtype=dtype)
-    if count == 0 and not values:
+    if len(values) not in (count, 1) and not (count == 0 and not values):
+        raise WireError(f"tensor has {len(values)} {_VAL_FIELDS[dtype.name]} values, shape {list(shape)} needs {count}")
+    try:
+        if dtype.name == "float16":  # half_val holds the bit patterns
+            values = np.array(values, dtype=np.uint16).view(np.float16)
+        if len(values) == count:
+            return np.array(values, dtype=dtype).reshape(shape)
+        if len(values) == 1:
+            return np.full(shape, values[0], dtype=dtype)
         return np.zeros(shape, dtype=dtype)
-    raise WireError(f"tensor has {len(values)} values, shape {list(shape)} needs {count}")
+    except OverflowError:  # int_val is int32 on the wire whatever the tensor's dtype: -174 for a uint8 tensor
+        raise WireError(f"tensor has {_VAL_FIELDS[dtype.name]} values outside the range of {dtype.name}") from None
 
 
 def split_chunks(data: bytes, max_bytes: int) -> list[bytes]:
@@ -138,6 +158,16 @@ def predict_response(model: str, tensors: dict, signature: str = "serving_defaul
     return response
 
 
-def tensors_of(field) -> dict:
-    """A request's `inputs` or a response's `outputs` map -> {name: numpy array}."""
-    return {name: from_tensor_proto(proto) for name, proto in field.items()}
+def tensors_of(field, max_bytes: int | None = None) -> dict:
+    """A request's `inputs` or a response's `outputs` map -> {name: numpy array}. With `max_bytes`, the tensors
+    together may claim at most that many bytes (checked for each before it is decoded)."""
+    out = {}
+    left = max_bytes
+    for name, proto in field.items():
+        try:
+            out[name] = array = from_tensor_proto(proto, left)
+        except (WireError, TooLarge) as exc:
+            raise type(exc)(f"input {name!r}: {exc}") from None
+        if left is not None:
+            left -= array.nbytes
+    return out
