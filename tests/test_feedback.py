@@ -5,8 +5,8 @@ import pytest
 
 from splitdnn import feedback
 from splitdnn.adapt import Policy
-from splitdnn.controller.handlers import effective_spec
 from splitdnn.controller.plan import ModelSummary
+from splitdnn.controller.reconcile import effective_spec
 from splitdnn.controller.status import running_status, set_condition
 from splitdnn.prom import PrometheusError
 from splitdnn.spec import from_resource

@@ -192,7 +192,7 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
                 timeout=180,
                 what="a re-split",
             )
-            from splitdnn.controller.handlers import _epoch
+            from splitdnn.controller.reconcile import epoch as _epoch
 
             assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready_since) >= 30 - 1
             st = si["status"]
