@@ -55,6 +55,11 @@ class EventReason(StrEnum):
     METRICS_AVAILABLE = "MetricsAvailable"
 
 
+def stamp(seconds: float) -> str:
+    """A status time stamp (`2026-01-01T00:00:00Z`) of seconds since the epoch."""
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
