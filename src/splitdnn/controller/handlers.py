@@ -114,7 +114,7 @@ class Operator:
                 self.retire_splits(body, existing, out.plan["splitId"], logger)
                 deployments = {n: o for (kind, n), o in k.children(d.namespace, d.name).items() if kind == "Deployment"}
                 out = core.settle(d, out, deployments)
-        if out.result == "failed":
+        if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
         self.write_status(body, patch, d.previous, out.status or {})
         _observe(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
