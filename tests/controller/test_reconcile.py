@@ -279,3 +279,5 @@ def test_register_binds_the_handlers_to_the_settings():
     assert {h.id for h in registry._changing.get_all_handlers()} == {"on_change", "on_change/spec"}
     assert {h.id for h in registry._indexing.get_all_handlers()} == {"tier_deployments"}
     assert {h.id for h in registry._watching.get_all_handlers()} == {"on_child_deployment"}
+    activities = {h.id for h in registry._activities.get_all_handlers()}
+    assert {"login", "configure"} <= activities  # a registry of our own must bring the login

@@ -240,6 +240,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, kube: kube_mod
         settings.execution.max_workers = 4
         op.kube  # noqa: B018 - fail fast on a bad kubeconfig
 
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """KUBECONFIG or the in-cluster ServiceAccount, through the kubernetes client (Kopf's default registry
+        brings this; a registry of our own does not)."""
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="on_change", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="on_change", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="on_change", registry=registry)
