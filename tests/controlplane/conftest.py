@@ -39,11 +39,31 @@ def create_namespace(kube_api, prefix: str) -> str:
 
 
 def delete_namespace(kube_api, name: str, timeout: float = 180) -> None:
-    """Delete the namespace and wait until it is gone (its SplitInferences, children and pods with it)."""
+    """Delete the namespace and wait until it is gone (its SplitInferences, children and pods with it).
+
+    Kopf puts a finalizer on each SplitInference (its timers need one); the operator that would release them has
+    usually stopped by now (module fixtures end before the namespace's), so they are released here."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    core = client.CoreV1Api(kube_api)
+    core, co = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    group, version, plural = "splitdnn.io", "v1alpha1", "splitinferences"
+    for si in co.list_namespaced_custom_object(group, version, name, plural)["items"]:
+        n = si["metadata"]["name"]
+        try:
+            co.delete_namespaced_custom_object(group, version, name, plural, n)
+            co.patch_namespaced_custom_object(
+                group,
+                version,
+                name,
+                plural,
+                n,
+                {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
     try:
         core.delete_namespace(name)
     except ApiException as exc:

@@ -3,8 +3,10 @@
 feedback_pass.py, and carries out what they return: apply children, write the status, post Events.
 
 Invalid specs put the resource in Failed (condition + Event naming the problem) and leave its current children
-alone; the operator keeps running and a fixed spec recovers. There are no deletion handlers and so no finalizer:
-owner references let the garbage collector delete the children, even while the operator is down.
+alone; the operator keeps running and a fixed spec recovers. There are no deletion handlers: owner references let
+the garbage collector delete the children. Kopf does put its finalizer (kopf.zalando.org/KopfFinalizerMarker) on
+every SplitInference, because its timers need one; a SplitInference deleted while the operator is down waits
+for the operator (or for that finalizer to be removed by hand).
 """
 
 from __future__ import annotations
