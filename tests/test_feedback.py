@@ -5,7 +5,7 @@ import pytest
 
 from splitdnn import feedback
 from splitdnn.adapt import Policy
-from splitdnn.controller.handlers import effective_spec
+from splitdnn.controller.reconcile import effective_spec
 from splitdnn.controller.status import running_status, set_condition
 from splitdnn.graph import GraphSummary
 from splitdnn.planner import deploy

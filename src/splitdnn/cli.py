@@ -475,7 +475,7 @@ def render(
     is to Helm): pipe it to `kubectl diff -f -` or `kubectl apply -f -`."""
     import yaml
 
-    from splitdnn.controller.render import RenderError, render_offline
+    from splitdnn.controller.reconcile import RenderError, offline
     from splitdnn.spec import SpecError, load_file
 
     points = None
@@ -489,7 +489,7 @@ def render(
         for si in items:
             if namespace:
                 si.namespace = namespace
-            objs += render_offline(si, points)
+            objs += offline(si, points)
     except (SpecError, RenderError) as exc:
         fail(str(exc))
 

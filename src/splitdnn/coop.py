@@ -104,7 +104,7 @@ def window_geom(
     oh = (h + pad[0] + pad[1] - kh) // sh + 1
     ow = (w + pad[2] + pad[3] - kw) // sw + 1
     out_c = channels if kind == "conv" else c
-    return Geom(name, kind, (h, w, c), (oh, ow, out_c), (kh, kw), (sh, sw), pad, pool)  # type: ignore[arg-type]
+    return Geom(name, kind, (h, w, c), (oh, ow, out_c), (kh, kw), (sh, sw), pad, pool)
 
 
 class Chain:

@@ -1,13 +1,14 @@
 """The operator against the real control plane (Go-built kube-apiserver, controller-manager with its garbage
 collector, scheduler; kwok nodes per tier). The operator runs as `splitdnn operator` in a subprocess, the way a
 user runs it, with admin credentials here (tests/controlplane/test_helm.py runs it as the chart's ServiceAccount).
+Each test creates the SplitInferences it uses, under names of its own, and deletes them (the `made` fixture):
+the tests pass in any order.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,30 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cnn14.yaml"
 TIERS = ("device", "edge", "cloud")
 TIMEOUT = 180  # the operator imports TensorFlow and builds the model once (slow on a busy 2-core machine)
-
-
-@pytest.fixture(scope="session")
-def crd(controlplane):
-    kc = controlplane["kubeconfig"]
-    kubectl(kc, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "splitinference.yaml"))
-    kubectl(kc, "wait", "--for", "condition=Established", "crd/splitinferences.splitdnn.io", "--timeout", "60s")
-    return kc
-
-
-@pytest.fixture(scope="module")
-def ns(crd, kube_api):
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube_api)
-    name = f"op-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(
-        lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items),
-        timeout=30,
-        what="default ServiceAccount",
-    )
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +97,16 @@ def apply(kc, ns, resource, check=True):
     return kubectl(kc, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(resource), check=check)
 
 
-def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlplane):
+def deploy(kc, ns, name, operator, made, points=None):
+    """Apply the example as `name` and wait until it runs."""
+    made.append(name)
+    apply(kc, ns, example(name, points))
+    return wait_phase(kc, ns, name, "Running", operator)
+
+
+def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlplane, made):
     kc = crd
+    made.append("cnn14")
     kubectl(kc, "apply", "-n", ns, "-f", str(EXAMPLE))
     si = wait_phase(kc, ns, "cnn14", "Running", operator)
     st = si["status"]
@@ -157,17 +142,16 @@ def test_example_deploys_three_tiers_on_their_nodes(crd, ns, operator, controlpl
     assert row.split()[:4] == ["cnn14", "Running", "3/3", "conv2d,flatten"], row
 
 
-def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
+def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api, made):
     import threading
 
     from kubernetes import client, watch
 
     kc = crd
-    before = children(kc, ns, "cnn14")["deployments"]
+    deploy(kc, ns, "roll", operator, made)
+    before = children(kc, ns, "roll")["deployments"]
     apps = client.AppsV1Api(kube_api)
-    rv = apps.list_namespaced_deployment(
-        ns, label_selector="splitdnn.io/splitinference=cnn14"
-    ).metadata.resource_version
+    rv = apps.list_namespaced_deployment(ns, label_selector="splitdnn.io/splitinference=roll").metadata.resource_version
     seen, w = [], watch.Watch()
 
     def record():  # every status the Deployments go through during the rollout
@@ -175,7 +159,7 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
             for ev in w.stream(
                 apps.list_namespaced_deployment,
                 ns,
-                label_selector="splitdnn.io/splitinference=cnn14",
+                label_selector="splitdnn.io/splitinference=roll",
                 resource_version=rv,
                 timeout_seconds=120,
             ):
@@ -190,7 +174,7 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
         kc,
         "patch",
         "si",
-        "cnn14",
+        "roll",
         "-n",
         ns,
         "--type",
@@ -198,60 +182,61 @@ def test_edit_split_points_rolls_the_tiers(crd, ns, operator, kube_api):
         "-p",
         json.dumps({"spec": {"splitPoints": ["max_pooling2d", "dense"]}}),
     )
-    gen = get_si(kc, ns, "cnn14")["metadata"]["generation"]
-    si = wait_phase(kc, ns, "cnn14", "Running", operator, generation=gen)
+    gen = get_si(kc, ns, "roll")["metadata"]["generation"]
+    si = wait_phase(kc, ns, "roll", "Running", operator, generation=gen)
     w.stop()
     t.join(timeout=10)
     # no downtime: every tier kept an available replica through its rollout (maxUnavailable 0)
     rolled = {name for name, g, _ in seen if g > before[name]["metadata"]["generation"]}
-    assert rolled == {f"cnn14-{t}" for t in TIERS}, seen
+    assert rolled == {f"roll-{t}" for t in TIERS}, seen
     assert min(avail for _, _, avail in seen) >= 1, seen
     assert si["status"]["splitPoints"] == ["max_pooling2d", "dense"]
-    after = children(kc, ns, "cnn14")["deployments"]
+    after = children(kc, ns, "roll")["deployments"]
     for t in TIERS:
-        d = after[f"cnn14-{t}"]
-        assert d["metadata"]["generation"] > before[f"cnn14-{t}"]["metadata"]["generation"]
+        d = after[f"roll-{t}"]
+        assert d["metadata"]["generation"] > before[f"roll-{t}"]["metadata"]["generation"]
         slicer = d["spec"]["template"]["spec"]["initContainers"][0]
         assert slicer["command"][4] == "max_pooling2d,dense"
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         assert d["status"]["updatedReplicas"] == d["status"]["readyReplicas"] == 1
-    assert any(r == "SplitChanged" for r, _ in events_for(kc, ns, "cnn14"))
+    assert any(r == "SplitChanged" for r, _ in events_for(kc, ns, "roll"))
     # the new split's Services came with it; the old split's go once none of its pods is left
-    old_split = before["cnn14-device"]["spec"]["template"]["metadata"]["labels"]["splitdnn.io/split"]
+    old_split = before["roll-device"]["spec"]["template"]["metadata"]["labels"]["splitdnn.io/split"]
     new_split = si["status"]["plan"]["splitId"]
     assert new_split != old_split
-    want = {f"cnn14-{t}" for t in TIERS} | {f"cnn14-{t}-{new_split}" for t in TIERS[1:]}
+    want = {f"roll-{t}" for t in TIERS} | {f"roll-{t}-{new_split}" for t in TIERS[1:]}
     wait_for(
-        lambda: set(children(kc, ns, "cnn14")["services"]) == want,
+        lambda: set(children(kc, ns, "roll")["services"]) == want,
         timeout=TIMEOUT,
         interval=1,
         what=f"services {sorted(want)}",
     )
-    assert any(r == "SplitRetired" and old_split in m for r, m in events_for(kc, ns, "cnn14"))
+    assert any(r == "SplitRetired" and old_split in m for r, m in events_for(kc, ns, "roll"))
 
 
-def test_deleted_child_comes_back(crd, ns, operator):
+def test_deleted_child_comes_back(crd, ns, operator, made):
     kc = crd
-    old_uid = children(kc, ns, "cnn14")["deployments"]["cnn14-edge"]["metadata"]["uid"]
-    kubectl(kc, "delete", "deployment", "cnn14-edge", "-n", ns, "--wait=false")
-    kubectl(kc, "delete", "service", "cnn14-cloud", "-n", ns, "--wait=false")
+    deploy(kc, ns, "drift", operator, made)
+    old_uid = children(kc, ns, "drift")["deployments"]["drift-edge"]["metadata"]["uid"]
+    kubectl(kc, "delete", "deployment", "drift-edge", "-n", ns, "--wait=false")
+    kubectl(kc, "delete", "service", "drift-cloud", "-n", ns, "--wait=false")
 
     def repaired():
-        kids = children(kc, ns, "cnn14")
-        d = kids["deployments"].get("cnn14-edge")
-        return d and d["metadata"]["uid"] != old_uid and "cnn14-cloud" in kids["services"]
+        kids = children(kc, ns, "drift")
+        d = kids["deployments"].get("drift-edge")
+        return d and d["metadata"]["uid"] != old_uid and "drift-cloud" in kids["services"]
 
     wait_for(repaired, timeout=60, what="re-created Deployment and Service")
-    wait_phase(kc, ns, "cnn14", "Running", operator)
+    wait_phase(kc, ns, "drift", "Running", operator)
     # an edited child is put back too (server-side apply owns the fields the operator renders)
-    kubectl(kc, "scale", "deployment", "cnn14-device", "-n", ns, "--replicas", "0")
+    kubectl(kc, "scale", "deployment", "drift-device", "-n", ns, "--replicas", "0")
     wait_for(
-        lambda: children(kc, ns, "cnn14")["deployments"]["cnn14-device"]["spec"]["replicas"] == 1,
+        lambda: children(kc, ns, "drift")["deployments"]["drift-device"]["spec"]["replicas"] == 1,
         timeout=60,
         what="replicas restored",
     )
-    wait_phase(kc, ns, "cnn14", "Running", operator)
-    assert any(r == "DriftRepaired" for r, _ in events_for(kc, ns, "cnn14"))
+    wait_phase(kc, ns, "drift", "Running", operator)
+    assert any(r == "DriftRepaired" for r, _ in events_for(kc, ns, "drift"))
 
 
 @pytest.mark.parametrize(
@@ -285,10 +270,11 @@ def test_schema_rejects_malformed_specs_at_the_api(crd, ns, mutate, needle):
         ("bad-model", lambda r: r["spec"].update(model={"kerasApplication": "NoSuchNet"}), "unknown model"),
     ],
 )
-def test_cross_field_problems_fail_with_a_named_condition(crd, ns, operator, name, mutate, needle):
+def test_cross_field_problems_fail_with_a_named_condition(crd, ns, operator, made, name, mutate, needle):
     kc = crd
     r = example(name)
     mutate(r)
+    made.append(name)
     apply(kc, ns, r)
     si = wait_phase(kc, ns, name, "Failed", operator)
     valid = next(c for c in si["status"]["conditions"] if c["type"] == "Valid")
@@ -300,80 +286,82 @@ def test_cross_field_problems_fail_with_a_named_condition(crd, ns, operator, nam
     assert operator.alive()
 
 
-def test_fixed_spec_recovers(crd, ns, operator):
+def test_fixed_spec_recovers(crd, ns, operator, made):
     kc = crd
-    name = "bad-layer"
-    assert get_si(kc, ns, name)["status"]["phase"] == "Failed"
+    name = "fixme"
+    made.append(name)
+    apply(kc, ns, example(name, ["conv2d", "no_such_layer"]))
+    wait_phase(kc, ns, name, "Failed", operator)
+    assert children(kc, ns, name)["deployments"] == {}
     apply(kc, ns, example(name))
     si = wait_phase(kc, ns, name, "Running", operator)
     assert next(c for c in si["status"]["conditions"] if c["type"] == "Valid")["status"] == "True"
     assert len(children(kc, ns, name)["deployments"]) == 3
-    for bad in ("bad-count", "bad-dup", "bad-model", name):
-        kubectl(kc, "delete", "si", bad, "-n", ns, "--wait=false")
 
 
-def test_operator_killed_mid_reconcile_makes_no_duplicates(crd, ns, operator):
-    kc = crd
-    name = "crashy"
-    apply(kc, ns, example(name))
-    # kill as soon as the first child appears (mid-reconcile), then restart
-    wait_for(lambda: any(children(kc, ns, name).values()), timeout=TIMEOUT, interval=0.2, what="a first child")
-    operator.kill()
-    partial = children(kc, ns, name)
-    operator.start()
-    si = wait_phase(kc, ns, name, "Running", operator)
-    kids = children(kc, ns, name)
-    split = si["status"]["plan"]["splitId"]
-    assert set(kids["deployments"]) == {f"{name}-{t}" for t in TIERS}
-    assert set(kids["services"]) == {f"{name}-{t}" for t in TIERS} | {f"{name}-{t}-{split}" for t in TIERS[1:]}
-    assert set(kids["configmaps"]) == {f"{name}-plan"}
-    for kind, objs in partial.items():  # what existed before the crash was kept, not replaced
-        for n, o in objs.items():
-            assert kids[kind][n]["metadata"]["uid"] == o["metadata"]["uid"]
-    pods = json.loads(
-        kubectl(kc, "get", "pods", "-n", ns, "-l", f"splitdnn.io/splitinference={name}", "-o", "json").stdout
-    )["items"]
-    assert len([p for p in pods if not p["metadata"].get("deletionTimestamp")]) == 3
-
-
-def test_delete_garbage_collects_children(crd, ns, operator):
-    kc = crd
-    for name in ("cnn14", "crashy"):
-        kubectl(kc, "delete", "si", name, "-n", ns, "--wait=false")
-    wait_for(
-        lambda: not any(any(children(kc, ns, n).values()) for n in ("cnn14", "crashy")),
-        timeout=90,
-        what="children garbage-collected",
-    )
-    left = json.loads(
-        kubectl(kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference in (cnn14,crashy)", "-o", "json").stdout
-    )["items"]
-    deadline = time.monotonic() + 60
-    while left and time.monotonic() < deadline:
-        time.sleep(1)
-        left = json.loads(
-            kubectl(
-                kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference in (cnn14,crashy)", "-o", "json"
-            ).stdout
+def test_operator_killed_mid_reconcile_makes_no_duplicates(crd, own_ns, tmp_path):
+    """The operator holds its reconcile after the first child is applied (a fault-injection point,
+    SPLITDNN_FAULT_PAUSE_AT) and is SIGKILLed there; a fresh operator finishes the job without duplicates and
+    without replacing what was already there."""
+    kc, ns, name = crd, own_ns, "crashy"
+    paused = OperatorProcess(
+        kc, ns, tmp_path / "paused.log", extra_env={"SPLITDNN_FAULT_PAUSE_AT": "after-first-apply"}
+    ).start()
+    try:
+        apply(kc, ns, example(name))
+        wait_for(
+            lambda: "fault injection: paused at after-first-apply" in paused.log() or not paused.alive(),
+            timeout=TIMEOUT,
+            interval=0.2,
+            what="the operator paused mid-reconcile",
+        )
+        assert paused.alive(), paused.log()[-4000:]
+        partial = children(kc, ns, name)
+        assert sum(len(objs) for objs in partial.values()) == 1, partial  # one child applied, the rest not yet
+        paused.kill()
+    finally:
+        paused.stop()
+    operator = OperatorProcess(kc, ns, tmp_path / "operator.log").start()
+    try:
+        si = wait_phase(kc, ns, name, "Running", operator)
+        kids = children(kc, ns, name)
+        split = si["status"]["plan"]["splitId"]
+        assert set(kids["deployments"]) == {f"{name}-{t}" for t in TIERS}
+        assert set(kids["services"]) == {f"{name}-{t}" for t in TIERS} | {f"{name}-{t}-{split}" for t in TIERS[1:]}
+        assert set(kids["configmaps"]) == {f"{name}-plan"}
+        for kind, objs in partial.items():  # what existed before the crash was kept, not replaced
+            for n, o in objs.items():
+                assert kids[kind][n]["metadata"]["uid"] == o["metadata"]["uid"]
+        pods = json.loads(
+            kubectl(kc, "get", "pods", "-n", ns, "-l", f"splitdnn.io/splitinference={name}", "-o", "json").stdout
         )["items"]
-    assert left == []
+        assert len([p for p in pods if not p["metadata"].get("deletionTimestamp")]) == 3
+    finally:
+        operator.stop()
 
 
-def test_status_follows_child_deployments_without_the_timer(crd, kube_api, tmp_path):
-    """With the resync timer far away, readiness still reaches the status (Deployment events)."""
-    from kubernetes import client
-
+def test_delete_garbage_collects_children(crd, ns, operator, made):
     kc = crd
-    core = client.CoreV1Api(kube_api)
-    ns = f"ev-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    deploy(kc, ns, "gc", operator, made)
+    kubectl(kc, "delete", "si", "gc", "-n", ns, "--wait=false")
+    wait_for(lambda: not any(children(kc, ns, "gc").values()), timeout=90, what="children garbage-collected")
+
+    def pods_left():
+        return json.loads(
+            kubectl(kc, "get", "pods", "-n", ns, "-l", "splitdnn.io/splitinference=gc", "-o", "json").stdout
+        )["items"]
+
+    deadline = time.monotonic() + 60
+    while pods_left() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert pods_left() == []
+
+
+def test_status_follows_child_deployments_without_the_timer(crd, own_ns, tmp_path):
+    """With the resync timer far away, readiness still reaches the status (Deployment events)."""
+    kc, ns = crd, own_ns
     op = OperatorProcess(kc, ns, tmp_path / "operator.log", resync=600).start()
     try:
-        wait_for(
-            lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items),
-            timeout=30,
-            what="default ServiceAccount",
-        )
         apply(kc, ns, example("ev"))
         wait_phase(kc, ns, "ev", "Running", op, timeout=120)
         kubectl(kc, "scale", "deployment", "ev-edge", "-n", ns, "--replicas", "0")  # someone breaks a tier
@@ -382,4 +370,3 @@ def test_status_follows_child_deployments_without_the_timer(crd, kube_api, tmp_p
         assert any(r == "Degraded" for r, _ in events_for(kc, ns, "ev"))
     finally:
         op.stop()
-        core.delete_namespace(ns)

@@ -16,7 +16,7 @@ import json
 import time
 
 import pytest
-from test_operator import apply, children, crd, events_for, example, get_si, ns, wait_phase  # noqa: F401  # noqa: F401  (fixtures)
+from test_operator import apply, children, events_for, example, get_si, wait_phase
 
 from harness.fixtures import OperatorProcess, kubectl, wait_for
 
@@ -64,7 +64,7 @@ def condition(si, ctype):
 
 
 @pytest.fixture(scope="module")
-def op(crd, ns, tmp_path_factory):  # noqa: F811
+def op(crd, ns, tmp_path_factory):
     proc = OperatorProcess(
         crd, ns, tmp_path_factory.mktemp("operator") / "operator.log", extra_env={"SPLITDNN_ADAPT_TICK_SECONDS": "1"}
     ).start()
@@ -73,8 +73,9 @@ def op(crd, ns, tmp_path_factory):  # noqa: F811
     print(proc.log()[-4000:])
 
 
-def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # noqa: F811
+def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op, made):
     kc = crd
+    made.append("auto")
     r = example("auto")
     r["spec"].pop("splitPoints")
     r["spec"]["planner"]["mode"] = "auto"
@@ -152,7 +153,7 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op):  # n
     assert si["status"]["splitPoints"][0] == "conv2d"
 
 
-def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # noqa: F811
+def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):
     from harness.prometheus import PrometheusServer, free_port, prometheus_binary
 
     if prometheus_binary() is None:
@@ -192,7 +193,7 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):  # no
                 timeout=180,
                 what="a re-split",
             )
-            from splitdnn.controller.handlers import _epoch
+            from splitdnn.controller.reconcile import epoch as _epoch
 
             assert _epoch(si["status"]["resplits"][0]["time"]) - _epoch(ready_since) >= 30 - 1
             st = si["status"]

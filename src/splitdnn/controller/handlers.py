@@ -1,502 +1,313 @@
-"""Kopf handlers for SplitInference. Importing this module registers them (done by `splitdnn operator`).
+"""The Kopf shell: `register(registry, settings)` registers the SplitInference handlers (done by
+`splitdnn operator` at start-up). Each handler reads the cluster, calls the pure functions of reconcile.py and
+feedback_pass.py, and carries out what they return: apply children, write the status, post Events.
 
-One reconcile function serves create, update (spec), resume and the drift-repair timer, so they all converge to
-the same children: validate → plan → render → adopt (owner references) → server-side apply → status.
 Invalid specs put the resource in Failed (condition + Event naming the problem) and leave its current children
-alone; the operator keeps running and a fixed spec recovers. There are no deletion handlers and so no finalizer:
-owner references let the garbage collector delete the children, even while the operator is down.
+alone; the operator keeps running and a fixed spec recovers. There are no deletion handlers: owner references let
+the garbage collector delete the children. Kopf does put its finalizer (kopf.zalando.org/KopfFinalizerMarker) on
+every SplitInference, because its timers need one; a SplitInference deleted while the operator is down waits
+for the operator (or for that finalizer to be removed by hand).
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import threading
+import time
+from typing import Any
 
 import kopf
 
+from splitdnn.controller import feedback_pass, render
 from splitdnn.controller import kube as kube_mod
-from splitdnn.controller import plan as plan_mod
-from splitdnn.controller import render
+from splitdnn.controller import profiling as profiling_mod
+from splitdnn.controller import reconcile as core
 from splitdnn.controller import status as status_mod
-from splitdnn.planner import deploy
-from splitdnn.spec import GROUP, PLURAL, VERSION, SpecError, from_resource
+from splitdnn.controller.settings import Settings
+from splitdnn.spec import GROUP, PLURAL, VERSION
 
-RESYNC_SECONDS = float(os.environ.get("SPLITDNN_RESYNC_SECONDS", "10"))
-# How often the feedback timer wakes up; each SplitInference is measured every `adaptation.interval` of its own.
-ADAPT_TICK_SECONDS = float(os.environ.get("SPLITDNN_ADAPT_TICK_SECONDS", "2"))
-RESPLIT_HISTORY = 20
-# Match the agents' series on the `namespace` label too (Kubernetes service discovery adds it; a Prometheus that
-# does not relabel so has no such label: leave it off then).
-PROMQL_NAMESPACE = os.environ.get("SPLITDNN_PROMQL_NAMESPACE", "") in ("1", "true", "yes")
 EVENT_COMPONENT = "splitdnn-operator"
-
-_kube: kube_mod.Kube | None = None
+MANAGED = {"app.kubernetes.io/managed-by": render.MANAGER}
 
 try:
     from prometheus_client import Counter, Gauge
 
-    RECONCILES = Counter("splitdnn_operator_reconciles_total", "Reconcile passes", ["cause", "result"])
-    PHASE = Gauge(
+    RECONCILES: Counter | None = Counter("splitdnn_operator_reconciles_total", "Reconcile passes", ["cause", "result"])
+    PHASE: Gauge | None = Gauge(
         "splitdnn_operator_phase", "1 for the current phase of each SplitInference", ["namespace", "name", "phase"]
     )
 except ImportError:  # pragma: no cover - prometheus_client is a dependency; metrics are optional
     RECONCILES = PHASE = None
 
 
-def _observe(body, cause: str, result: str, phase: str | None) -> None:
-    if RECONCILES is None:
+def _observe(meta: Any, cause: str, result: str, phase: str | None) -> None:
+    if RECONCILES is None or PHASE is None:
         return
     RECONCILES.labels(cause=cause, result=result).inc()
     if phase:
-        meta = body["metadata"]
         for p in status_mod.PHASES:
-            PHASE.labels(namespace=meta.get("namespace", ""), name=meta["name"], phase=p).set(1 if p == phase else 0)
+            PHASE.labels(namespace=meta.get("namespace", ""), name=meta["name"], phase=p.value).set(
+                1 if p == phase else 0
+            )
 
 
-def kube() -> kube_mod.Kube:
-    global _kube
-    if _kube is None:
-        _kube = kube_mod.Kube(kube_mod.api_client())
-    return _kube
+def _post(body: Any, events: list[core.Event]) -> None:
+    for e in events:
+        (kopf.warn if e.warning else kopf.info)(body, reason=str(e.reason), message=e.message)
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_):
-    # Keep kopf's bookkeeping in annotations under our prefix; status stays ours.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="splitdnn.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="splitdnn.io", key="last-handled-configuration"
-    )
-    settings.posting.reporting_component = EVENT_COMPONENT
-    settings.posting.reporting_instance = os.environ.get("POD_NAME", "splitdnn-operator")
-    settings.posting.loggers = False  # Events only for decisions (kopf.info/warn below), not every log line
-    settings.watching.server_timeout = 120
-    settings.watching.client_timeout = 150
-    settings.networking.request_timeout = 60
-    settings.execution.max_workers = 4
-    kube()  # fail fast on a bad kubeconfig
+class Operator:
+    """The handlers' shared state: the settings and one API client."""
 
+    def __init__(self, settings: Settings, kube: kube_mod.Kube | None = None):
+        self.settings = settings
+        self._kube = kube
 
-def _load_summary(si):
-    """(summary or None, problems)."""
-    shape = tuple(si.input_shape) if si.input_shape else None
-    try:
-        return plan_mod.model_summary(si.model_source, shape), []
-    except plan_mod.ModelUnavailable:
-        return None, []
-    except Exception as exc:  # ModelSourceError, ValueError from Keras builders: the user's model is wrong
-        msg = str(exc) if str(exc).startswith("unknown model") else f"cannot load model {si.model_source!r}: {exc}"
-        return None, [msg]
+    @property
+    def kube(self) -> kube_mod.Kube:
+        if self._kube is None:
+            self._kube = kube_mod.Kube(kube_mod.api_client())
+        return self._kube
 
+    def pause(self, point: str, logger: kopf.Logger) -> None:
+        """Fault injection (Settings.pause_at): hold this reconcile for good at `point`, so a test can kill the
+        operator exactly there."""
+        if self.settings.pause_at == point:
+            logger.warning("fault injection: paused at %s", point)
+            threading.Event().wait()
 
-def reconcile(body, patch, logger: logging.Logger, *, cause: str) -> None:
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    generation = meta.get("generation", 0)
-    previous = dict(body.get("status") or {})
-    resource = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": effective_spec(dict(body.get("spec") or {}), previous),
-    }
-    try:
-        si = from_resource(resource)
-    except SpecError as exc:
-        return _fail(body, patch, previous, generation, [str(exc)], logger)
-    summary, problems = _load_summary(si)
-    estimate, profiling_state = None, None
-    if not problems and summary and si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints"):
-        from splitdnn.planner import Infeasible
+    # --- reconcile -----------------------------------------------------------------------------------------------
 
+    def reconcile(self, body: Any, patch: Any, logger: kopf.Logger, cause: str) -> None:
+        meta = body["metadata"]
+        d = core.desired(body)
+        k = self.kube
+        prof = stored = None
+        if d.wants_profiling and d.si is not None:
+            try:  # per-tier profiling Jobs; their results land in the ConfigMap <name>-profiles
+                prof = profiling_mod.sync(
+                    k.api, d.si, body, render.agent_image(), logger, wait=self.settings.profile_wait_seconds
+                )
+            except Exception as exc:  # noqa: BLE001 - no profiles: FLOPs estimates
+                logger.warning("profiling: %s", exc)
+        elif d.si is not None and d.summary is not None and not d.problems:
+            stored = self.stored_profiles(d.namespace, d.si)
+        existing = k.children(d.namespace, d.name) if not d.problems else {}
+        out = core.prepare(d, cause, existing, prof, stored)
+        _post(body, out.events)
+        if out.apply:
+            from kubernetes.client.exceptions import ApiException
+
+            kopf.adopt(out.apply, owner=body)
+            try:
+                for i, obj in enumerate(out.apply):
+                    k.apply(obj)
+                    if i == 0:
+                        self.pause(core.AFTER_FIRST_APPLY, logger)
+            except ApiException as exc:
+                if exc.status not in (400, 422):
+                    raise kopf.TemporaryError(f"applying children failed: {exc.status} {exc.reason}", delay=5) from exc
+                out = core.refused(d, str(exc.reason), exc.body or "")  # the spec made the children invalid
+                _post(body, out.events)
+            else:
+                _post(body, out.applied_events)
+                for e in out.applied_events:
+                    logger.info("%s: %s", e.reason, e.message)
+                assert out.plan is not None
+                self.retire_splits(body, existing, out.plan["splitId"], logger)
+                deployments = {n: o for (kind, n), o in k.children(d.namespace, d.name).items() if kind == "Deployment"}
+                out = core.settle(d, out, deployments)
+        if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
+            logger.warning("invalid spec: %s", (out.status or {}).get("message"))
+        self.write_status(body, patch, d.previous, out.status or {})
+        _observe(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
+
+    def write_status(self, body: Any, patch: Any, previous: dict, new: dict) -> None:
+        if not status_mod.status_changed(previous, new):
+            return
+        _post(body, core.status_events(previous, new))
+        for key, value in new.items():
+            patch.status[key] = value
+
+    def retire_splits(self, body: Any, existing: dict, current: str, logger: kopf.Logger) -> list[str]:
+        """Delete the per-split Services of earlier splits once no pod of that split is left (terminating pods
+        are still draining frames of the old split, and reach each other through those Services)."""
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace", "default"), meta["name"]
+        deleted = []
+        for split, names in core.old_splits(existing, current).items():
+            if self.kube.has_pods(namespace, f"{render.LABEL_SI}={name},{render.LABEL_SPLIT}={split}"):
+                continue
+            for n in names:
+                self.kube.delete_service(namespace, n)
+                deleted.append(n)
+            _post(body, [core.retired_event(split, names)])
+            logger.info("split %s retired: deleted %s", split, names)
+        return deleted
+
+    def stored_profiles(self, namespace: str, si: Any) -> dict:
+        """Per-tier profiles from the ConfigMap `<name>-profiles` (key `<tier>.json`), where they exist and are
+        for this model; FLOPs estimates stand in for the rest."""
+        from kubernetes import client
+
+        try:
+            return profiling_mod.read_profiles(client.CoreV1Api(self.kube.api), namespace, si)
+        except Exception:  # noqa: BLE001 - an unreadable ConfigMap: estimates only
+            return {}
+
+    # --- a child Deployment changed ------------------------------------------------------------------------------
+
+    def refresh_status(self, namespace: str, name: str, deployments: dict, logger: kopf.Logger) -> None:
+        """Readiness from the tier Deployments (`deployments`: name → object, from the index) into the owner's
+        status; the write is conditional on the owner's resourceVersion, so it never overwrites a newer status."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        co = client.CustomObjectsApi(self.kube.api)
+        try:
+            obj: Any = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        out = core.refresh(obj, deployments)
+        if out is None or out.status is None:
+            return
+        try:
+            co.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": out.status},
+            )
+        except ApiException as exc:
+            if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
+                return
+            raise
+        _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
+        _observe(obj["metadata"], "child", "ok", out.phase)
+
+    # --- the feedback loop ---------------------------------------------------------------------------------------
+
+    def adapt(self, body: Any, patch: Any, logger: kopf.Logger, now: float) -> str:
+        from splitdnn.prom import Prometheus
+
+        if why := feedback_pass.due(body, now):
+            return why
+        meta = body["metadata"]
         profiles = {}
-        try:  # per-tier profiling Jobs; their results land in the ConfigMap <name>-profiles
-            from splitdnn.controller import profiling
-
-            prof = profiling.sync(kube().api, si, body, render.agent_image(), logger)
-            for note in prof.notes:
-                kopf.info(body, reason="Profiling", message=note)
-            for tier, why in prof.on_estimates.items():  # one Event when a tier is left on estimates
-                if why != (previous.get("profiling") or {}).get(tier):
-                    kopf.warn(body, reason="ProfilingFailed", message=f"{tier}: {why}")
-            profiling_state = prof.state
-            # all profiles at once: one roll from the estimates' split, not one per arriving profile
-            profiles = {} if prof.waiting else prof.profiles
-        except Exception as exc:  # noqa: BLE001 - no profiles: FLOPs estimates
-            logger.warning("profiling: %s", exc)
-        try:  # the planner chooses; the feedback loop's later choices come through effective_spec
-            points, estimate = deploy.choose(si, summary, profiles)
-            si.spec["splitPoints"] = points
-        except Infeasible as exc:
-            problems.append(f"planner.mode auto: {exc}")
-    problems += plan_mod.problems(si, summary)
-    if problems:
-        return _fail(body, patch, previous, generation, problems, logger)
-
-    plan = plan_mod.build_plan(si, summary)
-    if summary:
         try:
-            plan["predicted"].update(
-                estimate or deploy.predicted(si, summary, plan["splitPoints"], _profiles(namespace, name, si))
-            )
-        except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
-            plan["predicted"]["estimateError"] = str(exc)
-    objs = render.render_all(si, plan)
-    kopf.adopt(objs, owner=body)
-    k = kube()
-    existing = k.children(namespace, name)
-    missing = [
-        f"{o['kind']}/{o['metadata']['name']}" for o in objs if (o["kind"], o["metadata"]["name"]) not in existing
-    ]
-    old_points = previous.get("splitPoints")
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        for o in objs:
-            k.apply(o)
-    except ApiException as exc:
-        if exc.status in (400, 422):  # the rendered objects are refused: the spec made them invalid
-            return _fail(
-                body,
-                patch,
-                previous,
-                generation,
-                [f"API refused a child object: {exc.reason}: {(exc.body or '')[:300]}"],
-                logger,
-            )
-        raise kopf.TemporaryError(f"applying children failed: {exc.status} {exc.reason}", delay=5) from exc
-
-    # (a new split brings new per-split Services, so some children are always missing then: not drift)
-    split_changed = old_points is not None and old_points != plan["splitPoints"]
-    if cause == "timer" and missing and len(missing) < len(objs) and not split_changed:
-        kopf.warn(body, reason="DriftRepaired", message=f"re-created {', '.join(missing)}")
-        logger.info("drift repaired: %s", missing)
-    elif missing and len(missing) == len(objs):
-        kopf.info(
+            profiles = self.stored_profiles(meta.get("namespace", "default"), core.parse(body))
+        except Exception:  # noqa: BLE001 - an invalid spec: feedback_pass.run says so
+            pass
+        url = ((body.get("spec") or {}).get("adaptation") or {}).get("prometheusUrl")
+        p = feedback_pass.run(
             body,
-            reason="Deployed",
-            message=f"created {len(si.tiers)} tiers ({', '.join(si.tier_names)}) split at "
-            f"{','.join(plan['splitPoints']) or '-'}",
+            now,
+            Prometheus(url, timeout=5) if url else None,
+            profiles,
+            promql_namespace=self.settings.promql_namespace,
         )
-    if split_changed and len(missing) < len(objs):
-        kopf.info(
-            body,
-            reason="SplitChanged",
-            message=f"rolling tiers from {','.join(old_points) or '-'} to {','.join(plan['splitPoints'])}",
+        for key, value in p.status.items():
+            patch.status[key] = value
+        _post(body, p.events)
+        for e in p.events:
+            (logger.warning if e.warning else logger.info)("%s: %s", e.reason, e.message)
+        if p.resplit:  # roll the tiers to the new split now, through the same reconcile as every other change
+            self.reconcile(core.with_status(body, {**(body.get("status") or {}), **p.status}), patch, logger, "resplit")
+        return p.result
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings, kube: kube_mod.Kube | None = None) -> Operator:
+    """Register the handlers in `registry`, bound to `settings` (read once at start-up)."""
+    op = Operator(settings, kube)
+    every, tick = settings.resync_seconds, settings.adapt_tick_seconds
+    # (handler ids are given: Kopf would name a handler defined in here "register.<locals>.…"; an index's id is
+    # the name of the handlers' keyword argument)
+
+    @kopf.on.startup(id="configure", registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Keep kopf's bookkeeping in annotations under our prefix; status stays ours.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="splitdnn.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="splitdnn.io", key="last-handled-configuration"
         )
+        settings.posting.reporting_component = EVENT_COMPONENT
+        settings.posting.reporting_instance = op.settings.pod_name
+        settings.posting.loggers = False  # Events only for decisions (kopf.info/warn), not every log line
+        settings.watching.server_timeout = 120
+        settings.watching.client_timeout = 150
+        settings.networking.request_timeout = 60
+        settings.execution.max_workers = 4
+        op.kube  # noqa: B018 - fail fast on a bad kubeconfig
 
-    retire_splits(k, body, existing, plan["splitId"], logger)
-    deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
-    new = status_mod.running_status(si, plan, deployments, previous, generation)
-    if profiling_state:
-        new["profiling"] = profiling_state
-    _write_status(body, patch, previous, new)
-    _observe(body, cause, "ok", new["phase"])
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """KUBECONFIG or the in-cluster ServiceAccount, through the kubernetes client (Kopf's default registry
+        brings this; a registry of our own does not)."""
+        return kopf.login_via_client(**kwargs)
 
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="on_change", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="on_change", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="on_change", registry=registry)
+    def on_change(body: Any, patch: Any, logger: kopf.Logger, reason: Any, **_: Any) -> None:
+        op.reconcile(body, patch, logger, cause=str(reason))
 
-def retire_splits(k: kube_mod.Kube, body, existing: dict, current: str, logger) -> list[str]:
-    """Delete the per-split Services of earlier splits once no pod of that split is left (terminating pods are
-    still draining frames of the old split, and reach each other through those Services). Returns the names."""
-    meta = body["metadata"]
-    namespace, name = meta.get("namespace", "default"), meta["name"]
-    old = {}
-    for (kind, n), o in existing.items():
-        split = (o["metadata"].get("labels") or {}).get(render.LABEL_SPLIT)
-        if kind == "Service" and split and split != current:
-            old.setdefault(split, []).append(n)
-    deleted = []
-    for split, names in sorted(old.items()):
-        if k.has_pods(namespace, f"{render.LABEL_SI}={name},{render.LABEL_SPLIT}={split}"):
-            continue
-        for n in sorted(names):
-            k.delete_service(namespace, n)
-            deleted.append(n)
-        kopf.info(body, reason="SplitRetired", message=f"split {split} has no pods left: deleted {', '.join(names)}")
-        logger.info("split %s retired: deleted %s", split, names)
-    return deleted
+    @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=every, initial_delay=every / 2, registry=registry)
+    def resync(body: Any, patch: Any, logger: kopf.Logger, **_: Any) -> None:
+        """Repairs drift (a deleted or edited child comes back) and refreshes per-tier readiness."""
+        op.reconcile(body, patch, logger, cause="timer")
 
+    @kopf.index("apps", "v1", "deployments", id="tier_deployments", labels=MANAGED, registry=registry)
+    def tier_deployments(body: Any, namespace: Any, labels: Any, **_: Any) -> Any:
+        """{(namespace, SplitInference name): (Deployment name, what readiness needs of it)}."""
+        si_name = (labels or {}).get(render.LABEL_SI)
+        if not si_name or not namespace:
+            return None
+        return {(namespace, si_name): (body["metadata"]["name"], readiness_view(body))}
 
-def _profiles(namespace: str, name: str, si) -> dict:
-    """Per-tier profiles from the ConfigMap `<name>-profiles` (key `<tier>.json`), where they exist and are for
-    this model; FLOPs estimates stand in for the rest."""
-    from kubernetes import client
+    @kopf.on.event("apps", "v1", "deployments", id="on_child_deployment", labels=MANAGED, registry=registry)
+    def on_child_deployment(body: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+        """A tier's Deployment changed (pods became ready, a rollout finished): refresh the owner's status now
+        instead of at the next timer pass. Only readiness is recomputed, from the plan already in the status."""
+        meta = body.get("metadata", {})
+        si_name = (meta.get("labels") or {}).get(render.LABEL_SI)
+        namespace = meta.get("namespace")
+        if si_name and namespace:
+            index: kopf.Index = kwargs["tier_deployments"]  # (Kopf passes an index by its id)
+            deployments = dict(index.get((namespace, si_name), []))
+            op.refresh_status(namespace, si_name, deployments, logger)
 
-    from splitdnn.controller import profiling
+    def adaptation_enabled(spec: Any, **_: Any) -> bool:
+        return bool((spec or {}).get("adaptation", {}).get("enabled"))
 
-    try:
-        return profiling.read_profiles(client.CoreV1Api(kube().api), namespace, si)
-    except Exception:  # noqa: BLE001 - no cluster (unit tests): estimates only
-        return {}
-
-
-def _fail(body, patch, previous, generation, problems, logger):
-    new = status_mod.failed_status(previous, generation, problems)
-    _observe(body, "invalid", "failed", "Failed")
-    if (
-        previous.get("phase") != "Failed"
-        or previous.get("message") != new["message"]
-        or previous.get("observedGeneration") != generation
-    ):
-        kopf.warn(body, reason="InvalidSpec", message=new["message"][:1000])
-        logger.warning("invalid spec: %s", new["message"])
-    _write_status(body, patch, previous, new)
-
-
-def _write_status(body, patch, previous, new):
-    if not status_mod.status_changed(previous, new):
-        return
-    if new.get("phase") != previous.get("phase"):
-        reason = {
-            "Running": "Running",
-            "Degraded": "Degraded",
-            "Deploying": "Deploying",
-            "Pending": "Pending",
-            "Failed": "Failed",
-        }[new["phase"]]
-        if new["phase"] in ("Running", "Deploying", "Pending"):
-            kopf.info(body, reason=reason, message=new.get("message", ""))
-        elif new["phase"] == "Degraded":
-            kopf.warn(body, reason=reason, message=new.get("message", ""))
-    for key, value in new.items():
-        patch.status[key] = value
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(body, patch, logger, reason, **_):
-    reconcile(body, patch, logger, cause=str(reason))
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 2)
-def resync(body, patch, logger, **_):
-    """Repairs drift (a deleted or edited child comes back) and refreshes per-tier readiness."""
-    reconcile(body, patch, logger, cause="timer")
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": render.MANAGER})
-def on_child_deployment(body, logger, **_):
-    """A tier's Deployment changed (pods became ready, a rollout finished): refresh the owner's status now
-    instead of at the next timer pass. Only readiness is recomputed, from the plan already in the status; the
-    write is conditional on the owner's resourceVersion, so it never overwrites a newer status."""
-    si_name = (body.get("metadata", {}).get("labels") or {}).get(render.LABEL_SI)
-    namespace = body.get("metadata", {}).get("namespace")
-    if si_name and namespace:
-        refresh_status(namespace, si_name, logger)
-
-
-def refresh_status(namespace: str, name: str, logger) -> None:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    k = kube()
-    co = client.CustomObjectsApi(k.api)
-    try:
-        obj = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise
-    previous = dict(obj.get("status") or {})
-    generation = obj["metadata"].get("generation", 0)
-    plan = previous.get("plan")
-    # Failed, or a spec change not reconciled yet: the change handler / timer own the status then.
-    if previous.get("phase") in (None, "Failed") or not plan or previous.get("observedGeneration") != generation:
-        return
-    try:
-        si = from_resource(
-            {
-                "apiVersion": obj["apiVersion"],
-                "kind": obj["kind"],
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": obj.get("spec") or {},
-            }
-        )
-    except SpecError:
-        return
-    deployments = {n: o for (kind, n), o in k.children(namespace, name).items() if kind == "Deployment"}
-    new = status_mod.running_status(si, plan, deployments, previous, generation)
-    if not status_mod.status_changed(previous, new):
-        return
-    body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}
-    try:
-        co.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": new},
-        )
-    except ApiException as exc:
-        if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
-            return
-        raise
-    if new["phase"] != previous.get("phase"):
-        (kopf.warn if new["phase"] == "Degraded" else kopf.info)(body, reason=new["phase"], message=new["message"])
-    _observe(body, "child", "ok", new["phase"])
-
-
-# --- the feedback loop (issue #5) ---------------------------------------------------------------------------------
-
-
-def effective_spec(spec: dict, status: dict) -> dict:
-    """The spec with the split the feedback loop chose (`status.adapted`), as long as adaptation is on and the
-    user has not changed `splitPoints` since (a new spec split wins, and the loop starts from it)."""
-    adapted = (status or {}).get("adapted") or {}
-    if (
-        (spec.get("adaptation") or {}).get("enabled")
-        and adapted.get("splitPoints")
-        and list(adapted.get("specSplitPoints") or []) == list(spec.get("splitPoints") or [])
-    ):
-        spec = dict(spec)
-        spec["splitPoints"] = list(adapted["splitPoints"])
-    return spec
-
-
-def _epoch(stamp) -> float | None:
-    import datetime as dt
-
-    if not stamp:
-        return None
-    try:
-        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _adaptation_enabled(spec, **_) -> bool:
-    return bool((spec or {}).get("adaptation", {}).get("enabled"))
-
-
-@kopf.timer(
-    GROUP, VERSION, PLURAL, interval=ADAPT_TICK_SECONDS, initial_delay=ADAPT_TICK_SECONDS, when=_adaptation_enabled
-)
-def adapt(body, patch, logger, **_):
-    """Every `adaptation.interval`: measure in Prometheus, re-plan with the measured figures, maybe re-split."""
-    import time
-
-    feedback_pass(body, patch, logger, now=time.time())
-
-
-def feedback_pass(body, patch, logger, now: float) -> str:
-    """One pass for one SplitInference; returns what it did (for logs and tests). Never raises for Prometheus
-    trouble: the MetricsAvailable condition (and an Event on the transition) say so and the split stays."""
-    from splitdnn import feedback
-    from splitdnn.adapt import Policy
-    from splitdnn.prom import Prometheus
-
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    previous = dict(body.get("status") or {})
-    spec = dict(body.get("spec") or {})
-    adaptation = spec.get("adaptation") or {}
-    if previous.get("phase") not in ("Running", "Degraded") or previous.get("observedGeneration") != meta.get(
-        "generation"
-    ):
-        return "not deployed yet"
-    policy = Policy.from_spec(adaptation)
-    measured_prev = previous.get("measured") or {}
-    checked = _epoch(measured_prev.get("time"))
-    if checked is not None and now - checked < policy.interval_seconds:
-        return "not due"
-    stamp = status_mod.now()
-    current = list(previous.get("splitPoints") or spec.get("splitPoints") or [])
-    conditions = list(previous.get("conditions") or [])
-    url = adaptation.get("prometheusUrl")
-    try:
-        si = from_resource(
-            {
-                "apiVersion": body.get("apiVersion"),
-                "kind": body.get("kind"),
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": effective_spec(spec, previous),
-            }
-        )
-        summary = plan_mod.model_summary(si.model_source, tuple(si.input_shape) if si.input_shape else None)
-        problem = deploy.problem_for(si, summary, _profiles(namespace, name, si))
-    except Exception as exc:  # noqa: BLE001 - a model the operator cannot plan for: say so, keep the split
-        patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
-        return "cannot plan"
-    # the last change: a re-split, or the tiers becoming ready (a fresh deployment's warm-up is not judged)
-    ready = next((c for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"), None)
-    changes = [
-        t
-        for t in (
-            _epoch(((previous.get("resplits") or [{}])[-1]).get("time")),
-            _epoch(ready.get("lastTransitionTime")) if ready else None,
-        )
-        if t is not None
-    ]
-    last_change = max(changes) if changes else None
-    if not url:
-        s = feedback.Step(time=now, current_points=current, error="adaptation.prometheusUrl is not set")
-    else:
-        try:
-            s = feedback.step(
-                si,
-                current,
-                problem,
-                Prometheus(url, timeout=5),
-                now=now,
-                last_change=last_change,
-                policy=policy,
-                namespace=namespace if PROMQL_NAMESPACE else None,
-            )
-        except ValueError as exc:  # a split the planner cannot express (multi-tensor cut)
-            patch.status["measured"] = {**measured_prev, "time": stamp, "error": f"cannot plan: {exc}"}
-            return "cannot plan"
-    if s.error:
-        conditions, changed = status_mod.set_condition(
-            conditions, "MetricsAvailable", "False", "PrometheusUnavailable", s.error[:1000]
-        )
-        # one Event per outage (measured.error is only written here, so a status rewrite by another handler
-        # cannot make it flap)
-        if not measured_prev.get("error"):
-            kopf.warn(body, reason="MetricsUnavailable", message=f"{s.error[:900]}; keeping split {','.join(current)}")
-            logger.warning("metrics unavailable: %s", s.error)
-        patch.status["conditions"] = conditions
-        patch.status["measured"] = {
-            **{k: v for k, v in measured_prev.items() if k != "decision"},
-            "time": stamp,
-            "error": s.error[:1000],
-        }
-        return "prometheus unavailable"
-    conditions, changed = status_mod.set_condition(
-        conditions, "MetricsAvailable", "True", "PrometheusQueried", f"measured at {adaptation.get('prometheusUrl')}"
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="adapt",
+        interval=tick,
+        initial_delay=tick,
+        when=adaptation_enabled,
+        registry=registry,
     )
-    if measured_prev.get("error") and not str(measured_prev["error"]).startswith("cannot plan"):
-        kopf.info(body, reason="MetricsAvailable", message=f"Prometheus at {url} answers again")
-    m = s.measurements
-    objective = (spec.get("planner") or {}).get("objective", "throughput")
-    figures = s.figures(objective)
-    patch.status["conditions"] = conditions
-    patch.status["measured"] = {
-        **m.to_status(),
-        "time": stamp,
-        "window": feedback.window_for(policy),
-        "decision": s.decision.reason if s.decision else None,
-        "predicted": {k: v for k, v in figures.items() if k != "measured"},
-        "error": None,
+    def adapt(body: Any, patch: Any, logger: kopf.Logger, **_: Any) -> None:
+        """Every `adaptation.interval`: measure in Prometheus, re-plan with the measured figures, maybe re-split."""
+        op.adapt(body, patch, logger, now=time.time())
+
+    return op
+
+
+def readiness_view(deployment: Any) -> dict:
+    """The parts of a Deployment that status.deployment_ready reads (an index keeps these, not whole objects)."""
+    meta, spec, st = deployment.get("metadata", {}), deployment.get("spec", {}), deployment.get("status") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "generation": meta.get("generation")},
+        "spec": {k: spec[k] for k in ("replicas",) if k in spec},
+        "status": {
+            k: st[k]
+            for k in ("readyReplicas", "updatedReplicas", "availableReplicas", "replicas", "observedGeneration")
+            if k in st
+        },
     }
-    if m.drop_rate is not None:
-        patch.status["frameDropRate"] = round(m.drop_rate, 6)
-    if not s.resplit:
-        return "kept: " + (s.decision.reason if s.decision else "")
-    entry = feedback.resplit_entry(s, objective, stamp)
-    resplits = (list(previous.get("resplits") or []) + [entry])[-RESPLIT_HISTORY:]
-    adapted = {
-        "splitPoints": list(s.best_points),
-        "specSplitPoints": list(spec.get("splitPoints") or []),
-        "time": stamp,
-    }
-    patch.status["resplits"] = resplits
-    patch.status["adapted"] = adapted
-    kopf.info(
-        body, reason="Resplit", message=f"{','.join(current)} → {','.join(s.best_points)}: {s.decision.reason}"[:1000]
-    )
-    logger.info("re-split %s -> %s: %s", current, s.best_points, s.decision.reason)
-    # roll the tiers to the new split now, through the same reconcile as every other change
-    status_now = {**previous, "conditions": conditions, "adapted": adapted, "resplits": resplits}
-    reconcile({**body, "status": status_now}, patch, logger, cause="resplit")
-    return "resplit"

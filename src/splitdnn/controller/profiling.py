@@ -7,26 +7,27 @@ the ConfigMap `<si>-profiles` under `<tier>.json`, where the planner reads it (F
 then). A user can also fill that ConfigMap by hand (`splitdnn profile … --out device.json`,
 `kubectl create configmap <si>-profiles --from-file=device.json`): tiers with a profile get no Job.
 
-The profiles go into the plan together: while any tier's Job is still running (for at most WAIT_SECONDS after it
-was created) the plan stays on FLOPs estimates. Profiles arrive seconds apart, and planning with each as it comes
-rolled every tier up to three times in a minute, each roll re-slicing the model in every pod.
+The profiles go into the plan together: while any tier's Job is still running (for at most `wait` seconds after
+it was created, Settings.profile_wait_seconds) the plan stays on FLOPs estimates. Profiles arrive seconds apart,
+and planning with each as it comes rolled every tier up to three times in a minute, each roll re-slicing the model
+in every pod.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from splitdnn.controller.render import MANAGER, _restricted, common_labels
 
 MARKER = "---splitdnn-profile---"
 LABEL_ROLE = "splitdnn.io/role"
-# how long a running profiling Job holds back the other tiers' profiles (a Job whose pod cannot be scheduled must
-# not keep the plan on estimates for ever)
-WAIT_SECONDS = float(os.environ.get("SPLITDNN_PROFILE_WAIT_SECONDS", "600"))
+# how long a running profiling Job holds back the other tiers' profiles by default (a Job whose pod cannot be
+# scheduled must not keep the plan on estimates for ever); the operator passes Settings.profile_wait_seconds
+WAIT_SECONDS = 600.0
 
 
 def job_name(si_name: str, tier: str) -> str:
@@ -148,7 +149,7 @@ class Profiling:
         return {t: s for t, s in self.state.items() if s != PROFILED and not s.startswith(RUNNING)}
 
 
-def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
+def sync(api_client, si, owner: Any, image: str, logger, wait: float = WAIT_SECONDS) -> Profiling:
     """Profiles that exist; create the Jobs for tiers without one; collect finished Jobs into the ConfigMap.
     Never raises for API trouble (the planner falls back to estimates)."""
     import kopf
@@ -170,7 +171,7 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-                obj = render_job(si, index, image)
+                obj: Any = render_job(si, index, image)  # the typed API takes the plain dict as it is
                 kopf.adopt(obj, owner=owner)
                 try:
                     batch.create_namespaced_job(ns, obj)
@@ -180,22 +181,25 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
                         raise
                 out.state[tier] = f"{RUNNING} (Job {name})"
                 continue
-            if running(job, now):
+            if running(job, now, wait):
                 out.state[tier] = f"{RUNNING} (Job {name})"
                 continue
             if not (job.status and job.status.succeeded):
                 out.state[tier] = (
                     f"Job {name} failed: FLOPs estimates; delete the Job to profile again"
                     if failed(job)
-                    else f"Job {name} still running after {WAIT_SECONDS:g} s: FLOPs estimates until it ends"
+                    else f"Job {name} still running after {wait:g} s: FLOPs estimates until it ends"
                 )
                 continue
             pods = core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items
             doc = None
             for pod in pods:
+                pod_name = pod.metadata.name if pod.metadata else None
+                if not pod_name:
+                    continue
                 try:
                     doc = parse_log(
-                        core.read_namespaced_pod_log(pod.metadata.name, ns, container="profile"), si.model_source, tier
+                        core.read_namespaced_pod_log(pod_name, ns, container="profile"), si.model_source, tier
                     )
                 except ApiException:
                     doc = None
@@ -204,7 +208,7 @@ def sync(api_client, si, owner: dict, image: str, logger) -> Profiling:
             if doc is None:
                 out.state[tier] = f"Job {name} succeeded but printed no profile: FLOPs estimates"
                 continue
-            cm = {
+            cm: dict[str, Any] = {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
                 "metadata": {

@@ -1,8 +1,9 @@
-"""Entry point behind `splitdnn operator`."""
+"""Entry point behind `splitdnn operator`: read the settings once, register the handlers, run Kopf."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 
 def run(
@@ -14,8 +15,16 @@ def run(
 ) -> None:
     import kopf
 
-    from splitdnn.controller import handlers  # noqa: F401  (registers the handlers)
+    from splitdnn.controller import handlers
+    from splitdnn.controller.settings import Settings
 
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a bad environment variable: one line, exit 2 (like the CLI's other input errors)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, settings)
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)  # sets up logging once (no duplicate lines)
     if metrics_port:
         from prometheus_client import start_http_server
@@ -24,8 +33,9 @@ def run(
     clusterwide = all_namespaces or not namespaces
     asyncio.run(
         kopf.operator(
+            registry=registry,
             clusterwide=clusterwide,
-            namespaces=[] if clusterwide else list(namespaces),
+            namespaces=[] if clusterwide or not namespaces else list(namespaces),
             standalone=True,  # one replica (Deployment strategy Recreate): no peering objects needed
             liveness_endpoint=liveness,
         )

@@ -3,10 +3,61 @@
 from __future__ import annotations
 
 import datetime as _dt
+from enum import StrEnum
 
 from splitdnn.controller.render import REPLICAS, object_name
 
-PHASES = ("Pending", "Deploying", "Running", "Degraded", "Failed")
+
+class Phase(StrEnum):
+    """status.phase (str-valued: the status holds the plain strings)."""
+
+    PENDING = "Pending"
+    DEPLOYING = "Deploying"
+    RUNNING = "Running"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+PHASES = tuple(Phase)
+
+
+class Condition(StrEnum):
+    """status.conditions[].type"""
+
+    VALID = "Valid"
+    READY = "Ready"
+    METRICS_AVAILABLE = "MetricsAvailable"  # the feedback loop's
+
+
+class Reason(StrEnum):
+    """status.conditions[].reason"""
+
+    SPEC_VALID = "SpecValid"
+    INVALID_SPEC = "InvalidSpec"
+    ALL_TIERS_READY = "AllTiersReady"
+    TIERS_NOT_READY = "TiersNotReady"
+    PROMETHEUS_QUERIED = "PrometheusQueried"
+    PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
+
+
+class EventReason(StrEnum):
+    """The reasons of the Events the operator posts (besides one per phase change, whose reason is the phase)."""
+
+    DEPLOYED = "Deployed"
+    SPLIT_CHANGED = "SplitChanged"
+    DRIFT_REPAIRED = "DriftRepaired"
+    SPLIT_RETIRED = "SplitRetired"
+    INVALID_SPEC = "InvalidSpec"
+    PROFILING = "Profiling"
+    PROFILING_FAILED = "ProfilingFailed"
+    RESPLIT = "Resplit"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    METRICS_AVAILABLE = "MetricsAvailable"
+
+
+def stamp(seconds: float) -> str:
+    """A status time stamp (`2026-01-01T00:00:00Z`) of seconds since the epoch."""
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now() -> str:
@@ -45,13 +96,13 @@ def deployment_ready(dep: dict | None, want: int = REPLICAS) -> dict:
 
 def _condition(previous: list, ctype: str, status: str, reason: str, message: str) -> dict:
     old = next((c for c in previous or [] if c.get("type") == ctype), None)
-    changed = old is None or old.get("status") != status
+    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
     return {
-        "type": ctype,
+        "type": str(ctype),
         "status": status,
-        "reason": reason,
+        "reason": str(reason),
         "message": message,
-        "lastTransitionTime": now() if changed else old.get("lastTransitionTime", now()),
+        "lastTransitionTime": since or now(),
     }
 
 
@@ -59,12 +110,14 @@ def failed_status(previous: dict, generation: int, problems: list[str]) -> dict:
     message = "; ".join(problems)
     prev_conditions = (previous or {}).get("conditions", [])
     return {
-        "phase": "Failed",
+        "phase": Phase.FAILED.value,
         "message": message,
         "observedGeneration": generation,
         "conditions": [
-            _condition(prev_conditions, "Valid", "False", "InvalidSpec", message),
-            _condition(prev_conditions, "Ready", "False", "InvalidSpec", "not deployed: the spec is invalid"),
+            _condition(prev_conditions, Condition.VALID, "False", Reason.INVALID_SPEC, message),
+            _condition(
+                prev_conditions, Condition.READY, "False", Reason.INVALID_SPEC, "not deployed: the spec is invalid"
+            ),
         ],
     }
 
@@ -91,17 +144,17 @@ def running_status(si, plan: dict, deployments: dict, previous: dict, generation
     prev_phase = previous.get("phase")
     same_generation = previous.get("observedGeneration") == generation
     if not not_ready:
-        phase, message = "Running", f"all {len(tiers)} tiers ready"
-    elif same_generation and prev_phase in ("Running", "Degraded"):
-        phase, message = "Degraded", f"tiers not ready: {', '.join(not_ready)}"
+        phase, message = Phase.RUNNING, f"all {len(tiers)} tiers ready"
+    elif same_generation and prev_phase in (Phase.RUNNING, Phase.DEGRADED):
+        phase, message = Phase.DEGRADED, f"tiers not ready: {', '.join(not_ready)}"
     elif ready_count == 0 and not any(deployments.get(object_name(si.name, t["name"])) for t in si.tiers):
-        phase, message = "Pending", "creating the tiers"
+        phase, message = Phase.PENDING, "creating the tiers"
     else:
-        phase, message = "Deploying", f"tiers not ready yet: {', '.join(not_ready)}"
+        phase, message = Phase.DEPLOYING, f"tiers not ready yet: {', '.join(not_ready)}"
     points = plan["splitPoints"]
     prev_conditions = previous.get("conditions", [])
     status = {
-        "phase": phase,
+        "phase": phase.value,
         "message": message,
         "observedGeneration": generation,
         "splitPoints": points,
@@ -110,16 +163,16 @@ def running_status(si, plan: dict, deployments: dict, previous: dict, generation
         "tiers": tiers,
         "plan": plan,
         "conditions": [
-            _condition(prev_conditions, "Valid", "True", "SpecValid", "the spec is valid for the model"),
+            _condition(prev_conditions, Condition.VALID, "True", Reason.SPEC_VALID, "the spec is valid for the model"),
             _condition(
                 prev_conditions,
-                "Ready",
+                Condition.READY,
                 "True" if not not_ready else "False",
-                "AllTiersReady" if not not_ready else "TiersNotReady",
+                Reason.ALL_TIERS_READY if not not_ready else Reason.TIERS_NOT_READY,
                 message,
             ),
             # conditions other handlers own (the feedback loop's MetricsAvailable) are kept as they are
-            *[c for c in prev_conditions if c.get("type") not in ("Valid", "Ready")],
+            *[c for c in prev_conditions if c.get("type") not in (Condition.VALID, Condition.READY)],
         ],
     }
     return status

@@ -25,11 +25,11 @@ from .problem import TICKS_PER_SECOND, Compiled, evaluate, sort_key
 INF = 1 << 61  # "unreachable"; real costs stay far below (2**61 ticks is ~27 days)
 
 
-
 def supports(cp: Compiled) -> bool:
     """Whether this path models the problem: it charges no per-tier call cost and no per-message cost yet (the
     served-stage terms of a calibrated problem); the heap DP answers those."""
     return not any(cp.call) and not any(cp.transfer(a, b, 0) for a, b in cp.link)
+
 
 def _windows(cp: Compiled, t: int, cap: int | None) -> np.ndarray:
     """lo[j], j = 0..n: smallest admissible first block of a range ending at boundary j on tier t (j: none).

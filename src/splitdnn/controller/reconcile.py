@@ -1,0 +1,347 @@
+"""The reconcile decisions, without Kopf and without an API client: the shell (handlers.py) reads the cluster, calls
+these functions and carries out what they return — objects to apply, a status to write, Events to post.
+
+One reconcile serves create, spec update, resume, the drift-repair timer and a re-split of the feedback loop:
+`desired` (parse, load the model, validate) → the shell runs the profiling Jobs when `wants_profiling` →
+`prepare` (plan, render; the Events of this pass) → the shell applies → the shell retires old splits'
+Services (`old_splits`) → `settle` (status from the Deployments as they are after the apply).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitdnn.controller import plan as plan_mod
+from splitdnn.controller import render
+from splitdnn.controller import status as status_mod
+from splitdnn.controller.status import EventReason, Phase
+from splitdnn.graph import GraphSummary
+from splitdnn.planner import deploy
+from splitdnn.spec import GROUP, KIND, VERSION, SpecError, SplitInference, from_resource
+
+# Named points where a test can hold the reconcile (Settings.pause_at) and kill the operator there.
+AFTER_FIRST_APPLY = "after-first-apply"  # one child applied, the others not yet
+PAUSE_POINTS = (AFTER_FIRST_APPLY,)
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str  # an EventReason or a Phase
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class Desired:
+    """What the resource asks for: its parsed spec (with the loop's split, see `effective_spec`) and model."""
+
+    name: str
+    namespace: str
+    generation: int
+    previous: dict  # the status as read
+    si: SplitInference | None = None
+    summary: GraphSummary | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def wants_profiling(self) -> bool:
+        """planner.mode auto without split points: the planner chooses, from per-tier profiles where there are."""
+        return bool(
+            not self.problems
+            and self.si is not None
+            and self.summary is not None
+            and self.si.spec.get("planner", {}).get("mode") == "auto"
+            and not self.si.spec.get("splitPoints")
+        )
+
+
+@dataclass
+class Outcome:
+    """What one pass decided. `apply`: children to server-side apply, in order; `events`: post now;
+    `applied_events`: post once `apply` went through; `status`: the new status (written when it differs from
+    the previous one, see `status_events`); `result` for the reconcile counter."""
+
+    apply: list[dict] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    applied_events: list[Event] = field(default_factory=list)
+    status: dict | None = None
+    result: str = "ok"
+    plan: dict | None = None
+    profiling: dict | None = None  # status.profiling (tier -> state)
+
+    @property
+    def phase(self) -> str | None:
+        return (self.status or {}).get("phase")
+
+
+def effective_spec(spec: dict, status: dict) -> dict:
+    """The spec with the split the feedback loop chose (`status.adapted`), as long as adaptation is on and the
+    user has not changed `splitPoints` since (a new spec split wins, and the loop starts from it)."""
+    adapted = (status or {}).get("adapted") or {}
+    if (
+        (spec.get("adaptation") or {}).get("enabled")
+        and adapted.get("splitPoints")
+        and list(adapted.get("specSplitPoints") or []) == list(spec.get("splitPoints") or [])
+    ):
+        spec = dict(spec)
+        spec["splitPoints"] = list(adapted["splitPoints"])
+    return spec
+
+
+def with_status(body: dict, status: dict) -> dict:
+    """`body` as it will be once `status` is written (a re-split reconciles with the split it just chose)."""
+    return {**body, "status": status}
+
+
+def epoch(stamp: Any) -> float | None:
+    """Seconds since the epoch of a status time stamp (`2026-01-01T00:00:00Z`); None when there is none."""
+    if not stamp:
+        return None
+    try:
+        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def parse(body: dict) -> SplitInference:
+    """The SplitInference of a resource body, with the loop's split; raises SpecError."""
+    meta = body["metadata"]
+    previous = dict(body.get("status") or {})
+    return from_resource(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
+            "spec": effective_spec(dict(body.get("spec") or {}), previous),
+        }
+    )
+
+
+def load_summary(si: SplitInference) -> tuple[GraphSummary | None, list[str]]:
+    """(summary or None, problems). A model only the agent image has is no problem: it is planned without."""
+    shape = tuple(si.input_shape) if si.input_shape else None
+    try:
+        return plan_mod.model_summary(si.model_source, shape), []
+    except plan_mod.ModelUnavailable:
+        return None, []
+    except Exception as exc:  # noqa: BLE001 - ModelSourceError, ValueError from Keras builders: the model is wrong
+        msg = str(exc) if str(exc).startswith("unknown model") else f"cannot load model {si.model_source!r}: {exc}"
+        return None, [msg]
+
+
+def desired(body: dict) -> Desired:
+    meta = body["metadata"]
+    d = Desired(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        generation=meta.get("generation", 0),
+        previous=dict(body.get("status") or {}),
+    )
+    try:
+        d.si = parse(body)
+    except SpecError as exc:
+        d.problems = [str(exc)]
+        return d
+    d.summary, d.problems = load_summary(d.si)
+    return d
+
+
+def failed(d: Desired, problems: list[str]) -> Outcome:
+    """The resource is Failed: a condition and (once per distinct problem) an Event name the problem; its
+    children are left as they are."""
+    new = status_mod.failed_status(d.previous, d.generation, problems)
+    events = []
+    if (
+        d.previous.get("phase") != Phase.FAILED
+        or d.previous.get("message") != new["message"]
+        or d.previous.get("observedGeneration") != d.generation
+    ):
+        events.append(Event(EventReason.INVALID_SPEC, new["message"][:1000], warning=True))
+    return Outcome(events=events, status=new, result="failed")
+
+
+def profiling_events(profiling: Any, previous: dict) -> list[Event]:
+    """One Event per profiling action, and one when a tier is left on estimates (not one per pass)."""
+    events = [Event(EventReason.PROFILING, note) for note in profiling.notes]
+    for tier, why in profiling.on_estimates.items():
+        if why != (previous.get("profiling") or {}).get(tier):
+            events.append(Event(EventReason.PROFILING_FAILED, f"{tier}: {why}", warning=True))
+    return events
+
+
+def prepare(
+    d: Desired,
+    cause: str,
+    existing: dict,
+    profiling: Any = None,
+    stored_profiles: dict | None = None,
+) -> Outcome:
+    """Plan and render. `existing`: the children as listed before applying ((kind, name) → object);
+    `profiling`: profiling.Profiling of this pass when `d.wants_profiling` (None: its sync failed, estimates);
+    `stored_profiles`: per-tier profiles from the ConfigMap (for the predicted figures of a fixed split)."""
+    if d.problems or d.si is None:
+        return failed(d, d.problems)
+    si, summary = d.si, d.summary
+    events: list[Event] = []
+    estimate = None
+    problems: list[str] = []
+    if d.wants_profiling and summary is not None:
+        from splitdnn.planner import Infeasible
+
+        profiles: dict = {}
+        if profiling is not None:
+            events += profiling_events(profiling, d.previous)
+            # all profiles at once: one roll from the estimates' split, not one per arriving profile
+            profiles = {} if profiling.waiting else profiling.profiles
+        try:  # the planner chooses; the feedback loop's later choices come through effective_spec
+            points, estimate = deploy.choose(si, summary, profiles)
+            si.spec["splitPoints"] = points
+        except Infeasible as exc:
+            problems.append(f"planner.mode auto: {exc}")
+    problems += plan_mod.problems(si, summary)
+    if problems:
+        out = failed(d, problems)
+        out.events = events + out.events
+        return out
+
+    plan = plan_mod.build_plan(si, summary)
+    if summary:
+        try:
+            plan["predicted"].update(
+                estimate or deploy.predicted(si, summary, plan["splitPoints"], stored_profiles or {})
+            )
+        except ValueError as exc:  # a multi-tensor cut the planner's blocks do not have: no estimate
+            plan["predicted"]["estimateError"] = str(exc)
+    objs = render.render_all(si, plan)
+    missing = [
+        f"{o['kind']}/{o['metadata']['name']}" for o in objs if (o["kind"], o["metadata"]["name"]) not in existing
+    ]
+    old_points = d.previous.get("splitPoints")
+    points = plan["splitPoints"]
+    applied: list[Event] = []
+    # (a new split brings new per-split Services, so some children are always missing then: not drift)
+    split_changed = old_points is not None and old_points != points
+    if cause == "timer" and missing and len(missing) < len(objs) and not split_changed:
+        applied.append(Event(EventReason.DRIFT_REPAIRED, f"re-created {', '.join(missing)}", warning=True))
+    elif missing and len(missing) == len(objs):
+        applied.append(
+            Event(
+                EventReason.DEPLOYED,
+                f"created {len(si.tiers)} tiers ({', '.join(si.tier_names)}) split at {','.join(points) or '-'}",
+            )
+        )
+    if split_changed and len(missing) < len(objs):
+        applied.append(
+            Event(
+                EventReason.SPLIT_CHANGED,
+                f"rolling tiers from {','.join(old_points or []) or '-'} to {','.join(points)}",
+            )
+        )
+    return Outcome(
+        apply=objs,
+        events=events,
+        applied_events=applied,
+        plan=plan,
+        profiling=profiling.state if profiling is not None else None,
+    )
+
+
+def refused(d: Desired, reason: str, body: str) -> Outcome:
+    """The API refused a rendered child (400/422): the spec made it invalid."""
+    return failed(d, [f"API refused a child object: {reason}: {(body or '')[:300]}"])
+
+
+def old_splits(existing: dict, current: str) -> dict[str, list[str]]:
+    """{split id: its per-split Service names} for the splits other than `current` (the shell deletes a split's
+    Services once no pod of it is left: terminating pods still drain frames through them)."""
+    old: dict[str, list[str]] = {}
+    for (kind, n), o in existing.items():
+        split = (o["metadata"].get("labels") or {}).get(render.LABEL_SPLIT)
+        if kind == "Service" and split and split != current:
+            old.setdefault(split, []).append(n)
+    return {split: sorted(names) for split, names in sorted(old.items())}
+
+
+def retired_event(split: str, names: list[str]) -> Event:
+    return Event(EventReason.SPLIT_RETIRED, f"split {split} has no pods left: deleted {', '.join(names)}")
+
+
+def settle(d: Desired, prepared: Outcome, deployments: dict) -> Outcome:
+    """The status after the apply: `deployments` are the tier Deployments as read back (name → object)."""
+    assert d.si is not None and prepared.plan is not None
+    new = status_mod.running_status(d.si, prepared.plan, deployments, d.previous, d.generation)
+    if prepared.profiling:
+        new["profiling"] = prepared.profiling
+    return Outcome(status=new, plan=prepared.plan, profiling=prepared.profiling)
+
+
+def status_events(previous: dict, new: dict) -> list[Event]:
+    """One Event per phase change (a warning for Degraded; Failed has its InvalidSpec Event)."""
+    phase = new.get("phase")
+    if phase == previous.get("phase") or not status_mod.status_changed(previous, new):
+        return []
+    if phase in (Phase.RUNNING, Phase.DEPLOYING, Phase.PENDING):
+        return [Event(str(phase), new.get("message", ""))]
+    if phase == Phase.DEGRADED:
+        return [Event(str(phase), new.get("message", ""), warning=True)]
+    return []
+
+
+def refresh(obj: dict, deployments: dict) -> Outcome | None:
+    """A tier's Deployment changed: the owner's status with readiness recomputed from the plan already in its
+    status, or None when the change handler or the timer own the status (Failed, or a spec change not
+    reconciled yet) or nothing changed."""
+    meta = obj["metadata"]
+    previous = dict(obj.get("status") or {})
+    generation = meta.get("generation", 0)
+    plan = previous.get("plan")
+    if previous.get("phase") in (None, Phase.FAILED) or not plan or previous.get("observedGeneration") != generation:
+        return None
+    try:
+        si = from_resource(
+            {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
+                "spec": obj.get("spec") or {},
+            }
+        )
+    except SpecError:
+        return None
+    new = status_mod.running_status(si, plan, deployments, previous, generation)
+    if not status_mod.status_changed(previous, new):
+        return None
+    events = []
+    if new["phase"] != previous.get("phase"):
+        events.append(Event(new["phase"], new["message"], warning=new["phase"] == Phase.DEGRADED))
+    return Outcome(status=new, events=events)
+
+
+class RenderError(ValueError):
+    """A spec the operator would put in phase Failed; the message names the problems."""
+
+
+def offline(si: SplitInference, split_points: list[str] | None = None) -> list[dict]:
+    """`splitdnn render`: the children a create reconcile applies for `si`, through the same `desired` and
+    `prepare`, with no cluster: no profiles (planner.mode auto plans from FLOPs estimates, as the operator does
+    before any profile arrives) and no existing children. `split_points` stands for a split the operator would
+    deploy instead of spec.splitPoints (the feedback loop's). Owner references need the live resource's uid and
+    are left out; the resource's labels are copied as kopf.adopt does."""
+    import kopf
+
+    spec = dict(si.spec)
+    if split_points is not None:
+        spec["splitPoints"] = list(split_points)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": si.name, "namespace": si.namespace, "generation": 1},
+        "spec": spec,
+    }
+    out = prepare(desired(body), "create", existing={})
+    if out.phase == Phase.FAILED:
+        raise RenderError((out.status or {}).get("message", "invalid SplitInference"))
+    kopf.label(out.apply, labels=si.labels)
+    return out.apply
