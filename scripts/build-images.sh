@@ -2,11 +2,12 @@
 # Build the project's images offline on top of the local base image (scripts/build-base-image.sh):
 #   splitdnn/agent:dev      from agent_image/Dockerfile
 #   splitdnn/operator:dev   from operator/Dockerfile
+#   splitdnn/agent-lite:dev from agent_lite_image/Dockerfile (TensorFlow-free LiteRT agent; not built by default)
 # Both with --build-arg BASE_IMAGE=splitdnn/base:bookworm (the Dockerfiles keep registry defaults for users who
 # have one). Python wheels come from PyPI during the build (through the host's egress CA, baked into the base);
 # docker's layer cache makes warm re-runs take seconds. The legacy builder is used (DOCKER_BUILDKIT=0): BuildKit
 # would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
-# Usage: scripts/build-images.sh [agent|operator]...   (default: both). A missing Dockerfile is reported and
+# Usage: scripts/build-images.sh [agent|operator|agent-lite]...   (default: agent and operator). A missing Dockerfile is reported and
 # skipped with exit code 3 at the end, so callers can tell "not on this branch yet" from a failed build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ BASE_IMAGE="${BASE_IMAGE:-splitdnn/base:bookworm}"
 TAG="${SPLITDNN_IMAGE_TAG:-dev}"
 SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
 mkdir -p "$SPLITDNN_CACHE/logs"
-declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile)
+declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile [agent-lite]=agent_lite_image/Dockerfile)
 which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator)
 missing=0
 for name in "${which[@]}"; do
