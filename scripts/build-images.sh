@@ -9,7 +9,8 @@
 # would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
 # Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite]...   (default: agent and operator).
 #   --arch arm64: build on splitdnn/base:bookworm-arm64 (scripts/build-base-image.sh --arch arm64) under
-#   qemu-user-static, tagged <name>:dev-arm64. A missing Dockerfile is reported and
+#   qemu-user-static, tagged <name>:dev-arm64.
+#   SPLITDNN_IMAGE_ARCHIVES=DIR: also write DIR/<name>-<tag>.tar (docker save), for `k3s ctr images import`. A missing Dockerfile is reported and
 # skipped with exit code 3 at the end, so callers can tell "not on this branch yet" from a failed build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,11 @@ for name in "${which[@]}"; do
   reclaimed="$(docker image prune -f --filter "label=io.splitdnn.build-stage-of=$name" --filter "until=$started" 2>/dev/null \
                | awk '/Total reclaimed space/ {print $4}')"
   [[ -z "$reclaimed" || "$reclaimed" == 0B ]] || echo "[images] removed earlier build stages: $reclaimed" >&2
+  if [[ -n "${SPLITDNN_IMAGE_ARCHIVES:-}" ]]; then
+    mkdir -p "$SPLITDNN_IMAGE_ARCHIVES"
+    docker save -o "$SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar" "splitdnn/$name:$TAG"
+    echo "[images] wrote $SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar ($(du -h "$SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar" | cut -f1))" >&2
+  fi
   echo "[images] splitdnn/$name:$TAG built in $((SECONDS - t0)) s ($(docker image inspect "splitdnn/$name:$TAG" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 done
 [[ $missing -eq 0 ]] || exit 3
