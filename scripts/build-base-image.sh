@@ -68,10 +68,23 @@ if [[ ! -f "$tarball" ]]; then
   mv "$dir.tmp" "$dir"
 fi
 rootfs_tag="splitdnn/base-rootfs:$SUITE$suffix-$key"
+platform=(); [[ -z "$suffix" ]] || platform=(--platform "linux/$ARCH")
 if ! docker image inspect "$rootfs_tag" >/dev/null 2>&1; then
-  echo "[base] docker import $tarball -> $rootfs_tag" >&2
-  docker import --platform "linux/$ARCH" --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
-    --change 'CMD ["/bin/bash"]' "$tarball" "$rootfs_tag" >/dev/null
+  if [[ -z "$suffix" ]]; then
+    echo "[base] docker import $tarball -> $rootfs_tag" >&2
+    docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+      --change 'CMD ["/bin/bash"]' "$tarball" "$rootfs_tag" >/dev/null
+  else
+    # `docker import --platform` is ignored by a non-experimental daemon (the image says amd64, and builds with
+    # --platform then refuse it); a FROM-scratch build with --platform records the architecture
+    echo "[base] $tarball -> $rootfs_tag (linux/$ARCH)" >&2
+    rctx=$(mktemp -d)
+    ln "$tarball" "$rctx/rootfs.tar.gz" 2>/dev/null || cp "$tarball" "$rctx/rootfs.tar.gz"
+    printf 'FROM scratch\nADD rootfs.tar.gz /\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8\nCMD ["/bin/bash"]\n' \
+      > "$rctx/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q "${platform[@]}" -t "$rootfs_tag" "$rctx" >/dev/null
+    rm -rf "$rctx"
+  fi
 fi
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/ca"
@@ -85,5 +98,5 @@ ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 LABEL splitdnn.base.key=$image_key
 DOCKERFILE
-DOCKER_BUILDKIT=0 docker build -q -t "$TAG" "$ctx" >/dev/null
+DOCKER_BUILDKIT=0 docker build -q "${platform[@]}" -t "$TAG" "$ctx" >/dev/null
 echo "[base] $TAG built in $((SECONDS - start)) s (key $image_key)" >&2
