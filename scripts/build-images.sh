@@ -2,20 +2,28 @@
 # Build the project's images offline on top of the local base image (scripts/build-base-image.sh):
 #   splitdnn/agent:dev      from agent_image/Dockerfile
 #   splitdnn/operator:dev   from operator/Dockerfile
+#   splitdnn/agent-lite:dev from agent_lite_image/Dockerfile (TensorFlow-free LiteRT agent; not built by default)
 # Both with --build-arg BASE_IMAGE=splitdnn/base:bookworm (the Dockerfiles keep registry defaults for users who
 # have one). Python wheels come from PyPI during the build (through the host's egress CA, baked into the base);
 # docker's layer cache makes warm re-runs take seconds. The legacy builder is used (DOCKER_BUILDKIT=0): BuildKit
 # would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
-# Usage: scripts/build-images.sh [agent|operator]...   (default: both). A missing Dockerfile is reported and
+# Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite]...   (default: agent and operator).
+#   --arch arm64: build on splitdnn/base:bookworm-arm64 (scripts/build-base-image.sh --arch arm64) under
+#   qemu-user-static, tagged <name>:dev-arm64.
+#   SPLITDNN_IMAGE_ARCHIVES=DIR: also write DIR/<name>-<tag>.tar (docker save), for `k3s ctr images import`. A missing Dockerfile is reported and
 # skipped with exit code 3 at the end, so callers can tell "not on this branch yet" from a failed build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DOCKER_BUILDKIT=0
-BASE_IMAGE="${BASE_IMAGE:-splitdnn/base:bookworm}"
-TAG="${SPLITDNN_IMAGE_TAG:-dev}"
+ARCH="$(dpkg --print-architecture)"
+if [[ "${1:-}" == "--arch" ]]; then ARCH="${2:?--arch needs amd64 or arm64}"; shift 2; fi
+suffix=""; [[ "$ARCH" == "$(dpkg --print-architecture)" ]] || suffix="-$ARCH"
+BASE_IMAGE="${BASE_IMAGE:-splitdnn/base:bookworm$suffix}"
+TAG="${SPLITDNN_IMAGE_TAG:-dev}$suffix"
+platform=(); [[ -z "$suffix" ]] || platform=(--platform "linux/$ARCH")
 SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
 mkdir -p "$SPLITDNN_CACHE/logs"
-declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile)
+declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile [agent-lite]=agent_lite_image/Dockerfile)
 which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator)
 missing=0
 for name in "${which[@]}"; do
@@ -29,7 +37,7 @@ for name in "${which[@]}"; do
   previous="$(docker image inspect -f '{{.Id}}' "splitdnn/$name:$TAG" 2>/dev/null || true)"
   log="$SPLITDNN_CACHE/logs/build-image-$name.log"
   echo "[images] splitdnn/$name:$TAG from $df (base $BASE_IMAGE; log $log)" >&2
-  if ! nice -n 10 docker build -f "$df" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "splitdnn/$name:$TAG" . >"$log" 2>&1; then
+  if ! nice -n 10 docker build "${platform[@]}" -f "$df" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "splitdnn/$name:$TAG" . >"$log" 2>&1; then
     tail -n 40 "$log" >&2; echo "[images] FAILED: docker build -f $df" >&2; exit 1
   fi
   # the image this build replaced is now untagged: ~2 GB per source change, which filled the disk after a few
@@ -44,6 +52,11 @@ for name in "${which[@]}"; do
   reclaimed="$(docker image prune -f --filter "label=io.splitdnn.build-stage-of=$name" --filter "until=$started" 2>/dev/null \
                | awk '/Total reclaimed space/ {print $4}')"
   [[ -z "$reclaimed" || "$reclaimed" == 0B ]] || echo "[images] removed earlier build stages: $reclaimed" >&2
+  if [[ -n "${SPLITDNN_IMAGE_ARCHIVES:-}" ]]; then
+    mkdir -p "$SPLITDNN_IMAGE_ARCHIVES"
+    docker save -o "$SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar" "splitdnn/$name:$TAG"
+    echo "[images] wrote $SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar ($(du -h "$SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar" | cut -f1))" >&2
+  fi
   echo "[images] splitdnn/$name:$TAG built in $((SECONDS - t0)) s ($(docker image inspect "splitdnn/$name:$TAG" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 done
 [[ $missing -eq 0 ]] || exit 3

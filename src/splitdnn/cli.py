@@ -4,6 +4,7 @@ happen inside the commands so `splitdnn --help` stays fast."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -131,24 +132,62 @@ def slice_(
     verify: bool = typer.Option(True, help="check the slices' composition equals the model on a random frame"),
     sha256: str | None = typer.Option(None, "--sha256", help=SHA256_HELP),
     max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
+    tflite: bool = typer.Option(True, help="also write each slice as a float32 .tflite for LiteRT (checked)"),
+    quantize: str | None = typer.Option(None, help="also write quantized .tflite slices: fp16 or int8"),
+    calibration: str | None = typer.Option(
+        None, help="directory of images to calibrate int8 on and compare with float (default: synthetic frames)"
+    ),
+    frames: int = typer.Option(100, help="--quantize: frames to calibrate on, and as many held-out to compare"),
 ):
-    """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel."""
+    """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel (and a .tflite)."""
     from splitdnn.slicer import CutError, export_slices, resolve_cuts, verify_slices
 
     points = [p for p in at.split(",") if p.strip()]
     if not points:
         fail("--at needs at least one layer name")
+    if quantize not in (None, "fp16", "int8"):
+        fail(f"--quantize must be fp16 or int8, got {quantize!r}")
+    if quantize and not tflite:
+        fail("--quantize writes .tflite slices: drop --no-tflite")
+    if frames < 1:
+        fail(f"--frames must be at least 1, got {frames}")
+    if calibration and not Path(calibration).is_dir():
+        fail(f"--calibration {calibration!r} is not a directory")
     keras_model, graph = _load_graph(model, input_shape, sha256, max_model_bytes)
     try:
         cuts = resolve_cuts(graph, points)
     except CutError as exc:
         fail(str(exc))
-    manifest = export_slices(keras_model, graph, cuts, out, progress=lambda line: typer.echo(line, err=True))
+    try:
+        manifest = export_slices(
+            keras_model,
+            graph,
+            cuts,
+            out,
+            progress=lambda line: typer.echo(line, err=True),
+            tflite=tflite,
+            quantize=quantize,
+            calibration=calibration,
+            frames=frames,
+        )
+    except ValueError as exc:  # e.g. a calibration directory without images, or images for a non-image model
+        fail(str(exc))
     if verify:
         diff = verify_slices(keras_model, graph, out)
         typer.echo(f"verified: max abs diff {diff:.2e} between the chained slices and the full model", err=True)
         if diff > 1e-5:
             fail(f"slices do not compose to the model: max abs diff {diff:.2e} > 1e-5")
+        if tflite:
+            from splitdnn.tflite import FLOAT_TOL, verify_tflite
+
+            diff, fallback = verify_tflite(keras_model, graph, out)
+            note = f" ({', '.join(fallback)} ran the SavedModel: no .tflite)" if fallback else ""
+            typer.echo(
+                f"verified: max abs diff {diff:.2e} between the chained .tflite slices and the full model{note}",
+                err=True,
+            )
+            if diff > FLOAT_TOL:
+                fail(f".tflite slices do not compose to the model: max abs diff {diff:.2e} > {FLOAT_TOL}")
     typer.echo(f"wrote {len(manifest['slices'])} slices to {out}")
 
 

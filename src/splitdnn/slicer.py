@@ -9,6 +9,8 @@ inputs, by name.
 Layout written by `export_slices(..., out_dir)`:
     out_dir/slices.json
     out_dir/slice0/1/saved_model.pb   (+ variables/)   signature `serving_default`, keys = tensor names
+    out_dir/slice0/model.tflite       the same slice for LiteRT (float32), signature keys = tensor names
+    out_dir/slice0/model_int8.tflite  (with --quantize int8; model_fp16.tflite with fp16)
     out_dir/slice1/1/saved_model.pb
 """
 
@@ -18,6 +20,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from splitdnn.graph import ModelGraph
 
@@ -111,34 +114,52 @@ def _keras_tensors(model, graph: ModelGraph) -> dict:
     return out
 
 
-def slice_function(model, graph: ModelGraph, spec: SliceSpec) -> Callable[[dict], dict]:
+class SliceFunction:
     """A plain callable {name: tensor} → {name: tensor} for one slice (Keras, no SavedModel round trip)."""
-    sub, used, computed = submodel(model, graph, spec.first, spec.last)
 
-    def run(feed: dict) -> dict:
-        result = {}
-        if sub is not None:
-            values = sub([feed[n] for n in used], training=False)
+    def __init__(self, model, graph: ModelGraph, spec: SliceSpec):
+        self.spec = spec
+        self.keras_model, self._used, self._computed = submodel(model, graph, spec.first, spec.last)
+
+    def __call__(self, feed: dict) -> dict:
+        result: dict = {}
+        if self.keras_model is not None:
+            values = self.keras_model([feed[n] for n in self._used], training=False)
             values = values if isinstance(values, (list, tuple)) else [values]
-            result.update(zip(computed, values))
-        for n in spec.passthrough:
+            result.update(zip(self._computed, values))
+        for n in self.spec.passthrough:
             result[n] = feed[n]
-        return {n: result[n] for n in spec.outputs}
+        return {n: result[n] for n in self.spec.outputs}
 
-    run.keras_model = sub
-    return run
+
+def slice_function(model, graph: ModelGraph, spec: SliceSpec) -> SliceFunction:
+    return SliceFunction(model, graph, spec)
 
 
 def export_slices(
-    model, graph: ModelGraph, cuts: Sequence[int], out_dir: str | Path, progress: Callable[[str], None] | None = None
+    model,
+    graph: ModelGraph,
+    cuts: Sequence[int],
+    out_dir: str | Path,
+    progress: Callable[[str], None] | None = None,
+    tflite: bool = True,
+    quantize: str | None = None,
+    calibration: str | None = None,
+    frames: int = 100,
 ) -> dict:
-    """Write every slice as a SavedModel and `slices.json`; returns the manifest."""
+    """Write every slice as a SavedModel, (with `tflite`) as a checked `.tflite` (see `splitdnn.tflite`), and
+    `slices.json`; returns the manifest."""
     import tensorflow as tf
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"model": graph.model_name, "cuts": [graph.layers[i].name for i in cuts], "slices": []}
-    for spec in plan_slices(graph, cuts):
+    manifest: dict[str, Any] = {
+        "model": graph.model_name,
+        "cuts": [graph.layers[i].name for i in cuts],
+        "slices": [],
+    }
+    specs = plan_slices(graph, cuts)
+    for spec in specs:
         run = slice_function(model, graph, spec)
         module = tf.Module()
         module.model = run.keras_model  # tracks the slice's variables
@@ -157,11 +178,17 @@ def export_slices(
         )
         if progress:
             progress(f"{spec.name}: layers {spec.first}..{spec.last} → {out_dir / path}")
+    if tflite:
+        from splitdnn.tflite import export_tflite
+
+        export_tflite(model, graph, specs, out_dir, manifest, quantize, calibration, frames, progress=progress)
+    elif quantize:
+        raise ValueError("quantization writes .tflite slices: it needs tflite=True")
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _serving_fn(run: Callable[[dict], dict], names: Sequence[str]):
+def _serving_fn(run: SliceFunction, names: Sequence[str]):
     """Positional signature arguments (TF needs them) → the slice's dict-in/dict-out callable."""
     import tensorflow as tf
 
@@ -174,6 +201,11 @@ def _serving_fn(run: Callable[[dict], dict], names: Sequence[str]):
 def _tensor_json(graph: ModelGraph, name: str) -> dict:
     t = graph.tensors[name]
     return {"name": name, "shape": list(t.shape), "dtype": t.dtype}
+
+
+def frame_shape(graph: ModelGraph, name: str, batch: int = 1) -> tuple[int, ...]:
+    """Shape of `batch` frames of tensor `name` (an unknown dimension other than the batch: 1)."""
+    return (batch, *(d or 1 for d in graph.tensors[name].shape[1:]))
 
 
 def load_manifest(directory: str | Path) -> dict:
@@ -190,7 +222,7 @@ def verify_slices(model, graph: ModelGraph, directory: str | Path, seed: int = 0
 
     directory = Path(directory)
     rng = np.random.default_rng(seed)
-    feed = {n: rng.random((1, *graph.tensors[n].shape[1:])).astype(graph.tensors[n].dtype) for n in graph.inputs}
+    feed = {n: rng.random(frame_shape(graph, n)).astype(graph.tensors[n].dtype) for n in graph.inputs}
     expected = model(
         [feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]], training=False
     )
