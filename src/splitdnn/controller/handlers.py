@@ -19,6 +19,7 @@ import kopf
 
 from splitdnn.controller import feedback_pass, render
 from splitdnn.controller import kube as kube_mod
+from splitdnn.controller import metrics as metrics_mod
 from splitdnn.controller import profiling as profiling_mod
 from splitdnn.controller import reconcile as core
 from splitdnn.controller import status as status_mod
@@ -27,27 +28,6 @@ from splitdnn.spec import GROUP, PLURAL, VERSION
 
 EVENT_COMPONENT = "splitdnn-operator"
 MANAGED = {"app.kubernetes.io/managed-by": render.MANAGER}
-
-try:
-    from prometheus_client import Counter, Gauge
-
-    RECONCILES: Counter | None = Counter("splitdnn_operator_reconciles_total", "Reconcile passes", ["cause", "result"])
-    PHASE: Gauge | None = Gauge(
-        "splitdnn_operator_phase", "1 for the current phase of each SplitInference", ["namespace", "name", "phase"]
-    )
-except ImportError:  # pragma: no cover - prometheus_client is a dependency; metrics are optional
-    RECONCILES = PHASE = None
-
-
-def _observe(meta: Any, cause: str, result: str, phase: str | None) -> None:
-    if RECONCILES is None or PHASE is None:
-        return
-    RECONCILES.labels(cause=cause, result=result).inc()
-    if phase:
-        for p in status_mod.PHASES:
-            PHASE.labels(namespace=meta.get("namespace", ""), name=meta["name"], phase=p.value).set(
-                1 if p == phase else 0
-            )
 
 
 def _post(body: Any, events: list[core.Event]) -> None:
@@ -115,11 +95,13 @@ class Operator:
                 assert out.plan is not None
                 self.retire_splits(body, existing, out.plan["splitId"], logger)
                 deployments = {n: o for (kind, n), o in k.children(d.namespace, d.name).items() if kind == "Deployment"}
-                out = core.settle(d, out, deployments)
+                out = core.settle(d, out, deployments, now=time.time())
+                _post(body, out.events)  # SwitchedOver, when this pass sees the loop's new split serving
+                metrics_mod.switched_over(meta, out.switchover_seconds)
         if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
         self.write_status(body, patch, d.previous, out.status or {})
-        _observe(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
+        metrics_mod.reconciled(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
 
     def write_status(self, body: Any, patch: Any, previous: dict, new: dict) -> None:
         if not status_mod.status_changed(previous, new):
@@ -169,7 +151,7 @@ class Operator:
             if exc.status == 404:
                 return
             raise
-        out = core.refresh(obj, deployments)
+        out = core.refresh(obj, deployments, now=time.time())
         if out is None or out.status is None:
             return
         try:
@@ -186,7 +168,8 @@ class Operator:
                 return
             raise
         _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
-        _observe(obj["metadata"], "child", "ok", out.phase)
+        metrics_mod.switched_over(obj["metadata"], out.switchover_seconds)
+        metrics_mod.reconciled(obj["metadata"], "child", "ok", out.phase)
 
     # --- the feedback loop ---------------------------------------------------------------------------------------
 
@@ -202,6 +185,7 @@ class Operator:
         except Exception:  # noqa: BLE001 - an invalid spec: feedback_pass.run says so
             pass
         url = ((body.get("spec") or {}).get("adaptation") or {}).get("prometheusUrl")
+        started = time.monotonic()
         p = feedback_pass.run(
             body,
             now,
@@ -209,6 +193,7 @@ class Operator:
             profiles,
             promql_namespace=self.settings.promql_namespace,
         )
+        metrics_mod.decided(meta, time.monotonic() - started, p.resplit_reason)
         for key, value in p.status.items():
             patch.status[key] = value
         _post(body, p.events)

@@ -10,6 +10,7 @@ Services (`old_splits`) → `settle` (status from the Deployments as they are af
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class Outcome:
     result: str = "ok"
     plan: dict | None = None
     profiling: dict | None = None  # status.profiling (tier -> state)
+    switchover_seconds: float | None = None  # the loop's new split just started serving (see `switched_over`)
 
     @property
     def phase(self) -> str | None:
@@ -268,13 +270,40 @@ def retired_event(split: str, names: list[str]) -> Event:
     return Event(EventReason.SPLIT_RETIRED, f"split {split} has no pods left: deleted {', '.join(names)}")
 
 
-def settle(d: Desired, prepared: Outcome, deployments: dict) -> Outcome:
-    """The status after the apply: `deployments` are the tier Deployments as read back (name → object)."""
+def settle(d: Desired, prepared: Outcome, deployments: dict, now: float | None = None) -> Outcome:
+    """The status after the apply: `deployments` are the tier Deployments as read back (name → object); `now`
+    (seconds since the epoch; default: the clock) times a re-split's switch-over."""
     assert d.si is not None and prepared.plan is not None
     new = status_mod.running_status(d.si, prepared.plan, deployments, d.previous, d.generation)
     if prepared.profiling:
         new["profiling"] = prepared.profiling
-    return Outcome(status=new, plan=prepared.plan, profiling=prepared.profiling)
+    seconds, events = switched_over(d.previous, new, time.time() if now is None else now)
+    return Outcome(
+        status=new, plan=prepared.plan, profiling=prepared.profiling, switchover_seconds=seconds, events=events
+    )
+
+
+def switched_over(previous: dict, new: dict, now: float) -> tuple[float | None, list[Event]]:
+    """The switch-over time of the feedback loop's last re-split: from its decision (`status.adapted.time`) to the
+    first status that sees every tier of the new split ready (phase Running: each Deployment rolled, no pod of the
+    old template left, all replicas ready and available). Counted once: `new["adapted"]` gets `switchoverSeconds`
+    and `servingTime`, and a later pass finds them. Returns (seconds or None, the SwitchedOver Event).
+    Status stamps have whole seconds, so the figure is up to 1 s high."""
+    adapted = previous.get("adapted") or {}
+    decided = epoch(adapted.get("time"))
+    if (
+        decided is None
+        or "switchoverSeconds" in adapted
+        or new.get("phase") != Phase.RUNNING
+        or list(new.get("splitPoints") or []) != list(adapted.get("splitPoints") or [])
+    ):
+        return None, []
+    seconds = round(max(0.0, now - decided), 3)
+    new["adapted"] = {**adapted, "switchoverSeconds": seconds, "servingTime": status_mod.stamp(now)}
+    points = ",".join(new.get("splitPoints") or [])
+    return seconds, [
+        Event(EventReason.SWITCHED_OVER, f"split {points} serving {seconds:g}s after the re-split decision")
+    ]
 
 
 def status_events(previous: dict, new: dict) -> list[Event]:
@@ -289,7 +318,7 @@ def status_events(previous: dict, new: dict) -> list[Event]:
     return []
 
 
-def refresh(obj: dict, deployments: dict) -> Outcome | None:
+def refresh(obj: dict, deployments: dict, now: float | None = None) -> Outcome | None:
     """A tier's Deployment changed: the owner's status with readiness recomputed from the plan already in its
     status, or None when the change handler or the timer own the status (Failed, or a spec change not
     reconciled yet) or nothing changed."""
@@ -316,7 +345,8 @@ def refresh(obj: dict, deployments: dict) -> Outcome | None:
     events = []
     if new["phase"] != previous.get("phase"):
         events.append(Event(new["phase"], new["message"], warning=new["phase"] == Phase.DEGRADED))
-    return Outcome(status=new, events=events)
+    seconds, switched = switched_over(previous, new, time.time() if now is None else now)
+    return Outcome(status=new, events=events + switched, switchover_seconds=seconds)
 
 
 class RenderError(ValueError):
