@@ -157,7 +157,7 @@ def one_resplit() -> float:
     }
     d0 = core.desired(r)
     first = core.prepare(d0, "create", {})
-    running = core.settle(d0, first, ready(first.apply), now=now - 600).status
+    running = core.settle(d0, first, ready(first.apply)).status
     assert running is not None and running["phase"] == "Running"
     running["conditions"] = [{**c, "lastTransitionTime": stamp(now - 600)} for c in running["conditions"]]
     r["status"] = running
@@ -168,8 +168,7 @@ def one_resplit() -> float:
     body = core.with_status(r, {**running, **p.status})
     d = core.desired(body)
     rolled = core.prepare(d, "resplit", {})
-    settled = core.settle(d, rolled, {}, now=now - 9)  # applied; no pod of the new split ready yet
-    metrics_mod.switched_over(r["metadata"], settled.switchover_seconds)
+    settled = core.settle(d, rolled, {})  # applied; no pod of the new split ready yet
     metrics_mod.reconciled(r["metadata"], "resplit", settled.result, settled.phase)
     obj = {**core.with_status(body, {**body["status"], **(settled.status or {})}), "apiVersion": r["apiVersion"]}
     out = core.refresh(obj, ready(rolled.apply), now=now)

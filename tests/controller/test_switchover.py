@@ -1,8 +1,8 @@
-"""The switch-over time of a re-split (splitdnn.controller.reconcile.switched_over), without Kopf or a cluster: the
-real CNN14 model and renderer, the feedback loop's status as feedback_pass.run writes it, the tier Deployments as the
-API returns them during and after the roll. The operator records the figure in splitdnn_resplit_switchover_seconds
-and posts it as a SwitchedOver Event (handlers.py); tests/test_dashboard.py scrapes that metric with a real
-Prometheus."""
+"""The switch-over time of a re-split (splitdnn.controller.reconcile.switched_over, through `refresh`), without Kopf
+or a cluster: the real CNN14 model and renderer, the feedback loop's status as feedback_pass.run writes it, the tier
+Deployments as the API returns them during and after the roll. The operator records the figure in
+splitdnn_resplit_switchover_seconds and posts it as a SwitchedOver Event (handlers.py); tests/test_dashboard.py
+scrapes that metric with a real Prometheus, tests/controlplane/test_operator_feedback.py checks the Event."""
 
 from __future__ import annotations
 
@@ -53,54 +53,72 @@ def deployments(objs: list[dict], ready: bool, rolled: bool = True) -> dict:
 def running_on(points: list[str]) -> dict:
     """A Running status on `points`, then the loop's re-split to NEW (as feedback_pass.run patches it)."""
     first = core.prepare(core.desired(body({})), "create", {})
-    st = core.settle(core.desired(body({})), first, deployments(first.apply, True), now=DECIDED - 600).status
-    assert st["phase"] == Phase.RUNNING and st["splitPoints"] == points
+    st = core.settle(core.desired(body({})), first, deployments(first.apply, True)).status
+    assert st is not None and st["phase"] == Phase.RUNNING and st["splitPoints"] == points
     adapted = {"splitPoints": NEW, "specSplitPoints": START, "time": stamp(DECIDED)}
     return {**st, "adapted": adapted, "resplits": [{"time": stamp(DECIDED), "from": START, "to": NEW}]}
 
 
+def resplit_applied() -> tuple[dict, list[dict]]:
+    """The status the re-split's reconcile writes right after its apply (the Deployments still report the old
+    template: not serving yet), and the objects it applied."""
+    st = running_on(START)
+    d = core.desired(body(st))
+    rolled = core.prepare(d, "resplit", {})
+    assert rolled.plan is not None and rolled.plan["splitPoints"] == NEW
+    settled = core.settle(d, rolled, deployments(rolled.apply, ready=True, rolled=False))
+    assert settled.status is not None and settled.status["phase"] == Phase.DEGRADED
+    assert "adapted" not in settled.status  # the reconcile never times the switch-over (see reconcile.refresh)
+    return {**st, **settled.status}, rolled.apply
+
+
+def owner(status: dict) -> dict:
+    return {**body(status), "apiVersion": "splitdnn.io/v1alpha1"}
+
+
 def test_switchover_is_the_decision_to_every_tier_of_the_new_split_ready_counted_once():
-    st = running_on(START)
-    d = core.desired(body(st))
-    rolled = core.prepare(d, "resplit", {})
-    assert rolled.plan["splitPoints"] == NEW
-    # right after the apply: the Deployments still report the old template → not serving yet, no figure
-    settled = core.settle(d, rolled, deployments(rolled.apply, ready=True, rolled=False), now=DECIDED + 1)
-    assert settled.status["phase"] == Phase.DEGRADED and settled.switchover_seconds is None
-    assert "adapted" not in settled.status and settled.events == []
-    # the new pods come up: a child event refreshes the status; every tier ready on the new split → 12.5 s
-    obj = {**body({**st, **settled.status}), "apiVersion": "splitdnn.io/v1alpha1"}
-    r = core.refresh(obj, deployments(rolled.apply, ready=True), now=DECIDED + 12.5)
-    assert r is not None and r.status["phase"] == Phase.RUNNING
-    assert r.switchover_seconds == 12.5
-    assert r.status["adapted"]["switchoverSeconds"] == 12.5 and r.status["adapted"]["servingTime"] == stamp(
-        DECIDED + 12.5
-    )
-    assert r.status["adapted"]["splitPoints"] == NEW and r.status["adapted"]["time"] == stamp(DECIDED)
-    switched = [e for e in r.events if e.reason == EventReason.SWITCHED_OVER]
-    assert (
-        len(switched) == 1
-        and switched[0].message == "split max_pooling2d,dense serving 12.5s after the re-split decision"
-    )
-    # later passes (the resync timer) find the figure in the status: not counted again
-    later = {**st, **r.status}
-    d2 = core.desired(body(later))
-    again = core.settle(d2, core.prepare(d2, "timer", {}), deployments(rolled.apply, ready=True), now=DECIDED + 60)
-    assert again.switchover_seconds is None and again.events == []
-
-
-def test_no_switchover_without_a_resplit_or_while_a_tier_is_not_ready():
-    # a deployment the loop never re-split: Running, nothing to time
-    first = core.prepare(core.desired(body({})), "create", {})
-    plain = core.settle(core.desired(body({})), first, deployments(first.apply, True), now=DECIDED)
-    assert plain.status["phase"] == Phase.RUNNING and plain.switchover_seconds is None
-    # re-split decided, new template rolled out but one tier's pod not ready: not serving yet
-    st = running_on(START)
-    d = core.desired(body(st))
-    rolled = core.prepare(d, "resplit", {})
-    deps = deployments(rolled.apply, ready=True)
+    st, applied = resplit_applied()
+    # a first pod of the new split comes up: not every tier ready, no figure
+    deps = deployments(applied, ready=True)
     deps["cnn14-edge"]["status"].update(readyReplicas=0, availableReplicas=0)
-    half = core.settle(d, rolled, deps, now=DECIDED + 5)
-    assert half.status["phase"] != Phase.RUNNING and half.switchover_seconds is None
+    r = core.refresh(owner(st), deps, now=DECIDED + 4)
+    assert r is not None and r.status is not None and r.status["phase"] != Phase.RUNNING
+    assert r.switchover_seconds is None and "adapted" not in r.status
+    # the last one: every tier ready on the new split → 12.5 s after the decision
+    r = core.refresh(owner({**st, **r.status}), deployments(applied, ready=True), now=DECIDED + 12.5)
+    assert r is not None and r.status is not None and r.status["phase"] == Phase.RUNNING
+    assert r.switchover_seconds == 12.5
+    adapted = r.status["adapted"]
+    assert adapted["switchoverSeconds"] == 12.5 and adapted["servingTime"] == stamp(DECIDED + 12.5)
+    assert adapted["splitPoints"] == NEW and adapted["time"] == stamp(DECIDED)
+    switched = [e for e in r.events if e.reason == EventReason.SWITCHED_OVER]
+    assert [e.message for e in switched] == ["split max_pooling2d,dense serving 12.5s after the re-split decision"]
+    # later child events find the figure in the status: nothing to write, not counted again
+    assert core.refresh(owner({**st, **r.status}), deployments(applied, ready=True), now=DECIDED + 60) is None
+
+
+def test_a_timer_pass_that_saw_the_new_split_ready_first_leaves_the_figure_to_the_child_event():
+    st, applied = resplit_applied()
+    # the resync timer's reconcile read the Deployments ready before the child event came: Running, no figure
+    d = core.desired(body(st))
+    timer = core.settle(d, core.prepare(d, "timer", {}), deployments(applied, ready=True))
+    assert timer.status is not None and timer.status["phase"] == Phase.RUNNING and "adapted" not in timer.status
+    # the child event's refresh still times it, although readiness did not change
+    r = core.refresh(owner({**st, **timer.status}), deployments(applied, ready=True), now=DECIDED + 7)
+    assert r is not None and r.switchover_seconds == 7.0 and reasons(r.events) == ["SwitchedOver"]
+
+
+def test_no_switchover_without_a_resplit():
+    first = core.prepare(core.desired(body({})), "create", {})
+    st = core.settle(core.desired(body({})), first, deployments(first.apply, True)).status
+    deps = deployments(first.apply, True)
+    deps["cnn14-cloud"]["spec"]["replicas"] = 0
+    r = core.refresh(owner(st), deps, now=DECIDED)
+    assert r is not None and r.switchover_seconds is None and EventReason.SWITCHED_OVER not in reasons(r.events)
     # the figure never goes negative (a decision stamp a little ahead of this clock)
-    assert core.switched_over(st, {"phase": "Running", "splitPoints": NEW}, DECIDED - 3)[0] == 0.0
+    adapted = {"splitPoints": NEW, "time": stamp(DECIDED)}
+    assert core.switched_over({"adapted": adapted}, {"phase": "Running", "splitPoints": NEW}, DECIDED - 3)[0] == 0.0
+
+
+def reasons(events: list) -> list[str]:
+    return [str(e.reason) for e in events]

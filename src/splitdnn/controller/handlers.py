@@ -28,6 +28,7 @@ from splitdnn.spec import GROUP, PLURAL, VERSION
 
 EVENT_COMPONENT = "splitdnn-operator"
 MANAGED = {"app.kubernetes.io/managed-by": render.MANAGER}
+REFRESH_ATTEMPTS = 3  # conditional status writes of one child event (each re-reads the owner after a conflict)
 
 
 def _post(body: Any, events: list[core.Event]) -> None:
@@ -95,9 +96,7 @@ class Operator:
                 assert out.plan is not None
                 self.retire_splits(body, existing, out.plan["splitId"], logger)
                 deployments = {n: o for (kind, n), o in k.children(d.namespace, d.name).items() if kind == "Deployment"}
-                out = core.settle(d, out, deployments, now=time.time())
-                _post(body, out.events)  # SwitchedOver, when this pass sees the loop's new split serving
-                metrics_mod.switched_over(meta, out.switchover_seconds)
+                out = core.settle(d, out, deployments)
         if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
         self.write_status(body, patch, d.previous, out.status or {})
@@ -140,36 +139,47 @@ class Operator:
 
     def refresh_status(self, namespace: str, name: str, deployments: dict, logger: kopf.Logger) -> None:
         """Readiness from the tier Deployments (`deployments`: name → object, from the index) into the owner's
-        status; the write is conditional on the owner's resourceVersion, so it never overwrites a newer status."""
+        status; the write is conditional on the owner's resourceVersion, so it never overwrites a newer status (after
+        a conflict it re-reads the owner and recomputes)."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         co = client.CustomObjectsApi(self.kube.api)
-        try:
-            obj: Any = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
+        for _attempt in range(REFRESH_ATTEMPTS):
+            try:
+                obj: Any = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
+            out = core.refresh(obj, deployments, now=time.time())
+            if out is None or out.status is None:
                 return
-            raise
-        out = core.refresh(obj, deployments, now=time.time())
-        if out is None or out.status is None:
+            try:
+                co.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": out.status},
+                )
+            except ApiException as exc:
+                # the owner changed meanwhile: recompute from it (this may be the last change of a roll, the
+                # only pass that times its switch-over; a timer's write in between must not lose it)
+                if exc.status == 409:
+                    continue
+                raise
+            _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
+            metrics_mod.switched_over(obj["metadata"], out.switchover_seconds)
+            metrics_mod.reconciled(obj["metadata"], "child", "ok", out.phase)
             return
-        try:
-            co.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": out.status},
-            )
-        except ApiException as exc:
-            if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
-                return
-            raise
-        _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
-        metrics_mod.switched_over(obj["metadata"], out.switchover_seconds)
-        metrics_mod.reconciled(obj["metadata"], "child", "ok", out.phase)
+        logger.info(
+            "status of %s/%s kept changing under %d refreshes; the timer's pass takes over",
+            namespace,
+            name,
+            REFRESH_ATTEMPTS,
+        )
 
     # --- the feedback loop ---------------------------------------------------------------------------------------
 

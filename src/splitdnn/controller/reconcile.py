@@ -270,17 +270,13 @@ def retired_event(split: str, names: list[str]) -> Event:
     return Event(EventReason.SPLIT_RETIRED, f"split {split} has no pods left: deleted {', '.join(names)}")
 
 
-def settle(d: Desired, prepared: Outcome, deployments: dict, now: float | None = None) -> Outcome:
-    """The status after the apply: `deployments` are the tier Deployments as read back (name → object); `now`
-    (seconds since the epoch; default: the clock) times a re-split's switch-over."""
+def settle(d: Desired, prepared: Outcome, deployments: dict) -> Outcome:
+    """The status after the apply: `deployments` are the tier Deployments as read back (name → object)."""
     assert d.si is not None and prepared.plan is not None
     new = status_mod.running_status(d.si, prepared.plan, deployments, d.previous, d.generation)
     if prepared.profiling:
         new["profiling"] = prepared.profiling
-    seconds, events = switched_over(d.previous, new, time.time() if now is None else now)
-    return Outcome(
-        status=new, plan=prepared.plan, profiling=prepared.profiling, switchover_seconds=seconds, events=events
-    )
+    return Outcome(status=new, plan=prepared.plan, profiling=prepared.profiling)
 
 
 def switched_over(previous: dict, new: dict, now: float) -> tuple[float | None, list[Event]]:
@@ -321,7 +317,11 @@ def status_events(previous: dict, new: dict) -> list[Event]:
 def refresh(obj: dict, deployments: dict, now: float | None = None) -> Outcome | None:
     """A tier's Deployment changed: the owner's status with readiness recomputed from the plan already in its
     status, or None when the change handler or the timer own the status (Failed, or a spec change not
-    reconciled yet) or nothing changed."""
+    reconciled yet) or nothing changed. `now` (seconds since the epoch; default: the clock) times the switch-over
+    of a re-split (`switched_over`). Only this path computes it: the shell writes this status on the condition
+    that the owner has not changed since it was read, so two passes never both count one switch-over (a timer's
+    reconcile works on a body that may predate the last write). The last Deployment change of a roll always comes
+    here, with the Deployments as that change left them."""
     meta = obj["metadata"]
     previous = dict(obj.get("status") or {})
     generation = meta.get("generation", 0)
@@ -340,12 +340,12 @@ def refresh(obj: dict, deployments: dict, now: float | None = None) -> Outcome |
     except SpecError:
         return None
     new = status_mod.running_status(si, plan, deployments, previous, generation)
+    seconds, switched = switched_over(previous, new, time.time() if now is None else now)
     if not status_mod.status_changed(previous, new):
         return None
     events = []
     if new["phase"] != previous.get("phase"):
         events.append(Event(new["phase"], new["message"], warning=new["phase"] == Phase.DEGRADED))
-    seconds, switched = switched_over(previous, new, time.time() if now is None else now)
     return Outcome(status=new, events=events + switched, switchover_seconds=seconds)
 
 
