@@ -111,6 +111,7 @@ def test_a_timer_pass_that_saw_the_new_split_ready_first_leaves_the_figure_to_th
 def test_no_switchover_without_a_resplit():
     first = core.prepare(core.desired(body({})), "create", {})
     st = core.settle(core.desired(body({})), first, deployments(first.apply, True)).status
+    assert st is not None
     deps = deployments(first.apply, True)
     deps["cnn14-cloud"]["spec"]["replicas"] = 0
     r = core.refresh(owner(st), deps, now=DECIDED)
