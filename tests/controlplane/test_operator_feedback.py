@@ -7,7 +7,8 @@ scrapes it. The operator (`splitdnn operator`, a subprocess):
    split and the phase unchanged, the operator alive;
 2. pointed at the real server: status.measured and status.frameDropRate from the PromQL, one re-split (Event
    Resplit, status.resplits entry {time, from, to, reason}, status.splitPoints and the Deployments' slicer
-   argument changed), and no second one within the cooldown.
+   argument changed), a SwitchedOver Event with the switch-over time once the new split's tiers are ready, and no
+   second re-split within the cooldown.
 """
 
 from __future__ import annotations
@@ -222,6 +223,17 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):
                 )
 
             wait_for(rolled, timeout=60, what="Deployments rendered with the new split")
+            # every tier of the new split ready (kwok's pods): the switch-over time, once, as an Event and in status
+            switched = wait_for(
+                lambda: [m for r, m in events_for(kc, ns, "loop") if r == "SwitchedOver"],
+                timeout=60,
+                what="a SwitchedOver Event",
+            )
+            adapted = get_si(kc, ns, "loop")["status"]["adapted"]
+            assert switched == [
+                f"split {','.join(new)} serving {adapted['switchoverSeconds']:g}s after the re-split decision"
+            ]
+            assert 0 <= adapted["switchoverSeconds"] <= 120 and adapted["time"] == entry["time"]
             reasons = [r for r, _ in events_for(kc, ns, "loop")]
             assert reasons.count("Resplit") == 1 and "SplitChanged" in reasons and "MetricsAvailable" in reasons
             # the drop rate stays over the SLO, but the cooldown holds: no flapping
@@ -229,6 +241,7 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):
             si = get_si(kc, ns, "loop")
             assert len(si["status"]["resplits"]) == 1 and si["status"]["splitPoints"] == new
             assert "cooldown" in si["status"]["measured"]["decision"]
+            assert [r for r, _ in events_for(kc, ns, "loop")].count("SwitchedOver") == 1  # counted once
             # the spec still says what the user wrote; the loop's choice lives in status
             assert si["spec"]["splitPoints"] == START
             assert op.alive()

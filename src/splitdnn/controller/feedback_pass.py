@@ -17,6 +17,9 @@ from splitdnn.controller.status import Condition, EventReason, Phase, Reason
 from splitdnn.planner import deploy
 
 RESPLIT_HISTORY = 20  # entries kept in status.resplits
+# why a pass re-split, for the operator's splitdnn_operator_resplits_total{reason} (adapt.decide re-splits only
+# when the measured drop rate is over the SLO and another split is predicted better by the margin)
+DROP_RATE_OVER_SLO = "DropRateOverSLO"
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Pass:
     status: dict = field(default_factory=dict)  # keys of the status to set
     events: list[Event] = field(default_factory=list)
     resplit: bool = False
+    resplit_reason: str | None = None  # a short cause for the re-split counter's label (None: no re-split)
 
 
 def due(body: dict, now: float) -> str | None:
@@ -152,4 +156,4 @@ def run(body: dict, now: float, prometheus: Any, profiles: dict | None = None, p
     }
     message = f"{','.join(current)} → {','.join(s.best_points)}: {s.decision.reason}"
     events.append(Event(EventReason.RESPLIT, message[:1000]))
-    return Pass("resplit", patch, events, resplit=True)
+    return Pass("resplit", patch, events, resplit=True, resplit_reason=DROP_RATE_OVER_SLO)

@@ -19,6 +19,7 @@ import kopf
 
 from splitdnn.controller import feedback_pass, render
 from splitdnn.controller import kube as kube_mod
+from splitdnn.controller import metrics as metrics_mod
 from splitdnn.controller import profiling as profiling_mod
 from splitdnn.controller import reconcile as core
 from splitdnn.controller import status as status_mod
@@ -27,27 +28,7 @@ from splitdnn.spec import GROUP, PLURAL, VERSION
 
 EVENT_COMPONENT = "splitdnn-operator"
 MANAGED = {"app.kubernetes.io/managed-by": render.MANAGER}
-
-try:
-    from prometheus_client import Counter, Gauge
-
-    RECONCILES: Counter | None = Counter("splitdnn_operator_reconciles_total", "Reconcile passes", ["cause", "result"])
-    PHASE: Gauge | None = Gauge(
-        "splitdnn_operator_phase", "1 for the current phase of each SplitInference", ["namespace", "name", "phase"]
-    )
-except ImportError:  # pragma: no cover - prometheus_client is a dependency; metrics are optional
-    RECONCILES = PHASE = None
-
-
-def _observe(meta: Any, cause: str, result: str, phase: str | None) -> None:
-    if RECONCILES is None or PHASE is None:
-        return
-    RECONCILES.labels(cause=cause, result=result).inc()
-    if phase:
-        for p in status_mod.PHASES:
-            PHASE.labels(namespace=meta.get("namespace", ""), name=meta["name"], phase=p.value).set(
-                1 if p == phase else 0
-            )
+REFRESH_ATTEMPTS = 3  # conditional status writes of one child event (each re-reads the owner after a conflict)
 
 
 def _post(body: Any, events: list[core.Event]) -> None:
@@ -119,7 +100,7 @@ class Operator:
         if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
         self.write_status(body, patch, d.previous, out.status or {})
-        _observe(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
+        metrics_mod.reconciled(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
 
     def write_status(self, body: Any, patch: Any, previous: dict, new: dict) -> None:
         if not status_mod.status_changed(previous, new):
@@ -158,35 +139,47 @@ class Operator:
 
     def refresh_status(self, namespace: str, name: str, deployments: dict, logger: kopf.Logger) -> None:
         """Readiness from the tier Deployments (`deployments`: name → object, from the index) into the owner's
-        status; the write is conditional on the owner's resourceVersion, so it never overwrites a newer status."""
+        status; the write is conditional on the owner's resourceVersion, so it never overwrites a newer status (after
+        a conflict it re-reads the owner and recomputes)."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         co = client.CustomObjectsApi(self.kube.api)
-        try:
-            obj: Any = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
+        for _attempt in range(REFRESH_ATTEMPTS):
+            try:
+                obj: Any = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise
+            out = core.refresh(obj, deployments, now=time.time())
+            if out is None or out.status is None:
                 return
-            raise
-        out = core.refresh(obj, deployments)
-        if out is None or out.status is None:
+            try:
+                co.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": out.status},
+                )
+            except ApiException as exc:
+                # the owner changed meanwhile: recompute from it (this may be the last change of a roll, the
+                # only pass that times its switch-over; a timer's write in between must not lose it)
+                if exc.status == 409:
+                    continue
+                raise
+            _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
+            metrics_mod.switched_over(obj["metadata"], out.switchover_seconds)
+            metrics_mod.reconciled(obj["metadata"], "child", "ok", out.phase)
             return
-        try:
-            co.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": out.status},
-            )
-        except ApiException as exc:
-            if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
-                return
-            raise
-        _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
-        _observe(obj["metadata"], "child", "ok", out.phase)
+        logger.info(
+            "status of %s/%s kept changing under %d refreshes; the timer's pass takes over",
+            namespace,
+            name,
+            REFRESH_ATTEMPTS,
+        )
 
     # --- the feedback loop ---------------------------------------------------------------------------------------
 
@@ -202,6 +195,7 @@ class Operator:
         except Exception:  # noqa: BLE001 - an invalid spec: feedback_pass.run says so
             pass
         url = ((body.get("spec") or {}).get("adaptation") or {}).get("prometheusUrl")
+        started = time.monotonic()
         p = feedback_pass.run(
             body,
             now,
@@ -209,6 +203,7 @@ class Operator:
             profiles,
             promql_namespace=self.settings.promql_namespace,
         )
+        metrics_mod.decided(meta, time.monotonic() - started, p.resplit_reason)
         for key, value in p.status.items():
             patch.status[key] = value
         _post(body, p.events)

@@ -10,6 +10,7 @@ Services (`old_splits`) → `settle` (status from the Deployments as they are af
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class Outcome:
     result: str = "ok"
     plan: dict | None = None
     profiling: dict | None = None  # status.profiling (tier -> state)
+    switchover_seconds: float | None = None  # the loop's new split just started serving (see `switched_over`)
 
     @property
     def phase(self) -> str | None:
@@ -277,6 +279,29 @@ def settle(d: Desired, prepared: Outcome, deployments: dict) -> Outcome:
     return Outcome(status=new, plan=prepared.plan, profiling=prepared.profiling)
 
 
+def switched_over(previous: dict, new: dict, now: float) -> tuple[float | None, list[Event]]:
+    """The switch-over time of the feedback loop's last re-split: from its decision (`status.adapted.time`) to the
+    first status that sees every tier of the new split ready (phase Running: each Deployment rolled, no pod of the
+    old template left, all replicas ready and available). Counted once: `new["adapted"]` gets `switchoverSeconds`
+    and `servingTime`, and a later pass finds them. Returns (seconds or None, the SwitchedOver Event).
+    Status stamps have whole seconds, so the figure is up to 1 s high."""
+    adapted = previous.get("adapted") or {}
+    decided = epoch(adapted.get("time"))
+    if (
+        decided is None
+        or "switchoverSeconds" in adapted
+        or new.get("phase") != Phase.RUNNING
+        or list(new.get("splitPoints") or []) != list(adapted.get("splitPoints") or [])
+    ):
+        return None, []
+    seconds = round(max(0.0, now - decided), 3)
+    new["adapted"] = {**adapted, "switchoverSeconds": seconds, "servingTime": status_mod.stamp(now)}
+    points = ",".join(new.get("splitPoints") or [])
+    return seconds, [
+        Event(EventReason.SWITCHED_OVER, f"split {points} serving {seconds:g}s after the re-split decision")
+    ]
+
+
 def status_events(previous: dict, new: dict) -> list[Event]:
     """One Event per phase change (a warning for Degraded; Failed has its InvalidSpec Event)."""
     phase = new.get("phase")
@@ -289,10 +314,14 @@ def status_events(previous: dict, new: dict) -> list[Event]:
     return []
 
 
-def refresh(obj: dict, deployments: dict) -> Outcome | None:
+def refresh(obj: dict, deployments: dict, now: float | None = None) -> Outcome | None:
     """A tier's Deployment changed: the owner's status with readiness recomputed from the plan already in its
     status, or None when the change handler or the timer own the status (Failed, or a spec change not
-    reconciled yet) or nothing changed."""
+    reconciled yet) or nothing changed. `now` (seconds since the epoch; default: the clock) times the switch-over
+    of a re-split (`switched_over`). Only this path computes it: the shell writes this status on the condition
+    that the owner has not changed since it was read, so two passes never both count one switch-over (a timer's
+    reconcile works on a body that may predate the last write). The last Deployment change of a roll always comes
+    here, with the Deployments as that change left them."""
     meta = obj["metadata"]
     previous = dict(obj.get("status") or {})
     generation = meta.get("generation", 0)
@@ -311,12 +340,13 @@ def refresh(obj: dict, deployments: dict) -> Outcome | None:
     except SpecError:
         return None
     new = status_mod.running_status(si, plan, deployments, previous, generation)
+    seconds, switched = switched_over(previous, new, time.time() if now is None else now)
     if not status_mod.status_changed(previous, new):
         return None
     events = []
     if new["phase"] != previous.get("phase"):
         events.append(Event(new["phase"], new["message"], warning=new["phase"] == Phase.DEGRADED))
-    return Outcome(status=new, events=events)
+    return Outcome(status=new, events=events + switched, switchover_seconds=seconds)
 
 
 class RenderError(ValueError):

@@ -53,6 +53,7 @@ class EventReason(StrEnum):
     RESPLIT = "Resplit"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     METRICS_AVAILABLE = "MetricsAvailable"
+    SWITCHED_OVER = "SwitchedOver"  # the loop's new split serves: every tier of it ready
 
 
 def stamp(seconds: float) -> str:
