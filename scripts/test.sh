@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# Lint, format and types (configured in pyproject.toml): a finding fails the run before the slow steps.
+.venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
+.venv/bin/mypy
 # Kubernetes control plane binaries (Go module proxy) for the `controlplane` tests: cached under
 # ~/.cache/splitdnn, a no-op in well under a second when warm (see scripts/build-k8s.sh for the cold timing).
 bash scripts/build-k8s.sh
