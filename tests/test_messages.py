@@ -133,14 +133,17 @@ def rich_metadata_response(module_tensor, module_sig, module_meta):
 
 
 def round_trip(theirs, our_cls, their_cls):
-    """TF → ours → TF, bit-identical; and ours → TF → ours."""
+    """TF → ours → TF, bit-identical in deterministic serialisation (without it, protobuf may write a map's
+    entries in any order, so two equal messages need not serialise alike); and ours → TF → ours."""
     for deterministic in (False, True):
         data = theirs.SerializeToString(deterministic=deterministic)
         ours = our_cls.FromString(data)
-        assert ours.SerializeToString(deterministic=deterministic) == data
+        if deterministic:
+            assert ours.SerializeToString(deterministic=True) == data
         back = their_cls.FromString(ours.SerializeToString(deterministic=deterministic))
         assert back == theirs
-        assert back.SerializeToString(deterministic=deterministic) == data
+        if deterministic:
+            assert back.SerializeToString(deterministic=True) == data
     return ours
 
 
