@@ -8,6 +8,7 @@ figures is planning: `splitdnn.planner.deploy` (`choose`, `predicted`).
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from splitdnn.spec import SplitInference, cross_field_problems
 from splitdnn.storage import is_uri
 
 NAME_MAX = 63  # Service names are DNS-1035 labels
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 class ModelUnavailable(Exception):
@@ -40,6 +42,13 @@ def model_summary(source: str, input_shape: tuple | None = None) -> GraphSummary
 def problems(si: SplitInference, summary: GraphSummary | None) -> list[str]:
     """Everything that makes the resource undeployable, each naming the problem."""
     found = cross_field_problems(si, list(summary.layers) if summary else None)
+    if not DNS_1035.fullmatch(si.name):
+        # the API admits any DNS subdomain ("a.b", "9a") as a SplitInference's name; its Services
+        # (`<name>-<tier>`) would be refused half-way through the children (found by the spec fuzzer)
+        found.append(
+            f"metadata.name {si.name!r} cannot name this resource's Services: use a DNS-1035 label "
+            "(lower-case letters, digits and '-', starting with a letter)"
+        )
     for t in si.tiers:
         name = f"{si.name}-{t['name']}-<split id>"  # the longest name made: a split's Service (render.split_id)
         length = len(si.name) + len(t["name"]) + 10
