@@ -182,7 +182,9 @@ class Operator:
                 {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": out.status},
             )
         except ApiException as exc:
-            if exc.status == 409:  # the owner changed meanwhile; its handlers will write a fresher status
+            # 409: the owner changed meanwhile, its handlers will write a fresher status; 404: it was deleted
+            # between the read and the write (found by the spec fuzzer, which deletes resources as they deploy)
+            if exc.status in (404, 409):
                 return
             raise
         _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
