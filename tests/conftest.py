@@ -26,6 +26,9 @@ def cnn14_graph(cnn14_model):
 # The real Kubernetes control plane (Go-built, kwok nodes): see tests/harness/fixtures.py
 from harness.fixtures import controlplane, kube_api, namespace  # noqa: E402,F401  (re-exported fixtures)
 
+# SPLITDNN_SHUFFLE_SEED=<int> runs the tests in a random (seeded, replayable) order
+from harness.shuffle import pytest_collection_modifyitems, pytest_report_header  # noqa: E402,F401
+
 # Under CI=true a skip fails unless tests/skip-allowlist.txt allows it; every run prints the skip count.
 from harness.skips import (  # noqa: E402,F401  (hooks of this conftest)
     pytest_configure,

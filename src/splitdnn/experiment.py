@@ -324,6 +324,12 @@ def measure_stream(total_bytes: int = 1_000_000, chunks: int = 20, repeats: int 
                 diffs.append(b - a)
     finally:
         server.stop(None)
+    return stream_costs(ones, diffs, total_bytes, chunks)
+
+
+def stream_costs(ones: list[float], diffs: list[float], total_bytes: int, chunks: int) -> dict:
+    """`measure_stream`'s arithmetic on its timings: `ones` (one message) and `diffs` (`chunks` messages minus one,
+    same bytes). A loaded machine can make the median difference negative: the per-message cost is then 0."""
     message = max(0.0, statistics.median(diffs) / (chunks - 1))
     return {"message_seconds": message, "bandwidth": total_bytes / max(statistics.median(ones) - message, 1e-9)}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -302,6 +303,25 @@ def load_file(path: str | Path) -> list[SplitInference]:
     return items
 
 
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def node_selector_problems(selector: dict[str, str]) -> list[str]:
+    """Keys and values a pod's nodeSelector cannot have (Kubernetes label syntax). The schema admits any string;
+    the tier's Deployment would be refused after the tiers before it were applied (found by the spec fuzzer)."""
+    problems = []
+    for key, value in selector.items():
+        prefix, _, name = key.rpartition("/")
+        if not (LABEL_NAME.fullmatch(name) and len(name) <= 63) or (
+            prefix and not (DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253)
+        ):
+            problems.append(f"key {key!r} is not a label key ([prefix/]name, name: 63 letters, digits, '-_.')")
+        if value and not (LABEL_NAME.fullmatch(value) and len(value) <= 63):
+            problems.append(f"value {value!r} of {key!r} is not a label value (63 letters, digits, '-_.', or empty)")
+    return problems
+
+
 def cross_field_problems(si: SplitInference, layer_names: list[str] | None = None) -> list[str]:
     """What the schema cannot say. `layer_names` (model order) enables the split-point checks."""
     spec = si.typed
@@ -310,6 +330,8 @@ def cross_field_problems(si: SplitInference, layer_names: list[str] | None = Non
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         problems.append(f"duplicate tier names: {', '.join(duplicates)}")
+    for i, t in enumerate(spec.tiers):
+        problems += [f"tiers[{i}].nodeSelector: {p}" for p in node_selector_problems(t.node_selector)]
     points = spec.split_points
     if spec.planner.mode == "fixed" or points:
         if len(points) != len(names) - 1:

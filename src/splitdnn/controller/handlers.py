@@ -169,6 +169,9 @@ class Operator:
                 # only pass that times its switch-over; a timer's write in between must not lose it)
                 if exc.status == 409:
                     continue
+                # deleted between the read and the write (found by the spec fuzzer, which deletes as it deploys)
+                if exc.status == 404:
+                    return
                 raise
             _post({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}, out.events)
             metrics_mod.switched_over(obj["metadata"], out.switchover_seconds)

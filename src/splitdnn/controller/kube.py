@@ -7,11 +7,24 @@ names are deterministic).
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 from splitdnn.controller.render import LABEL_SI, MANAGER
 
 APPLY = "application/apply-patch+yaml"
+# what YAML reads verbatim inside a quoted scalar: printable, no line breaks (NEL, LS, PS), no BOM
+_VERBATIM = re.compile("[^\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+
+
+def yaml_safe_json(obj: dict) -> bytes:
+    """`obj` as a server-side apply body: JSON (which is YAML) the API server's YAML decoder reads back as it was.
+    The client's own json.dumps escapes a character beyond the BMP (an emoji in workload.source) as a surrogate
+    pair, which that decoder refuses with a 400 (found by the spec fuzzer); here such characters stay UTF-8 and
+    only what YAML would not read verbatim is escaped."""
+    text = json.dumps(obj, ensure_ascii=False)
+    return _VERBATIM.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
 # (connect, read) seconds for every API call that does not set its own
@@ -61,8 +74,15 @@ class Kube:
         if obj["kind"] not in ("Deployment", "Service", "ConfigMap"):
             raise ValueError(f"cannot apply kind {obj['kind']}")
         resource = self._resource(obj["apiVersion"], obj["kind"])
+        body = yaml_safe_json(obj)
+        meta = obj["metadata"]
         return self.dynamic.server_side_apply(
-            resource, body=obj, namespace=obj["metadata"]["namespace"], field_manager=MANAGER, force_conflicts=True
+            resource,
+            body=body,
+            name=meta["name"],
+            namespace=meta["namespace"],
+            field_manager=MANAGER,
+            force_conflicts=True,
         )
 
     @property

@@ -8,6 +8,7 @@ figures is planning: `splitdnn.planner.deploy` (`choose`, `predicted`).
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from splitdnn.spec import SplitInference, cross_field_problems
 from splitdnn.storage import is_uri
 
 NAME_MAX = 63  # Service names are DNS-1035 labels
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 class ModelUnavailable(Exception):
@@ -37,9 +39,18 @@ def model_summary(source: str, input_shape: tuple | None = None) -> GraphSummary
     return build_graph(load_model(source, input_shape)).summary()
 
 
-def problems(si: SplitInference, summary: GraphSummary | None) -> list[str]:
-    """Everything that makes the resource undeployable, each naming the problem."""
-    found = cross_field_problems(si, list(summary.layers) if summary else None)
+def name_problems(si: SplitInference) -> list[str]:
+    """What the resource's name cannot be: its children are named `<name>-<tier>[-<split id>]` (Services: DNS-1035
+    labels of at most 63 characters) and labelled with it (a label value: at most 63). Checked before the operator
+    lists or applies any child: a longer name made the children's label selector a 400 (found by the spec fuzzer)."""
+    found = []
+    if not DNS_1035.fullmatch(si.name):
+        # the API admits any DNS subdomain ("a.b", "9a") as a SplitInference's name; its Services would be
+        # refused half-way through the children (found by the spec fuzzer)
+        found.append(
+            f"metadata.name {si.name!r} cannot name this resource's Services: use a DNS-1035 label "
+            "(lower-case letters, digits and '-', starting with a letter)"
+        )
     for t in si.tiers:
         name = f"{si.name}-{t['name']}-<split id>"  # the longest name made: a split's Service (render.split_id)
         length = len(si.name) + len(t["name"]) + 10
@@ -48,6 +59,12 @@ def problems(si: SplitInference, summary: GraphSummary | None) -> list[str]:
                 f"object name {name!r} ({length} characters with the 8-character split id) is longer "
                 f"than {NAME_MAX}: shorten the resource or tier name"
             )
+    return found
+
+
+def problems(si: SplitInference, summary: GraphSummary | None) -> list[str]:
+    """Everything that makes the resource undeployable, each naming the problem."""
+    found = name_problems(si) + cross_field_problems(si, list(summary.layers) if summary else None)
     if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints") and summary is None:
         found.append(
             "planner.mode auto needs a model the operator can load (a .keras file in the operator's "

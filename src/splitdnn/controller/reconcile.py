@@ -147,6 +147,8 @@ def desired(body: dict) -> Desired:
         d.problems = [str(exc)]
         return d
     d.summary, d.problems = load_summary(d.si)
+    # before the shell lists children by a label holding the name (a name too long for a label value is a 400)
+    d.problems = plan_mod.name_problems(d.si) + d.problems
     return d
 
 
