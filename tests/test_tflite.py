@@ -8,22 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_slicer import frames, reference
 
 from splitdnn.graph import build_graph
 from splitdnn.slicer import export_slices, resolve_cuts
 
 TOL = 1e-4
-
-
-def frames(graph, n=2, seed=7):
-    rng = np.random.default_rng(seed)
-    return {name: rng.random((n, *graph.tensors[name].shape[1:]), dtype=np.float32) for name in graph.inputs}
-
-
-def reference(model, graph, feed):
-    out = model([feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]], training=False)
-    out = out if isinstance(out, (list, tuple)) else [out]
-    return dict(zip(graph.outputs, (np.asarray(o) for o in out)))
 
 
 def check_litert_chain(model, graph, out_dir):
@@ -33,7 +23,7 @@ def check_litert_chain(model, graph, out_dir):
     from splitdnn.agent.litert_runtime import load
 
     manifest = json.loads((out_dir / "slices.json").read_text())
-    feed = frames(graph)
+    feed = frames(graph, seed=7)
     expected = reference(model, graph, feed)
     values, per_slice = dict(feed), {}
     for entry in manifest["slices"]:
@@ -136,7 +126,7 @@ def test_quantize_reports_figures(cnn14_model, cnn14_graph, tmp_path, mode):
     for entry in manifest["slices"]:
         quantized = tmp_path / entry[f"tflite_{mode}"]
         assert quantized.stat().st_size < (tmp_path / entry["tflite"]).stat().st_size or entry["name"] == "slice0"
-    frame = frames(cnn14_graph, n=1)
+    frame = frames(cnn14_graph, n=1, seed=7)
     expected = reference(cnn14_model, cnn14_graph, frame)["dense_1"]
     values = frame
     for entry in manifest["slices"]:
@@ -166,7 +156,7 @@ def test_litert_runtime_imports_no_tensorflow(cnn14_model, cnn14_graph, tmp_path
     import tensorflow as tf
 
     export_slices(cnn14_model, cnn14_graph, resolve_cuts(cnn14_graph, ["flatten"]), tmp_path)
-    frame = frames(cnn14_graph, n=1)
+    frame = frames(cnn14_graph, n=1, seed=7)
     np.save(tmp_path / "frame.npy", frame["input"])
     code = (
         "import sys, numpy as np\n"
