@@ -215,18 +215,26 @@ def load_manifest(directory: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def reference_frame(model, graph: ModelGraph, seed: int = 0) -> tuple[dict, list]:
+    """A seeded random frame for the model's inputs (name → array) and the full model's outputs on it, in
+    `graph.outputs` order: what a chain of slices is checked against."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feed = {n: rng.random(frame_shape(graph, n)).astype(graph.tensors[n].dtype) for n in graph.inputs}
+    expected = model(
+        [feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]], training=False
+    )
+    return feed, list(expected) if isinstance(expected, (list, tuple)) else [expected]
+
+
 def verify_slices(model, graph: ModelGraph, directory: str | Path, seed: int = 0) -> float:
     """Chain the SavedModels in `directory` on a random frame; max abs difference to the full model's outputs."""
     import numpy as np
     import tensorflow as tf
 
     directory = Path(directory)
-    rng = np.random.default_rng(seed)
-    feed = {n: rng.random(frame_shape(graph, n)).astype(graph.tensors[n].dtype) for n in graph.inputs}
-    expected = model(
-        [feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]], training=False
-    )
-    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    feed, expected = reference_frame(model, graph, seed)
     values = dict(feed)
     for entry in load_manifest(directory)["slices"]:
         signature = tf.saved_model.load(str(directory / entry["path"])).signatures["serving_default"]

@@ -274,15 +274,10 @@ def verify_tflite(model, graph: ModelGraph, directory: str | Path, seed: int = 0
     import tensorflow as tf
 
     from splitdnn.agent.litert_runtime import LiteRTSlice
-    from splitdnn.slicer import frame_shape, load_manifest
+    from splitdnn.slicer import load_manifest, reference_frame
 
     directory = Path(directory)
-    rng = np.random.default_rng(seed)
-    feed = {n: rng.random(frame_shape(graph, n)).astype(graph.tensors[n].dtype) for n in graph.inputs}
-    expected = model(
-        [feed[n] for n in graph.inputs] if len(graph.inputs) > 1 else feed[graph.inputs[0]], training=False
-    )
-    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    feed, expected = reference_frame(model, graph, seed)
     values, fallback = dict(feed), []
     for entry in load_manifest(directory)["slices"]:
         step = {t["name"]: values[t["name"]] for t in entry["inputs"]}
