@@ -353,6 +353,11 @@ def agent(
         help="largest request this tier accepts (a gRPC message, a chunk stream's total, a REST body, the tensors "
         "its shapes claim): larger ones are refused before they are decoded (RESOURCE_EXHAUSTED, HTTP 413)",
     ),
+    runtime: str = typer.Option(
+        "tensorflow",
+        help="slice runtime: tensorflow (the slice's SavedModel) or litert (its checked .tflite, no TensorFlow)",
+    ),
+    threads: int | None = typer.Option(None, help="compute threads of the runtime (default: TF's own; LiteRT 1)"),
     delay: str | None = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
     jitter: str | None = typer.Option(None, help="… jitter, e.g. 10ms"),
     loss: str | None = typer.Option(None, help="… loss, e.g. 1%"),
@@ -390,6 +395,7 @@ def agent(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from splitdnn.agent.netem import load_report
+    from splitdnn.agent.runtime import RUNTIMES
     from splitdnn.agent.server import AgentConfig, emulation_plan, env_settings, serve
 
     try:
@@ -407,6 +413,8 @@ def agent(
             overhead_ratio=overhead_ratio,
             max_message_bytes=max_message_bytes,
             max_request_bytes=max_request_bytes,
+            runtime=runtime,
+            threads=threads,
             link=link,
             tc_applied=tc_applied,
             host=host,
@@ -432,11 +440,14 @@ def agent(
             or max_inflight < 1
             or frames < 0
             or warmup < 0
+            or (threads is not None and threads < 1)
         ):
             raise ValueError(
                 "--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, 1024 ≤ --max-request-bytes ≤ 2147483647, "
-                "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0 are required"
+                "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0, --threads ≥ 1 are required"
             )
+        if runtime not in RUNTIMES:
+            raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
         if source and source != "synthetic":
             from pathlib import Path
 

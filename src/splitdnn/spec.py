@@ -170,6 +170,8 @@ class Tier(Node):
     overhead_ratio: float = 0
     max_message_bytes: int = 4194304
     max_request_bytes: int = 67108864  # 64 MiB: the agent's --max-request-bytes
+    runtime: Literal["tensorflow", "litert"] = "tensorflow"  # the agent's --runtime
+    threads: int | None = None  # the agent's --threads (None: the runtime's default)
     netem: Netem = field(default_factory=Netem)
     resources: dict[str, Any] = field(default_factory=dict)
 

@@ -112,6 +112,8 @@ def test_deployment_pod_contract(si, plan):
         "500000",
         "--max-request-bytes",
         "67108864",
+        "--runtime",
+        "tensorflow",
         "--netem-report",
         "/run/splitdnn/netem.json",
         "--max-inflight",

@@ -14,7 +14,7 @@ from splitdnn.spec import Tier, Workload
 
 # The flags a SplitInference decides (the same in `splitdnn render` and `splitdnn run --dry-run`).
 WORKLOAD_FLAGS = ("--fps", "--frames", "--deadline", "--max-inflight")
-TIER_FLAGS = ("--overhead-ratio", "--max-message-bytes", "--max-request-bytes")
+TIER_FLAGS = ("--overhead-ratio", "--max-message-bytes", "--max-request-bytes", "--runtime", "--threads")
 LINK_FLAGS = ("--delay", "--jitter", "--loss", "--rate")
 LINK_KEYS = tuple(f[2:] for f in LINK_FLAGS)  # the netem fields the agent emulates in-process (not `limit`)
 
@@ -85,6 +85,9 @@ def agent_argv(
         str(spec.max_message_bytes),
         "--max-request-bytes",
         str(spec.max_request_bytes),
+        "--runtime",
+        spec.runtime,
+        *(["--threads", str(spec.threads)] if spec.threads is not None else []),
     ]
     if netem_report:
         argv += ["--netem-report", netem_report]

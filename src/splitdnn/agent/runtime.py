@@ -1,8 +1,9 @@
 """A tier's slice runtime: load slice NAME of `slices.json`, validate request tensors against its inputs, compute.
 
-`load(slices_dir, slice_name)` returns a `SliceRuntime`: the one interface the agent computes through. The TF
-SavedModel runtime is the only one today; another (a LiteRT interpreter) implements the same three members
-(`entry`, `validate`, `compute`) and reuses `validate_tensors`.
+`load(slices_dir, slice_name, runtime=...)` returns a `SliceRuntime`: the one interface the agent computes through.
+Two implement it: `tensorflow` (the slice's SavedModel) and `litert` (the slice's checked `.tflite`, run by
+`ai_edge_litert` without TensorFlow). Both validate requests with `validate_tensors` against the same slices.json
+specs, so a client sees the same errors whichever runtime a tier uses.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol, TypedDict
 import numpy as np
 
 SIGNATURE = "serving_default"
+RUNTIMES = ("tensorflow", "litert")
 
 
 class TensorSpec(TypedDict):
@@ -44,9 +46,12 @@ class SliceEntry:
 
 
 def read_entry(slices_dir: str | Path, slice_name: str) -> SliceEntry:
-    from splitdnn.slicer import load_manifest
+    import json
 
-    manifest = load_manifest(slices_dir)
+    path = Path(slices_dir) / "slices.json"  # read here, not through the slicer: it imports TensorFlow
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `splitdnn slice` first")
+    manifest = json.loads(path.read_text())
     names = [s["name"] for s in manifest["slices"]]
     if slice_name not in names:
         raise ValueError(
@@ -116,6 +121,16 @@ class SliceRuntime(Protocol):
 
     entry: SliceEntry
 
+    @property
+    def name(self) -> str:
+        """One of RUNTIMES."""
+        ...
+
+    @property
+    def threads(self) -> int | None:
+        """Compute threads (None: the runtime's default)."""
+        ...
+
     def validate(self, tensors: Mapping[str, np.ndarray]) -> dict:
         """The slice's inputs from `tensors`, or BadRequest naming every problem."""
         ...
@@ -128,10 +143,19 @@ class SliceRuntime(Protocol):
 class SavedModelRuntime:
     """A slice as a TF SavedModel, called through its `serving_default` signature."""
 
-    def __init__(self, slices_dir: str | Path, entry: SliceEntry):
+    name = "tensorflow"
+
+    def __init__(self, slices_dir: str | Path, entry: SliceEntry, threads: int | None = None):
         import tensorflow as tf
 
+        if threads is not None:
+            try:  # TF takes its thread counts only before its first op; an agent loads one slice, first
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError as exc:
+                raise ValueError(f"threads={threads}: TensorFlow is already initialised in this process") from exc
         self.entry = entry
+        self.threads = threads
         self._tf: Any = tf
         self._signature = tf.saved_model.load(str(Path(slices_dir) / entry.path)).signatures[SIGNATURE]
 
@@ -143,10 +167,42 @@ class SavedModelRuntime:
         return {n: v.numpy() for n, v in out.items()}
 
 
-def load(slices_dir: str | Path, slice_name: str) -> SliceRuntime:
-    """Load and warm up slice `slice_name` of `slices_dir/slices.json` (the first call pays TF's tracing)."""
+class LiteRTRuntime:
+    """A slice as its float32 `.tflite` (written and checked by `splitdnn slice`), run by LiteRT's interpreter.
+
+    The interpreter is not thread-safe; the agent computes one frame at a time (its Stage thread), which is the
+    only caller of `compute`."""
+
+    name = "litert"
+
+    def __init__(self, slices_dir: str | Path, entry: SliceEntry, threads: int | None = None):
+        from splitdnn.agent import litert_runtime
+
+        self.entry = entry
+        self.threads = threads or 1
+        self._slice = litert_runtime.load(slices_dir, entry.name, threads=self.threads)
+
+    def validate(self, tensors: Mapping[str, np.ndarray]) -> dict:
+        return validate_tensors(self.entry.inputs, tensors, f"model {self.entry.model!r} slice {self.entry.name!r}")
+
+    def compute(self, feed: Mapping[str, np.ndarray]) -> dict:
+        return self._slice.compute(feed)
+
+
+def load(
+    slices_dir: str | Path, slice_name: str, runtime: str = "tensorflow", threads: int | None = None
+) -> SliceRuntime:
+    """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (one of RUNTIMES; the first
+    call pays TF's tracing or LiteRT's allocation). A slice without a `.tflite` cannot run on `litert`: the error
+    gives the slicer's reason (e.g. a Flex op)."""
     from splitdnn.agent.source import zero_frame
 
-    runtime = SavedModelRuntime(slices_dir, read_entry(slices_dir, slice_name))
-    runtime.compute(zero_frame(runtime.entry.inputs))
-    return runtime
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    entry = read_entry(slices_dir, slice_name)
+    make = LiteRTRuntime if runtime == "litert" else SavedModelRuntime
+    loaded: SliceRuntime = make(slices_dir, entry, threads)
+    loaded.compute(zero_frame(entry.inputs))
+    return loaded

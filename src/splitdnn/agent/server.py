@@ -64,6 +64,8 @@ class AgentConfig:
     overhead_ratio: float = 0.0
     max_message_bytes: int = 4 * 1024 * 1024
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # largest request this tier accepts (gRPC, chunks, REST)
+    runtime: str = "tensorflow"  # the slice runtime (agent.runtime.RUNTIMES)
+    threads: int | None = None  # its compute threads (None: the runtime's default)
     link: LinkParams = field(default_factory=LinkParams)  # what to emulate in-process (after the netem report)
     tc_applied: tuple = ()  # what the init container's tc applied (from the report)
     host: str = "0.0.0.0"
@@ -364,11 +366,12 @@ def build_tier(config: AgentConfig) -> Tier:
     """Load the slice, open the link to the next tier (if any) and put the request path together."""
     from splitdnn.agent import runtime
 
-    slice_runtime = runtime.load(config.slices, config.slice)
+    slice_runtime = runtime.load(config.slices, config.slice, config.runtime, config.threads)
     entry = slice_runtime.entry
     name = config.tier or config.slice
     metrics = AgentMetrics(config.si, name)
     metrics.set_slice(config.slice, entry.cut, entry.model)
+    metrics.set_runtime(slice_runtime.name, slice_runtime.threads)
     metrics.set_emulation(emulation_paths(config.tc_applied, config.link))
     emulator = LinkEmulator(config.link, seed=config.seed)
     downstream = None
