@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 
 import grpc
 import numpy as np
@@ -112,3 +115,61 @@ def test_a_chain_of_agents_serves_predict_on_litert(slices_dir, cnn14_model, tmp
             assert runtime_info(agent.metrics_url) == {which: "1" if which == "litert" else "default"}, agent.tier
     finally:
         stop_all(agents)
+
+
+BLOCKER = """
+import importlib.abc, sys
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_serving", "keras", "tf_keras"):
+            raise ImportError(f"{name}: this process runs without TensorFlow (test_agent_runtime)")
+
+sys.meta_path.insert(0, NoTensorFlow())
+"""
+
+
+def test_litert_agents_run_without_tensorflow(slices_dir, cnn14_model, tmp_path, monkeypatch):
+    """The agents import neither TensorFlow nor tensorflow-serving-api (the agent-lite image has neither): a
+    real TF Serving client (tensorflow-serving-api's stub, in this process) gets the model's answer, its
+    metadata and its status from them."""
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    check = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True)
+    assert check.returncode == 1 and "runs without TensorFlow" in check.stderr, check.stderr[-2000:]
+    agents = start_chain(slices_dir, tmp_path, [{"runtime": "litert"}] * 3, si="notf")
+    try:
+        for agent in agents:
+            maps = open(f"/proc/{agent.proc.pid}/maps").read()
+            assert "site-packages/tensorflow/" not in maps, agent.tier
+            assert "site-packages/ai_edge_litert/" in maps, agent.tier
+        client, channel = stub(agents[0].grpc_addr)
+        x = frame(2, seed=5)
+        out = predict(client, {"input": x})
+        assert np.abs(out["dense_1"] - np.asarray(cnn14_model(x, training=False))).max() <= TOL
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = "cnn14"
+        meta = client.GetModelMetadata(request, timeout=30)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        meta.metadata["signature_def"].Unpack(sig_map)
+        assert list(sig_map.signature_def["serving_default"].inputs) == ["input"]
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "cnn14"
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        deadline = time.monotonic() + 60  # AVAILABLE once the pings say the chain behind the first tier is ready
+        while (status := models.GetModelStatus(status_request, timeout=30)).model_version_status[0].state != available:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as err:
+            client.Classify(get_model_metadata_pb2.GetModelMetadataRequest(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        channel.close()
+    finally:
+        stop_all(agents)
+    logs = "".join(a.log.read_text() for a in agents)
+    assert "Traceback" not in logs, logs[-3000:]

@@ -116,12 +116,12 @@ def model_version_state(ready: bool, stopping: bool) -> str:
 
 def model_status(ready: bool, stopping: bool, reason: str):
     """GetModelStatusResponse of the one version: AVAILABLE and OK, or LOADING/UNLOADING, UNAVAILABLE, `reason`."""
-    from tensorflow_serving.apis import get_model_status_pb2
+    from splitdnn.agent import messages
 
-    response = get_model_status_pb2.GetModelStatusResponse()
+    response = messages.GetModelStatusResponse()
     status = response.model_version_status.add()
     status.version = VERSION
-    status.state = get_model_status_pb2.ModelVersionStatus.State.Value(model_version_state(ready, stopping))
+    status.state = messages.ModelVersionStatus.State.Value(model_version_state(ready, stopping))
     status.status.SetInParent()  # TF Serving always sends a status, OK included
     if not ready:
         status.status.error_code = grpc.StatusCode.UNAVAILABLE.value[0]
@@ -131,10 +131,9 @@ def model_status(ready: bool, stopping: bool, reason: str):
 
 def signature_def_map(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]):
     """The SignatureDefMap with `serving_default`: this tier's inputs and the model's outputs."""
-    from tensorflow.core.protobuf import meta_graph_pb2
-    from tensorflow_serving.apis import get_model_metadata_pb2
+    from splitdnn.agent import messages
 
-    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    sig = messages.SignatureDef(method_name="tensorflow/serving/predict")
     for target, tensors in ((sig.inputs, inputs), (sig.outputs, outputs)):
         for t in tensors:
             info = target[t["name"]]
@@ -142,16 +141,16 @@ def signature_def_map(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
             info.dtype = dtype_enum(t["dtype"])
             for d in t["shape"]:
                 info.tensor_shape.dim.add(size=-1 if d is None else d)
-    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    sig_map = messages.SignatureDefMap()
     sig_map.signature_def[SIGNATURE].CopyFrom(sig)
     return sig_map
 
 
 def model_metadata(model: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]):
     """GetModelMetadataResponse (gRPC): the signature map packed in `metadata["signature_def"]`."""
-    from tensorflow_serving.apis import get_model_metadata_pb2
+    from splitdnn.agent import messages
 
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response = messages.GetModelMetadataResponse()
     response.model_spec.name = model
     response.model_spec.signature_name = SIGNATURE
     response.metadata["signature_def"].Pack(signature_def_map(inputs, outputs))

@@ -60,9 +60,9 @@ def _route(tier: Tier, method: str, path: str, body: bytes) -> dict[str, Any]:
         raise api.unimplemented(tier.model, match["verb"].lower())
     tensors, row = api.parse_predict(body, tier.entry.inputs)
     response = b"".join(tier.reply_chunks(tier.predict(tensors)))
-    from tensorflow_serving.apis import predict_pb2
+    from splitdnn.agent import messages
 
-    return api.render_predict(tensors_of(predict_pb2.PredictResponse.FromString(response).outputs), row)
+    return api.render_predict(tensors_of(messages.PredictResponse.FromString(response).outputs), row)
 
 
 def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None = None) -> ThreadingHTTPServer:

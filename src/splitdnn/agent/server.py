@@ -156,111 +156,89 @@ def _predict(tier: Tier, request, context, client: bool, next_address: str | Non
         _abort(context, error)
 
 
-def parsing_in_handler(add_to_server, servicer, name: str) -> grpc.GenericRpcHandler:
-    """The handlers a generated `add_*Servicer_to_server` registers, but each parses its own request: grpcio
-    answers bytes it cannot deserialize with INTERNAL "Exception deserializing request!"; a request that is not
-    a protobuf message of the method's type is the caller's error, INVALID_ARGUMENT."""
-    captured: list = []
+MODEL_SERVICE = "tensorflow.serving.ModelService"
 
-    class Collector:
-        def add_generic_rpc_handlers(self, handlers) -> None:
-            captured.extend(handlers)
 
-        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-            captured.append(grpc.method_handlers_generic_handler(service, handlers))
+def unary_service(service: str, methods: dict, name: str) -> grpc.GenericRpcHandler:
+    """TF Serving's gRPC service `service` from {method: (request class or None, behaviour)}, without
+    `tensorflow-serving-api` (its generated stubs pin TensorFlow; the classes are `splitdnn.agent.messages`'). Each
+    handler parses its own request: grpcio answers bytes it cannot deserialize with INTERNAL "Exception
+    deserializing request!"; a request that is not a protobuf message of the method's type is the caller's error,
+    INVALID_ARGUMENT. A method not listed is UNIMPLEMENTED, as a generated servicer's default is."""
 
-    add_to_server(servicer, Collector())
-
-    def parsing(handler):
-        parse, behavior = handler.request_deserializer, handler.unary_unary
-
+    def handler(request_class, behavior):
         def call(data: bytes, context):
-            try:
-                request = parse(data)
-            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-                what = parse.__qualname__.rsplit(".", 1)[0]  # PredictRequest.FromString
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: not a {what}: {exc}")
+            request = data
+            if request_class is not None:
+                try:
+                    request = request_class.FromString(data)
+                except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: not a {request_class.__name__}: {exc}")
             return behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(call, response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(call, response_serializer=lambda m: m.SerializeToString())
 
-    class Handler(grpc.GenericRpcHandler):
-        def service(self, handler_call_details):
-            for generic in captured:
-                found = generic.service(handler_call_details)
-                if found is not None:
-                    return parsing(found) if found.unary_unary and found.request_deserializer else found
-            return None
-
-    return Handler()
+    return grpc.method_handlers_generic_handler(service, {m: handler(*how) for m, how in methods.items()})
 
 
 def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | None = None, health=None):
     """The gRPC server of a tier: PredictionService, ModelService, the /splitdnn.Link methods and, given a
     `grpc_health.v1.health.HealthServicer`, grpc.health.v1.Health."""
     from grpc_health.v1 import health_pb2_grpc
-    from tensorflow_serving.apis import (
-        model_service_pb2_grpc,
-        predict_pb2,
-        prediction_service_pb2_grpc,
-    )
 
-    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):
-            assert tier is not None
-            body = _predict(tier, request, context, True, next_address)
-            response = predict_pb2.PredictResponse.FromString(b"".join(tier.reply_chunks(body)))
-            if request.output_filter:
-                unknown = [n for n in request.output_filter if n not in response.outputs]
-                if unknown:
-                    context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"output_filter names unknown output {', '.join(map(repr, unknown))}",
-                    )
-                for name in [n for n in response.outputs if n not in request.output_filter]:
-                    del response.outputs[name]
-            return response
+    from splitdnn.agent import messages
 
-        def GetModelMetadata(self, request, context):
-            assert tier is not None
-            try:
-                api.check_model(tier.model, request.model_spec.name, unknown=grpc.StatusCode.INVALID_ARGUMENT)
-            except api.ApiError as error:
-                _abort(context, error)
-            if list(request.metadata_field) != ["signature_def"]:
+    def predict(request, context):
+        assert tier is not None
+        body = _predict(tier, request, context, True, next_address)
+        response = messages.PredictResponse.FromString(b"".join(tier.reply_chunks(body)))
+        if request.output_filter:
+            unknown = [n for n in request.output_filter if n not in response.outputs]
+            if unknown:
                 context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}",
+                    f"output_filter names unknown output {', '.join(map(repr, unknown))}",
                 )
-            return api.model_metadata(tier.model, tier.entry.inputs, tier.entry.model_outputs)
+            for name in [n for n in response.outputs if n not in request.output_filter]:
+                del response.outputs[name]
+        return response
 
-        def Classify(self, request, context):
-            _abort(context, api.unimplemented(tier.model if tier else "", "Classify"))
+    def model_metadata(request, context):
+        assert tier is not None
+        try:
+            api.check_model(tier.model, request.model_spec.name, unknown=grpc.StatusCode.INVALID_ARGUMENT)
+        except api.ApiError as error:
+            _abort(context, error)
+        if list(request.metadata_field) != ["signature_def"]:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}",
+            )
+        return api.model_metadata(tier.model, tier.entry.inputs, tier.entry.model_outputs)
 
-        def Regress(self, request, context):
-            _abort(context, api.unimplemented(tier.model if tier else "", "Regress"))
+    def unimplemented(method: str):
+        def call(request, context):
+            _abort(context, api.unimplemented(tier.model if tier else "", method))
 
-        def MultiInference(self, request, context):
-            _abort(context, api.unimplemented(tier.model if tier else "", "MultiInference"))
+        return None, call  # the request is not parsed: no such method here, whatever it says
 
-    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-        def GetModelStatus(self, request, context):
-            assert tier is not None
-            spec = request.model_spec
-            try:
-                api.check_model(
-                    tier.model, spec.name, spec.version.value if spec.HasField("version") else None, spec.version_label
-                )
-            except api.ApiError as error:
-                _abort(context, error)
-            return api.model_status(tier.ready(), tier.stopping.is_set(), tier.not_ready_reason())
+    def model_status(request, context):
+        assert tier is not None
+        spec = request.model_spec
+        try:
+            api.check_model(
+                tier.model, spec.name, spec.version.value if spec.HasField("version") else None, spec.version_label
+            )
+        except api.ApiError as error:
+            _abort(context, error)
+        return api.model_status(tier.ready(), tier.stopping.is_set(), tier.not_ready_reason())
 
     def chunked(request_iterator, context):
         assert tier is not None
         data = read_stream(request_iterator, context, tier.max_request_bytes, tier.timeout, tier.name)
         yield b""  # acknowledgement: the sender's transfer time ends here
         try:
-            request = predict_pb2.PredictRequest.FromString(data)
+            request = messages.PredictRequest.FromString(data)
         except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{tier.name}: not a PredictRequest: {exc}")
         yield from tier.reply_chunks(_predict(tier, request, context, False, next_address))
@@ -278,12 +256,15 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
         options=server_options(limit) + [("grpc.so_reuseport", 0)],
     )
     name = tier.name if tier is not None else "agent"
+    prediction = {
+        "Predict": (messages.PredictRequest, predict),
+        "GetModelMetadata": (messages.GetModelMetadataRequest, model_metadata),
+        **{m: unimplemented(m) for m in ("Classify", "Regress", "MultiInference")},
+    }
     server.add_generic_rpc_handlers(
         (
-            parsing_in_handler(
-                prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server, PredictionService(), name
-            ),
-            parsing_in_handler(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelService(), name),
+            unary_service(PREDICTION_SERVICE, prediction, name),
+            unary_service(MODEL_SERVICE, {"GetModelStatus": (messages.GetModelStatusRequest, model_status)}, name),
         )
     )
     if health is not None:

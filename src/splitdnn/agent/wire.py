@@ -49,9 +49,9 @@ def dtype_enum(dtype) -> int:
 def to_tensor_proto(array, proto=None):
     """numpy array -> TensorProto (dtype, shape, raw little-endian `tensor_content`)."""
     if proto is None:
-        from tensorflow.core.framework import tensor_pb2
+        from splitdnn.agent import messages
 
-        proto = tensor_pb2.TensorProto()
+        proto = messages.TensorProto()
     array = np.asarray(array)
     proto.dtype = dtype_enum(array.dtype)
     proto.tensor_shape.Clear()
@@ -137,9 +137,9 @@ def join_chunks(chunks: Iterable[bytes]) -> bytes:
 
 
 def predict_request(model: str, tensors: dict, signature: str = "serving_default"):
-    from tensorflow_serving.apis import predict_pb2
+    from splitdnn.agent import messages
 
-    request = predict_pb2.PredictRequest()
+    request = messages.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = signature
     for name, value in tensors.items():
@@ -148,9 +148,9 @@ def predict_request(model: str, tensors: dict, signature: str = "serving_default
 
 
 def predict_response(model: str, tensors: dict, signature: str = "serving_default"):
-    from tensorflow_serving.apis import predict_pb2
+    from splitdnn.agent import messages
 
-    response = predict_pb2.PredictResponse()
+    response = messages.PredictResponse()
     response.model_spec.name = model
     response.model_spec.signature_name = signature
     for name, value in tensors.items():
