@@ -52,8 +52,9 @@ def test_examples_validate(path, cnn14_graph):
     assert len(items) == 1
     si = items[0]
     assert si.tier_names == ["device", "edge", "cloud"]
-    assert [t["overheadRatio"] for t in si.tiers] == [10, 5, 1]
-    assert si.workload["frames"] == 50
+    if path.name.startswith("cnn14"):  # Cho 2021's configurations (the coop example runs its device tier bare)
+        assert [t["overheadRatio"] for t in si.tiers] == [10, 5, 1]
+        assert si.workload["frames"] == 50
     assert all(t["nodeSelector"] == {"splitdnn.io/tier": t["name"]} for t in si.tiers)
     assert cross_field_problems(si, [l.name for l in cnn14_graph.layers]) == []
 

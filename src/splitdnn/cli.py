@@ -138,6 +138,7 @@ def slice_(
         None, help="directory of images to calibrate int8 on and compare with float (default: synthetic frames)"
     ),
     frames: int = typer.Option(100, help="--quantize: frames to calibrate on, and as many held-out to compare"),
+    keras: bool = typer.Option(False, help="also write each slice as a flat .keras chain (for cooperative tiers)"),
 ):
     """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel (and a .tflite)."""
     from splitdnn.slicer import CutError, export_slices, resolve_cuts, verify_slices
@@ -169,6 +170,7 @@ def slice_(
             quantize=quantize,
             calibration=calibration,
             frames=frames,
+            keras=keras,
         )
     except ValueError as exc:  # e.g. a calibration directory without images, or images for a non-image model
         fail(str(exc))
@@ -358,6 +360,10 @@ def agent(
         help="slice runtime: tensorflow (the slice's SavedModel) or litert (its checked .tflite, no TensorFlow)",
     ),
     threads: int | None = typer.Option(None, help="compute threads of the runtime (default: TF's own; LiteRT 1)"),
+    devices: int = typer.Option(
+        1, help="> 1: a cooperative group of this many device workers computes the slice (CoopAI; TensorFlow)"
+    ),
+    coop: str = typer.Option("mls", help="how a cooperative group splits the slice: mls, sls or off"),
     delay: str | None = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
     jitter: str | None = typer.Option(None, help="… jitter, e.g. 10ms"),
     loss: str | None = typer.Option(None, help="… loss, e.g. 1%"),
@@ -395,7 +401,7 @@ def agent(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from splitdnn.agent.netem import load_report
-    from splitdnn.agent.runtime import RUNTIMES
+    from splitdnn.agent.runtime import COOP_METHODS, RUNTIMES
     from splitdnn.agent.server import AgentConfig, emulation_plan, env_settings, serve
 
     try:
@@ -415,6 +421,8 @@ def agent(
             max_request_bytes=max_request_bytes,
             runtime=runtime,
             threads=threads,
+            devices=devices,
+            coop=coop,
             link=link,
             tc_applied=tc_applied,
             host=host,
@@ -441,13 +449,17 @@ def agent(
             or frames < 0
             or warmup < 0
             or (threads is not None and threads < 1)
+            or not 1 <= devices <= 64
         ):
             raise ValueError(
                 "--overhead-ratio ≥ 0, --max-message-bytes ≥ 1, 1024 ≤ --max-request-bytes ≤ 2147483647, "
-                "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0, --threads ≥ 1 are required"
+                "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0, --threads ≥ 1, 1 ≤ --devices ≤ 64 "
+                "are required"
             )
         if runtime not in RUNTIMES:
             raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        if coop not in COOP_METHODS:
+            raise ValueError(f"--coop {coop!r}: expected one of {', '.join(COOP_METHODS)}")
         if source and source != "synthetic":
             from pathlib import Path
 

@@ -146,8 +146,10 @@ def export_slices(
     quantize: str | None = None,
     calibration: str | None = None,
     frames: int = 100,
+    keras: bool = False,
 ) -> dict:
-    """Write every slice as a SavedModel, (with `tflite`) as a checked `.tflite` (see `splitdnn.tflite`), and
+    """Write every slice as a SavedModel, (with `tflite`) as a checked `.tflite` (see `splitdnn.tflite`), (with
+    `keras`) as a flat `.keras` chain of its layers for cooperative tiers (see `chain_keras_model`), and
     `slices.json`; returns the manifest."""
     import tensorflow as tf
 
@@ -178,6 +180,13 @@ def export_slices(
         )
         if progress:
             progress(f"{spec.name}: layers {spec.first}..{spec.last} → {out_dir / path}")
+    if keras:
+        for spec, entry in zip(specs, manifest["slices"]):
+            try:
+                chain_keras_model(model, graph, spec).save(out_dir / spec.name / "model.keras")
+                entry["keras"] = f"{spec.name}/model.keras"
+            except ValueError as exc:  # not a chain: the slice runs on one device only
+                entry["keras_error"] = str(exc)
     if tflite:
         from splitdnn.tflite import export_tflite
 
@@ -186,6 +195,23 @@ def export_slices(
         raise ValueError("quantization writes .tflite slices: it needs tflite=True")
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def chain_keras_model(model, graph: ModelGraph, spec: SliceSpec):
+    """The slice as a flat `keras.Sequential` of the model's own layers (weights shared): what a cooperative tier
+    (`splitdnn.coop`) splits block by block. Only for a slice that is a chain (one tensor in, one out, each layer
+    taking the previous one's output); ValueError otherwise."""
+    import keras
+
+    from splitdnn.coop import chain_layers
+
+    chain = {layer.name for layer in chain_layers(model)}  # raises for a model that is not a chain
+    names = [graph.layers[i].name for i in range(spec.first, spec.last + 1)]
+    layers = [model.get_layer(n) for n in names if n in chain]
+    if len(spec.inputs) != 1 or len(spec.outputs) != 1 or not layers:
+        raise ValueError(f"{spec.name}: a cooperative slice needs one input, one output and at least one layer")
+    tensor = graph.tensors[spec.inputs[0]]
+    return keras.Sequential([keras.Input(tensor.shape[1:], dtype=tensor.dtype), *layers], name=spec.name)
 
 
 def _serving_fn(run: SliceFunction, names: Sequence[str]):

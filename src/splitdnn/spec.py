@@ -172,6 +172,7 @@ class Tier(Node):
     max_request_bytes: int = 67108864  # 64 MiB: the agent's --max-request-bytes
     runtime: Literal["tensorflow", "litert"] = "tensorflow"  # the agent's --runtime
     threads: int | None = None  # the agent's --threads (None: the runtime's default)
+    devices: int = 1  # > 1: a cooperative group computes the tier's slice (the agent's --devices)
     netem: Netem = field(default_factory=Netem)
     resources: dict[str, Any] = field(default_factory=dict)
 
@@ -208,6 +209,7 @@ class Constraints(Node):
 class Planner(Node):
     mode: Literal["fixed", "auto"] = "fixed"
     objective: Literal["latency", "throughput", "bytes"] = "throughput"
+    coop: Literal["mls", "sls", "off"] = "mls"  # how a tier of several devices splits its slice (the agent's --coop)
     constraints: Constraints = field(default_factory=Constraints)
 
 

@@ -14,7 +14,15 @@ from splitdnn.spec import Tier, Workload
 
 # The flags a SplitInference decides (the same in `splitdnn render` and `splitdnn run --dry-run`).
 WORKLOAD_FLAGS = ("--fps", "--frames", "--deadline", "--max-inflight")
-TIER_FLAGS = ("--overhead-ratio", "--max-message-bytes", "--max-request-bytes", "--runtime", "--threads")
+TIER_FLAGS = (
+    "--overhead-ratio",
+    "--max-message-bytes",
+    "--max-request-bytes",
+    "--runtime",
+    "--threads",
+    "--devices",
+    "--coop",
+)
 LINK_FLAGS = ("--delay", "--jitter", "--loss", "--rate")
 LINK_KEYS = tuple(f[2:] for f in LINK_FLAGS)  # the netem fields the agent emulates in-process (not `limit`)
 
@@ -51,6 +59,7 @@ def agent_argv(
     netem_report: str | None = None,
     drain: tuple[float, float] | None = None,
     extra: Sequence[str] = (),
+    coop: str = "mls",
 ) -> list[str]:
     """One tier's `splitdnn agent` argv.
 
@@ -88,6 +97,7 @@ def agent_argv(
         "--runtime",
         spec.runtime,
         *(["--threads", str(spec.threads)] if spec.threads is not None else []),
+        *(["--devices", str(spec.devices), "--coop", coop] if spec.devices > 1 else []),
     ]
     if netem_report:
         argv += ["--netem-report", netem_report]

@@ -197,9 +197,12 @@ def tier_stats(agent: AgentProcess, samples: dict) -> dict:
     bandwidth = [v for (n, _), v in samples.items() if n == "splitdnn_link_bandwidth_bytes_per_second"]
     paths = sorted(dict(lab)["path"] for (n, lab), v in samples.items() if n == "splitdnn_link_emulation_info" and v)
     info = next((dict(lab) for (n, lab), v in samples.items() if n == "splitdnn_slice_info"), {})
+    runtime = next((dict(lab) for (n, lab), v in samples.items() if n == "splitdnn_runtime_info" and v), {})
     return {
         "name": agent.tier,
         "slice": info.get("slice"),
+        "runtime": runtime.get("runtime"),
+        "devices": int(runtime.get("devices") or 1),
         "frames": int(count),
         "stage_seconds_mean": value(samples, "splitdnn_stage_compute_seconds_sum") / count if count else None,
         "link_bytes": int(value(samples, "splitdnn_link_bytes_total")),
@@ -362,7 +365,7 @@ def _slice(si, points, directory, max_model_bytes: int | None = None, say=None) 
         cuts = resolve_cuts(graph, points)
     except CutError as exc:
         raise LocalRunError(str(exc)) from None
-    export_slices(model, graph, cuts, directory)
+    export_slices(model, graph, cuts, directory, keras=any(t.devices > 1 for t in si.typed.tiers))
 
 
 def agent_processes(
@@ -378,6 +381,7 @@ def agent_processes(
     extra: dict | None = None,
     netem_reports: dict | None = None,
     ports: tuple | None = None,
+    coop: str = "mls",
 ) -> list[AgentProcess]:
     """One `splitdnn agent` per tier (not started), on loopback or in `chain`'s namespaces, with the command line
     of `agent_argv` (the one the operator's pods run). `workload` (frames overriding its `frames`, the source
@@ -413,6 +417,7 @@ def agent_processes(
             summary=summary,
             netem_report=netem_reports.get(k),
             extra=tuple(extra.get(k, ())),
+            coop=coop,
         )
         if chain is not None:
             argv = chain.exec_prefix(k) + argv
@@ -479,6 +484,7 @@ def _start_agents(si, slices: str, tmp: str, total: int, summary_file: Path, cha
         frames=total,
         summary=str(summary_file),
         netem_reports=reports,
+        coop=spec.planner.coop,
     )
     return launch(agents)
 
@@ -519,6 +525,13 @@ def _show(progress: Progress, agents: list[AgentProcess]) -> None:
     progress.update(o["offered"], f"drop {o['drop_rate'] * 100:.1f}%  stage: {' | '.join(stages)}")
 
 
+def _runtime_label(tier: dict) -> str:
+    """`tensorflow`, `litert`, or `coop ×3` for a cooperative tier of 3 device workers."""
+    if tier.get("runtime") == "coop":
+        return f"coop ×{tier.get('devices')}"
+    return tier.get("runtime") or ""
+
+
 def summary_table(result: dict, width: int = 80):
     """The run's summary for a terminal `width` columns wide: the frame counts, then a row per tier (its stage) and
     a row per link (what the tier sent on its outgoing link; the last tier's carries the results back). A row is
@@ -542,6 +555,7 @@ def summary_table(result: dict, width: int = 80):
             ("slice", "left", [t["slice"] or "" for t in tiers]),
             ("frames", "right", [str(t["frames"]) for t in tiers]),
             ("stage ms", "right", [ms(t["stage_seconds_mean"]) for t in tiers]),
+            ("runtime", "left", [_runtime_label(t) for t in tiers]),
         ],
         width,
     )

@@ -12,7 +12,7 @@
 | `splitdnn_inflight_frames` | gauge | frames in the pipeline (source on the first tier; requests being served elsewhere) |
 | `splitdnn_queue_depth` | gauge | frames waiting for this stage |
 | `splitdnn_slice_info{slice,cut,model}` | gauge = 1 | which slice this tier runs; `cut` = the layer after which it ends |
-| `splitdnn_runtime_info{runtime,threads}` | gauge = 1 | the slice runtime: `tensorflow` or `litert`; `threads` (or `default`) |
+| `splitdnn_runtime_info{runtime,threads,devices}` | gauge = 1 | the slice runtime: `tensorflow`, `litert` or `coop` (a cooperative group of `devices` workers); `threads` (or `default`) |
 | `splitdnn_link_emulation_info{path}` | gauge = 1 | how the outgoing link is shaped: `tc`, `inprocess` or `none` |
 """
 
@@ -64,7 +64,7 @@ class AgentMetrics:
         self.queue_depth = gauge("splitdnn_queue_depth", "Frames waiting for this stage.").labels(**base)
         self._slice_info = gauge("splitdnn_slice_info", "The slice this tier runs.", ["slice", "cut", "model"])
         self._runtime = gauge(
-            "splitdnn_runtime_info", "The runtime computing this tier's slice.", ["runtime", "threads"]
+            "splitdnn_runtime_info", "The runtime computing this tier's slice.", ["runtime", "threads", "devices"]
         )
         self._emulation = gauge("splitdnn_link_emulation_info", "How the outgoing link is shaped.", ["path"])
         self.base = base
@@ -78,8 +78,9 @@ class AgentMetrics:
     def set_slice(self, slice_name: str, cut: str, model: str) -> None:
         self._slice_info.labels(**self.base, slice=slice_name, cut=cut, model=model).set(1)
 
-    def set_runtime(self, runtime: str, threads: int | None) -> None:
-        self._runtime.labels(**self.base, runtime=runtime, threads=str(threads or "default")).set(1)
+    def set_runtime(self, runtime: str, threads: int | None, devices: int = 1) -> None:
+        labels = {"runtime": runtime, "threads": str(threads or "default"), "devices": str(devices)}
+        self._runtime.labels(**self.base, **labels).set(1)
 
     def set_emulation(self, paths: set[str]) -> None:
         for path in EMULATION_PATHS:

@@ -17,6 +17,7 @@ import numpy as np
 
 SIGNATURE = "serving_default"
 RUNTIMES = ("tensorflow", "litert")
+COOP_METHODS = ("mls", "sls", "off")  # how a tier of several devices splits its slice (planner.coop)
 
 
 class TensorSpec(TypedDict):
@@ -189,20 +190,99 @@ class LiteRTRuntime:
         return self._slice.compute(feed)
 
 
+class CoopRuntime:
+    """A slice computed by a cooperative group of `devices` workers (CoopAI, `splitdnn.coop`): the coordinator
+    (this process) splits each block of layers by rows or output units, scatters the parts with the halo each
+    needs, and gathers. The blocks come from MLS (or SLS) on F and G measured on the group at start-up. The
+    workers are processes of this tier (`splitdnn.coop_run.Group`), each with `threads` TensorFlow threads."""
+
+    name = "coop"
+
+    def __init__(self, slices_dir: str | Path, entry: SliceEntry, devices: int, method: str, threads: int | None):
+        import statistics
+
+        import keras
+
+        from splitdnn import coop
+        from splitdnn.agent.source import zero_frame
+        from splitdnn.coop_run import Group
+        from splitdnn.mls import Platform, best_over_devices, mls, sls, sls_units
+
+        keras_path = _manifest_entry(slices_dir, entry.name).get("keras")
+        if not keras_path:
+            why = _manifest_entry(slices_dir, entry.name).get("keras_error", "not written (slice with --keras)")
+            raise ValueError(f"slice {entry.name!r} cannot run on a cooperative tier: {why}")
+        self.entry = entry
+        self.threads = threads or 1
+        self.devices = devices
+        self.method = method
+        path = str(Path(slices_dir) / keras_path)
+        self._model = keras.models.load_model(path)
+        self._geoms = coop.describe(self._model)
+        self._group = Group(path, devices, threads=self.threads)
+        # F: every layer-by-layer block on one worker (the devices' own code path); G: a 1 MiB round trip
+        x = next(iter(zero_frame(entry.inputs).values()))
+        one = [(a, b, 1, coop.block_modes(self._geoms, a, b)[0]) for a, b in sls_units(self._geoms)]
+        times = []
+        for _ in range(3):
+            stats = self._group.run_plan(self._model, self._geoms, one, x, stateful=True)[1]
+            times.append(sum(sum(s.device_compute_seconds) for s in stats))
+        flops = sum(g.flops for g in self._geoms)
+        nbytes = 1 << 20
+        self.platform = Platform(
+            max(flops, 1.0) / max(statistics.median(times), 1e-6), 2 * nbytes * 8 / self._group.echo_seconds(nbytes)
+        )
+        algo = sls if method == "sls" else mls
+        self.plan = best_over_devices(self._geoms, devices, self.platform, algo)
+        self._output = entry.outputs[0]["name"]
+
+    def validate(self, tensors: Mapping[str, np.ndarray]) -> dict:
+        return validate_tensors(self.entry.inputs, tensors, f"model {self.entry.model!r} slice {self.entry.name!r}")
+
+    def compute(self, feed: Mapping[str, np.ndarray]) -> dict:
+        (x,) = feed.values()
+        y, _ = self._group.run_plan(self._model, self._geoms, self.plan.blocks, x, stateful=True)
+        return {self._output: np.asarray(y)}
+
+    def close(self) -> None:
+        self._group.close()
+
+
+def _manifest_entry(slices_dir: str | Path, slice_name: str) -> dict:
+    import json
+
+    slices = json.loads((Path(slices_dir) / "slices.json").read_text())["slices"]
+    return next(s for s in slices if s["name"] == slice_name)
+
+
 def load(
-    slices_dir: str | Path, slice_name: str, runtime: str = "tensorflow", threads: int | None = None
+    slices_dir: str | Path,
+    slice_name: str,
+    runtime: str = "tensorflow",
+    threads: int | None = None,
+    devices: int = 1,
+    coop: str = "mls",
 ) -> SliceRuntime:
     """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (one of RUNTIMES; the first
     call pays TF's tracing or LiteRT's allocation). A slice without a `.tflite` cannot run on `litert`: the error
-    gives the slicer's reason (e.g. a Flex op)."""
+    gives the slicer's reason (e.g. a Flex op). `devices` > 1 (and `coop` not "off"): a cooperative group of that
+    many workers computes the slice (CoopRuntime, TensorFlow)."""
     from splitdnn.agent.source import zero_frame
 
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if devices < 1 or coop not in COOP_METHODS:
+        raise ValueError(f"devices must be >= 1 and coop one of {', '.join(COOP_METHODS)} (got {devices}, {coop!r})")
     entry = read_entry(slices_dir, slice_name)
-    make = LiteRTRuntime if runtime == "litert" else SavedModelRuntime
-    loaded: SliceRuntime = make(slices_dir, entry, threads)
+    loaded: SliceRuntime
+    if devices > 1 and coop != "off":
+        if runtime == "litert":
+            raise ValueError("a cooperative tier (devices > 1) computes with TensorFlow: use runtime tensorflow")
+        loaded = CoopRuntime(slices_dir, entry, devices, coop, threads)
+    else:
+        make = LiteRTRuntime if runtime == "litert" else SavedModelRuntime
+        loaded = make(slices_dir, entry, threads)
     loaded.compute(zero_frame(entry.inputs))
     return loaded

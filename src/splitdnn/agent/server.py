@@ -66,6 +66,8 @@ class AgentConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # largest request this tier accepts (gRPC, chunks, REST)
     runtime: str = "tensorflow"  # the slice runtime (agent.runtime.RUNTIMES)
     threads: int | None = None  # its compute threads (None: the runtime's default)
+    devices: int = 1  # > 1: a cooperative group of that many workers computes the slice (CoopAI)
+    coop: str = "mls"  # how the group splits it: mls, sls, off (agent.runtime.COOP_METHODS)
     link: LinkParams = field(default_factory=LinkParams)  # what to emulate in-process (after the netem report)
     tc_applied: tuple = ()  # what the init container's tc applied (from the report)
     host: str = "0.0.0.0"
@@ -347,12 +349,29 @@ def build_tier(config: AgentConfig) -> Tier:
     """Load the slice, open the link to the next tier (if any) and put the request path together."""
     from splitdnn.agent import runtime
 
-    slice_runtime = runtime.load(config.slices, config.slice, config.runtime, config.threads)
+    slice_runtime = runtime.load(
+        config.slices, config.slice, config.runtime, config.threads, devices=config.devices, coop=config.coop
+    )
+    if isinstance(slice_runtime, runtime.CoopRuntime):
+        plan, platform = slice_runtime.plan, slice_runtime.platform
+        log.info(
+            "cooperative tier: %d device workers, %s plan on %d of them, blocks %s (F %.2f GFLOP/s, G %.2f Gbit/s "
+            "measured; predicted %.2f ms)",
+            config.devices,
+            config.coop,
+            plan.devices,
+            plan.block_list,
+            platform.flops / 1e9,
+            platform.bandwidth_bps / 1e9,
+            plan.seconds * 1e3,
+        )
     entry = slice_runtime.entry
     name = config.tier or config.slice
     metrics = AgentMetrics(config.si, name)
     metrics.set_slice(config.slice, entry.cut, entry.model)
-    metrics.set_runtime(slice_runtime.name, slice_runtime.threads)
+    metrics.set_runtime(
+        slice_runtime.name, slice_runtime.threads, config.devices if slice_runtime.name == "coop" else 1
+    )
     metrics.set_emulation(emulation_paths(config.tc_applied, config.link))
     emulator = LinkEmulator(config.link, seed=config.seed)
     downstream = None

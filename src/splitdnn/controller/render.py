@@ -110,6 +110,8 @@ def slicer_command(si: SplitInference, split_points: list[str]) -> list[str]:
         cmd += ["--input-shape", ",".join(str(d) for d in si.input_shape)]
     if si.typed.model.sha256:
         cmd += ["--sha256", si.typed.model.sha256]
+    if any(t.devices > 1 for t in si.typed.tiers):  # a cooperative tier's workers load its slice as .keras
+        cmd += ["--keras"]
     return cmd
 
 
@@ -150,6 +152,7 @@ def agent_command(si: SplitInference, index: int, split: str) -> list[str]:
         source=index == 0,
         netem_report=NETEM_REPORT,  # the agent emulates in-process only what tc could not apply
         drain=(drain_quiet_seconds(si), DRAIN_TIMEOUT_SECONDS),
+        coop=spec.planner.coop,
     )
 
 
