@@ -247,3 +247,87 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):
             assert op.alive()
     finally:
         kubectl(kc, "delete", "si", "loop", "-n", ns, "--wait=false", check=False)
+
+
+def test_operator_killed_mid_resplit_finishes_it_and_the_cooldown_holds(crd, own_ns, tmp_path):
+    """The feedback timer decides a re-split and the operator is SIGKILLed after the first tier is rolled to it
+    (fault-injection point resplit-after-first-tier: before Kopf would write the decision to status). A fresh
+    operator must finish that re-split — every tier on the chosen split, one Resplit in status — and not decide
+    another within the cooldown, nor roll the tier it already moved back and forth."""
+    from harness.prometheus import PrometheusServer, prometheus_binary, start_exporter
+    from splitdnn.controller.reconcile import RESPLIT_AFTER_FIRST_TIER, epoch
+
+    if prometheus_binary() is None:
+        pytest.skip("prometheus binary not installed (scripts/install.sh installs Debian's package)")
+    kc, ns, name = crd, own_ns, "crashloop"
+    proc, target = start_exporter(
+        """
+        rtt.labels("crashloop", "device").set(0.02)
+        bw.labels("crashloop", "device").set(100000.0)
+        while True:
+            for outcome in ("completed", "dropped"):
+                frames.labels("crashloop", "device", outcome).inc(1)
+            for tier, seconds in (("device", 0.02), ("edge", 0.02), ("cloud", 0.005)):
+                stage.labels("crashloop", tier).observe(seconds)
+            time.sleep(0.25)
+        """
+    )
+    env = {"SPLITDNN_ADAPT_TICK_SECONDS": "1"}
+    paused = OperatorProcess(
+        kc, ns, tmp_path / "paused.log", extra_env={**env, "SPLITDNN_FAULT_PAUSE_AT": RESPLIT_AFTER_FIRST_TIER}
+    )
+    operator = OperatorProcess(kc, ns, tmp_path / "operator.log", extra_env=env)
+    try:
+        with PrometheusServer([target]) as server:
+            server.wait_for('sum(splitdnn_frames_total{si="crashloop"})', lambda v: v > 0, timeout=60)
+            resource = spec(server.url)
+            resource["metadata"]["name"] = name
+            resource["spec"]["adaptation"]["cooldown"] = "20s"
+            paused.start()
+            apply(kc, ns, resource)
+            wait_for(
+                lambda: f"fault injection: paused at {RESPLIT_AFTER_FIRST_TIER}" in paused.log() or not paused.alive(),
+                timeout=240,
+                interval=0.2,
+                what="the operator paused in the middle of a re-split",
+            )
+            assert paused.alive(), paused.log()[-4000:]
+            deps = children(kc, ns, name)["deployments"]
+            cuts = {n: d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] for n, d in deps.items()}
+            moved = [n for n, c in cuts.items() if c != ",".join(START)]
+            assert len(moved) == 1, cuts  # one tier rolled to the new split, the others not yet
+            new = cuts[moved[0]]
+            generation = deps[moved[0]]["metadata"]["generation"]
+            paused.kill()
+            print(f"killed mid-resplit: {moved[0]} on {new}, the others on {','.join(START)}")
+
+            operator.start()
+
+            def finished():
+                st = get_si(kc, ns, name).get("status") or {}
+                kids = children(kc, ns, name)["deployments"]
+                done = all(
+                    d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == new for d in kids.values()
+                )
+                return done and ",".join(st.get("splitPoints") or []) == new and st
+
+            st = wait_for(finished, timeout=120, what=f"every tier on {new} and status.splitPoints = it")
+            assert ",".join(st["resplits"][0]["to"]) == new, st["resplits"]
+            # the tier moved before the kill was not rolled back and forth: its template changed no more
+            assert children(kc, ns, name)["deployments"][moved[0]]["metadata"]["generation"] == generation
+            # the drop rate stays over the SLO, so the loop re-splits again, but never within the cooldown of the
+            # last re-split: the restarted operator knows when that was
+            time.sleep(25)
+            entries = get_si(kc, ns, name)["status"]["resplits"]
+            stamps = [epoch(e["time"]) for e in entries]
+            print("re-splits:", [(e["time"], ",".join(e["to"])) for e in entries])
+            assert all(b - a >= 20 - 1 for a, b in zip(stamps, stamps[1:])), entries
+            assert [r for r, _ in events_for(kc, ns, name)].count("Resplit") == len(entries)
+            assert operator.alive(), operator.log()[-4000:]
+    finally:
+        kubectl(kc, "delete", "si", name, "-n", ns, "--wait=false", check=False)
+        paused.stop()
+        operator.stop()
+        proc.kill()
+        proc.wait(10)
+        print(operator.log()[-3000:])

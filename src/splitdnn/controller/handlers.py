@@ -79,11 +79,14 @@ class Operator:
             from kubernetes.client.exceptions import ApiException
 
             kopf.adopt(out.apply, owner=body)
+            first_tier = next((i for i, o in enumerate(out.apply) if o["kind"] == "Deployment"), None)
             try:
                 for i, obj in enumerate(out.apply):
                     k.apply(obj)
                     if i == 0:
                         self.pause(core.AFTER_FIRST_APPLY, logger)
+                    if i == first_tier and cause == "resplit":
+                        self.pause(core.RESPLIT_AFTER_FIRST_TIER, logger)
             except ApiException as exc:
                 if exc.status not in (400, 422):
                     raise kopf.TemporaryError(f"applying children failed: {exc.status} {exc.reason}", delay=5) from exc
@@ -213,6 +216,10 @@ class Operator:
         for e in p.events:
             (logger.warning if e.warning else logger.info)("%s: %s", e.reason, e.message)
         if p.resplit:  # roll the tiers to the new split now, through the same reconcile as every other change
+            # The decision goes to the API before the first tier rolls: an operator that dies mid-roll must find
+            # it on restart (else it would roll that tier back to the old split and, the cooldown's start lost,
+            # decide again). Kopf writes the same keys again when the handler returns.
+            self.kube.patch_status(meta.get("namespace", "default"), meta["name"], p.status)
             self.reconcile(core.with_status(body, {**(body.get("status") or {}), **p.status}), patch, logger, "resplit")
         return p.result
 

@@ -117,6 +117,16 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def patch_status(self, namespace: str, name: str, status: dict) -> None:
+        """Merge `status` into a SplitInference's status subresource now (not when the Kopf handler returns)."""
+        from kubernetes import client
+
+        from splitdnn.spec import GROUP, PLURAL, VERSION
+
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
     def children(self, namespace: str, si_name: str) -> dict:
         """Existing children by (kind, name): plain dicts as the API returns them."""
         core, apps = self._apis()

@@ -24,7 +24,9 @@ from splitdnn.spec import GROUP, KIND, VERSION, SpecError, SplitInference, from_
 
 # Named points where a test can hold the reconcile (Settings.pause_at) and kill the operator there.
 AFTER_FIRST_APPLY = "after-first-apply"  # one child applied, the others not yet
-PAUSE_POINTS = (AFTER_FIRST_APPLY,)
+# a re-split the feedback timer decided: its first tier's Deployment applied, the others not yet
+RESPLIT_AFTER_FIRST_TIER = "resplit-after-first-tier"
+PAUSE_POINTS = (AFTER_FIRST_APPLY, RESPLIT_AFTER_FIRST_TIER)
 
 
 @dataclass(frozen=True)
