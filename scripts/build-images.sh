@@ -2,12 +2,12 @@
 # Build the project's images offline on top of the local base image (scripts/build-base-image.sh):
 #   splitdnn/agent:dev      from agent_image/Dockerfile
 #   splitdnn/operator:dev   from operator/Dockerfile
-#   splitdnn/agent-lite:dev from agent_lite_image/Dockerfile (TensorFlow-free LiteRT agent; not built by default)
+#   splitdnn/agent-lite:dev from agent_lite_image/Dockerfile (TensorFlow-free LiteRT agent)
 # Both with --build-arg BASE_IMAGE=splitdnn/base:bookworm (the Dockerfiles keep registry defaults for users who
 # have one). Python wheels come from PyPI during the build (through the host's egress CA, baked into the base);
 # docker's layer cache makes warm re-runs take seconds. The legacy builder is used (DOCKER_BUILDKIT=0): BuildKit
 # would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
-# Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite]...   (default: agent and operator).
+# Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite]...   (default: all three).
 #   --arch arm64: build on splitdnn/base:bookworm-arm64 (scripts/build-base-image.sh --arch arm64) under
 #   qemu-user-static, tagged <name>:dev-arm64.
 #   SPLITDNN_IMAGE_ARCHIVES=DIR: also write DIR/<name>-<tag>.tar (docker save), for `k3s ctr images import`. A missing Dockerfile is reported and
@@ -24,7 +24,7 @@ platform=(); [[ -z "$suffix" ]] || platform=(--platform "linux/$ARCH")
 SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
 mkdir -p "$SPLITDNN_CACHE/logs"
 declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile [agent-lite]=agent_lite_image/Dockerfile)
-which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator)
+which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator agent-lite)
 missing=0
 for name in "${which[@]}"; do
   df="${DOCKERFILE[$name]:-}"
@@ -33,7 +33,6 @@ for name in "${which[@]}"; do
     echo "[images] $df not present on this branch: splitdnn/$name:$TAG not built" >&2; missing=1; continue
   fi
   t0=$SECONDS
-  started="$(date +%s)"
   previous="$(docker image inspect -f '{{.Id}}' "splitdnn/$name:$TAG" 2>/dev/null || true)"
   log="$SPLITDNN_CACHE/logs/build-image-$name.log"
   echo "[images] splitdnn/$name:$TAG from $df (base $BASE_IMAGE; log $log)" >&2
@@ -46,12 +45,17 @@ for name in "${which[@]}"; do
   if [[ -n "$previous" && "$previous" != "$current" ]]; then
     docker rmi "$previous" >/dev/null 2>&1 && echo "[images] removed the replaced image ${previous:7:12}" >&2 || true
   fi
-  # the operator's multi-stage build leaves its build stage behind as an untagged image, ~2 GB per source change
-  # (the legacy builder keeps it as cache). Remove the ones older than this build: the new one is the cache.
+  # a multi-stage build leaves its build stage behind as an untagged image, ~2 GB per source change (the legacy
+  # builder keeps it as cache). Remove the earlier ones, but never a stage this build used: a fully cached build
+  # names its (old) stage images in the log ("---> <id>"), and removing them would make the next build start over.
   # (Labelled per image: the agent's build must not remove the operator's current stage.)
-  reclaimed="$(docker image prune -f --filter "label=io.splitdnn.build-stage-of=$name" --filter "until=$started" 2>/dev/null \
-               | awk '/Total reclaimed space/ {print $4}')"
-  [[ -z "$reclaimed" || "$reclaimed" == 0B ]] || echo "[images] removed earlier build stages: $reclaimed" >&2
+  used="$(grep -oE -- '---> [0-9a-f]{12}' "$log" | cut -c6- | sort -u || true)"
+  removed=0
+  for id in $(docker images -q --filter "label=io.splitdnn.build-stage-of=$name" | sort -u); do
+    grep -qx "$id" <<<"$used" && continue
+    docker rmi "$id" >/dev/null 2>&1 && removed=$((removed + 1)) || true
+  done
+  [[ $removed -eq 0 ]] || echo "[images] removed $removed earlier build stage(s)" >&2
   if [[ -n "${SPLITDNN_IMAGE_ARCHIVES:-}" ]]; then
     mkdir -p "$SPLITDNN_IMAGE_ARCHIVES"
     docker save -o "$SPLITDNN_IMAGE_ARCHIVES/$name-$TAG.tar" "splitdnn/$name:$TAG"

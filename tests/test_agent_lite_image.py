@@ -64,3 +64,90 @@ def test_image_runs_cnn14_slices_like_tensorflow(cnn14_model, cnn14_graph, tmp_p
         values = {n: v.numpy() for n, v in signature(**values).items()}
     assert got.shape == values["dense_1"].shape
     assert np.abs(got - values["dense_1"]).max() <= 1e-5
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_the_image_serves_a_litert_chain_to_a_tf_serving_client(cnn14_model, cnn14_graph, tmp_path):
+    """`splitdnn agent --runtime litert` inside the image (no TensorFlow, uid 10001, read-only root): three tiers
+    chained on the host's loopback answer tensorflow-serving-api's Predict like the Keras model; start → Ready of
+    the chain is printed."""
+    import time
+
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from splitdnn.agent.metrics import scrape
+    from splitdnn.agent.wire import predict_request, tensors_of
+
+    tag = "splitdnn/agent-lite:dev"
+    if not have_image(tag):
+        pytest.skip(f"{tag} not built (scripts/build-images.sh agent-lite)")
+    export_slices(cnn14_model, cnn14_graph, resolve_cuts(cnn14_graph, ["conv2d", "flatten"]), tmp_path / "slices")
+    tmp_path.chmod(0o755)
+    grpc_ports, metrics_ports = free_ports(3), free_ports(3)
+    agents = []
+    for k in (2, 1, 0):  # last tier first: each tier's next is up before it
+        nxt = ["--next", f"127.0.0.1:{grpc_ports[k + 1]}"] if k < 2 else []
+        agents.append(
+            f"splitdnn agent --runtime litert --threads 1 --slices /work/slices --slice slice{k} --si lite "
+            f"--port {grpc_ports[k]} --metrics-port {metrics_ports[k]} --host 127.0.0.1 {' '.join(nxt)} &"
+        )
+    script = " ".join(agents) + " wait"
+    name = f"splitdnn-lite-{grpc_ports[0]}"
+    t0 = time.monotonic()
+    docker = subprocess.Popen(
+        ["docker", "run", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp", "--network", "host"]
+        + ["-v", f"{tmp_path}:/work:ro", "--entrypoint", "sh", tag, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ready = set()
+        while len(ready) < 3:
+            assert docker.poll() is None, docker.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the three agents were not ready after 180 s"
+            for port in metrics_ports:
+                try:
+                    scrape(f"http://127.0.0.1:{port}/metrics")
+                    ready.add(port)
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        print(f"agent-lite: start → the three tiers serving /metrics in {time.monotonic() - t0:.1f} s")
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_ports[0]}")
+        client = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        x = np.random.default_rng(7).random((3, 28, 28, 1), dtype=np.float32)
+        for _ in range(60):  # /metrics serves before the chain behind the first tier is wired
+            try:
+                out = tensors_of(client.Predict(predict_request("cnn14", {"input": x}), timeout=30).outputs)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                time.sleep(0.5)
+        channel.close()
+        assert np.abs(out["dense_1"] - np.asarray(cnn14_model(x, training=False))).max() <= 1e-4
+        runtimes = {
+            dict(lab)["runtime"]
+            for port in metrics_ports
+            for (n, lab), v in scrape(f"http://127.0.0.1:{port}/metrics").items()
+            if n == "splitdnn_runtime_info" and v
+        }
+        assert runtimes == {"litert"}
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        docker.wait(timeout=60)
