@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 from contextlib import contextmanager
@@ -55,3 +57,117 @@ def wait_for(what: str, fn, timeout: float, interval: float = 3.0):
             last = e
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+# --- splitdnn in the cluster: images, the chart, and reading its pods ---------------------------------------------
+
+TIER_LABEL = "splitdnn.io/tier"
+OPERATOR_NAMESPACE = "splitdnn-system"
+_LOADED: set[tuple[str, str]] = set()  # (cluster, image) loaded in this session: `kind load` once
+
+
+def node_tiers(cluster) -> dict[str, str]:
+    nodes = kubectl_json(cluster, "get", "nodes")["items"]
+    return {n["metadata"]["name"]: n["metadata"]["labels"].get(TIER_LABEL, "") for n in nodes}
+
+
+def load_image_once(cluster, image: str, nodes: list[str] | None = None) -> None:
+    if (cluster.name, image) not in _LOADED:
+        with timed(f"kind load {image}"):
+            load_image(cluster, image, nodes)
+        _LOADED.add((cluster.name, image))
+
+
+def install_splitdnn(cluster) -> None:
+    """The project images (built once per session unless SPLITDNN_E2E_PREBUILT_IMAGES=1), loaded where they run,
+    and `helm upgrade --install` of helm/splitdnn with the operator pinned to the cloud node."""
+    if os.environ.get("SPLITDNN_E2E_PREBUILT_IMAGES") != "1" and ("images", "built") not in _LOADED:
+        with timed("images (scripts/build-images.sh)"):
+            sh("bash", "scripts/build-images.sh", "agent", "operator", timeout=3600)
+        _LOADED.add(("images", "built"))
+    tier_nodes = {t: n for n, t in node_tiers(cluster).items() if t}
+    load_image_once(cluster, "splitdnn/agent:dev", list(tier_nodes.values()))
+    # the operator runs in the cloud tier (pinned below), so its image only goes there
+    load_image_once(cluster, "splitdnn/operator:dev", [tier_nodes["cloud"]])
+    with timed("helm install splitdnn"):
+        sh(
+            cluster.tools.helm,
+            "upgrade",
+            "--install",
+            "splitdnn",
+            ROOT / "helm" / "splitdnn",
+            f"--kubeconfig={cluster.kubeconfig_path}",
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "image.repository=splitdnn/operator",
+            "--set",
+            "image.tag=dev",
+            "--set",
+            "agent.image.repository=splitdnn/agent",
+            "--set",
+            "agent.image.tag=dev",
+            "--set-string",
+            r"nodeSelector.splitdnn\.io/tier=cloud",
+            "--wait",
+            "--timeout",
+            "10m",
+            timeout=700,
+        )
+
+
+def uninstall_splitdnn(cluster) -> None:
+    sh(
+        cluster.tools.helm,
+        "uninstall",
+        "splitdnn",
+        f"--kubeconfig={cluster.kubeconfig_path}",
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        check=False,
+        timeout=300,
+    )
+
+
+def metrics_of(cluster, pod: str, port: int = 9100, namespace: str = "default") -> str:
+    return cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics")
+
+
+def metric_sum(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:{{(.*)}})?\s+(\S+)$", line)
+        if not m:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def print_cluster_state(cluster, namespaces: tuple[str, ...] = ("default",)) -> None:
+    """On a failure: what the SplitInferences, their children, the Events and the operator said (a timeout's
+    message alone says nothing about why)."""
+
+    def show(title, *args):
+        try:
+            out = cluster.kubectl(*args)
+        except Exception as exc:  # noqa: BLE001 - a dump must not hide the failure it explains
+            out = f"({exc})"
+        print(f"--- {title}\n{out[-6000:]}")
+
+    for ns in namespaces:
+        show(
+            f"SplitInference status ({ns})",
+            "get",
+            "si",
+            "-n",
+            ns,
+            "-o",
+            "custom-columns=NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,"
+            "PHASE:.status.phase,SPLIT:.status.split,SOURCE:.status.plan.predicted.source,MESSAGE:.status.message",
+        )
+        show(f"children ({ns})", "get", "deployments,replicasets,pods,jobs,services,configmaps", "-n", ns, "-o", "wide")
+        show(f"Events ({ns})", "get", "events", "-n", ns, "--sort-by=.lastTimestamp")
+    show("operator log", "logs", "-n", OPERATOR_NAMESPACE, "deployment/splitdnn", "--tail=150")

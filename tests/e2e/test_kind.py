@@ -13,24 +13,30 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
-from kindutil import ROOT, kubectl_json, load_image, sh, timed, wait_for
+from kindutil import (
+    ROOT,
+    TIER_LABEL,
+    install_splitdnn,
+    kubectl_json,
+    load_image,
+    metric_sum,
+    metrics_of,
+    node_tiers,
+    print_cluster_state,
+    timed,
+    uninstall_splitdnn,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.kind_e2e, pytest.mark.slow]
 
 TIERS = ("device", "edge", "cloud")
-TIER_LABEL = "splitdnn.io/tier"
 BASE_IMAGE = "splitdnn/base:bookworm"
-
-
-def node_tiers(cluster) -> dict[str, str]:
-    nodes = kubectl_json(cluster, "get", "nodes")["items"]
-    return {n["metadata"]["name"]: n["metadata"]["labels"].get(TIER_LABEL, "") for n in nodes}
 
 
 def test_nodes_ready_and_labelled(kind_cluster):
@@ -285,46 +291,6 @@ def auto_plan_from_profiling_jobs(cluster) -> None:
         assert len(sets) <= 2, (tier, [r["metadata"]["name"] for r in sets])
 
 
-def print_cluster_state(cluster) -> None:
-    """On a failure: what the SplitInferences, their children, the Events and the operator said (a timeout's
-    message alone says nothing about why)."""
-
-    def show(title, *args):
-        try:
-            out = cluster.kubectl(*args)
-        except Exception as exc:  # noqa: BLE001 - a dump must not hide the failure it explains
-            out = f"({exc})"
-        print(f"--- {title}\n{out[-6000:]}")
-
-    show(
-        "SplitInference status",
-        "get",
-        "si",
-        "-o",
-        "custom-columns=NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,"
-        "PHASE:.status.phase,SPLIT:.status.split,SOURCE:.status.plan.predicted.source,MESSAGE:.status.message",
-    )
-    show("children", "get", "deployments,replicasets,pods,jobs,services,configmaps", "-o", "wide")
-    show("Events", "get", "events", "--sort-by=.lastTimestamp")
-    show("operator log", "logs", "-n", "splitdnn-system", "deployment/splitdnn", "--tail=150")
-
-
-def metrics_of(cluster, pod: str, port: int = 9100) -> str:
-    return cluster.kubectl("get", "--raw", f"/api/v1/namespaces/default/pods/{pod}:{port}/proxy/metrics")
-
-
-def metric_sum(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:{{(.*)}})?\s+(\S+)$", line)
-        if not m:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 SI = "cnn14"
 SI_SELECTOR = f"splitdnn.io/splitinference={SI}"
 
@@ -333,44 +299,7 @@ def test_splitinference_end_to_end(kind_cluster):
     missing = missing_pieces()
     if missing:
         pytest.skip("not on this branch yet: " + "; ".join(missing))
-    if os.environ.get("SPLITDNN_E2E_PREBUILT_IMAGES") != "1":  # =1: use splitdnn/{agent,operator}:dev as they are
-        with timed("images (scripts/build-images.sh)"):
-            sh("bash", "scripts/build-images.sh", timeout=3600)
-    tier_nodes = {t: n for n, t in node_tiers(kind_cluster).items() if t}
-    with timed("kind load splitdnn/agent:dev (3 workers)"):
-        load_image(kind_cluster, "splitdnn/agent:dev", list(tier_nodes.values()))
-    # the operator runs in the cloud tier (pinned below), so its image only goes there
-    with timed("kind load splitdnn/operator:dev (cloud node)"):
-        load_image(kind_cluster, "splitdnn/operator:dev", [tier_nodes["cloud"]])
-
-    helm = kind_cluster.tools.helm
-    kube = f"--kubeconfig={kind_cluster.kubeconfig_path}"
-    with timed("helm install splitdnn"):
-        sh(
-            helm,
-            "upgrade",
-            "--install",
-            "splitdnn",
-            ROOT / "helm" / "splitdnn",
-            kube,
-            "--namespace",
-            "splitdnn-system",
-            "--create-namespace",
-            "--set",
-            "image.repository=splitdnn/operator",
-            "--set",
-            "image.tag=dev",
-            "--set",
-            "agent.image.repository=splitdnn/agent",
-            "--set",
-            "agent.image.tag=dev",
-            "--set-string",
-            r"nodeSelector.splitdnn\.io/tier=cloud",
-            "--wait",
-            "--timeout",
-            "10m",
-            timeout=700,
-        )
+    install_splitdnn(kind_cluster)
     try:
         with timed("kubectl apply examples/cnn14.yaml -> tiers Available"):
             kind_cluster.kubectl("apply", "-f", str(ROOT / "examples" / "cnn14.yaml"))
@@ -458,4 +387,4 @@ def test_splitinference_end_to_end(kind_cluster):
         kind_cluster.kubectl(
             "delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--ignore-not-found", "--wait=false"
         )
-        sh(helm, "uninstall", "splitdnn", kube, "--namespace", "splitdnn-system", check=False, timeout=300)
+        uninstall_splitdnn(kind_cluster)
