@@ -417,7 +417,7 @@ def test_spec_fuzz_campaign(crd, kube_api, own_ns, tmp_path):
                     if status[name]["phase"] != "Failed":
                         co.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
             waiting = [n for n in accepted if n not in status]
-            print(f"fuzz spec: {len(status)}/{len(accepted)} accepted ones have a phase")
+            print(f"spec fuzz: {len(status)}/{len(accepted)} accepted ones have a phase")
         problems += [f"{n[:80]}: no phase after 240 s ({accepted.pop(n)})" for n in waiting]
         owned = children_by_owner(kube_api, ns)
         for name, case in accepted.items():
@@ -445,7 +445,7 @@ def test_spec_fuzz_campaign(crd, kube_api, own_ns, tmp_path):
         assert "Traceback" not in operator.log()
     finally:
         operator.stop()
-    print(f"fuzz spec: valid CR to Running {before:.1f} s before the campaign, {after:.1f} s after")
+    print(f"spec fuzz: valid CR to Running {before:.1f} s before the campaign, {after:.1f} s after")
     print(json.dumps({"accepted": len(accepted), "refused_by_api": len(cases) - len(accepted)}))
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:40])
     print(f"fuzz spec: {len(cases)} inputs, {rejected} rejected as expected, 0 crashes, rss +{max(growth, 0):.0f} MB")
