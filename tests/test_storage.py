@@ -591,3 +591,103 @@ def test_the_operator_leaves_a_storage_uri_to_the_slicer():
     for uri in ("http://127.0.0.1:9/m.keras", "https://127.0.0.1:9/presigned?sig=1", "s3://b/m.keras"):
         with pytest.raises(plan_mod.ModelUnavailable, match="the slicer checks it"):
             plan_mod.model_summary(uri)
+
+
+# --- the slicer init container's wiring (controller.render), run for real -----------------------------------------
+
+
+def pod_slicer(uri: str, secret: str | None = None):
+    """The slicer init container and the pod volumes the operator renders for a SplitInference whose model is at
+    `uri` (secretName `secret`)."""
+    from splitdnn.controller import render
+    from splitdnn.spec import GROUP, KIND, VERSION, from_resource
+
+    model = {"storageUri": uri, **({"secretName": secret} if secret else {})}
+    si = from_resource(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": "mine", "namespace": "team"},
+            "spec": {"model": model, "splitPoints": ["join", "pool"], "tiers": [{"name": t} for t in ("a", "b", "c")]},
+        }
+    )
+    deployment = render.render_deployment(si, {"splitPoints": ["join", "pool"], "splitId": "s1"}, 0, "img")
+    pod = deployment["spec"]["template"]["spec"]
+    (slicer,) = [c for c in pod["initContainers"] if c["name"] == "slicer"]
+    return slicer, pod["volumes"]
+
+
+def resolve_env(container: dict, secrets: dict[str, dict]) -> dict:
+    """The container's environment as the kubelet makes it: values, and secretKeyRefs looked up in `secrets`
+    (a missing optional key is left out; a missing required one is an error, as CreateContainerConfigError)."""
+    env = {}
+    for var in container.get("env", []):
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is None:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            continue
+        data = secrets[ref["name"]]
+        if ref["key"] in data:
+            env[var["name"]] = data[ref["key"]]
+        else:
+            assert ref.get("optional"), f"Secret {ref['name']} has no key {ref['key']}"
+    return env
+
+
+def run_slicer(container: dict, env: dict, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    cmd = container["command"]
+    assert cmd[:2] == ["splitdnn", "slice"]
+    cmd = [sys.executable, "-m", "splitdnn", *cmd[1:]]
+    cmd[cmd.index("--out") + 1] = str(out)
+    full = {"PATH": os.environ["PATH"], "SPLITDNN_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src"), **env}
+    full.pop("HOME", None)
+    return subprocess.run(cmd, env={**full, "HOME": str(cache)}, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_pods_slicer_fetches_an_s3_model_with_the_secret_it_names(s3, tmp_path):
+    slicer, volumes = pod_slicer("s3://models/team/m.keras", "team-s3")
+    assert {v["name"] for v in volumes} == {"models", "run", "tmp", "plan"}
+    secret = dict(s3)  # the Secret's data keys, as a user writes them (KServe's names)
+    env = resolve_env(slicer, {"team-s3": secret})
+    assert {k: env[k] for k in secret} == secret
+    done = run_slicer(slicer, env, tmp_path / "out", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [s["name"] for s in json.loads((tmp_path / "out" / "slices.json").read_text())["slices"]] == [
+        "slice0",
+        "slice1",
+        "slice2",
+    ]
+    wrong = resolve_env(slicer, {"team-s3": {**secret, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}})
+    refused = run_slicer(slicer, wrong, tmp_path / "out2", tmp_path / "cache2")
+    assert refused.returncode != 0 and "refused the credentials" in refused.stderr, refused.stderr[-3000:]
+    with pytest.raises(AssertionError, match="has no key AWS_ACCESS_KEY_ID"):
+        resolve_env(slicer, {"team-s3": {"AWS_SECRET_ACCESS_KEY": "x"}})
+
+
+@pytest.mark.slow
+def test_the_pods_slicer_reads_a_pvc_model_where_the_claim_is_mounted(models, tmp_path):
+    from splitdnn.controller.render import PVC_ROOT
+
+    slicer, volumes = pod_slicer("pvc://team-models/v1/m.keras")
+    (claim,) = [v for v in volumes if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"] == {"claimName": "team-models", "readOnly": True}
+    (mount,) = [m for m in slicer["volumeMounts"] if m["name"] == claim["name"]]
+    assert mount == {"name": claim["name"], "mountPath": f"{PVC_ROOT}/team-models", "readOnly": True}
+    env = resolve_env(slicer, {})
+    assert env["SPLITDNN_PVC_ROOT"] == PVC_ROOT
+    # the claim's files where the kubelet would mount them (PVC_ROOT under tmp_path)
+    root = tmp_path / "pvc"
+    (root / "team-models" / "v1").mkdir(parents=True)
+    shutil.copy(models["dir"] / "m.keras", root / "team-models" / "v1" / "m.keras")
+    done = run_slicer(slicer, {**env, "SPLITDNN_PVC_ROOT": str(root)}, tmp_path / "out", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "slices.json").is_file()
+    missing = run_slicer(
+        pod_slicer("pvc://team-models/v2/m.keras")[0],
+        {**env, "SPLITDNN_PVC_ROOT": str(root)},
+        tmp_path / "o3",
+        tmp_path / "c3",
+    )
+    assert missing.returncode != 0 and "team-models" in missing.stderr, missing.stderr[-3000:]

@@ -115,6 +115,49 @@ def slicer_command(si: SplitInference, split_points: list[str]) -> list[str]:
     return cmd
 
 
+PVC_ROOT = "/pvc"  # a pvc:// model's claim is mounted at PVC_ROOT/CLAIM in the slicer init container
+# what a storageUri fetch reads from the environment (splitdnn.storage): the credentials, and KServe's S3 settings,
+# taken from the Secret `model.secretName` names (as data keys: the operator never reads a Secret itself)
+S3_REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_KEYS = (
+    "AWS_SESSION_TOKEN",
+    "S3_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "S3_USE_HTTPS",
+    "AWS_REGION",
+    "S3_VERIFY_SSL",
+)
+
+
+def model_source_wiring(si: SplitInference) -> tuple[list[dict], list[dict], list[dict]]:
+    """(env, volumeMounts, volumes) the slicer init container needs to fetch the model: an s3:// storageUri's
+    credentials from `model.secretName` (secretKeyRef: the Secret must be in the SplitInference's namespace), a
+    pvc:// storageUri's claim mounted read-only (SPLITDNN_PVC_ROOT says where)."""
+    from splitdnn.storage import StorageError, parse
+
+    model = si.typed.model
+    if not model.storage_uri:
+        return [], [], []
+    try:
+        loc = parse(model.storage_uri)
+    except StorageError:  # the slicer names it; the spec checks already refuse what they can
+        return [], [], []
+    if loc.scheme == "s3" and model.secret_name:
+        ref = model.secret_name
+        env = [{"name": k, "valueFrom": {"secretKeyRef": {"name": ref, "key": k}}} for k in S3_REQUIRED_KEYS]
+        env += [
+            {"name": k, "valueFrom": {"secretKeyRef": {"name": ref, "key": k, "optional": True}}}
+            for k in S3_OPTIONAL_KEYS
+        ]
+        return env, [], []
+    if loc.scheme == "pvc":
+        claim = loc.authority
+        volume = {"name": "model-claim", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model-claim", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        return [{"name": "SPLITDNN_PVC_ROOT", "value": PVC_ROOT}], [mount], [volume]
+    return [], [], []
+
+
 def _netem(tier: dict) -> Netem:
     return Netem.from_dict(tier.get("netem") or {})
 
@@ -219,6 +262,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
         "prometheus.io/path": "/metrics",
     }
     container_defaults = {"image": image, "imagePullPolicy": "IfNotPresent", "env": env}
+    source_env, source_mounts, source_volumes = model_source_wiring(si)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -248,7 +292,8 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                             **container_defaults,
                             "name": "slicer",
                             "command": slicer_command(si, split_points),
-                            "volumeMounts": [models_mount, tmp_mount],
+                            "env": env + source_env,
+                            "volumeMounts": [models_mount, tmp_mount, *source_mounts],
                             "securityContext": _restricted(),
                             "resources": copy.deepcopy(resources),
                         },
@@ -302,6 +347,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "plan", "configMap": {"name": plan_configmap_name(si.name)}},
+                        *source_volumes,
                     ],
                 },
             },
