@@ -417,3 +417,24 @@ def test_failed_status_and_transition_times():
     again = status_mod.failed_status(s, 3, ["split point 'x' is not a layer of model 'cnn14'"])
     assert not status_mod.status_changed(s, again)
     assert again["conditions"][0]["lastTransitionTime"] == valid["lastTransitionTime"]
+
+
+def test_max_model_bytes_goes_to_a_storage_uri_slicer_only(si, plan, monkeypatch):
+    import yaml
+
+    resource = yaml.safe_load(open("examples/cnn14.yaml"))
+    resource["spec"]["model"] = {"storageUri": "https://m.example/x.keras"}
+    own = from_resource(resource)
+    assert render.max_model_bytes({}) is None
+    assert render.max_model_bytes({"SPLITDNN_MAX_MODEL_BYTES": "2Gi"}) == "2Gi"
+    with pytest.raises(ValueError, match="SPLITDNN_MAX_MODEL_BYTES: bad size '2 pies'"):
+        render.max_model_bytes({"SPLITDNN_MAX_MODEL_BYTES": "2 pies"})
+    monkeypatch.setenv("SPLITDNN_MAX_MODEL_BYTES", "2Gi")
+    slicers = {
+        name: objs_by(render.render_all(s, plan, image="img:1"))[("Deployment", f"{s.name}-device")]["spec"][
+            "template"
+        ]["spec"]["initContainers"][0]["command"]
+        for name, s in (("builtin", si), ("own", own))
+    }
+    assert "--max-model-bytes" not in slicers["builtin"]
+    assert slicers["own"][-2:] == ["--max-model-bytes", "2Gi"]

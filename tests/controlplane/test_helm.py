@@ -305,3 +305,12 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
         helm("uninstall", RELEASE, "-n", RELEASE_NS, kubeconfig=kc, check=False)
     # the CRD outlives the release (helm.sh/resource-policy: keep)
     assert kubectl(kc, "get", "crd", "splitinferences.splitdnn.io", check=False).returncode == 0
+
+
+def test_max_model_bytes_reaches_the_operator():
+    def env(*sets):
+        dep = next(d for d in render(*sets) if d["kind"] == "Deployment")
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert "SPLITDNN_MAX_MODEL_BYTES" not in env()
+    assert env("agent.maxModelBytes=2Gi")["SPLITDNN_MAX_MODEL_BYTES"] == "2Gi"

@@ -55,6 +55,22 @@ def agent_image(env: Mapping[str, str] | None = None) -> str:
     return env.get("SPLITDNN_AGENT_IMAGE") or f"splitdnn/agent:{__version__}"
 
 
+def max_model_bytes(env: Mapping[str, str] | None = None) -> str | None:
+    """The chart's `agent.maxModelBytes` (SPLITDNN_MAX_MODEL_BYTES, e.g. 2Gi): the slicer's --max-model-bytes for a
+    storageUri model; None = the slicer's default (1Gi). A value the slicer would refuse fails here, at start-up."""
+    from splitdnn.storage import parse_bytes
+
+    env = os.environ if env is None else env
+    raw = (env.get("SPLITDNN_MAX_MODEL_BYTES") or "").strip()
+    if not raw:
+        return None
+    try:
+        parse_bytes(raw)
+    except ValueError as exc:
+        raise ValueError(f"SPLITDNN_MAX_MODEL_BYTES: {exc}") from None
+    return raw
+
+
 def object_name(si_name: str, tier: str) -> str:
     return f"{si_name}-{tier}"
 
@@ -104,8 +120,10 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def slicer_command(si: SplitInference, split_points: list[str]) -> list[str]:
+def slicer_command(si: SplitInference, split_points: list[str], max_model_bytes: str | None = None) -> list[str]:
     cmd = ["splitdnn", "slice", si.model_source, "--at", ",".join(split_points), "--out", MODELS_DIR]
+    if max_model_bytes and si.typed.model.storage_uri:
+        cmd += ["--max-model-bytes", max_model_bytes]
     if si.input_shape:
         cmd += ["--input-shape", ",".join(str(d) for d in si.input_shape)]
     if si.typed.model.sha256:
@@ -226,7 +244,9 @@ def _restricted(uid: int | None = AGENT_UID) -> dict:
     return sc
 
 
-def render_deployment(si: SplitInference, plan: dict, index: int, image: str) -> dict:
+def render_deployment(
+    si: SplitInference, plan: dict, index: int, image: str, max_model_bytes: str | None = None
+) -> dict:
     tier = si.tiers[index]
     tname = tier["name"]
     name = object_name(si.name, tname)
@@ -291,7 +311,7 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str) ->
                         {
                             **container_defaults,
                             "name": "slicer",
-                            "command": slicer_command(si, split_points),
+                            "command": slicer_command(si, split_points, max_model_bytes),
                             "env": env + source_env,
                             "volumeMounts": [models_mount, tmp_mount, *source_mounts],
                             "securityContext": _restricted(),
@@ -418,11 +438,12 @@ def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list
     """Every child object, in apply order: the plan first (pods mount it), then per tier its Services and its
     Deployment."""
     image = image or agent_image()
+    limit = max_model_bytes()
     split = plan["splitId"]
     objs = [render_configmap(si, plan)]
     for i in range(len(si.tiers)):
         objs.append(render_service(si, i))
         if i > 0:
             objs.append(render_split_service(si, i, split))
-        objs.append(render_deployment(si, plan, i, image))
+        objs.append(render_deployment(si, plan, i, image, limit))
     return objs

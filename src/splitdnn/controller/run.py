@@ -15,11 +15,12 @@ def run(
 ) -> None:
     import kopf
 
-    from splitdnn.controller import handlers
+    from splitdnn.controller import handlers, render
     from splitdnn.controller.settings import Settings
 
     try:
         settings = Settings.from_env()
+        render.max_model_bytes()  # checked once here: a bad chart value must not fail every reconcile
     except ValueError as exc:  # a bad environment variable: one line, exit 2 (like the CLI's other input errors)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
