@@ -67,7 +67,7 @@ def main() -> None:
 
     from splitdnn import coop
     from splitdnn.coop_run import Group
-    from splitdnn.mls import Platform, mls, plan_values, sls, sls_units
+    from splitdnn.mls import mls, plan_values, sls
     from splitdnn.models import load_model
 
     model = vgg96() if args.model == "vgg96" else load_model("cnn14")
@@ -86,20 +86,11 @@ def main() -> None:
     started = time.monotonic()
     with Group(path, args.max_devices) as group:
         print(f"{args.max_devices} workers up in {time.monotonic() - started:.1f} s", flush=True)
-        # F from the devices' own code path: every layer-by-layer block on one worker (a Keras model call costs more)
-        one = [(a, b, 1, coop.block_modes(geoms, a, b)[0]) for a, b in sls_units(geoms)]
-        group.run_plan(model, geoms, one, x, stateful=True)
-        computes = []
-        for _ in range(args.frames):
-            stats = group.run_plan(model, geoms, one, x, stateful=True)[1]
-            computes.append(sum(sum(s.device_compute_seconds) for s in stats))
-        f_eff = flops / statistics.median(computes)
-        nbytes = 4 << 20
-        g_eff = 2 * nbytes * 8 / group.echo_seconds(nbytes)
-        platform = Platform(f_eff, g_eff)
+        platform, compute = group.measure_platform(model, geoms, x, repeats=args.frames, nbytes=4 << 20)
+        f_eff, g_eff = platform.flops, platform.bandwidth_bps
         print(
             f"calibration: F = {f_eff / 1e9:.2f} GFLOP/s per worker (median compute of every block on one worker: "
-            f"{statistics.median(computes) * 1e3:.1f} ms), G = {g_eff / 1e9:.2f} Gbit/s loopback\n",
+            f"{compute * 1e3:.1f} ms), G = {g_eff / 1e9:.2f} Gbit/s loopback\n",
             flush=True,
         )
         header = (

@@ -172,6 +172,26 @@ class Group:
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 
+    def measure_platform(self, model, geoms, x, repeats: int = 3, nbytes: int = 1 << 20):
+        """(F, G) of this group as an `mls.Platform`, and the median compute time F comes from: F from the devices'
+        own code path (every layer-by-layer block on one worker, after one warm-up run; a Keras model call costs
+        more), G from a round trip of `nbytes` to worker 0."""
+        import statistics
+
+        from splitdnn.coop import block_modes
+        from splitdnn.mls import Platform, sls_units
+
+        one = [(a, b, 1, block_modes(geoms, a, b)[0]) for a, b in sls_units(geoms)]
+        self.run_plan(model, geoms, one, x, stateful=True)
+        computes = []
+        for _ in range(repeats):
+            stats = self.run_plan(model, geoms, one, x, stateful=True)[1]
+            computes.append(sum(sum(s.device_compute_seconds) for s in stats))
+        compute = statistics.median(computes)
+        flops = sum(g.flops for g in geoms)
+        platform = Platform(max(flops, 1.0) / max(compute, 1e-6), 2 * nbytes * 8 / self.echo_seconds(nbytes))
+        return platform, compute
+
     def run_plan(self, model, geoms, blocks, x, stateful: bool = False):
         """Run blocks [(first, last, devices, mode)] (mode 'local': the whole model on worker 0); returns the output
         and per-block stats."""

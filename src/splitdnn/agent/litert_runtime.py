@@ -12,7 +12,6 @@ time). XNNPACK is applied by default; `threads` is its thread count.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -94,20 +93,22 @@ def tflite_key(variant: str) -> str:
 
 
 def slice_entry(slices_dir: str | Path, slice_name: str) -> dict:
-    """The slice's entry of `slices_dir/slices.json` (read without importing the TensorFlow-bound slicer)."""
-    path = Path(slices_dir) / "slices.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `splitdnn slice` first")
-    slices = json.loads(path.read_text())["slices"]
+    """The slice's entry of `slices_dir/slices.json`."""
+    from splitdnn.slicer import load_manifest  # (the slicer imports TensorFlow only in its functions)
+
+    slices = load_manifest(slices_dir)["slices"]
     for entry in slices:
         if entry["name"] == slice_name:
             return entry
+    path = Path(slices_dir) / "slices.json"
     raise ValueError(f"slice {slice_name!r} is not in {path} (slices: {', '.join(s['name'] for s in slices)})")
 
 
 def converts(slices_dir: str | Path, variant: str = "float32") -> bool:
     """Whether every slice in `slices_dir` has a `.tflite` of `variant` (a tier can then default to LiteRT)."""
-    manifest = json.loads((Path(slices_dir) / "slices.json").read_text())
+    from splitdnn.slicer import load_manifest
+
+    manifest = load_manifest(slices_dir)
     return all(tflite_key(variant) in s for s in manifest["slices"])
 
 

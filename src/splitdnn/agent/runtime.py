@@ -47,12 +47,9 @@ class SliceEntry:
 
 
 def read_entry(slices_dir: str | Path, slice_name: str) -> SliceEntry:
-    import json
+    from splitdnn.slicer import load_manifest  # (the slicer imports TensorFlow only in its functions)
 
-    path = Path(slices_dir) / "slices.json"  # read here, not through the slicer: it imports TensorFlow
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `splitdnn slice` first")
-    manifest = json.loads(path.read_text())
+    manifest = load_manifest(slices_dir)
     names = [s["name"] for s in manifest["slices"]]
     if slice_name not in names:
         raise ValueError(
@@ -199,18 +196,18 @@ class CoopRuntime:
     name = "coop"
 
     def __init__(self, slices_dir: str | Path, entry: SliceEntry, devices: int, method: str, threads: int | None):
-        import statistics
-
         import keras
 
         from splitdnn import coop
         from splitdnn.agent.source import zero_frame
         from splitdnn.coop_run import Group
-        from splitdnn.mls import Platform, best_over_devices, mls, sls, sls_units
+        from splitdnn.mls import best_over_devices, mls, sls
+        from splitdnn.slicer import load_manifest
 
-        keras_path = _manifest_entry(slices_dir, entry.name).get("keras")
+        written = load_manifest(slices_dir)["slices"][entry.index]
+        keras_path = written.get("keras")
         if not keras_path:
-            why = _manifest_entry(slices_dir, entry.name).get("keras_error", "not written (slice with --keras)")
+            why = written.get("keras_error", "not written (slice with --keras)")
             raise ValueError(f"slice {entry.name!r} cannot run on a cooperative tier: {why}")
         self.entry = entry
         self.threads = threads or 1
@@ -220,18 +217,8 @@ class CoopRuntime:
         self._model = keras.models.load_model(path)
         self._geoms = coop.describe(self._model)
         self._group = Group(path, devices, threads=self.threads)
-        # F: every layer-by-layer block on one worker (the devices' own code path); G: a 1 MiB round trip
         x = next(iter(zero_frame(entry.inputs).values()))
-        one = [(a, b, 1, coop.block_modes(self._geoms, a, b)[0]) for a, b in sls_units(self._geoms)]
-        times = []
-        for _ in range(3):
-            stats = self._group.run_plan(self._model, self._geoms, one, x, stateful=True)[1]
-            times.append(sum(sum(s.device_compute_seconds) for s in stats))
-        flops = sum(g.flops for g in self._geoms)
-        nbytes = 1 << 20
-        self.platform = Platform(
-            max(flops, 1.0) / max(statistics.median(times), 1e-6), 2 * nbytes * 8 / self._group.echo_seconds(nbytes)
-        )
+        self.platform, _ = self._group.measure_platform(self._model, self._geoms, x)
         algo = sls if method == "sls" else mls
         self.plan = best_over_devices(self._geoms, devices, self.platform, algo)
         self._output = entry.outputs[0]["name"]
@@ -246,13 +233,6 @@ class CoopRuntime:
 
     def close(self) -> None:
         self._group.close()
-
-
-def _manifest_entry(slices_dir: str | Path, slice_name: str) -> dict:
-    import json
-
-    slices = json.loads((Path(slices_dir) / "slices.json").read_text())["slices"]
-    return next(s for s in slices if s["name"] == slice_name)
 
 
 def load(

@@ -352,7 +352,9 @@ def build_tier(config: AgentConfig) -> Tier:
     slice_runtime = runtime.load(
         config.slices, config.slice, config.runtime, config.threads, devices=config.devices, coop=config.coop
     )
+    devices = 1
     if isinstance(slice_runtime, runtime.CoopRuntime):
+        devices = slice_runtime.devices
         plan, platform = slice_runtime.plan, slice_runtime.platform
         log.info(
             "cooperative tier: %d device workers, %s plan on %d of them, blocks %s (F %.2f GFLOP/s, G %.2f Gbit/s "
@@ -369,9 +371,7 @@ def build_tier(config: AgentConfig) -> Tier:
     name = config.tier or config.slice
     metrics = AgentMetrics(config.si, name)
     metrics.set_slice(config.slice, entry.cut, entry.model)
-    metrics.set_runtime(
-        slice_runtime.name, slice_runtime.threads, config.devices if slice_runtime.name == "coop" else 1
-    )
+    metrics.set_runtime(slice_runtime.name, slice_runtime.threads, devices)
     metrics.set_emulation(emulation_paths(config.tc_applied, config.link))
     emulator = LinkEmulator(config.link, seed=config.seed)
     downstream = None
