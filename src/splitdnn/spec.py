@@ -232,6 +232,11 @@ class Spec(Node):
     planner: Planner = field(default_factory=Planner)
     adaptation: Adaptation = field(default_factory=Adaptation)
 
+    @property
+    def cooperative(self) -> bool:
+        """A tier computes with several devices (its slice is sliced as .keras too, see `tiers[].devices`)."""
+        return any(t.devices > 1 for t in self.tiers)
+
 
 @dataclass
 class SplitInference:

@@ -365,7 +365,7 @@ def _slice(si, points, directory, max_model_bytes: int | None = None, say=None) 
         cuts = resolve_cuts(graph, points)
     except CutError as exc:
         raise LocalRunError(str(exc)) from None
-    export_slices(model, graph, cuts, directory, keras=any(t.devices > 1 for t in si.typed.tiers))
+    export_slices(model, graph, cuts, directory, keras=si.typed.cooperative)
 
 
 def agent_processes(

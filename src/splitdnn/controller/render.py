@@ -31,6 +31,7 @@ from typing import Any
 from splitdnn import __version__
 from splitdnn.agent.command import LINK_KEYS, agent_argv
 from splitdnn.spec import Netem, SplitInference
+from splitdnn.storage import KSERVE_ANNOTATIONS, SECRET_KEYS
 from splitdnn.units import parse_duration
 
 GRPC_PORT = 8500
@@ -128,22 +129,19 @@ def slicer_command(si: SplitInference, split_points: list[str], max_model_bytes:
         cmd += ["--input-shape", ",".join(str(d) for d in si.input_shape)]
     if si.typed.model.sha256:
         cmd += ["--sha256", si.typed.model.sha256]
-    if any(t.devices > 1 for t in si.typed.tiers):  # a cooperative tier's workers load its slice as .keras
+    if si.typed.cooperative:  # a cooperative tier's workers load its slice as .keras
         cmd += ["--keras"]
     return cmd
 
 
 PVC_ROOT = "/pvc"  # a pvc:// model's claim is mounted at PVC_ROOT/CLAIM in the slicer init container
-# what a storageUri fetch reads from the environment (splitdnn.storage): the credentials, and KServe's S3 settings,
+# what an s3:// fetch reads from the environment (splitdnn.storage): the credentials, and KServe's S3 settings,
 # taken from the Secret `model.secretName` names (as data keys: the operator never reads a Secret itself)
 S3_REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_KEYS = (
-    "AWS_SESSION_TOKEN",
-    "S3_ENDPOINT",
+    *(k for k in SECRET_KEYS if k not in S3_REQUIRED_KEYS),
+    *KSERVE_ANNOTATIONS.values(),
     "AWS_ENDPOINT_URL",
-    "S3_USE_HTTPS",
-    "AWS_REGION",
-    "S3_VERIFY_SSL",
 )
 
 
