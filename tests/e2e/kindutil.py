@@ -146,6 +146,12 @@ def metric_sum(text: str, name: str, **labels) -> float:
     return total
 
 
+def source_summary(log: str) -> dict | None:
+    """The frame source's closing summary in a first tier's log (its `source done: {...}` line), if it has one."""
+    done = [line for line in log.splitlines() if "source done:" in line]
+    return json.loads(done[-1].split("source done:", 1)[1]) if done else None
+
+
 def print_cluster_state(cluster, namespaces: tuple[str, ...] = ("default",)) -> None:
     """On a failure: what the SplitInferences, their children, the Events and the operator said (a timeout's
     message alone says nothing about why)."""

@@ -30,6 +30,7 @@ from kindutil import (
     node_tiers,
     print_cluster_state,
     sh,
+    source_summary,
     timed,
     uninstall_splitdnn,
     wait_for,
@@ -102,13 +103,6 @@ def agent_pid(node: str, si: str, tier: str) -> str:
     return pids[0]
 
 
-def source_summary(cluster, pod: str, namespace: str) -> dict | None:
-    """The source's closing summary (`source done: {...}` in the first tier's log), once it has finished."""
-    log = cluster.kubectl("logs", pod, "-n", namespace, "-c", "agent")
-    done = [line for line in log.splitlines() if "source done:" in line]
-    return json.loads(done[-1].split("source done:", 1)[1]) if done else None
-
-
 def test_sigkill_of_the_middle_tier_under_load(splitdnn):
     cluster, ns, name, total = splitdnn, "default", "faults", 400
     cluster.kubectl("apply", "-f", "-", input=resource(name, ns, total))
@@ -143,7 +137,11 @@ def test_sigkill_of_the_middle_tier_under_load(splitdnn):
             f"SIGKILL of the edge agent (pid {pid} on {node}): frames complete again after {recovery:.1f} s; "
             f"device counts before {before}, just after {after}"
         )
-        summary = wait_for("the source's summary", lambda: source_summary(cluster, dev, ns), timeout=300)
+        summary = wait_for(
+            "the source's summary",
+            lambda: source_summary(cluster.kubectl("logs", dev, "-n", ns, "-c", "agent")),
+            timeout=300,
+        )
         print(f"source summary: {summary}")
         assert summary["offered"] == total, summary
         assert summary["offered"] == sum(summary[o] for o in OUTCOMES), summary

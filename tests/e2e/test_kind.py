@@ -28,6 +28,7 @@ from kindutil import (
     metrics_of,
     node_tiers,
     print_cluster_state,
+    source_summary,
     timed,
     uninstall_splitdnn,
     wait_for,
@@ -203,9 +204,8 @@ def resplit_without_failed_frames(cluster) -> None:
     finally:
         if follow.poll() is None:
             follow.kill()
-    done = [line for line in log_path.read_text().splitlines() if "source done:" in line]
-    assert done, log_path.read_text()[-3000:]
-    summary = json.loads(done[-1].split("source done:", 1)[1])
+    summary = source_summary(log_path.read_text())
+    assert summary, log_path.read_text()[-3000:]
     print(f"old split {old_split}: {summary}")
     assert summary["offered"] == sum(summary[o] for o in ("completed", "dropped", "late", "failed"))
     assert summary["completed"] > 0 and summary["failed"] == 0, summary
