@@ -57,6 +57,7 @@ def test_queries_against_a_real_prometheus():
     if prometheus_binary() is None:
         pytest.skip("prometheus binary not installed (scripts/install.sh installs Debian's package)")
     exporter, target = start_exporter("""
+        transfer.labels("demo", "cloud")  # a series with count 0, as a last tier's agent exports it
         rtt.labels("demo", "edge").set(0.5)
         bw.labels("demo", "edge").set(125000.0)
         for _ in range(600):
@@ -64,6 +65,10 @@ def test_queries_against_a_real_prometheus():
                 frames.labels("demo", "device", outcome).inc(n)
             stage.labels("demo", "device").observe(0.2)
             stage.labels("demo", "cloud").observe(0.01)
+            link_bytes.labels("demo", "edge").inc(1000)
+            transfer.labels("demo", "edge").observe(0.002)
+            # like a last tier's agent: bytes counted, no transfer timed (bytes per message = x/0 = +Inf)
+            link_bytes.labels("demo", "cloud").inc(500)
             time.sleep(0.1)
     """)
     try:
@@ -77,6 +82,9 @@ def test_queries_against_a_real_prometheus():
             assert m.link_rtt_seconds == {"edge": 0.5}
             assert m.link_bandwidth_bytes_per_second == {"edge": 125000.0}
             assert m.offered_per_second > 0
+            # +Inf (and NaN) never come out of the client: status is JSON, which has neither
+            assert m.link_bytes_per_message == {"edge": pytest.approx(1000.0)}
+            assert Prometheus(server.url).query("vector(1) / 0") == []
             with pytest.raises(PrometheusError, match="refused query"):
                 Prometheus(server.url).query("sum(")
     finally:

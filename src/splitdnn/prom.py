@@ -27,7 +27,9 @@ class Prometheus:
         self.timeout = timeout
 
     def query(self, expr: str) -> list[Sample]:
-        """Instant vector or scalar result of `expr`; NaN samples (0/0 rates) are dropped."""
+        """Instant vector or scalar result of `expr`; samples that are not finite are dropped: NaN (0/0 rates)
+        and ±Inf (x/0: e.g. bytes per message of a tier that counts bytes but times no transfer). An Inf would
+        reach status, which JSON cannot carry (it stalled the operator's status patch for good)."""
         target = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
             with urllib.request.urlopen(target, timeout=self.timeout) as response:
@@ -46,11 +48,11 @@ class Prometheus:
         data = body["data"]
         if data["resultType"] == "scalar":
             value = float(data["result"][1])
-            return [] if math.isnan(value) else [Sample({}, value)]
+            return [Sample({}, value)] if math.isfinite(value) else []
         samples = []
         for item in data["result"]:
             value = float(item["value"][1])
-            if not math.isnan(value):
+            if math.isfinite(value):
                 samples.append(Sample(item["metric"], value))
         return samples
 

@@ -31,13 +31,15 @@ frames = Counter("splitdnn_frames", "frames", ["si", "tier", "outcome"])
 stage = Histogram("splitdnn_stage_compute_seconds", "stage", ["si", "tier"])
 rtt = Gauge("splitdnn_link_rtt_seconds", "rtt", ["si", "tier"])
 bw = Gauge("splitdnn_link_bandwidth_bytes_per_second", "bw", ["si", "tier"])
+link_bytes = Counter("splitdnn_link_bytes", "bytes", ["si", "tier"])
+transfer = Histogram("splitdnn_link_transfer_seconds", "transfer", ["si", "tier"])
 start_http_server({port}, addr="127.0.0.1")
 """
 
 
 def start_exporter(body: str) -> tuple[subprocess.Popen, str]:
     """A subprocess publishing the agents' metrics with prometheus-client; `body` (Python, dedented) sets them
-    using `frames`, `stage`, `rtt`, `bw` and must loop for as long as it should serve. Returns (process, target)."""
+    using `frames`, `stage`, `rtt`, `bw`, `link_bytes`, `transfer` and must loop for as long as it should serve. Returns (process, target)."""
     import sys
     import textwrap
 
