@@ -11,6 +11,7 @@ for the operator (or for that finalizer to be removed by hand).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -210,6 +211,9 @@ class Operator:
             promql_namespace=self.settings.promql_namespace,
         )
         metrics_mod.decided(meta, time.monotonic() - started, p.resplit_reason)
+        # Kopf cannot send a NaN or an Infinity (not JSON), and its status patch then stalls this timer for good
+        # without a word: fail loudly instead (Kopf logs it and retries)
+        json.dumps(p.status, allow_nan=False)
         for key, value in p.status.items():
             patch.status[key] = value
         _post(body, p.events)
