@@ -3,11 +3,13 @@
 #   splitdnn/agent:dev      from agent_image/Dockerfile
 #   splitdnn/operator:dev   from operator/Dockerfile
 #   splitdnn/agent-lite:dev from agent_lite_image/Dockerfile (TensorFlow-free LiteRT agent)
-# Both with --build-arg BASE_IMAGE=splitdnn/base:bookworm (the Dockerfiles keep registry defaults for users who
+#   splitdnn/prometheus:dev from prometheus_image/Dockerfile (the chart's prometheus.enabled; its binary from
+#                           scripts/build-prometheus.sh, the only file in its build context)
+# All with --build-arg BASE_IMAGE=splitdnn/base:bookworm (the Dockerfiles keep registry defaults for users who
 # have one). Python wheels come from PyPI during the build (through the host's egress CA, baked into the base);
 # docker's layer cache makes warm re-runs take seconds. The legacy builder is used (DOCKER_BUILDKIT=0): BuildKit
 # would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
-# Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite]...   (default: all three).
+# Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite|prometheus]...   (default: all four).
 #   --arch arm64: build on splitdnn/base:bookworm-arm64 (scripts/build-base-image.sh --arch arm64) under
 #   qemu-user-static, tagged <name>:dev-arm64.
 #   SPLITDNN_IMAGE_ARCHIVES=DIR: also write DIR/<name>-<tag>.tar (docker save), for `k3s ctr images import`. A missing Dockerfile is reported and
@@ -23,8 +25,9 @@ TAG="${SPLITDNN_IMAGE_TAG:-dev}$suffix"
 platform=(); [[ -z "$suffix" ]] || platform=(--platform "linux/$ARCH")
 SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
 mkdir -p "$SPLITDNN_CACHE/logs"
-declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile [agent-lite]=agent_lite_image/Dockerfile)
-which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator agent-lite)
+declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile [agent-lite]=agent_lite_image/Dockerfile
+                   [prometheus]=prometheus_image/Dockerfile)
+which=("$@"); [[ ${#which[@]} -gt 0 ]] || which=(agent operator agent-lite prometheus)
 missing=0
 for name in "${which[@]}"; do
   df="${DOCKERFILE[$name]:-}"
@@ -36,7 +39,12 @@ for name in "${which[@]}"; do
   previous="$(docker image inspect -f '{{.Id}}' "splitdnn/$name:$TAG" 2>/dev/null || true)"
   log="$SPLITDNN_CACHE/logs/build-image-$name.log"
   echo "[images] splitdnn/$name:$TAG from $df (base $BASE_IMAGE; log $log)" >&2
-  if ! nice -n 10 docker build "${platform[@]}" -f "$df" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "splitdnn/$name:$TAG" . >"$log" 2>&1; then
+  context=.
+  if [[ "$name" == prometheus ]]; then  # a context of one file: the binary (docker's cache keys on its content)
+    context="$SPLITDNN_CACHE/prometheus/context-$ARCH"; mkdir -p "$context"
+    cp -f "$(bash scripts/build-prometheus.sh --arch "$ARCH" --print-binary)" "$context/prometheus"
+  fi
+  if ! nice -n 10 docker build "${platform[@]}" -f "$df" --build-arg BASE_IMAGE="$BASE_IMAGE" -t "splitdnn/$name:$TAG" "$context" >"$log" 2>&1; then
     tail -n 40 "$log" >&2; echo "[images] FAILED: docker build -f $df" >&2; exit 1
   fi
   # the image this build replaced is now untagged: ~2 GB per source change, which filled the disk after a few

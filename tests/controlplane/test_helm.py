@@ -314,3 +314,36 @@ def test_max_model_bytes_reaches_the_operator():
 
     assert "SPLITDNN_MAX_MODEL_BYTES" not in env()
     assert env("agent.maxModelBytes=2Gi")["SPLITDNN_MAX_MODEL_BYTES"] == "2Gi"
+
+
+def test_prometheus_of_the_release_only_when_enabled():
+    assert not any(d["metadata"]["name"].endswith("-prometheus") for d in render())
+    docs = render("prometheus.enabled=true", "watchNamespaces={a}")
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    name = f"{RELEASE}-prometheus"
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service"):
+        assert (kind, name) in objs, kind
+    # pod discovery only
+    assert objs[("ClusterRole", name)]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    (job,) = yaml.safe_load(objs[("ConfigMap", name)]["data"]["prometheus.yml"])["scrape_configs"]
+    assert job["honor_labels"] is True
+    assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["a", RELEASE_NS]}}]
+    keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    assert keep == [
+        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "true", "action": "keep"}
+    ]
+    pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name and pod["containers"][0]["image"] == "splitdnn/prometheus:0.1.0"
+    # the operator is scraped by its annotations, and matches the agents' series on the namespace label
+    operator = objs[("Deployment", RELEASE)]["spec"]["template"]
+    assert operator["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    env = {e["name"]: e.get("value") for e in operator["spec"]["containers"][0]["env"]}
+    assert env["SPLITDNN_PROMQL_NAMESPACE"] == "1"
+    assert "SPLITDNN_PROMQL_NAMESPACE" not in {
+        e["name"]
+        for d in render()
+        if d["kind"] == "Deployment"
+        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
