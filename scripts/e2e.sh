@@ -3,11 +3,15 @@
 #   scripts/e2e.sh prepare   docker up, base image, kind node image + kind/kubectl/helm, host inotify limits,
 #                            project images
 #   scripts/e2e.sh test      prepare, then `pytest -m kind_e2e tests/e2e` (extra args go to pytest)
+#   scripts/e2e.sh loop      prepare, then only the closed loop with the chart's Prometheus (tests/e2e/test_loop.py);
+#                            its last line on stdout is the scenario's JSON (slo, drop rates, resplit/switch-over
+#                            seconds, frame outcomes, splits before/after)
 # Caches: $SPLITDNN_CACHE (default ~/.cache/splitdnn): base/, kind/<k8s>-kind<kind>/, go-build/, go-mod/, and
 # Docker's own image/layer store. A warm `prepare` takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-test}"; [[ $# -gt 0 ]] && shift
+case "$mode" in prepare|test|loop) ;; *) echo "usage: scripts/e2e.sh [prepare|test|loop] [pytest args]" >&2; exit 2;; esac
 T=(); start=$SECONDS
 step() {  # step <label> <command...>
   local label="$1"; shift; local t0=$SECONDS rc=0
@@ -34,4 +38,12 @@ elif [[ $rc -ne 0 ]]; then exit $rc; fi
 
 py="${SPLITDNN_PYTHON:-}"
 if [[ -z "$py" ]]; then bash scripts/install.sh; py=.venv/bin/python; fi
+if [[ "$mode" == loop ]]; then
+  rm -f .pytest-kind/loop.json
+  rc=0; step "pytest tests/e2e/test_loop.py" "$py" -m pytest -m kind_e2e tests/e2e/test_loop.py -s "$@" || rc=$?
+  summary; trap - EXIT
+  # the contract: the scenario's JSON object is the last line (written by the test, even when it failed midway)
+  [[ -s .pytest-kind/loop.json ]] && tail -n 1 .pytest-kind/loop.json
+  exit $rc
+fi
 step "pytest -m kind_e2e" "$py" -m pytest -m kind_e2e tests/e2e "$@"

@@ -24,8 +24,7 @@ def timed(what: str):
 
 
 def sh(*cmd, timeout=600, check=True, capture=True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout, text=True,
-                          capture_output=capture, **kw)
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout, text=True, capture_output=capture, **kw)
     if check and proc.returncode != 0:
         out = ((proc.stdout or "") + (proc.stderr or ""))[-4000:]
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{out}")
@@ -78,17 +77,26 @@ def load_image_once(cluster, image: str, nodes: list[str] | None = None) -> None
         _LOADED.add((cluster.name, image))
 
 
-def install_splitdnn(cluster) -> None:
+PROMETHEUS_SERVICE = "splitdnn-prometheus"  # the chart's prometheus.enabled (release `splitdnn`)
+
+
+def install_splitdnn(cluster, prometheus: bool = False) -> None:
     """The project images (built once per session unless SPLITDNN_E2E_PREBUILT_IMAGES=1), loaded where they run,
-    and `helm upgrade --install` of helm/splitdnn with the operator pinned to the cloud node."""
+    and `helm upgrade --install` of helm/splitdnn with the operator pinned to the cloud node; `prometheus`: with
+    the chart's own Prometheus server (on the cloud node too), Ready before this returns."""
+    images = ["agent", "operator", "prometheus"]
     if os.environ.get("SPLITDNN_E2E_PREBUILT_IMAGES") != "1" and ("images", "built") not in _LOADED:
         with timed("images (scripts/build-images.sh)"):
-            sh("bash", "scripts/build-images.sh", "agent", "operator", timeout=3600)
+            sh("bash", "scripts/build-images.sh", *images, timeout=3600)
         _LOADED.add(("images", "built"))
     tier_nodes = {t: n for n, t in node_tiers(cluster).items() if t}
     load_image_once(cluster, "splitdnn/agent:dev", list(tier_nodes.values()))
-    # the operator runs in the cloud tier (pinned below), so its image only goes there
+    # the operator (and Prometheus) run in the cloud tier (pinned below), so their images only go there
     load_image_once(cluster, "splitdnn/operator:dev", [tier_nodes["cloud"]])
+    extra = []
+    if prometheus:
+        load_image_once(cluster, "splitdnn/prometheus:dev", [tier_nodes["cloud"]])
+        extra = ["--set", "prometheus.enabled=true", "--set", "prometheus.image.tag=dev"]
     with timed("helm install splitdnn"):
         sh(
             cluster.tools.helm,
@@ -110,11 +118,36 @@ def install_splitdnn(cluster) -> None:
             "agent.image.tag=dev",
             "--set-string",
             r"nodeSelector.splitdnn\.io/tier=cloud",
+            *extra,
             "--wait",
             "--timeout",
             "10m",
             timeout=700,
         )
+
+
+def prometheus_query(cluster, expr: str, at: float | None = None, since: float | None = None) -> list[dict]:
+    """A query to the chart's Prometheus through the API server's service proxy (no port-forward): instant (at
+    `at`, default now), or with `since` a range query from then to now in 5 s steps (what a dashboard shows)."""
+    import urllib.parse
+
+    if since is None:
+        api, params = "query", {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
+    else:
+        api, params = "query_range", {"query": expr, "start": f"{since:.3f}", "end": f"{time.time():.3f}", "step": "5"}
+    path = (
+        f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/services/http:{PROMETHEUS_SERVICE}:http/proxy/api/v1/{api}?"
+        + urllib.parse.urlencode(params)
+    )
+    body = json.loads(cluster.kubectl("get", "--raw", path))
+    assert body.get("status") == "success", body
+    return body["data"]["result"]
+
+
+def prometheus_value(cluster, expr: str, at: float | None = None) -> float | None:
+    """The single value of an instant query (None: no data)."""
+    result = prometheus_query(cluster, expr, at)
+    return float(result[0]["value"][1]) if result else None
 
 
 def uninstall_splitdnn(cluster) -> None:
