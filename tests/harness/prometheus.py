@@ -39,7 +39,8 @@ start_http_server({port}, addr="127.0.0.1")
 
 def start_exporter(body: str) -> tuple[subprocess.Popen, str]:
     """A subprocess publishing the agents' metrics with prometheus-client; `body` (Python, dedented) sets them
-    using `frames`, `stage`, `rtt`, `bw`, `link_bytes`, `transfer` and must loop for as long as it should serve. Returns (process, target)."""
+    using `frames`, `stage`, `rtt`, `bw`, `link_bytes`, `transfer` and must loop for as long as it should serve.
+    Returns (process, target)."""
     import sys
     import textwrap
 
