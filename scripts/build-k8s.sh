@@ -28,18 +28,7 @@ SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
 GO="${GO:-}"
 NICE="${NICE:-nice -n 10}"
 
-if [[ -z "$GO" ]]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
-  elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
-  else echo "build-k8s: no Go toolchain found (install Go >= 1.23 or set GO=...)" >&2; exit 1; fi
-fi
-
-export GOCACHE="${GOCACHE:-$SPLITDNN_CACHE/go-build}"
-export GOMODCACHE="${GOMODCACHE:-$SPLITDNN_CACHE/go-mod}"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+source "$(dirname "$0")/lib/go-env.sh" build-k8s
 
 BIN="$SPLITDNN_CACHE/bin"
 K8S_BIN="$SPLITDNN_CACHE/k8s/$K8S_VERSION/bin"

@@ -28,17 +28,7 @@ done
 TAGS=remove_all_sd,enable_kubernetes_sd
 OUT="$SPLITDNN_CACHE/prometheus/$PROMETHEUS_MODULE_VERSION-k8s-$ARCH"
 if [[ ! -x "$OUT/prometheus" ]]; then
-  if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
-    else echo "build-prometheus: no Go toolchain found (install Go >= 1.25 or set GO=...)" >&2; exit 1; fi
-  fi
-  export GOCACHE="${GOCACHE:-$SPLITDNN_CACHE/go-build}"
-  export GOMODCACHE="${GOMODCACHE:-$SPLITDNN_CACHE/go-mod}"
-  export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-  export GOTOOLCHAIN=local
-  export CGO_ENABLED=0
-  export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+  source "$(dirname "$0")/lib/go-env.sh" build-prometheus
   T0=$(date +%s)
   minor="${PROMETHEUS_MODULE_VERSION#v0.}"; minor="${minor%%.*}"  # Go module v0.MMmm.p is Prometheus M.mm.p
   version="$((minor / 100)).$((minor % 100)).${PROMETHEUS_MODULE_VERSION##*.}"

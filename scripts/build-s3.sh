@@ -29,17 +29,7 @@ if [[ -x "$OUT/versitygw" ]]; then
   exit 0
 fi
 
-if [[ -z "$GO" ]]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
-  elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
-  else echo "build-s3: no Go toolchain found (install Go >= 1.25 or set GO=...)" >&2; exit 1; fi
-fi
-export GOCACHE="${GOCACHE:-$SPLITDNN_CACHE/go-build}"
-export GOMODCACHE="${GOMODCACHE:-$SPLITDNN_CACHE/go-mod}"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+source "$(dirname "$0")/lib/go-env.sh" build-s3
 
 T0=$(date +%s)
 echo "build-s3: versitygw $VERSITYGW_VERSION (go install, cold: minutes) ..." >&2

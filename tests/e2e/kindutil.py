@@ -163,6 +163,21 @@ def uninstall_splitdnn(cluster) -> None:
     )
 
 
+def tiers_available(
+    cluster, name: str, namespace: str = "default", tiers=("device", "edge", "cloud"), timeout: str = "900s"
+) -> None:
+    """Wait for a SplitInference's tier Deployments to exist (the operator creates them) and be Available."""
+    for tier in tiers:
+        wait_for(
+            f"deployment {namespace}/{name}-{tier}",
+            lambda tier=tier: cluster.kubectl("get", "deployment", f"{name}-{tier}", "-n", namespace, "-o", "name"),
+            timeout=120,
+        )
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Available", f"--timeout={timeout}", *[f"deployment/{name}-{t}" for t in tiers]
+    )
+
+
 def metrics_of(cluster, pod: str, port: int = 9100, namespace: str = "default") -> str:
     return cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics")
 

@@ -31,6 +31,7 @@ from kindutil import (
     print_cluster_state,
     sh,
     source_summary,
+    tiers_available,
     timed,
     uninstall_splitdnn,
     wait_for,
@@ -71,20 +72,7 @@ def pods(cluster, name: str, namespace: str, tier: str) -> list[dict]:
 
 
 def available(cluster, name: str, namespace: str) -> None:
-    for tier in TIERS:
-        wait_for(
-            f"deployment {namespace}/{name}-{tier}",
-            lambda tier=tier: cluster.kubectl("get", "deployment", f"{name}-{tier}", "-n", namespace, "-o", "name"),
-            timeout=120,
-        )
-    cluster.kubectl(
-        "wait",
-        "-n",
-        namespace,
-        "--for=condition=Available",
-        "--timeout=600s",
-        *[f"deployment/{name}-{t}" for t in TIERS],
-    )
+    tiers_available(cluster, name, namespace, TIERS, timeout="600s")
 
 
 def counts(cluster, pod: str, namespace: str) -> dict[str, float]:

@@ -29,6 +29,7 @@ from kindutil import (
     node_tiers,
     print_cluster_state,
     source_summary,
+    tiers_available,
     timed,
     uninstall_splitdnn,
     wait_for,
@@ -303,15 +304,7 @@ def test_splitinference_end_to_end(kind_cluster):
     try:
         with timed("kubectl apply examples/cnn14.yaml -> tiers Available"):
             kind_cluster.kubectl("apply", "-f", str(ROOT / "examples" / "cnn14.yaml"))
-            for tier in TIERS:
-                wait_for(
-                    f"deployment {SI}-{tier}",
-                    lambda tier=tier: kind_cluster.kubectl("get", "deployment", f"{SI}-{tier}", "-o", "name"),
-                    timeout=120,
-                )
-            kind_cluster.kubectl(
-                "wait", "--for=condition=Available", "--timeout=900s", *[f"deployment/{SI}-{t}" for t in TIERS]
-            )
+            tiers_available(kind_cluster, SI, tiers=TIERS)
 
         tiers = node_tiers(kind_cluster)
         pods, kernel_netem = {}, {}

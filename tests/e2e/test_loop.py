@@ -39,6 +39,7 @@ from kindutil import (
     prometheus_value,
     sh,
     source_summary,
+    tiers_available,
     timed,
     uninstall_splitdnn,
     wait_for,
@@ -159,15 +160,7 @@ def test_loop_reacts_to_a_degraded_link_through_prometheus(kind_cluster):
     try:
         with timed("loop: SplitInference Available, Prometheus scraping it"):
             cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(resource()))
-            for tier in TIERS:
-                wait_for(
-                    f"deployment {SI}-{tier}",
-                    lambda tier=tier: cluster.kubectl("get", "deployment", f"{SI}-{tier}", "-o", "name"),
-                    timeout=120,
-                )
-            cluster.kubectl(
-                "wait", "--for=condition=Available", "--timeout=900s", *[f"deployment/{SI}-{t}" for t in TIERS]
-            )
+            tiers_available(cluster, SI, NAMESPACE, TIERS)
             old = wait_for("one serving device pod", lambda: serving_device(cluster), timeout=300)["metadata"]["name"]
             follows.append(follow_log(cluster, old, logs / "old-device.log"))
             wait_for(
