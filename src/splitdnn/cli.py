@@ -619,6 +619,35 @@ def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e
     typer.echo(f"{dev}: {'cleared' if removed else 'nothing to clear'}")
 
 
+@app.command("probe")
+def probe_cmd(
+    name: str = typer.Option(..., "--name", help="this node's name (the `from` label), e.g. the Kubernetes node"),
+    listen: str = typer.Option("0.0.0.0:9200", "--listen", help="HOST:PORT answering the peers (UDP and TCP)"),
+    peer: list[str] = typer.Option([], "--peer", help="NAME=HOST:PORT of another node's probe (repeatable)"),
+    budget: float = typer.Option(0.01, "--budget", help="share of a link's measured capacity probing may use"),
+    probe_seconds: float = typer.Option(0.2, "--probe-seconds", help="how long one bandwidth probe fills a link"),
+    rtt_interval: float = typer.Option(1.0, "--rtt-interval", help="seconds between RTT echoes per peer"),
+    metrics_port: int = typer.Option(9101, "--metrics-port", help="serve the link matrix for Prometheus here"),
+):
+    """Measure RTT and bandwidth to every peer at a bounded cost; export splitdnn_node_link_* (docs/placement.md)."""
+    from splitdnn import probe
+
+    try:
+        peers = [probe.Peer.parse(p) for p in peer]
+        limits = probe.Budget(budget, probe_seconds, rtt_interval)
+        host, colon, port = listen.rpartition(":")
+        if not (colon and port.isdigit()):
+            raise ValueError(f"--listen {listen!r}: expected HOST:PORT")
+    except ValueError as exc:
+        fail(str(exc))
+    if not peers:
+        fail("no --peer: nothing to probe")
+    try:
+        probe.serve(name, listen, peers, limits, metrics_port)
+    except OSError as exc:
+        fail(f"cannot listen on {listen} or serve metrics on :{metrics_port}: {exc}")
+
+
 # --- operator ----------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,277 @@
+"""The node link probe (issue #19, item 3): one `splitdnn probe` per candidate node measures round-trip time and
+bandwidth to every other node at a bounded cost, and exports the link matrix for Prometheus:
+
+    splitdnn_node_link_rtt_seconds{from,to}                    median of the last 5 UDP echoes
+    splitdnn_node_link_bandwidth_bytes_per_second{from,to}     the last bulk transfer from `from` to `to`
+    splitdnn_node_link_probe_bytes_total{from,to}              what probing that link has cost (payload bytes)
+
+Wire protocol, one port for both (so one Service/hostPort serves a node):
+  UDP: every datagram (≤ 64 bytes) is echoed back: the RTT probe, one per `rtt_interval` per peer.
+  TCP: the client sends b"SDP1" + a big-endian uint64 length + that many bytes; the server reads them all and
+       answers b"K". The time from the first byte sent to b"K" is one RTT plus length / bandwidth.
+
+Cost bound: a bulk probe is sized to fill the link for about `probe_seconds` at the last measured bandwidth (first
+probe: 64 KiB), and the next one waits until the bytes sent stay within `budget` of that bandwidth: the gap is
+size / (budget × bandwidth), i.e. probe_seconds / budget (20 s at 0.2 s and 1 %). The RTT echoes add ~64 B/s per
+peer. So on any link the probe's average load is ≤ budget × capacity + 64 B/s, whatever the link's speed.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MAGIC = b"SDP1"
+HEADER = struct.Struct("!4sQ")
+PING_BYTES = 64
+FIRST_PROBE_BYTES = 64 * 1024
+MIN_PROBE_BYTES = 16 * 1024
+MAX_PROBE_BYTES = 8 * 1024 * 1024  # a probe of a fast link lasts < probe_seconds rather than flood it
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Budget:
+    fraction: float = 0.01  # the share of a link's measured capacity probing may use on average
+    probe_seconds: float = 0.2  # how long one bulk probe fills the link
+    rtt_interval: float = 1.0  # seconds between RTT echoes per peer
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 0.5:
+            raise ValueError(f"budget {self.fraction}: must be > 0 and ≤ 0.5 (a share of the link's capacity)")
+        if self.probe_seconds <= 0 or self.rtt_interval <= 0:
+            raise ValueError("probe seconds and RTT interval must be > 0")
+
+    def probe_bytes(self, bandwidth: float | None) -> int:
+        """The next bulk probe's size: `probe_seconds` of the last measured bandwidth, within fixed bounds."""
+        if bandwidth is None:
+            return FIRST_PROBE_BYTES
+        return int(min(MAX_PROBE_BYTES, max(MIN_PROBE_BYTES, bandwidth * self.probe_seconds)))
+
+    def gap_seconds(self, sent_bytes: int, bandwidth: float) -> float:
+        """How long to wait after a probe of `sent_bytes` so that probing averages ≤ fraction × bandwidth."""
+        return sent_bytes / (self.fraction * bandwidth)
+
+
+def bandwidth_of(sent_bytes: int, seconds: float, rtt: float | None) -> float:
+    """Bytes per second of a timed transfer whose time includes one round trip (the first byte out, the ack back)."""
+    transfer = seconds - (rtt or 0.0)
+    return sent_bytes / max(transfer, seconds * 0.05, 1e-6)
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """NAME=HOST:PORT"""
+        name, sep, address = text.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not (sep and colon and name and host and port.isdigit()):
+            raise ValueError(f"peer {text!r}: expected NAME=HOST:PORT")
+        return cls(name, host.strip("[]"), int(port))
+
+
+class Server:
+    """Answers the peers' probes: UDP echo and TCP bulk sink, on one address and port."""
+
+    def __init__(self, host: str, port: int):
+        self.tcp = socket.create_server((host, port))
+        self.port = self.tcp.getsockname()[1]  # port 0: the kernel's choice, then the same port for UDP
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((host, self.port))
+        self._stop = threading.Event()
+
+    def start(self) -> Server:
+        threading.Thread(target=self._echo, daemon=True, name="probe-udp").start()
+        threading.Thread(target=self._accept, daemon=True, name="probe-tcp").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for s in (self.udp, self.tcp):
+            s.close()
+
+    def _echo(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.udp.recvfrom(PING_BYTES)
+                self.udp.sendto(data, addr)
+            except OSError:
+                return
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._sink, args=(conn,), daemon=True, name="probe-sink").start()
+
+    @staticmethod
+    def _sink(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(120)
+            try:
+                head = _recv_exactly(conn, HEADER.size)
+                magic, length = HEADER.unpack(head)
+                if magic != MAGIC or length > MAX_PROBE_BYTES:
+                    return
+                left = length
+                while left:
+                    chunk = conn.recv(min(CHUNK, left))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+                conn.sendall(b"K")
+            except OSError:
+                return
+
+
+def _recv_exactly(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("peer closed the connection")
+        buf += chunk
+    return buf
+
+
+def ping(peer: Peer, timeout: float = 1.0) -> float | None:
+    """One UDP echo's round-trip time (None: lost or refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        payload = struct.pack("!d", time.perf_counter()).ljust(PING_BYTES, b"\0")
+        t0 = time.perf_counter()
+        try:
+            s.sendto(payload, (peer.host, peer.port))
+            while True:
+                data, _ = s.recvfrom(PING_BYTES)
+                if data == payload:
+                    return time.perf_counter() - t0
+        except OSError:
+            return None
+
+
+def bulk(peer: Peer, size: int, timeout: float = 60.0) -> float:
+    """Send `size` bytes to the peer's sink; seconds from the first byte sent to its acknowledgement. The TCP
+    connection is set up before the clock starts."""
+    payload = bytes(min(CHUNK, size))
+    with socket.create_connection((peer.host, peer.port), timeout=timeout) as s:
+        t0 = time.perf_counter()
+        s.sendall(HEADER.pack(MAGIC, size))
+        left = size
+        while left:
+            n = min(len(payload), left)
+            s.sendall(payload[:n])
+            left -= n
+        if _recv_exactly(s, 1) != b"K":
+            raise ConnectionError("bad acknowledgement")
+        return time.perf_counter() - t0
+
+
+@dataclass
+class Link:
+    """What one node knows of its link to one peer."""
+
+    peer: Peer
+    rtts: deque = field(default_factory=lambda: deque(maxlen=5))
+    bandwidth: float | None = None
+    next_bulk: float = 0.0  # monotonic time the next bulk probe may start
+    probe_bytes: int = 0  # everything probing this link has sent (RTT echoes and bulk payloads)
+
+    @property
+    def rtt(self) -> float | None:
+        return statistics.median(self.rtts) if self.rtts else None
+
+
+class Prober:
+    """Probes every peer from node `name`, one thread per peer; `on_update(link)` after every measurement."""
+
+    def __init__(self, name: str, peers: list[Peer], budget: Budget, on_update: Callable[[str, Link], None]):
+        self.name, self.budget, self.on_update = name, budget, on_update
+        self.links = {p.name: Link(p) for p in peers if p.name != name}
+        self._stop = threading.Event()
+        # one bulk probe at a time leaves this node: two at once would share its uplink and each see half of it
+        self._bulk = threading.Lock()
+
+    def start(self) -> Prober:
+        for link in self.links.values():
+            threading.Thread(target=self._run, args=(link,), daemon=True, name=f"probe-{link.peer.name}").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self, link: Link) -> None:
+        while not self._stop.is_set():
+            rtt = ping(link.peer)
+            link.probe_bytes += PING_BYTES
+            if rtt is not None:
+                link.rtts.append(rtt)
+            now = time.monotonic()
+            if rtt is not None and now >= link.next_bulk:
+                size = self.budget.probe_bytes(link.bandwidth)
+                try:
+                    with self._bulk:
+                        seconds = bulk(link.peer, size)
+                except OSError:
+                    link.next_bulk = now + self.budget.rtt_interval * 5  # unreachable for bulk: try again later
+                else:
+                    link.probe_bytes += size
+                    link.bandwidth = bandwidth_of(size, seconds, link.rtt)
+                    link.next_bulk = time.monotonic() + self.budget.gap_seconds(size, link.bandwidth)
+            self.on_update(self.name, link)
+            self._stop.wait(self.budget.rtt_interval)
+
+
+def serve(name: str, listen: str, peers: list[Peer], budget: Budget, metrics_port: int) -> None:
+    """`splitdnn probe`: answer the peers, probe them, export the matrix on `metrics_port` until interrupted."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry()
+    labels = ["from", "to"]
+    rtt = Gauge(
+        "splitdnn_node_link_rtt_seconds",
+        "round-trip time to a node (median of 5 UDP echoes)",
+        labels,
+        registry=registry,
+    )
+    bw = Gauge(
+        "splitdnn_node_link_bandwidth_bytes_per_second",
+        "bandwidth to a node (last bulk probe)",
+        labels,
+        registry=registry,
+    )
+    cost = Counter("splitdnn_node_link_probe_bytes", "bytes sent to probe a link", labels, registry=registry)
+    sent: dict[str, int] = {}
+
+    def update(me: str, link: Link) -> None:
+        to = link.peer.name
+        if link.rtt is not None:
+            rtt.labels(me, to).set(link.rtt)
+        if link.bandwidth is not None:
+            bw.labels(me, to).set(link.bandwidth)
+        cost.labels(me, to).inc(link.probe_bytes - sent.get(to, 0))
+        sent[to] = link.probe_bytes
+
+    server = Server(host or "0.0.0.0", int(port)).start()
+    start_http_server(metrics_port, registry=registry)
+    prober = Prober(name, peers, budget, update).start()
+    print(f"probe {name}: listening on {listen}, {len(prober.links)} peers, budget {budget.fraction:g}", flush=True)
+    try:
+        threading.Event().wait()
+    finally:
+        prober.stop()
+        server.stop()
