@@ -15,7 +15,17 @@ import time
 import pytest
 
 from splitdnn.agent import netns
-from splitdnn.probe import FIRST_PROBE_BYTES, MAX_PROBE_BYTES, MIN_PROBE_BYTES, Budget, Peer, bandwidth_of
+from splitdnn.probe import (
+    FIRST_PROBE_BYTES,
+    MAX_PROBE_BYTES,
+    MIN_PROBE_BYTES,
+    Budget,
+    Peer,
+    Prober,
+    Server,
+    bandwidth_of,
+    discover,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,6 +37,7 @@ def test_budget_sizes_and_spaces_probes():
     assert b.probe_bytes(1_000) == MIN_PROBE_BYTES and b.probe_bytes(1e12) == MAX_PROBE_BYTES
     # a probe of 0.2 s of the link, then 20 s of quiet: 1 % on average
     assert b.gap_seconds(100_000, 500_000) == pytest.approx(20.0)
+    assert b.gap_seconds(MAX_PROBE_BYTES, 1e9) == 5.0  # a fast link: probed less than the budget allows
     assert bandwidth_of(100_000, 0.21, 0.01) == pytest.approx(500_000)
     with pytest.raises(ValueError, match="budget"):
         Budget(0.9)
@@ -39,13 +50,37 @@ def test_peer_parse_and_cli_errors():
             Peer.parse(bad)
     for args, message in (
         (["--peer", "oops"], "expected NAME=HOST:PORT"),
-        ([], "no --peer"),
+        ([], "no --peer and no --peers-dns"),
         (["--peer", "b=127.0.0.1:1", "--budget", "2"], "budget 2.0"),
     ):
         p = subprocess.run(
             [sys.executable, "-m", "splitdnn", "probe", "--name", "a", *args], capture_output=True, text=True
         )
         assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+
+
+def test_discovery_by_dns_and_peers_coming_and_going():
+    """Probes behind one DNS name (here `localhost`) are found and named by their own answer; this node is left
+    out; a peer that leaves is no longer probed and its series are removed."""
+    b = Server("127.0.0.1", 0, name="b").start()
+    try:
+        assert discover(f"localhost:{b.port}", own_name="a") == [Peer("b", "127.0.0.1", b.port)]
+        assert discover(f"localhost:{b.port}", own_name="b") == []
+        updates, removed = [], []
+        prober = Prober("a", Budget(0.01, 0.2, 0.1), lambda me, link: updates.append(link.peer.name),
+                        lambda me, link: removed.append(link.peer.name))  # fmt: skip
+        prober.set_peers([Peer("b", "127.0.0.1", b.port), Peer("a", "127.0.0.1", 1)])  # itself: left out
+        assert list(prober.links) == ["b"]
+        deadline = time.monotonic() + 10
+        while prober.links["b"].bandwidth is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert prober.links["b"].rtt and prober.links["b"].bandwidth, prober.links["b"]
+        assert prober.links["b"].probe_bytes >= FIRST_PROBE_BYTES and "b" in updates
+        prober.set_peers([])
+        assert prober.links == {} and removed == ["b"]
+        prober.stop()
+    finally:
+        b.stop()
 
 
 NETNS_OK, NETNS_WHY = netns.available()

@@ -624,6 +624,9 @@ def probe_cmd(
     name: str = typer.Option(..., "--name", help="this node's name (the `from` label), e.g. the Kubernetes node"),
     listen: str = typer.Option("0.0.0.0:9200", "--listen", help="HOST:PORT answering the peers (UDP and TCP)"),
     peer: list[str] = typer.Option([], "--peer", help="NAME=HOST:PORT of another node's probe (repeatable)"),
+    peers_dns: str | None = typer.Option(
+        None, "--peers-dns", help="HOST:PORT whose A records are the other probes (a headless Service), every 30 s"
+    ),
     budget: float = typer.Option(0.01, "--budget", help="share of a link's measured capacity probing may use"),
     probe_seconds: float = typer.Option(0.2, "--probe-seconds", help="how long one bandwidth probe fills a link"),
     rtt_interval: float = typer.Option(1.0, "--rtt-interval", help="seconds between RTT echoes per peer"),
@@ -640,10 +643,12 @@ def probe_cmd(
             raise ValueError(f"--listen {listen!r}: expected HOST:PORT")
     except ValueError as exc:
         fail(str(exc))
-    if not peers:
-        fail("no --peer: nothing to probe")
+    if not peers and not peers_dns:
+        fail("no --peer and no --peers-dns: nothing to probe")
+    if peers_dns and not peers_dns.rpartition(":")[2].isdigit():
+        fail(f"--peers-dns {peers_dns!r}: expected HOST:PORT")
     try:
-        probe.serve(name, listen, peers, limits, metrics_port)
+        probe.serve(name, listen, peers, limits, metrics_port, peers_dns=peers_dns)
     except OSError as exc:
         fail(f"cannot listen on {listen} or serve metrics on :{metrics_port}: {exc}")
 

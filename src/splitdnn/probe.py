@@ -9,10 +9,13 @@ Wire protocol, one port for both (so one Service/hostPort serves a node):
   UDP: every datagram (≤ 64 bytes) is echoed back: the RTT probe, one per `rtt_interval` per peer.
   TCP: the client sends b"SDP1" + a big-endian uint64 length + that many bytes; the server reads them all and
        answers b"K". The time from the first byte sent to b"K" is one RTT plus length / bandwidth.
+       b"SDPN" + length 0 asks the node's name instead (answered with the name and a newline): how probes that
+       find each other by DNS (`--peers-dns`, a headless Service over a DaemonSet) learn the `to` label.
 
 Cost bound: a bulk probe is sized to fill the link for about `probe_seconds` at the last measured bandwidth (first
-probe: 64 KiB), and the next one waits until the bytes sent stay within `budget` of that bandwidth: the gap is
-size / (budget × bandwidth), i.e. probe_seconds / budget (20 s at 0.2 s and 1 %). The RTT echoes add ~64 B/s per
+probe: 64 KiB; at most 1 MiB), and the next one waits until the bytes sent stay within `budget` of that
+bandwidth: the gap is size / (budget × bandwidth), i.e. probe_seconds / budget (20 s at 0.2 s and 1 %), and at
+least `min_gap` (5 s). The RTT echoes add ~64 B/s per
 peer. So on any link the probe's average load is ≤ budget × capacity + 64 B/s, whatever the link's speed.
 """
 
@@ -28,11 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAGIC = b"SDP1"
+NAME_MAGIC = b"SDPN"
 HEADER = struct.Struct("!4sQ")
 PING_BYTES = 64
 FIRST_PROBE_BYTES = 64 * 1024
 MIN_PROBE_BYTES = 16 * 1024
-MAX_PROBE_BYTES = 8 * 1024 * 1024  # a probe of a fast link lasts < probe_seconds rather than flood it
+# A probe of a fast link lasts less than probe_seconds rather than flood it, and when a link's capacity drops
+# abruptly the next probe, sized for the old capacity, cannot hog the new one for long (1 MiB at 2 mbit: 4 s).
+MAX_PROBE_BYTES = 1024 * 1024
 CHUNK = 64 * 1024
 
 
@@ -41,6 +47,7 @@ class Budget:
     fraction: float = 0.01  # the share of a link's measured capacity probing may use on average
     probe_seconds: float = 0.2  # how long one bulk probe fills the link
     rtt_interval: float = 1.0  # seconds between RTT echoes per peer
+    min_gap: float = 5.0  # seconds between bandwidth probes of a link however fast it is (cost then < budget)
 
     def __post_init__(self):
         if not 0 < self.fraction <= 0.5:
@@ -56,7 +63,7 @@ class Budget:
 
     def gap_seconds(self, sent_bytes: int, bandwidth: float) -> float:
         """How long to wait after a probe of `sent_bytes` so that probing averages ≤ fraction × bandwidth."""
-        return sent_bytes / (self.fraction * bandwidth)
+        return max(self.min_gap, sent_bytes / (self.fraction * bandwidth))
 
 
 def bandwidth_of(sent_bytes: int, seconds: float, rtt: float | None) -> float:
@@ -82,9 +89,10 @@ class Peer:
 
 
 class Server:
-    """Answers the peers' probes: UDP echo and TCP bulk sink, on one address and port."""
+    """Answers the peers' probes: UDP echo and TCP bulk sink (and its name), on one address and port."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, name: str = ""):
+        self.name = name
         self.tcp = socket.create_server((host, port))
         self.port = self.tcp.getsockname()[1]  # port 0: the kernel's choice, then the same port for UDP
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -117,13 +125,15 @@ class Server:
                 return
             threading.Thread(target=self._sink, args=(conn,), daemon=True, name="probe-sink").start()
 
-    @staticmethod
-    def _sink(conn: socket.socket) -> None:
+    def _sink(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(120)
             try:
                 head = _recv_exactly(conn, HEADER.size)
                 magic, length = HEADER.unpack(head)
+                if magic == NAME_MAGIC:
+                    conn.sendall(self.name.encode() + b"\n")
+                    return
                 if magic != MAGIC or length > MAX_PROBE_BYTES:
                     return
                 left = length
@@ -180,6 +190,38 @@ def bulk(peer: Peer, size: int, timeout: float = 60.0) -> float:
         return time.perf_counter() - t0
 
 
+def name_of(host: str, port: int, timeout: float = 3.0) -> str:
+    """A probe's node name (its answer to b"SDPN")."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(HEADER.pack(NAME_MAGIC, 0))
+        data = b""
+        while not data.endswith(b"\n") and len(data) < 256:
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    name = data.decode(errors="replace").strip()
+    if not name:
+        raise ConnectionError(f"{host}:{port} did not say its name")
+    return name
+
+
+def discover(address: str, own_name: str) -> list[Peer]:
+    """The probes behind a DNS name (HOST:PORT; a headless Service has one A record per pod), named by their own
+    answer; this node itself is left out. A probe that does not answer is left out until the next round."""
+    host, _, port = address.rpartition(":")
+    ips = sorted({str(info[4][0]) for info in socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)})
+    peers = []
+    for ip in ips:
+        try:
+            name = name_of(ip, int(port))
+        except OSError:
+            continue
+        if name != own_name:
+            peers.append(Peer(name, ip, int(port)))
+    return peers
+
+
 @dataclass
 class Link:
     """What one node knows of its link to one peer."""
@@ -198,23 +240,37 @@ class Link:
 class Prober:
     """Probes every peer from node `name`, one thread per peer; `on_update(link)` after every measurement."""
 
-    def __init__(self, name: str, peers: list[Peer], budget: Budget, on_update: Callable[[str, Link], None]):
-        self.name, self.budget, self.on_update = name, budget, on_update
-        self.links = {p.name: Link(p) for p in peers if p.name != name}
+    def __init__(
+        self,
+        name: str,
+        budget: Budget,
+        on_update: Callable[[str, Link], None],
+        on_remove: Callable[[str, Link], None] | None = None,
+    ):
+        self.name, self.budget, self.on_update, self.on_remove = name, budget, on_update, on_remove
+        self.links: dict[str, Link] = {}
         self._stop = threading.Event()
         # one bulk probe at a time leaves this node: two at once would share its uplink and each see half of it
         self._bulk = threading.Lock()
 
-    def start(self) -> Prober:
-        for link in self.links.values():
-            threading.Thread(target=self._run, args=(link,), daemon=True, name=f"probe-{link.peer.name}").start()
-        return self
+    def set_peers(self, peers: list[Peer]) -> None:
+        """Probe these peers from now on: new ones get a thread, gone ones (or moved: a new address) stop."""
+        wanted = {p.name: p for p in peers if p.name != self.name}
+        for name, link in list(self.links.items()):
+            if wanted.get(name) != link.peer:
+                del self.links[name]
+                if self.on_remove:
+                    self.on_remove(self.name, link)
+        for name, peer in wanted.items():
+            if name not in self.links:
+                link = self.links[name] = Link(peer)
+                threading.Thread(target=self._run, args=(link,), daemon=True, name=f"probe-{name}").start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self, link: Link) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.links.get(link.peer.name) is link:
             rtt = ping(link.peer)
             link.probe_bytes += PING_BYTES
             if rtt is not None:
@@ -231,12 +287,22 @@ class Prober:
                     link.probe_bytes += size
                     link.bandwidth = bandwidth_of(size, seconds, link.rtt)
                     link.next_bulk = time.monotonic() + self.budget.gap_seconds(size, link.bandwidth)
-            self.on_update(self.name, link)
+            if self.links.get(link.peer.name) is link:
+                self.on_update(self.name, link)
             self._stop.wait(self.budget.rtt_interval)
 
 
-def serve(name: str, listen: str, peers: list[Peer], budget: Budget, metrics_port: int) -> None:
-    """`splitdnn probe`: answer the peers, probe them, export the matrix on `metrics_port` until interrupted."""
+def serve(
+    name: str,
+    listen: str,
+    peers: list[Peer],
+    budget: Budget,
+    metrics_port: int,
+    peers_dns: str | None = None,
+    rediscover_seconds: float = 30.0,
+) -> None:
+    """`splitdnn probe`: answer the peers, probe them (the given ones and, with `peers_dns`, those found behind
+    that name every `rediscover_seconds`), export the matrix on `metrics_port` until interrupted."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
     host, _, port = listen.rpartition(":")
@@ -266,12 +332,35 @@ def serve(name: str, listen: str, peers: list[Peer], budget: Budget, metrics_por
         cost.labels(me, to).inc(link.probe_bytes - sent.get(to, 0))
         sent[to] = link.probe_bytes
 
-    server = Server(host or "0.0.0.0", int(port)).start()
+    def remove(me: str, link: Link) -> None:
+        for metric in (rtt, bw, cost):
+            try:
+                metric.remove(me, link.peer.name)
+            except KeyError:
+                pass
+        sent.pop(link.peer.name, None)
+
+    server = Server(host or "0.0.0.0", int(port), name).start()
     start_http_server(metrics_port, registry=registry)
-    prober = Prober(name, peers, budget, update).start()
-    print(f"probe {name}: listening on {listen}, {len(prober.links)} peers, budget {budget.fraction:g}", flush=True)
+    prober = Prober(name, budget, update, remove)
+    prober.set_peers(peers)
+    print(f"probe {name}: listening on {listen}, budget {budget.fraction:g}, peers {sorted(prober.links)}", flush=True)
+    stop = threading.Event()
     try:
-        threading.Event().wait()
+        while peers_dns and not stop.wait(0 if not prober.links else rediscover_seconds):
+            try:
+                found = discover(peers_dns, name)
+            except OSError as exc:  # DNS not ready yet (the Service's first pods), or gone for a moment
+                print(f"probe {name}: cannot resolve {peers_dns}: {exc}", flush=True)
+                stop.wait(5)
+                continue
+            before = set(prober.links)
+            prober.set_peers(peers + found)
+            if set(prober.links) != before:
+                print(f"probe {name}: peers {sorted(prober.links)}", flush=True)
+            if not prober.links:
+                stop.wait(5)
+        stop.wait()
     finally:
         prober.stop()
         server.stop()

@@ -347,3 +347,20 @@ def test_prometheus_of_the_release_only_when_enabled():
         if d["kind"] == "Deployment"
         for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
     }
+
+
+def test_link_probe_daemonset_only_when_enabled():
+    assert not any(d["metadata"]["name"].endswith("-probe") for d in render())
+    docs = render("linkProbe.enabled=true", "linkProbe.budget=0.02")
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    name = f"{RELEASE}-probe"
+    svc, ds = objs[("Service", name)], objs[("DaemonSet", name)]
+    assert svc["spec"]["clusterIP"] == "None"  # one A record per probe: how they find each other
+    pod = ds["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9101"
+    assert pod["spec"]["hostNetwork"] is True and pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == "splitdnn/agent:0.1.0" and c["command"] == ["splitdnn", "probe"]
+    assert f"--peers-dns={name}.{RELEASE_NS}.svc:9200" in c["args"] and "--budget=0.02" in c["args"]
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [{"matchExpressions": [{"key": "splitdnn.io/tier", "operator": "Exists"}]}]

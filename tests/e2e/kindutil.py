@@ -80,10 +80,11 @@ def load_image_once(cluster, image: str, nodes: list[str] | None = None) -> None
 PROMETHEUS_SERVICE = "splitdnn-prometheus"  # the chart's prometheus.enabled (release `splitdnn`)
 
 
-def install_splitdnn(cluster, prometheus: bool = False) -> None:
+def install_splitdnn(cluster, prometheus: bool = False, link_probe: bool = False) -> None:
     """The project images (built once per session unless SPLITDNN_E2E_PREBUILT_IMAGES=1), loaded where they run,
     and `helm upgrade --install` of helm/splitdnn with the operator pinned to the cloud node; `prometheus`: with
-    the chart's own Prometheus server (on the cloud node too), Ready before this returns."""
+    the chart's own Prometheus server (on the cloud node too), Ready before this returns; `link_probe`: with the
+    node link probe DaemonSet on the tier nodes."""
     images = ["agent", "operator", "prometheus"]
     if os.environ.get("SPLITDNN_E2E_PREBUILT_IMAGES") != "1" and ("images", "built") not in _LOADED:
         with timed("images (scripts/build-images.sh)"):
@@ -97,6 +98,8 @@ def install_splitdnn(cluster, prometheus: bool = False) -> None:
     if prometheus:
         load_image_once(cluster, "splitdnn/prometheus:dev", [tier_nodes["cloud"]])
         extra = ["--set", "prometheus.enabled=true", "--set", "prometheus.image.tag=dev"]
+    if link_probe:
+        extra += ["--set", "linkProbe.enabled=true"]
     with timed("helm install splitdnn"):
         sh(
             cluster.tools.helm,

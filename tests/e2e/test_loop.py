@@ -3,6 +3,9 @@ cannot discover pods, see prometheus_image/Dockerfile) scrapes the tier pods and
 prometheus.io/* annotations; the operator reads it every `adaptation.interval` and re-splits through the same
 reconcile as any change.
 
+The chart's node link probe DaemonSet runs too: its matrix has every pair of tier nodes, and it sees the
+throttled device → edge node link drop to ~250 kB/s without being told.
+
 Scenario (the kind twin of tests/test_closed_loop.py): CNN14 device → edge → cloud at 4 fps, cut after conv2d_1
 (147,456 B per frame on the device → edge link). Frames flow under the SLO. Then the device node's link degrades
 without the operator being told: `tc … tbf rate 2mbit` on the device node's eth0 inside its kind container (250 kB/s:
@@ -74,7 +77,11 @@ CONTRACT = (
     *OUTCOMES,
     "split_before",
     "split_after",
+    # beyond the contract: the link probe's matrix, device node -> edge node, before and after the throttle
+    "node_link_bandwidth_before",
+    "node_link_bandwidth_degraded",
 )
+NODE_BW = "splitdnn_node_link_bandwidth_bytes_per_second"
 
 
 def resource() -> dict:
@@ -151,11 +158,11 @@ def panel_queries() -> dict[str, list[str]]:
 
 def test_loop_reacts_to_a_degraded_link_through_prometheus(kind_cluster):
     cluster = kind_cluster
-    device_node = next(n for n, t in node_tiers(cluster).items() if t == "device")
     logs = Path(tempfile.mkdtemp(prefix="splitdnn-loop-"))
     follows: list[subprocess.Popen] = []
     result: dict = {"slo": SLO, "split_before": ",".join(START)}
-    install_splitdnn(cluster, prometheus=True)
+    tiers = {t: n for n, t in node_tiers(cluster).items() if t}
+    install_splitdnn(cluster, prometheus=True, link_probe=True)
     started = time.time()
     try:
         with timed("loop: SplitInference Available, Prometheus scraping it"):
@@ -191,11 +198,25 @@ def test_loop_reacts_to_a_degraded_link_through_prometheus(kind_cluster):
             assert st["measured"]["dropRate"] <= SLO, st["measured"]
             result["drop_rate_before"] = drop_rate(cluster, WINDOW)
             assert result["drop_rate_before"] is not None and result["drop_rate_before"] <= SLO, result
+            # the link probe's matrix has every pair of tier nodes
+            matrix = wait_for(
+                "the link probes' matrix in Prometheus (6 pairs)",
+                lambda: len(m := prometheus_query(cluster, NODE_BW)) == 6 and m,
+                timeout=120,
+            )
+            print("node link bandwidth (B/s): " + ", ".join(
+                f"{s['metric']['from']}->{s['metric']['to']} {float(s['value'][1]):,.0f}" for s in matrix
+            ))  # fmt: skip
+            device_edge = f'{NODE_BW}{{from="{tiers["device"]}",to="{tiers["edge"]}"}}'
+            result["node_link_bandwidth_before"] = prometheus_value(cluster, device_edge)
+            assert result["node_link_bandwidth_before"] > 5e6, matrix
 
         with timed("loop: link degrades -> re-split decided"):
-            node_tc(cluster, device_node, "qdisc", "replace", "dev", "eth0", "root", *THROTTLE)
+            node_tc(cluster, tiers["device"], "qdisc", "replace", "dev", "eth0", "root", *THROTTLE)
             degraded_at = time.time()
-            print(f"throttled {device_node} eth0: {node_tc(cluster, device_node, 'qdisc', 'show', 'dev', 'eth0')}")
+            print(
+                f"throttled {tiers['device']} eth0: {node_tc(cluster, tiers['device'], 'qdisc', 'show', 'dev', 'eth0')}"
+            )
             st = wait_for("a re-split in status.resplits", lambda: (s := status(cluster)).get("resplits") and s, 240, 2)
             (entry,) = st["resplits"]
             decided_at = epoch(entry["time"])
@@ -209,6 +230,13 @@ def test_loop_reacts_to_a_degraded_link_through_prometheus(kind_cluster):
             assert result["resplit_seconds"] <= WINDOW + 2 * INTERVAL + 1, result
             # the new first cut sends less over the slow link
             assert entry["to"][0] != START[0], entry
+            # and the link probe saw the throttle (2 mbit = 250 kB/s) without being told either
+            result["node_link_bandwidth_degraded"] = wait_for(
+                "the probe's device -> edge bandwidth under 400 kB/s",
+                lambda: (v := prometheus_value(cluster, device_edge)) is not None and v < 400e3 and v,
+                timeout=90,
+            )
+            assert result["node_link_bandwidth_degraded"] > 100e3, result
 
         with timed("loop: new split serving (switch-over)"):
             st = wait_for(
@@ -273,7 +301,7 @@ def test_loop_reacts_to_a_degraded_link_through_prometheus(kind_cluster):
         print_cluster_state(cluster)
         raise
     finally:
-        node_tc(cluster, device_node, "qdisc", "del", "dev", "eth0", "root", check=False)
+        node_tc(cluster, tiers["device"], "qdisc", "del", "dev", "eth0", "root", check=False)
         for f in follows:
             if f.poll() is None:
                 f.kill()
