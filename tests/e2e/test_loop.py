@@ -4,7 +4,7 @@ prometheus.io/* annotations; the operator reads it every `adaptation.interval` a
 reconcile as any change.
 
 The chart's node link probe DaemonSet runs too: its matrix has every pair of tier nodes, and it sees the
-throttled device → edge node link drop to ~250 kB/s without being told.
+throttled device → edge node link drop under 400 kB/s without being told.
 
 Scenario (the kind twin of tests/test_closed_loop.py): CNN14 device → edge → cloud at 4 fps, cut after conv2d_1
 (147,456 B per frame on the device → edge link). Frames flow under the SLO. Then the device node's link degrades
@@ -230,13 +230,14 @@ def test_loop_reacts_to_a_degraded_link_through_prometheus(kind_cluster):
             assert result["resplit_seconds"] <= WINDOW + 2 * INTERVAL + 1, result
             # the new first cut sends less over the slow link
             assert entry["to"][0] != START[0], entry
-            # and the link probe saw the throttle (2 mbit = 250 kB/s) without being told either
+            # and the link probe saw the throttle (2 mbit = 250 kB/s) without being told either. It measures what a
+            # transfer gets, i.e. the capacity the frames leave free: on the saturated link, far less than 250 kB/s
+            # (31.7 kB/s in one run)
             result["node_link_bandwidth_degraded"] = wait_for(
                 "the probe's device -> edge bandwidth under 400 kB/s",
-                lambda: (v := prometheus_value(cluster, device_edge)) is not None and v < 400e3 and v,
-                timeout=90,
+                lambda: (v := prometheus_value(cluster, device_edge)) is not None and 0 < v < 400e3 and v,
+                timeout=120,
             )
-            assert result["node_link_bandwidth_degraded"] > 100e3, result
 
         with timed("loop: new split serving (switch-over)"):
             st = wait_for(
