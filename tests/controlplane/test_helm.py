@@ -321,7 +321,8 @@ def test_prometheus_of_the_release_only_when_enabled():
     docs = render("prometheus.enabled=true", "watchNamespaces={a}")
     objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     name = f"{RELEASE}-prometheus"
-    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service"):
+    kinds = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service")
+    for kind in kinds:
         assert (kind, name) in objs, kind
     # pod discovery only
     assert objs[("ClusterRole", name)]["rules"] == [
@@ -336,6 +337,18 @@ def test_prometheus_of_the_release_only_when_enabled():
     ]
     pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == name and pod["containers"][0]["image"] == "splitdnn/prometheus:0.1.0"
+    assert all(objs[(k, name)]["metadata"]["labels"]["app.kubernetes.io/component"] == "prometheus" for k in kinds)
+    # a scrape configuration that changes (here: the watched namespaces) restarts the server
+
+    def checksum(*sets):
+        dep = next(
+            d
+            for d in render("prometheus.enabled=true", *sets)
+            if (d["kind"], d["metadata"]["name"]) == ("Deployment", name)
+        )
+        return dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum("watchNamespaces={a}") != checksum("watchNamespaces={b}")
     # the operator is scraped by its annotations, and matches the agents' series on the namespace label
     operator = objs[("Deployment", RELEASE)]["spec"]["template"]
     assert operator["metadata"]["annotations"]["prometheus.io/port"] == "9090"

@@ -19,18 +19,28 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Labels of the operator's objects; "splitdnn.componentLabels" (dict "ctx" . "component" NAME) those of the
+     release's other parts (prometheus, link-probe), and the same pair for selectors. */}}
 {{- define "splitdnn.labels" -}}
-helm.sh/chart: {{ include "splitdnn.chart" . }}
-{{ include "splitdnn.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: splitdnn
+{{ include "splitdnn.componentLabels" (dict "ctx" . "component" "operator") }}
 {{- end }}
 
 {{- define "splitdnn.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "splitdnn.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: operator
+{{ include "splitdnn.componentSelectorLabels" (dict "ctx" . "component" "operator") }}
+{{- end }}
+
+{{- define "splitdnn.componentLabels" -}}
+helm.sh/chart: {{ include "splitdnn.chart" .ctx }}
+{{ include "splitdnn.componentSelectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: splitdnn
+{{- end }}
+
+{{- define "splitdnn.componentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "splitdnn.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "splitdnn.serviceAccountName" -}}
