@@ -67,7 +67,7 @@ def test_discovery_by_dns_and_peers_coming_and_going():
         assert discover(f"localhost:{b.port}", own_name="a") == [Peer("b", "127.0.0.1", b.port)]
         assert discover(f"localhost:{b.port}", own_name="b") == []
         updates, removed = [], []
-        prober = Prober("a", Budget(0.01, 0.2, 0.1), lambda me, link: updates.append(link.peer.name),
+        prober = Prober("a", Budget(0.01, 0.2, 0.1), lambda me, link, sent: updates.append(link.peer.name),
                         lambda me, link: removed.append(link.peer.name))  # fmt: skip
         prober.set_peers([Peer("b", "127.0.0.1", b.port), Peer("a", "127.0.0.1", 1)])  # itself: left out
         assert list(prober.links) == ["b"]

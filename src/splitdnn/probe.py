@@ -15,8 +15,8 @@ Wire protocol, one port for both (so one Service/hostPort serves a node):
 Cost bound: a bulk probe is sized to fill the link for about `probe_seconds` at the last measured bandwidth (first
 probe: 64 KiB; at most 1 MiB), and the next one waits until the bytes sent stay within `budget` of that
 bandwidth: the gap is size / (budget × bandwidth), i.e. probe_seconds / budget (20 s at 0.2 s and 1 %), and at
-least `min_gap` (5 s). The RTT echoes add ~64 B/s per
-peer. So on any link the probe's average load is ≤ budget × capacity + 64 B/s, whatever the link's speed.
+least `min_gap` (5 s). The RTT echoes add ~64 B/s per peer. So on any link the probe's average load is
+≤ budget × capacity + 64 B/s, whatever the link's speed.
 """
 
 from __future__ import annotations
@@ -238,13 +238,14 @@ class Link:
 
 
 class Prober:
-    """Probes every peer from node `name`, one thread per peer; `on_update(link)` after every measurement."""
+    """Probes every peer from node `name`, one thread per peer; `on_update(name, link, sent)` after every
+    measurement, with the bytes that round of probing sent."""
 
     def __init__(
         self,
         name: str,
         budget: Budget,
-        on_update: Callable[[str, Link], None],
+        on_update: Callable[[str, Link, int], None],
         on_remove: Callable[[str, Link], None] | None = None,
     ):
         self.name, self.budget, self.on_update, self.on_remove = name, budget, on_update, on_remove
@@ -272,7 +273,7 @@ class Prober:
     def _run(self, link: Link) -> None:
         while not self._stop.is_set() and self.links.get(link.peer.name) is link:
             rtt = ping(link.peer)
-            link.probe_bytes += PING_BYTES
+            sent = PING_BYTES
             if rtt is not None:
                 link.rtts.append(rtt)
             now = time.monotonic()
@@ -284,11 +285,12 @@ class Prober:
                 except OSError:
                     link.next_bulk = now + self.budget.rtt_interval * 5  # unreachable for bulk: try again later
                 else:
-                    link.probe_bytes += size
+                    sent += size
                     link.bandwidth = bandwidth_of(size, seconds, link.rtt)
                     link.next_bulk = time.monotonic() + self.budget.gap_seconds(size, link.bandwidth)
+            link.probe_bytes += sent
             if self.links.get(link.peer.name) is link:
-                self.on_update(self.name, link)
+                self.on_update(self.name, link, sent)
             self._stop.wait(self.budget.rtt_interval)
 
 
@@ -321,16 +323,14 @@ def serve(
         registry=registry,
     )
     cost = Counter("splitdnn_node_link_probe_bytes", "bytes sent to probe a link", labels, registry=registry)
-    sent: dict[str, int] = {}
 
-    def update(me: str, link: Link) -> None:
+    def update(me: str, link: Link, sent: int) -> None:
         to = link.peer.name
         if link.rtt is not None:
             rtt.labels(me, to).set(link.rtt)
         if link.bandwidth is not None:
             bw.labels(me, to).set(link.bandwidth)
-        cost.labels(me, to).inc(link.probe_bytes - sent.get(to, 0))
-        sent[to] = link.probe_bytes
+        cost.labels(me, to).inc(sent)
 
     def remove(me: str, link: Link) -> None:
         for metric in (rtt, bw, cost):
@@ -338,29 +338,26 @@ def serve(
                 metric.remove(me, link.peer.name)
             except KeyError:
                 pass
-        sent.pop(link.peer.name, None)
 
     server = Server(host or "0.0.0.0", int(port), name).start()
     start_http_server(metrics_port, registry=registry)
     prober = Prober(name, budget, update, remove)
     prober.set_peers(peers)
     print(f"probe {name}: listening on {listen}, budget {budget.fraction:g}, peers {sorted(prober.links)}", flush=True)
-    stop = threading.Event()
     try:
-        while peers_dns and not stop.wait(0 if not prober.links else rediscover_seconds):
+        while peers_dns:
             try:
                 found = discover(peers_dns, name)
             except OSError as exc:  # DNS not ready yet (the Service's first pods), or gone for a moment
                 print(f"probe {name}: cannot resolve {peers_dns}: {exc}", flush=True)
-                stop.wait(5)
-                continue
-            before = set(prober.links)
-            prober.set_peers(peers + found)
-            if set(prober.links) != before:
-                print(f"probe {name}: peers {sorted(prober.links)}", flush=True)
-            if not prober.links:
-                stop.wait(5)
-        stop.wait()
+            else:
+                before = set(prober.links)
+                prober.set_peers(peers + found)
+                if set(prober.links) != before:
+                    print(f"probe {name}: peers {sorted(prober.links)}", flush=True)
+            # no peer yet (the DaemonSet still starting): look again soon
+            time.sleep(rediscover_seconds if prober.links else 5)
+        threading.Event().wait()
     finally:
         prober.stop()
         server.stop()
