@@ -166,6 +166,19 @@ def uninstall_splitdnn(cluster) -> None:
     )
 
 
+def serving_pods(cluster, si: str, tier: str, namespace: str = "default") -> list[dict]:
+    """A SplitInference tier's pods that are Ready and not terminating."""
+    items = kubectl_json(
+        cluster, "get", "pods", "-n", namespace, "-l", f"splitdnn.io/splitinference={si},{TIER_LABEL}={tier}"
+    )["items"]
+    return [
+        p
+        for p in items
+        if not p["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+    ]
+
+
 def tiers_available(
     cluster, name: str, namespace: str = "default", tiers=("device", "edge", "cloud"), timeout: str = "900s"
 ) -> None:

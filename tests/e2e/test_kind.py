@@ -28,6 +28,7 @@ from kindutil import (
     metrics_of,
     node_tiers,
     print_cluster_state,
+    serving_pods,
     source_summary,
     tiers_available,
     timed,
@@ -137,17 +138,6 @@ def missing_pieces() -> list[str]:
     return [f"{path} ({what})" for path, what in need.items() if not (ROOT / path).exists()]
 
 
-def serving_pods(cluster, tier: str) -> list[dict]:
-    """The tier's pods that are Ready and not terminating."""
-    items = kubectl_json(cluster, "get", "pods", "-l", f"{SI_SELECTOR},{TIER_LABEL}={tier}")["items"]
-    return [
-        p
-        for p in items
-        if not p["metadata"].get("deletionTimestamp")
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-    ]
-
-
 def rolled_out(cluster):
     for tier in TIERS:
         cluster.kubectl("rollout", "status", f"deployment/{SI}-{tier}", "--timeout=900s")
@@ -167,7 +157,7 @@ def resplit_without_failed_frames(cluster) -> None:
     time.sleep(3)  # the operator renders the new pod template (same split: the pods roll among themselves)
     rolled_out(cluster)
     old = wait_for(
-        "one serving device pod", lambda: (p := serving_pods(cluster, "device")) and len(p) == 1 and p, timeout=300
+        "one serving device pod", lambda: (p := serving_pods(cluster, SI, "device")) and len(p) == 1 and p, timeout=300
     )[0]["metadata"]["name"]
     wait_for(
         f"frames completed on {old}",
@@ -211,7 +201,7 @@ def resplit_without_failed_frames(cluster) -> None:
     assert summary["offered"] == sum(summary[o] for o in ("completed", "dropped", "late", "failed"))
     assert summary["completed"] > 0 and summary["failed"] == 0, summary
 
-    (new,) = serving_pods(cluster, "device")
+    (new,) = serving_pods(cluster, SI, "device")
     new_name = new["metadata"]["name"]
     new_split = new["metadata"]["labels"]["splitdnn.io/split"]
     assert new_split != old_split
@@ -228,7 +218,7 @@ def resplit_without_failed_frames(cluster) -> None:
     assert counts["failed"] == 0, counts
     # every tier runs the new split's slices
     for tier, cut in (("device", "max_pooling2d"), ("edge", "dense")):
-        (pod,) = serving_pods(cluster, tier)
+        (pod,) = serving_pods(cluster, SI, tier)
         assert metric_sum(metrics_of(cluster, pod["metadata"]["name"]), "splitdnn_slice_info", cut=cut) == 1, tier
     # the old split's Services go once its pods are gone
     wait_for(

@@ -40,6 +40,7 @@ from kindutil import (
     print_cluster_state,
     prometheus_query,
     prometheus_value,
+    serving_pods,
     sh,
     source_summary,
     tiers_available,
@@ -55,7 +56,6 @@ pytestmark = [pytest.mark.kind_e2e, pytest.mark.slow]
 
 SI = "loop"
 NAMESPACE = "default"
-SELECTOR = f"splitdnn.io/splitinference={SI}"
 TIERS = ("device", "edge", "cloud")
 FPS = 4
 SLO = 0.10
@@ -122,13 +122,7 @@ def status(cluster) -> dict:
 
 def serving_device(cluster) -> dict | None:
     """The one device pod that is Ready and not terminating (None while there are more or fewer)."""
-    items = kubectl_json(cluster, "get", "pods", "-n", NAMESPACE, "-l", f"{SELECTOR},{TIER_LABEL}=device")["items"]
-    ready = [
-        p
-        for p in items
-        if not p["metadata"].get("deletionTimestamp")
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-    ]
+    ready = serving_pods(cluster, SI, "device", NAMESPACE)
     return ready[0] if len(ready) == 1 else None
 
 
