@@ -6,7 +6,7 @@
 #   image label splitdnn.base.key=<key>        a warm run with the image present exits in < 1 s
 # Usage: scripts/build-base-image.sh [--arch amd64|arm64] [--print-tag]
 #   --arch arm64: a foreign-architecture base, splitdnn/base:<suite>-arm64 (debootstrap's second stage and every
-#   later RUN execute under qemu-user-static through binfmt_misc; this script installs and registers it).
+#   later RUN execute under qemu-user through binfmt_misc: scripts/qemu-user.sh registers it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
@@ -42,12 +42,7 @@ if docker image inspect "$TAG" --format '{{ index .Config.Labels "splitdnn.base.
 fi
 dir="$SPLITDNN_CACHE/base/$key"
 tarball="$dir/rootfs.tar.gz"
-if [[ -n "$suffix" ]]; then
-  qemu="qemu-$(case "$ARCH" in arm64) echo aarch64 ;; *) echo "$ARCH" ;; esac)"
-  command -v "$qemu-static" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support >/dev/null
-  [[ -e /proc/sys/fs/binfmt_misc/status ]] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  [[ -e "/proc/sys/fs/binfmt_misc/$qemu" ]] || update-binfmts --enable "$qemu"
-fi
+[[ -z "$suffix" ]] || bash scripts/qemu-user.sh "$ARCH"   # the emulator every foreign RUN executes under
 if [[ ! -f "$tarball" ]]; then
   command -v debootstrap >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
   rm -rf "$dir" "$dir.tmp"; mkdir -p "$dir.tmp/rootfs"

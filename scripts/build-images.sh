@@ -11,9 +11,10 @@
 # would try to pull the `# syntax=docker/dockerfile:1` frontend image, and there is no registry here.
 # Usage: scripts/build-images.sh [--arch arm64] [agent|operator|agent-lite|prometheus]...   (default: all four).
 #   --arch arm64: build on splitdnn/base:bookworm-arm64 (scripts/build-base-image.sh --arch arm64) under
-#   qemu-user-static, tagged <name>:dev-arm64.
-#   SPLITDNN_IMAGE_ARCHIVES=DIR: also write DIR/<name>-<tag>.tar (docker save), for `k3s ctr images import`. A missing Dockerfile is reported and
-# skipped with exit code 3 at the end, so callers can tell "not on this branch yet" from a failed build.
+#   qemu-user (scripts/qemu-user.sh), tagged <name>:dev-arm64.
+#   SPLITDNN_IMAGE_ARCHIVES=DIR: also write DIR/<name>-<tag>.tar (docker save), for `k3s ctr images import`.
+# A missing Dockerfile is reported and skipped with exit code 3 at the end, so callers can tell "not on this branch
+# yet" from a failed build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DOCKER_BUILDKIT=0
@@ -23,6 +24,7 @@ suffix=""; [[ "$ARCH" == "$(dpkg --print-architecture)" ]] || suffix="-$ARCH"
 BASE_IMAGE="${BASE_IMAGE:-splitdnn/base:bookworm$suffix}"
 TAG="${SPLITDNN_IMAGE_TAG:-dev}$suffix"
 platform=(); [[ -z "$suffix" ]] || platform=(--platform "linux/$ARCH")
+[[ -z "$suffix" ]] || bash scripts/qemu-user.sh "$ARCH"   # a foreign RUN executes under qemu-user (binfmt_misc)
 SPLITDNN_CACHE="${SPLITDNN_CACHE:-$HOME/.cache/splitdnn}"
 mkdir -p "$SPLITDNN_CACHE/logs"
 declare -A DOCKERFILE=([agent]=agent_image/Dockerfile [operator]=operator/Dockerfile [agent-lite]=agent_lite_image/Dockerfile
@@ -61,6 +63,8 @@ for name in "${which[@]}"; do
   removed=0
   for id in $(docker images -q --filter "label=io.splitdnn.build-stage-of=$name" | sort -u); do
     grep -qx "$id" <<<"$used" && continue
+    # (the other architecture's stage is that build's cache: pip under emulation takes minutes)
+    [[ "$(docker image inspect -f '{{.Architecture}}' "$id" 2>/dev/null)" == "$ARCH" ]] || continue
     docker rmi "$id" >/dev/null 2>&1 && removed=$((removed + 1)) || true
   done
   [[ $removed -eq 0 ]] || echo "[images] removed $removed earlier build stage(s)" >&2

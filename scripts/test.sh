@@ -15,6 +15,10 @@ bash scripts/build-s3.sh
 # kind e2e prerequisites: Docker, the offline base/node/project images, kind/kubectl/helm. Cached under
 # ~/.cache/splitdnn and in Docker; prints its own timing breakdown. The `kind_e2e` tests run with the rest.
 bash scripts/e2e.sh prepare
+# The arm64 TensorFlow-free agent image (tests/test_agent_lite_image.py runs it under qemu-user): cold ~6 min here
+# (debootstrap and pip under emulation), cached like the others.
+bash scripts/build-base-image.sh --arch arm64
+bash scripts/build-images.sh --arch arm64 agent-lite
 set +e
 log=$(mktemp /tmp/splitdnn-test.XXXXXX)
 .venv/bin/python -m pytest "$@" 2>&1 | tee "$log"
