@@ -8,7 +8,10 @@ both runtimes see the same machine load:
 - tf:      the SavedModel's `serving_default` signature as the TensorFlow agent calls it (tf.constant in, .numpy out);
 - litert:  `LiteRTSlice.compute` (the LiteRT runtime the agent would use: dict in, dict out, XNNPACK);
 - invoke:  the bare interpreter set_tensor / invoke / get_tensor on the same model (the runtime's own overhead is
-           litert − invoke).
+           litert − invoke);
+- stage:   the LiteRT runtime called through the agent's Stage worker thread, as a tier computes a frame: the time
+           the Stage itself observes (what `splitdnn_stage_compute_seconds` records) and the caller's round trip
+           through the thread. "stage overhead" = stage − invoke (the framework's cost per call; goal ≤ 0.1 ms).
 Medians of per-call times in ms, and the speed-up tf / litert.
 """
 
@@ -62,6 +65,16 @@ def callers(tf, signature, runtime, feed):
     return tf_call, litert_call, invoke
 
 
+def staged(runtime, feed):
+    """The runtime behind the agent's Stage thread: a call function (the caller's round trip) and the list the
+    Stage's own per-frame timing lands in."""
+    from splitdnn.agent.stage import Stage
+
+    took: list[float] = []
+    stage = Stage(runtime.compute, on_done=took.append, queue_size=1, name="bench")
+    return (lambda: stage(feed)), took
+
+
 def bench_case(model_spec, shape, points, calls: int, rounds: int, threads: int) -> None:
     import numpy as np
     import tensorflow as tf
@@ -77,7 +90,10 @@ def bench_case(model_spec, shape, points, calls: int, rounds: int, threads: int)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = export_slices(model, graph, resolve_cuts(graph, points), tmp)
         print(f"\n{model_spec} split at {','.join(points)}  (threads={threads}, {rounds}×{calls} calls per slice)")
-        print(f"{'slice':8} {'tf ms':>9} {'litert ms':>10} {'invoke ms':>10} {'tf/litert':>10}  {'max|tf-litert|':>14}")
+        print(
+            f"{'slice':8} {'tf ms':>9} {'litert ms':>10} {'invoke ms':>10} {'stage ms':>9} {'via stage':>10} "
+            f"{'stage-invoke':>13} {'tf/litert':>10}  {'max|tf-litert|':>14}"
+        )
         rng = np.random.default_rng(0)
         for entry in manifest["slices"]:
             feed = {k: rng.random(v.shape, dtype=np.float32) for k, v in zero_frame(entry["inputs"]).items()}
@@ -85,16 +101,21 @@ def bench_case(model_spec, shape, points, calls: int, rounds: int, threads: int)
             runtime = load(tmp, entry["name"], threads=threads)
 
             tf_call, litert_call, invoke = callers(tf, signature, runtime, feed)
+            via_stage, stage_took = staged(runtime, feed)
             diff = max(float(np.abs(tf_call()[n] - litert_call()[n]).max()) for n in litert_call())
-            times: dict[str, list[float]] = {"tf": [], "litert": [], "invoke": []}
-            for fn in (tf_call, litert_call, invoke):
+            times: dict[str, list[float]] = {"tf": [], "litert": [], "invoke": [], "via stage": []}
+            fns = (("tf", tf_call), ("litert", litert_call), ("invoke", invoke), ("via stage", via_stage))
+            for _, fn in fns:
                 timed(fn, max(3, calls // 10))  # warm up
+            stage_took.clear()
             for _ in range(rounds):
-                for key, fn in (("tf", tf_call), ("litert", litert_call), ("invoke", invoke)):
+                for key, fn in fns:
                     times[key] += timed(fn, calls)
+            times["stage"] = list(stage_took)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             print(
                 f"{entry['name']:8} {med['tf']:9.3f} {med['litert']:10.3f} {med['invoke']:10.3f} "
+                f"{med['stage']:9.3f} {med['via stage']:10.3f} {med['stage'] - med['invoke']:13.3f} "
                 f"{med['tf'] / med['litert']:9.1f}×  {diff:14.2e}"
             )
 

@@ -66,7 +66,7 @@ def test_unknown_runtime_and_bad_threads_are_refused(slices_dir):
     with pytest.raises(ValueError, match="threads must be >= 1"):
         runtime.load(slices_dir, "slice0", "litert", threads=0)
     for args, words in (
-        (["--runtime", "onnx"], "--runtime 'onnx': expected one of tensorflow, litert"),
+        (["--runtime", "onnx"], "--runtime 'onnx': expected one of tensorflow, litert, auto"),
         (["--threads", "0"], "--threads ≥ 1"),
     ):
         proc = splitdnn("agent", "--slices", slices_dir, "--slice", "slice0", "--port", "0", *args)

@@ -116,4 +116,5 @@ def test_splitdnn_run_the_coop_example():
     assert result["completed"] > 0 and result["failed"] == 0, result
     device = result["tiers"][0]
     assert (device["runtime"], device["devices"]) == ("coop", 3), device
-    assert [t["runtime"] for t in result["tiers"][1:]] == ["tensorflow", "tensorflow"]
+    # the other tiers have no runtime in the example: their slices converted, so LiteRT computes them
+    assert [t["runtime"] for t in result["tiers"][1:]] == ["litert", "litert"]

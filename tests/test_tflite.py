@@ -113,6 +113,34 @@ def test_slice_that_does_not_convert_is_recorded_not_fatal(tmp_path):
     assert fallback == ["slice1"] and diff <= TOL
 
 
+def test_auto_runtime_is_litert_where_a_slice_converted(tmp_path):
+    """A tier without `tiers[].runtime` (the agent's --runtime auto) runs litert where its slice has a .tflite and
+    tensorflow with the slicer's reason where not; the slicer's report (a pod's termination message) gives the
+    operator the same answer for status.tiers[]."""
+    from splitdnn.agent.runtime import choose, load
+    from splitdnn.controller.status import tier_runtime
+    from splitdnn.slicer import conversion_report
+    from splitdnn.spec import Tier
+
+    model = flex_model()
+    graph = build_graph(model)
+    manifest = export_slices(model, graph, resolve_cuts(graph, ["d1", "erfinv"]), tmp_path)
+    assert [load(tmp_path, f"slice{k}", "auto").name for k in range(3)] == ["litert", "tensorflow", "litert"]
+    report = json.dumps(conversion_report(manifest))
+    assert len(report) < 4096  # a termination message's limit
+    got = [tier_runtime(Tier(name=f"t{k}"), k, report, None) for k in range(3)]
+    assert got[0] == got[2] == {"runtime": "litert"}
+    assert got[1]["runtime"] == "tensorflow" and "slice1" in got[1]["runtimeNote"] and "Erfinv" in got[1]["runtimeNote"]
+    assert [choose(None, e)[0] for e in manifest["slices"]] == ["litert", "tensorflow", "litert"]
+    # the spec's choice stands (a slice that did not convert then fails in the agent, with the reason)
+    assert tier_runtime(Tier(name="t", runtime="tensorflow"), 0, report, None) == {"runtime": "tensorflow"}
+    assert tier_runtime(Tier(name="t", devices=3), 0, report, None) == {"runtime": "tensorflow"}
+    # no report yet: the previous status entry (same split) stands; an unreadable one is said
+    assert tier_runtime(Tier(name="t"), 1, None, got[1]) == got[1]
+    assert tier_runtime(Tier(name="t"), 1, None, None) == {}
+    assert "unreadable" in tier_runtime(Tier(name="t"), 0, "oops", None)["runtimeNote"]
+
+
 @pytest.mark.parametrize("mode", ["fp16", "int8"])
 def test_quantize_reports_figures(cnn14_model, cnn14_graph, tmp_path, mode):
     from splitdnn.agent.litert_runtime import load
@@ -176,7 +204,7 @@ def test_cli_slice_reports_tflite_and_quantization(tmp_path):
     out = tmp_path / "slices"
     result = subprocess.run(
         [sys.executable, "-m", "splitdnn", "slice", "cnn14", "--at", "conv2d", "--out", str(out)]
-        + ["--quantize", "fp16", "--frames", "4"],
+        + ["--quantize", "fp16", "--frames", "4", "--report", str(tmp_path / "report.json")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -186,6 +214,8 @@ def test_cli_slice_reports_tflite_and_quantization(tmp_path):
     assert "quantized fp16: max abs diff" in result.stderr and "top-1 agreement" in result.stderr
     manifest = json.loads((out / "slices.json").read_text())
     assert [s["tflite_fp16"] for s in manifest["slices"]] == ["slice0/model_fp16.tflite", "slice1/model_fp16.tflite"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report == {"slices": [{"name": s["name"], "tflite": s["tflite"]} for s in manifest["slices"]]}
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,11 @@ def slice_(
     ),
     frames: int = typer.Option(100, help="--quantize: frames to calibrate on, and as many held-out to compare"),
     keras: bool = typer.Option(False, help="also write each slice as a flat .keras chain (for cooperative tiers)"),
+    report: str | None = typer.Option(
+        None,
+        help="also write which slices have a .tflite (or why not) as one short JSON line to this file "
+        "(a pod's /dev/termination-log: the operator reads each tier's runtime from it)",
+    ),
 ):
     """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel (and a .tflite)."""
     from splitdnn.slicer import CutError, export_slices, resolve_cuts, verify_slices
@@ -190,6 +195,10 @@ def slice_(
             )
             if diff > FLOAT_TOL:
                 fail(f".tflite slices do not compose to the model: max abs diff {diff:.2e} > {FLOAT_TOL}")
+    if report:
+        from splitdnn.slicer import conversion_report
+
+        Path(report).write_text(json.dumps(conversion_report(manifest), separators=(",", ":")) + "\n")
     typer.echo(f"wrote {len(manifest['slices'])} slices to {out}")
 
 
@@ -357,7 +366,8 @@ def agent(
     ),
     runtime: str = typer.Option(
         "tensorflow",
-        help="slice runtime: tensorflow (the slice's SavedModel) or litert (its checked .tflite, no TensorFlow)",
+        help="slice runtime: tensorflow (the slice's SavedModel), litert (its checked .tflite, no TensorFlow) or "
+        "auto (litert where the slice has a .tflite, else tensorflow: a tier without tiers[].runtime)",
     ),
     threads: int | None = typer.Option(None, help="compute threads of the runtime (default: TF's own; LiteRT 1)"),
     devices: int = typer.Option(
@@ -401,7 +411,7 @@ def agent(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from splitdnn.agent.netem import load_report
-    from splitdnn.agent.runtime import COOP_METHODS, RUNTIMES
+    from splitdnn.agent.runtime import AUTO, COOP_METHODS, RUNTIMES
     from splitdnn.agent.server import AgentConfig, emulation_plan, env_settings, serve
 
     try:
@@ -456,8 +466,8 @@ def agent(
                 "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0, --threads ≥ 1, 1 ≤ --devices ≤ 64 "
                 "are required"
             )
-        if runtime not in RUNTIMES:
-            raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        if runtime not in (*RUNTIMES, AUTO):
+            raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, AUTO))}")
         if coop not in COOP_METHODS:
             raise ValueError(f"--coop {coop!r}: expected one of {', '.join(COOP_METHODS)}")
         if source and source != "synthetic":

@@ -168,6 +168,7 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
         tiers.append(
             {
                 "name": name,
+                "runtime": "tensorflow",  # the paper's setup (the default would run converted slices on LiteRT)
                 "overheadRatio": config.overhead[k],
                 "maxMessageBytes": config.max_bytes,
                 "netem": {"delay": f"{delays[k]:g}ms"},

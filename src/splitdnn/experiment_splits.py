@@ -43,7 +43,7 @@ def resource(app: str, input_shape: Sequence[int], points: Sequence[str], worklo
         "spec": {
             "model": {"kerasApplication": app, "inputShape": list(input_shape)},
             "splitPoints": list(points),
-            "tiers": [{"name": t} for t in TIERS],
+            "tiers": [{"name": t, "runtime": "tensorflow"} for t in TIERS],  # what its profiles measure
             "workload": {
                 "fps": workload.fps,
                 "frames": workload.frames,

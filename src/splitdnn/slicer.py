@@ -136,6 +136,23 @@ def slice_function(model, graph: ModelGraph, spec: SliceSpec) -> SliceFunction:
     return SliceFunction(model, graph, spec)
 
 
+REPORT_REASON_CHARS = 300  # a pod's termination message holds 4 KiB in all
+
+
+def conversion_report(manifest: dict) -> dict:
+    """Which slices have a float32 `.tflite` and why the others do not: the slices.json keys `name`, `tflite`,
+    `tflite_error` (reasons cut short), small enough for a pod's termination message."""
+    slices = []
+    for entry in manifest["slices"]:
+        row = {"name": entry["name"]}
+        if "tflite" in entry:
+            row["tflite"] = entry["tflite"]
+        elif "tflite_error" in entry:
+            row["tflite_error"] = entry["tflite_error"][:REPORT_REASON_CHARS]
+        slices.append(row)
+    return {"slices": slices}
+
+
 def export_slices(
     model,
     graph: ModelGraph,

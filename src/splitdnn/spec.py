@@ -170,7 +170,8 @@ class Tier(Node):
     overhead_ratio: float = 0
     max_message_bytes: int = 4194304
     max_request_bytes: int = 67108864  # 64 MiB: the agent's --max-request-bytes
-    runtime: Literal["tensorflow", "litert"] = "tensorflow"  # the agent's --runtime
+    # the agent's --runtime; None: litert where the tier's slice converted to .tflite, else tensorflow (--runtime auto)
+    runtime: Literal["tensorflow", "litert"] | None = None
     threads: int | None = None  # the agent's --threads (None: the runtime's default)
     devices: int = 1  # > 1: a cooperative group computes the tier's slice (the agent's --devices)
     netem: Netem = field(default_factory=Netem)
@@ -341,6 +342,8 @@ def cross_field_problems(si: SplitInference, layer_names: list[str] | None = Non
         problems.append(f"duplicate tier names: {', '.join(duplicates)}")
     for i, t in enumerate(spec.tiers):
         problems += [f"tiers[{i}].nodeSelector: {p}" for p in node_selector_problems(t.node_selector)]
+        if t.devices > 1 and t.runtime == "litert":
+            problems.append(f"tiers[{i}]: a cooperative tier (devices > 1) computes with TensorFlow, not litert")
     points = spec.split_points
     if spec.planner.mode == "fixed" or points:
         if len(points) != len(names) - 1:

@@ -72,7 +72,10 @@ def test_deployment_pod_contract(si, plan):
     assert d["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     slicer, netem = pod["initContainers"]
     assert slicer["name"] == "slicer"
-    assert slicer["command"] == ["splitdnn", "slice", "cnn14", "--at", "conv2d,flatten", "--out", "/models"]
+    assert slicer["command"] == [
+        *("splitdnn", "slice", "cnn14", "--at", "conv2d,flatten", "--out", "/models"),
+        *("--report", "/dev/termination-log"),  # the operator reads the tiers' runtimes from it
+    ]
     assert {"name": "models", "mountPath": "/models"} in slicer["volumeMounts"]
     assert netem["name"] == "netem"
     assert netem["command"] == [
@@ -113,7 +116,7 @@ def test_deployment_pod_contract(si, plan):
         "--max-request-bytes",
         "67108864",
         "--runtime",
-        "tensorflow",
+        "auto",  # no tiers[].runtime: litert where the slice converted
         "--netem-report",
         "/run/splitdnn/netem.json",
         "--max-inflight",
@@ -223,6 +226,8 @@ def test_model_sources():
         "a",
         "--out",
         "/models",
+        "--report",
+        "/dev/termination-log",
         "--input-shape",
         "96,96,3",
     ]
@@ -238,6 +243,8 @@ def test_model_sources():
         "a",
         "--out",
         "/models",
+        "--report",
+        "/dev/termination-log",
         "--sha256",
         pin,
     ]

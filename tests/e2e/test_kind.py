@@ -333,6 +333,22 @@ def test_splitinference_end_to_end(kind_cluster):
                 + "; ".join(line for line in text.splitlines() if line.startswith("splitdnn_link_emulation_info"))
             )
 
+        # no tiers[].runtime in the example: CNN14's slices convert, so every tier runs LiteRT, and the status says
+        # so (the operator reads it from the slicer's report, the pods' termination message)
+        st = wait_for(
+            "status.tiers[].runtime",
+            lambda: (
+                (s := kubectl_json(kind_cluster, "get", "si", SI)["status"])
+                and all("runtime" in t for t in s.get("tiers", []))
+                and s
+            ),
+            timeout=120,
+        )
+        assert [(t["name"], t["runtime"]) for t in st["tiers"]] == [(t, "litert") for t in TIERS], st["tiers"]
+        assert not any("runtimeNote" in t for t in st["tiers"]), st["tiers"]
+        for tier in TIERS:
+            assert metric_sum(metrics_of(kind_cluster, pods[tier]), "splitdnn_runtime_info", runtime="litert") == 1
+
         def frames() -> float:
             return sum(metric_sum(metrics_of(kind_cluster, pods[t]), "splitdnn_frames_total") for t in TIERS)
 

@@ -95,7 +95,7 @@ def agent_argv(
         "--max-request-bytes",
         str(spec.max_request_bytes),
         "--runtime",
-        spec.runtime,
+        spec.runtime or "auto",
         *(["--threads", str(spec.threads)] if spec.threads is not None else []),
         *(["--devices", str(spec.devices), "--coop", coop] if spec.devices > 1 else []),
     ]

@@ -3,11 +3,14 @@
 `load(slices_dir, slice_name, runtime=...)` returns a `SliceRuntime`: the one interface the agent computes through.
 Two implement it: `tensorflow` (the slice's SavedModel) and `litert` (the slice's checked `.tflite`, run by
 `ai_edge_litert` without TensorFlow). Both validate requests with `validate_tensors` against the same slices.json
-specs, so a client sees the same errors whichever runtime a tier uses.
+specs, so a client sees the same errors whichever runtime a tier uses. `auto` (what a tier without
+`tiers[].runtime` gets) is `litert` where the slicer wrote a checked `.tflite`, else `tensorflow` with the
+slicer's reason (`choose`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ import numpy as np
 
 SIGNATURE = "serving_default"
 RUNTIMES = ("tensorflow", "litert")
+AUTO = "auto"  # litert where the slice converted, else tensorflow (`choose`)
 COOP_METHODS = ("mls", "sls", "off")  # how a tier of several devices splits its slice (planner.coop)
 
 
@@ -235,6 +239,19 @@ class CoopRuntime:
         self._group.close()
 
 
+def choose(requested: str | None, entry: Mapping[str, Any], cooperative: bool = False) -> tuple[str, str | None]:
+    """The runtime a tier runs: `requested` (one of RUNTIMES) as given; `auto`/None: `litert` where the slice's
+    slices.json `entry` has a checked float32 `.tflite`, else `tensorflow` and why (the slicer's reason). A
+    cooperative group computes with TensorFlow. Returns (runtime, why it is not litert, or None)."""
+    if requested not in (None, AUTO):
+        return str(requested), None
+    if cooperative:
+        return "tensorflow", "a cooperative group computes with TensorFlow"
+    if "tflite" in entry:
+        return "litert", None
+    return "tensorflow", f"slice {entry.get('name')!r} has no .tflite: {entry.get('tflite_error', 'not written')}"
+
+
 def load(
     slices_dir: str | Path,
     slice_name: str,
@@ -243,19 +260,25 @@ def load(
     devices: int = 1,
     coop: str = "mls",
 ) -> SliceRuntime:
-    """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (one of RUNTIMES; the first
+    """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (RUNTIMES or AUTO; the first
     call pays TF's tracing or LiteRT's allocation). A slice without a `.tflite` cannot run on `litert`: the error
     gives the slicer's reason (e.g. a Flex op). `devices` > 1 (and `coop` not "off"): a cooperative group of that
     many workers computes the slice (CoopRuntime, TensorFlow)."""
     from splitdnn.agent.source import zero_frame
 
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    if runtime not in (*RUNTIMES, AUTO):
+        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join((*RUNTIMES, AUTO))})")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if devices < 1 or coop not in COOP_METHODS:
         raise ValueError(f"devices must be >= 1 and coop one of {', '.join(COOP_METHODS)} (got {devices}, {coop!r})")
     entry = read_entry(slices_dir, slice_name)
+    if runtime == AUTO:
+        from splitdnn.agent.litert_runtime import slice_entry
+
+        runtime, why = choose(AUTO, slice_entry(slices_dir, slice_name), cooperative=devices > 1 and coop != "off")
+        if why:
+            logging.getLogger(__name__).warning("runtime auto: %s, %s", runtime, why)
     loaded: SliceRuntime
     if devices > 1 and coop != "off":
         if runtime == "litert":

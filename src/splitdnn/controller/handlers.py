@@ -100,7 +100,7 @@ class Operator:
                 assert out.plan is not None
                 self.retire_splits(body, existing, out.plan["splitId"], logger)
                 deployments = {n: o for (kind, n), o in k.children(d.namespace, d.name).items() if kind == "Deployment"}
-                out = core.settle(d, out, deployments)
+                out = core.settle(d, out, deployments, k.slicer_reports(d.namespace, d.name))
         if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
         self.write_status(body, patch, d.previous, out.status or {})
@@ -156,7 +156,8 @@ class Operator:
                 if exc.status == 404:
                     return
                 raise
-            out = core.refresh(obj, deployments, now=time.time())
+            reports = self.kube.slicer_reports(namespace, name)
+            out = core.refresh(obj, deployments, now=time.time(), reports=reports)
             if out is None or out.status is None:
                 return
             try:

@@ -106,6 +106,26 @@ class Kube:
         core, _ = self._apis()
         return bool(core.list_namespaced_pod(namespace, label_selector=selector, limit=1).items)
 
+    def slicer_reports(self, namespace: str, si_name: str) -> dict[tuple[str, str], str]:
+        """The slicer init containers' reports (their termination messages) of a SplitInference's pods, by
+        (split id, tier); pods whose slicer has not finished are left out."""
+        from splitdnn.controller.render import LABEL_SI, LABEL_SPLIT, LABEL_TIER, SLICER
+
+        core, _ = self._apis()
+        resp = core.list_namespaced_pod(namespace, label_selector=f"{LABEL_SI}={si_name}", _preload_content=False)
+        found = {}
+        for pod in json.loads(resp.data)["items"]:
+            labels = pod["metadata"].get("labels") or {}
+            for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
+                if st.get("name") != SLICER:
+                    continue
+                for state in (st.get("state"), st.get("lastState")):
+                    message = ((state or {}).get("terminated") or {}).get("message")
+                    if message:
+                        found[(labels.get(LABEL_SPLIT, ""), labels.get(LABEL_TIER, ""))] = message
+                        break
+        return found
+
     def delete_service(self, namespace: str, name: str) -> None:
         """Delete a Service; already gone is fine."""
         from kubernetes.client.exceptions import ApiException

@@ -274,10 +274,11 @@ def retired_event(split: str, names: list[str]) -> Event:
     return Event(EventReason.SPLIT_RETIRED, f"split {split} has no pods left: deleted {', '.join(names)}")
 
 
-def settle(d: Desired, prepared: Outcome, deployments: dict) -> Outcome:
-    """The status after the apply: `deployments` are the tier Deployments as read back (name → object)."""
+def settle(d: Desired, prepared: Outcome, deployments: dict, reports: dict | None = None) -> Outcome:
+    """The status after the apply: `deployments` are the tier Deployments as read back (name → object), `reports`
+    the tier pods' slicer reports (`status.running_status`)."""
     assert d.si is not None and prepared.plan is not None
-    new = status_mod.running_status(d.si, prepared.plan, deployments, d.previous, d.generation)
+    new = status_mod.running_status(d.si, prepared.plan, deployments, d.previous, d.generation, reports)
     if prepared.profiling:
         new["profiling"] = prepared.profiling
     return Outcome(status=new, plan=prepared.plan, profiling=prepared.profiling)
@@ -318,7 +319,7 @@ def status_events(previous: dict, new: dict) -> list[Event]:
     return []
 
 
-def refresh(obj: dict, deployments: dict, now: float | None = None) -> Outcome | None:
+def refresh(obj: dict, deployments: dict, now: float | None = None, reports: dict | None = None) -> Outcome | None:
     """A tier's Deployment changed: the owner's status with readiness recomputed from the plan already in its
     status, or None when the change handler or the timer own the status (Failed, or a spec change not
     reconciled yet) or nothing changed. `now` (seconds since the epoch; default: the clock) times the switch-over
@@ -343,7 +344,7 @@ def refresh(obj: dict, deployments: dict, now: float | None = None) -> Outcome |
         )
     except SpecError:
         return None
-    new = status_mod.running_status(si, plan, deployments, previous, generation)
+    new = status_mod.running_status(si, plan, deployments, previous, generation, reports)
     seconds, switched = switched_over(previous, new, time.time() if now is None else now)
     if not status_mod.status_changed(previous, new):
         return None

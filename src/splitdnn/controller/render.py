@@ -47,6 +47,8 @@ MANAGER = "splitdnn-operator"
 LABEL_SI = "splitdnn.io/splitinference"
 LABEL_TIER = "splitdnn.io/tier"
 LABEL_SPLIT = "splitdnn.io/split"
+SLICER = "slicer"  # the init container that slices the model
+SLICER_REPORT = "/dev/termination-log"  # its `splitdnn slice --report`: the pod's status carries it to the operator
 DRAIN_TIMEOUT_SECONDS = 90  # an old pod keeps serving its previous tier this long at most (see render_deployment)
 ANNOTATION_PLAN_HASH = "splitdnn.io/plan-hash"
 
@@ -123,6 +125,7 @@ def stable_hash(value: Any) -> str:
 
 def slicer_command(si: SplitInference, split_points: list[str], max_model_bytes: str | None = None) -> list[str]:
     cmd = ["splitdnn", "slice", si.model_source, "--at", ",".join(split_points), "--out", MODELS_DIR]
+    cmd += ["--report", SLICER_REPORT]  # which slices converted to .tflite: the operator reads it (status.tiers)
     if max_model_bytes and si.typed.model.storage_uri:
         cmd += ["--max-model-bytes", max_model_bytes]
     if si.input_shape:
@@ -308,7 +311,7 @@ def render_deployment(
                     "initContainers": [
                         {
                             **container_defaults,
-                            "name": "slicer",
+                            "name": SLICER,
                             "command": slicer_command(si, split_points, max_model_bytes),
                             "env": env + source_env,
                             "volumeMounts": [models_mount, tmp_mount, *source_mounts],

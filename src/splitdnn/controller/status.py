@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from enum import StrEnum
 
 from splitdnn.controller.render import REPLICAS, object_name
@@ -123,13 +124,39 @@ def failed_status(previous: dict, generation: int, problems: list[str]) -> dict:
     }
 
 
-def running_status(si, plan: dict, deployments: dict, previous: dict, generation: int) -> dict:
-    """`deployments`: Deployment name → API dict (missing ones absent)."""
+def tier_runtime(tier, index: int, report: str | None, previous: dict | None) -> dict:
+    """status.tiers[] `runtime` (and `runtimeNote`: why not litert) of tier `index` (a spec.Tier). A tier without
+    `runtime` runs litert where its slice converted to .tflite (`agent.runtime.choose`): its pods' slicer `report`
+    (`splitdnn slice --report`, the JSON of their termination message) says which; until one is in, the
+    `previous` status entry of the same split stands, or nothing is said."""
+    from splitdnn.agent.runtime import choose
+
+    if tier.runtime is not None or tier.devices > 1:
+        runtime, why = choose(tier.runtime, {}, cooperative=tier.devices > 1)
+    elif report is not None:
+        try:
+            entry = json.loads(report)["slices"][index]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return {"runtimeNote": f"unreadable slicer report: {report[:200]!r}"}
+        runtime, why = choose(None, entry)
+    else:
+        return {k: v for k, v in (previous or {}).items() if k in ("runtime", "runtimeNote")}
+    return {"runtime": runtime, **({"runtimeNote": why} if why and tier.devices == 1 else {})}
+
+
+def running_status(
+    si, plan: dict, deployments: dict, previous: dict, generation: int, reports: dict | None = None
+) -> dict:
+    """`deployments`: Deployment name → API dict (missing ones absent). `reports`: the tier pods' slicer reports
+    by (split id, tier) (`kube.slicer_reports`), for each tier's runtime."""
     previous = previous or {}
+    same_split = (previous.get("plan") or {}).get("splitId") == plan.get("splitId")
+    previous_tiers = {t.get("name"): t for t in previous.get("tiers") or []} if same_split else {}
     tiers = []
     for i, t in enumerate(si.tiers):
         name = object_name(si.name, t["name"])
         r = deployment_ready(deployments.get(name))
+        report = (reports or {}).get((plan.get("splitId"), t["name"]))
         tiers.append(
             {
                 "name": t["name"],
@@ -138,6 +165,7 @@ def running_status(si, plan: dict, deployments: dict, previous: dict, generation
                 "ready": r["ready"],
                 "replicas": r["replicas"],
                 "readyReplicas": r["readyReplicas"],
+                **tier_runtime(si.typed.tiers[i], i, report, previous_tiers.get(t["name"])),
             }
         )
     ready_count = sum(1 for t in tiers if t["ready"])
