@@ -459,6 +459,26 @@ def test_cli_bad_sources_exit_2_with_one_line(server, cache, args, says):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path,at,reason",
+    [
+        ("/missing", "join", "NotFound"),
+        ("/notzip.keras", "join", "NotKerasArchive"),
+        ("/lambda.keras", "join", "UnsafeModel"),
+        ("/m.keras", "no_such_layer", "InvalidSplitPoint"),
+    ],
+)
+def test_slice_reports_why_it_failed(server, cache, tmp_path, path, at, reason):
+    """`splitdnn slice --report` (a tier pod's termination message): the failure's reason word and its line."""
+    report = tmp_path / "report.json"
+    proc = splitdnn("slice", server.url + path, "--at", at, "--out", tmp_path / "out", "--report", report, cache=cache)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error = json.loads(report.read_text())["error"]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error == {"reason": reason, "message": line.removeprefix("error: ")}
+
+
 RUN_YAML = """
 apiVersion: splitdnn.io/v1alpha1
 kind: SplitInference
@@ -640,13 +660,14 @@ def run_slicer(container: dict, env: dict, out: Path, cache: Path) -> subprocess
     assert cmd[:2] == ["splitdnn", "slice"]
     cmd = [sys.executable, "-m", "splitdnn", *cmd[1:]]
     cmd[cmd.index("--out") + 1] = str(out)
+    cmd[cmd.index("--report") + 1] = f"{out}.report.json"  # the pod's /dev/termination-log
     full = {"PATH": os.environ["PATH"], "SPLITDNN_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src"), **env}
     full.pop("HOME", None)
     return subprocess.run(cmd, env={**full, "HOME": str(cache)}, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_the_pods_slicer_fetches_an_s3_model_with_the_secret_it_names(s3, tmp_path):
+def test_the_pods_slicer_fetches_an_s3_model_with_the_secret_it_names(s3, models, tmp_path):
     slicer, volumes = pod_slicer("s3://models/team/m.keras", "team-s3")
     assert {v["name"] for v in volumes} == {"models", "run", "tmp", "plan"}
     secret = dict(s3)  # the Secret's data keys, as a user writes them (KServe's names)
@@ -659,9 +680,16 @@ def test_the_pods_slicer_fetches_an_s3_model_with_the_secret_it_names(s3, tmp_pa
         "slice1",
         "slice2",
     ]
+    # the report the operator reads from the pod: the model file's digest; for the wrong key, the reason
+    from splitdnn.controller.status import slicer_report
+
+    said = slicer_report({"message": Path(f"{tmp_path / 'out'}.report.json").read_text(), "exitCode": 0})
+    assert said["model"]["sha256"] == sha(models["dir"] / "m.keras") and len(said["slices"]) == 3
     wrong = resolve_env(slicer, {"team-s3": {**secret, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}})
     refused = run_slicer(slicer, wrong, tmp_path / "out2", tmp_path / "cache2")
     assert refused.returncode != 0 and "refused the credentials" in refused.stderr, refused.stderr[-3000:]
+    said = slicer_report({"message": Path(f"{tmp_path / 'out2'}.report.json").read_text(), "exitCode": 2})
+    assert said["error"]["reason"] == "BadCredentials" and "refused the credentials" in said["error"]["message"]
     with pytest.raises(AssertionError, match="has no key AWS_ACCESS_KEY_ID"):
         resolve_env(slicer, {"team-s3": {"AWS_SECRET_ACCESS_KEY": "x"}})
 

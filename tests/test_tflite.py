@@ -126,8 +126,8 @@ def test_auto_runtime_is_litert_where_a_slice_converted(tmp_path):
     graph = build_graph(model)
     manifest = export_slices(model, graph, resolve_cuts(graph, ["d1", "erfinv"]), tmp_path)
     assert [load(tmp_path, f"slice{k}", "auto").name for k in range(3)] == ["litert", "tensorflow", "litert"]
-    report = json.dumps(conversion_report(manifest))
-    assert len(report) < 4096  # a termination message's limit
+    report = conversion_report(manifest)
+    assert len(json.dumps(report)) < 4096  # a termination message's limit
     got = [tier_runtime(Tier(name=f"t{k}"), k, report, None) for k in range(3)]
     assert got[0] == got[2] == {"runtime": "litert"}
     assert got[1]["runtime"] == "tensorflow" and "slice1" in got[1]["runtimeNote"] and "Erfinv" in got[1]["runtimeNote"]
@@ -138,7 +138,7 @@ def test_auto_runtime_is_litert_where_a_slice_converted(tmp_path):
     # no report yet: the previous status entry (same split) stands; an unreadable one is said
     assert tier_runtime(Tier(name="t"), 1, None, got[1]) == got[1]
     assert tier_runtime(Tier(name="t"), 1, None, None) == {}
-    assert "unreadable" in tier_runtime(Tier(name="t"), 0, "oops", None)["runtimeNote"]
+    assert "unreadable" in tier_runtime(Tier(name="t"), 0, {"unreadable": "oops"}, None)["runtimeNote"]
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int8"])

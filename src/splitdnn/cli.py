@@ -53,18 +53,33 @@ def _parse_shape(text: str | None):
         fail(f"bad --input-shape {text!r}: expected integers separated by commas, like 224,224,3")
 
 
-def _load_graph(model_spec: str, input_shape: str | None, sha256: str | None = None, max_bytes: str | None = None):
+def _load_graph(
+    model_spec: str,
+    input_shape: str | None,
+    sha256: str | None = None,
+    max_bytes: str | None = None,
+    report: str | None = None,
+):
+    """(Keras model, its graph, the model file fetched or None); bad input exits 2 (and, with `report`, writes its
+    reason there: see `slice --report`)."""
     from splitdnn.graph import build_graph
-    from splitdnn.models import ModelSourceError, load_model
+    from splitdnn.models import ModelSourceError, load_source
 
     limit = _max_bytes(max_bytes)
     try:
-        model = load_model(
+        model, fetched = load_source(
             model_spec, _parse_shape(input_shape), sha256=sha256, max_bytes=limit, say=lambda m: typer.echo(m, err=True)
         )
-        return model, build_graph(model)
+        return model, build_graph(model), fetched
     except (ModelSourceError, ValueError) as exc:
+        _write_report(report, {"error": {"reason": getattr(exc, "reason", "InvalidModel"), "message": str(exc)}})
         fail(str(exc))
+
+
+def _write_report(path: str | None, doc: dict) -> None:
+    """`slice --report`: one short JSON line (a pod's termination message holds 4 KiB)."""
+    if path:
+        Path(path).write_text(json.dumps(doc, separators=(",", ":"))[:4000] + "\n")
 
 
 def _shape(shape) -> str:
@@ -84,7 +99,7 @@ def inspect(
     max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
 ):
     """Show a model's layers (shape, params, FLOPs, bytes) and every boundary with the tensors that cross it."""
-    _, graph = _load_graph(model, input_shape, sha256, max_model_bytes)
+    _, graph, _ = _load_graph(model, input_shape, sha256, max_model_bytes)
     if as_json:
         typer.echo(json.dumps(graph.to_json()))
         return
@@ -141,8 +156,8 @@ def slice_(
     keras: bool = typer.Option(False, help="also write each slice as a flat .keras chain (for cooperative tiers)"),
     report: str | None = typer.Option(
         None,
-        help="also write which slices have a .tflite (or why not) as one short JSON line to this file "
-        "(a pod's /dev/termination-log: the operator reads each tier's runtime from it)",
+        help="also write one short JSON line to this file: which slices have a .tflite (or why not) and the model "
+        "file's sha256, or the error's reason and message (a pod's /dev/termination-log: the operator reads it)",
     ),
 ):
     """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel (and a .tflite)."""
@@ -159,10 +174,11 @@ def slice_(
         fail(f"--frames must be at least 1, got {frames}")
     if calibration and not Path(calibration).is_dir():
         fail(f"--calibration {calibration!r} is not a directory")
-    keras_model, graph = _load_graph(model, input_shape, sha256, max_model_bytes)
+    keras_model, graph, fetched = _load_graph(model, input_shape, sha256, max_model_bytes, report)
     try:
         cuts = resolve_cuts(graph, points)
     except CutError as exc:
+        _write_report(report, {"error": {"reason": "InvalidSplitPoint", "message": str(exc)}})
         fail(str(exc))
     try:
         manifest = export_slices(
@@ -178,12 +194,15 @@ def slice_(
             keras=keras,
         )
     except ValueError as exc:  # e.g. a calibration directory without images, or images for a non-image model
+        _write_report(report, {"error": {"reason": "SliceFailed", "message": str(exc)}})
         fail(str(exc))
     if verify:
         diff = verify_slices(keras_model, graph, out)
         typer.echo(f"verified: max abs diff {diff:.2e} between the chained slices and the full model", err=True)
         if diff > 1e-5:
-            fail(f"slices do not compose to the model: max abs diff {diff:.2e} > 1e-5")
+            message = f"slices do not compose to the model: max abs diff {diff:.2e} > 1e-5"
+            _write_report(report, {"error": {"reason": "SliceMismatch", "message": message}})
+            fail(message)
         if tflite:
             from splitdnn.tflite import FLOAT_TOL, verify_tflite
 
@@ -194,11 +213,14 @@ def slice_(
                 err=True,
             )
             if diff > FLOAT_TOL:
-                fail(f".tflite slices do not compose to the model: max abs diff {diff:.2e} > {FLOAT_TOL}")
+                message = f".tflite slices do not compose to the model: max abs diff {diff:.2e} > {FLOAT_TOL}"
+                _write_report(report, {"error": {"reason": "SliceMismatch", "message": message}})
+                fail(message)
     if report:
         from splitdnn.slicer import conversion_report
 
-        Path(report).write_text(json.dumps(conversion_report(manifest), separators=(",", ":")) + "\n")
+        model_file = {"model": {"sha256": fetched.sha256, "bytes": fetched.size}} if fetched else {}
+        _write_report(report, {**conversion_report(manifest), **model_file})
     typer.echo(f"wrote {len(manifest['slices'])} slices to {out}")
 
 

@@ -14,6 +14,7 @@ import os
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from splitdnn import storage
 
@@ -25,7 +26,12 @@ DEFAULT_SEED = 1234
 
 
 class ModelSourceError(ValueError):
-    """The model spec names nothing we can build or load."""
+    """The model spec names nothing we can build or load. `reason`: a CamelCase word for a Kubernetes condition
+    (storage.StorageError's reasons, NotKerasArchive, UnsafeModel, InvalidModel)."""
+
+    def __init__(self, message: str, reason: str = "InvalidModel"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def cnn14(seed: int = DEFAULT_SEED):
@@ -75,10 +81,24 @@ def load_model(
     (224×224×3, 299×299×3 for Inception) are used otherwise. `sha256`, `max_bytes` apply to files
     (`splitdnn.storage.fetch`); `say` gets progress lines of a download.
     """
+    return load_source(spec, input_shape, seed, sha256=sha256, max_bytes=max_bytes, say=say)[0]
+
+
+def load_source(
+    spec: str,
+    input_shape: Sequence[int] | None = None,
+    seed: int = DEFAULT_SEED,
+    *,
+    sha256: str | None = None,
+    max_bytes: int | None = None,
+    say: Callable[[str], None] | None = None,
+) -> tuple[Any, storage.Fetched | None]:
+    """`load_model`, and the model file it loaded (path, sha256, size) for a file or storageUri (None for a
+    builtin or keras.applications model: code, not a file)."""
     import keras
 
     if spec in BUILTIN_MODELS:
-        return cnn14(seed)
+        return cnn14(seed), None
     if spec.startswith(APPLICATIONS_PREFIX):
         name = spec[len(APPLICATIONS_PREFIX) :]
         builder = getattr(keras.applications, name, None)
@@ -88,9 +108,10 @@ def load_model(
         kwargs: dict[str, object] = {"weights": None}
         if input_shape is not None:
             kwargs["input_shape"] = tuple(int(d) for d in input_shape)
-        return builder(**kwargs)
+        return builder(**kwargs), None
     if storage.is_uri(spec) or spec.endswith(".keras"):
-        return load_keras_file(fetch_model(spec, sha256=sha256, max_bytes=max_bytes, say=say).path, spec)
+        fetched = fetch_model(spec, sha256=sha256, max_bytes=max_bytes, say=say)
+        return load_keras_file(fetched.path, spec), fetched
     raise ModelSourceError(
         f"unknown model {spec!r}: expected 'cnn14', 'keras.applications.<Name>', a path to a .keras file, "
         "or a storageUri (https://, http://, s3://BUCKET/KEY, pvc://CLAIM/PATH)"
@@ -103,7 +124,7 @@ def fetch_model(
     """The model file of a storageUri or path on this machine (downloaded into the cache if remote)."""
     loc = storage.parse(source) if storage.is_uri(source) else None
     if (loc is None or loc.scheme in ("file", "pvc")) and not source.endswith(".keras"):
-        raise ModelSourceError(f"model file {source!r}: expected a .keras file")
+        raise ModelSourceError(f"model file {source!r}: expected a .keras file", "InvalidURI")
 
     def progress(done: int, total: int | None) -> None:
         if say is not None:
@@ -118,7 +139,7 @@ def fetch_model(
             progress=progress,
         )
     except storage.StorageError as exc:
-        raise ModelSourceError(str(exc)) from exc
+        raise ModelSourceError(str(exc), exc.reason) from exc
 
 
 def load_keras_file(path: Path, label: str):
@@ -133,7 +154,7 @@ def load_keras_file(path: Path, label: str):
             if head.startswith(b"\x89HDF")
             else ("text or HTML (an error page?)" if head.lstrip()[:1] in (b"<", b"{") else f"starts with {head!r}")
         )
-        raise ModelSourceError(f"model {label!r} is not a .keras archive (a zip file): {what}")
+        raise ModelSourceError(f"model {label!r} is not a .keras archive (a zip file): {what}", "NotKerasArchive")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # keras raises many types; the user needs the file name and the reason
@@ -141,7 +162,8 @@ def load_keras_file(path: Path, label: str):
         if "Lambda" in text and "safe_mode" in text:
             raise ModelSourceError(
                 f"model {label!r} has a Lambda layer (Python code): refused, .keras files are loaded with "
-                "safe_mode=True"
+                "safe_mode=True",
+                "UnsafeModel",
             ) from exc
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
         raise ModelSourceError(f"cannot load model {label!r}: {first[:300]}") from exc

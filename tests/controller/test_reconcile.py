@@ -240,6 +240,74 @@ def test_refresh_from_a_child_event():
     assert core.refresh({**obj, "status": {**st, "phase": "Failed"}}, deps) is None
 
 
+def slicer_said(plan, message=None, exit_code=0, waiting=None, tiers=TIERS, **state):
+    """`kube.slicer_reports` as the API gives it: every tier's pod of the plan's split, its slicer's state."""
+    if waiting:
+        one = {"waiting": waiting[0], "waitingMessage": waiting[1]}
+    else:
+        one = {"message": message, "exitCode": exit_code, **state}
+    return {(plan["splitId"], t): dict(one) for t in tiers}
+
+
+OK_REPORT = (
+    '{"slices":[{"name":"slice0","tflite":"slice0/model.tflite"},{"name":"slice1","tflite_error":"Flex op Erfinv"},'
+    '{"name":"slice2","tflite":"slice2/model.tflite"}],"model":{"sha256":"' + "ab" * 32 + '","bytes":2722}}'
+)
+
+
+def test_the_slicers_reports_give_runtimes_and_the_model_digest():
+    d, out = deploy(body())
+    st = core.settle(d, out, deployments_of(out.apply), slicer_said(out.plan, OK_REPORT)).status
+    assert st["phase"] == Phase.RUNNING and st["model"] == {"digest": "ab" * 32, "bytes": 2722}
+    assert [t["runtime"] for t in st["tiers"]] == ["litert", "tensorflow", "litert"]
+    assert "Flex op Erfinv" in st["tiers"][1]["runtimeNote"] and "runtimeNote" not in st["tiers"][0]
+    ready = {c["type"]: c for c in st["conditions"]}[Condition.MODEL_READY]
+    assert (ready["status"], ready["reason"]) == ("True", Reason.MODEL_SLICED) and "ab" * 32 in ready["message"]
+    # a report of another split says nothing about this one; what was said stands
+    other = {("other-split", t): v for (_, t), v in slicer_said(out.plan, OK_REPORT).items()}
+    d2, again = deploy(body(status=st), cause="timer", existing=as_existing(out.apply))
+    st2 = core.settle(d2, again, deployments_of(again.apply), other).status
+    assert st2["model"] == st["model"] and st2["tiers"] == st["tiers"]
+
+
+@pytest.mark.parametrize(
+    "said,reason,needle",
+    [
+        (
+            {
+                "message": '{"error":{"reason":"DigestMismatch","message":"https://m/x.keras: sha256 is 12, the pin '
+                'says 34"}}',
+                "exit_code": 2,
+            },
+            "DigestMismatch",
+            "the pin says",
+        ),
+        ({"message": "loading\nKilled", "exit_code": 137, "reason": "OOMKilled"}, "OOMKilled", "exit code 137: Killed"),
+        (
+            {"waiting": ("CreateContainerConfigError", 'secret "creds" not found')},
+            "SecretNotFound",
+            'secret "creds" not found',
+        ),
+    ],
+)
+def test_a_slicer_that_fails_makes_the_resource_failed_with_one_event_until_it_recovers(said, reason, needle):
+    d, out = deploy(body())
+    deps = deployments_of(out.apply, ready=False)
+    failed = core.settle(d, out, deps, slicer_said(out.plan, **said)).status
+    assert failed["phase"] == Phase.FAILED and needle in failed["message"] and "tier device" in failed["message"]
+    cond = {c["type"]: c for c in failed["conditions"]}
+    assert cond[Condition.MODEL_READY]["status"] == "False" and cond[Condition.MODEL_READY]["reason"] == reason
+    assert cond[Condition.VALID]["status"] == "True"  # the spec is fine; the model is not
+    (event,) = core.status_events({"phase": "Deploying"}, failed)
+    assert event.reason == EventReason.MODEL_FAILED and event.warning and needle in event.message
+    assert core.status_events(failed, copy.deepcopy(failed)) == []  # one Event, not one per pass
+    # the pods' slicers succeed later (a server back, a Secret created): a child event brings it back
+    obj = {**body(status=failed), "apiVersion": "splitdnn.io/v1alpha1"}
+    back = core.refresh(obj, deployments_of(out.apply), reports=slicer_said(out.plan, OK_REPORT))
+    assert back.status["phase"] == Phase.RUNNING and reasons(back.events) == ["Running"]
+    assert {c["type"]: c["status"] for c in back.status["conditions"]}[Condition.MODEL_READY] == "True"
+
+
 def test_epoch_of_status_stamps():
     assert core.epoch("1970-01-01T00:01:00Z") == 60.0
     assert core.epoch(None) is None and core.epoch("yesterday") is None

@@ -286,6 +286,49 @@ SI = "cnn14"
 SI_SELECTOR = f"splitdnn.io/splitinference={SI}"
 
 
+BAD_MODELS = {  # name -> (model, the ModelReady reason the operator must give, words of the message)
+    "bad-host": ({"storageUri": "http://nowhere.invalid/m.keras"}, "Unreachable", "nowhere.invalid"),
+    "bad-secret": (
+        {"storageUri": "s3://models/m.keras", "secretName": "no-such-secret"},
+        "SecretNotFound",
+        "not found",
+    ),
+}
+
+
+def bad_models_get_a_condition(cluster) -> None:
+    """Tier pods whose slicer cannot fetch the model (or cannot start without its Secret): the SplitInference is
+    Failed, its ModelReady condition gives the reason, one ModelFailed Event says it (from the pods' slicer
+    reports, read at the next resync)."""
+    import json
+
+    for name, (model, _, _) in BAD_MODELS.items():
+        doc = {
+            "apiVersion": "splitdnn.io/v1alpha1",
+            "kind": "SplitInference",
+            "metadata": {"name": name},
+            "spec": {"model": model, "splitPoints": ["a"], "tiers": [{"name": "device"}, {"name": "cloud"}]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    try:
+        for name, (_, reason, words) in BAD_MODELS.items():
+
+            def failed(name=name):
+                st = kubectl_json(cluster, "get", "si", name).get("status") or {}
+                cond = {c["type"]: c for c in st.get("conditions") or []}.get("ModelReady")
+                return st.get("phase") == "Failed" and cond and cond["status"] == "False" and (st, cond)
+
+            st, cond = wait_for(f"{name}: Failed with ModelReady False", failed, timeout=240)
+            assert cond["reason"] == reason and words in cond["message"], cond
+            events = kubectl_json(cluster, "get", "events", "--field-selector", f"involvedObject.name={name}")
+            model_failed = [e for e in events["items"] if e["reason"] == "ModelFailed"]
+            assert len(model_failed) == 1 and model_failed[0]["type"] == "Warning", model_failed
+            print(f"[{name}] {st['phase']}: {cond['reason']}: {cond['message']}")
+    finally:
+        for name in BAD_MODELS:
+            cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
+
+
 def test_splitinference_end_to_end(kind_cluster):
     missing = missing_pieces()
     if missing:
@@ -364,6 +407,9 @@ def test_splitinference_end_to_end(kind_cluster):
 
         with timed("re-split while frames flow: no frame fails"):
             resplit_without_failed_frames(kind_cluster)
+
+        with timed("a model the slicer cannot fetch, a missing Secret -> Failed with the reason"):
+            bad_models_get_a_condition(kind_cluster)
 
         with timed("delete SplitInference -> everything gone"):
             kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--timeout=180s")

@@ -106,24 +106,28 @@ class Kube:
         core, _ = self._apis()
         return bool(core.list_namespaced_pod(namespace, label_selector=selector, limit=1).items)
 
-    def slicer_reports(self, namespace: str, si_name: str) -> dict[tuple[str, str], str]:
-        """The slicer init containers' reports (their termination messages) of a SplitInference's pods, by
-        (split id, tier); pods whose slicer has not finished are left out."""
+    def slicer_reports(self, namespace: str, si_name: str) -> dict[tuple[str, str], dict]:
+        """What the slicer init containers of a SplitInference's pods said, by (split id, tier): the termination
+        `message`, `exitCode` and `reason` of their last run, or the `waiting` reason and `waitingMessage` of one
+        that cannot start (a missing Secret). `status.slicer_report` reads it."""
         from splitdnn.controller.render import LABEL_SI, LABEL_SPLIT, LABEL_TIER, SLICER
 
         core, _ = self._apis()
         resp = core.list_namespaced_pod(namespace, label_selector=f"{LABEL_SI}={si_name}", _preload_content=False)
-        found = {}
+        found: dict[tuple[str, str], dict] = {}
         for pod in json.loads(resp.data)["items"]:
             labels = pod["metadata"].get("labels") or {}
+            key = (labels.get(LABEL_SPLIT, ""), labels.get(LABEL_TIER, ""))
             for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
                 if st.get("name") != SLICER:
                     continue
-                for state in (st.get("state"), st.get("lastState")):
-                    message = ((state or {}).get("terminated") or {}).get("message")
-                    if message:
-                        found[(labels.get(LABEL_SPLIT, ""), labels.get(LABEL_TIER, ""))] = message
-                        break
+                state = st.get("state") or {}
+                done = state.get("terminated") or (st.get("lastState") or {}).get("terminated")
+                if done and (key not in found or done.get("exitCode") == 0):  # a pod that sliced wins
+                    found[key] = {k: done.get(k) for k in ("message", "exitCode", "reason")}
+                elif (state.get("waiting") or {}).get("reason") and key not in found:
+                    waiting = state["waiting"]
+                    found[key] = {"waiting": waiting.get("reason"), "waitingMessage": waiting.get("message")}
         return found
 
     def delete_service(self, namespace: str, name: str) -> None:

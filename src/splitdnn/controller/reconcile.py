@@ -308,8 +308,12 @@ def switched_over(previous: dict, new: dict, now: float) -> tuple[float | None, 
 
 
 def status_events(previous: dict, new: dict) -> list[Event]:
-    """One Event per phase change (a warning for Degraded; Failed has its InvalidSpec Event)."""
+    """One Event per phase change (a warning for Degraded; Failed has its InvalidSpec Event, or ModelFailed once per
+    distinct slicer failure)."""
     phase = new.get("phase")
+    if phase == Phase.FAILED and status_mod.model_failed(new):
+        changed = not status_mod.model_failed(previous) or previous.get("message") != new.get("message")
+        return [Event(EventReason.MODEL_FAILED, new.get("message", ""), warning=True)] if changed else []
     if phase == previous.get("phase") or not status_mod.status_changed(previous, new):
         return []
     if phase in (Phase.RUNNING, Phase.DEPLOYING, Phase.PENDING):
@@ -331,7 +335,12 @@ def refresh(obj: dict, deployments: dict, now: float | None = None, reports: dic
     previous = dict(obj.get("status") or {})
     generation = meta.get("generation", 0)
     plan = previous.get("plan")
-    if previous.get("phase") in (None, Phase.FAILED) or not plan or previous.get("observedGeneration") != generation:
+    if (
+        previous.get("phase") is None
+        or (previous.get("phase") == Phase.FAILED and not status_mod.model_failed(previous))  # the spec's problem
+        or not plan
+        or previous.get("observedGeneration") != generation
+    ):
         return None
     try:
         si = from_resource(
@@ -348,10 +357,7 @@ def refresh(obj: dict, deployments: dict, now: float | None = None, reports: dic
     seconds, switched = switched_over(previous, new, time.time() if now is None else now)
     if not status_mod.status_changed(previous, new):
         return None
-    events = []
-    if new["phase"] != previous.get("phase"):
-        events.append(Event(new["phase"], new["message"], warning=new["phase"] == Phase.DEGRADED))
-    return Outcome(status=new, events=events + switched, switchover_seconds=seconds)
+    return Outcome(status=new, events=status_events(previous, new) + switched, switchover_seconds=seconds)
 
 
 class RenderError(ValueError):

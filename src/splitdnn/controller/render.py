@@ -313,6 +313,8 @@ def render_deployment(
                             **container_defaults,
                             "name": SLICER,
                             "command": slicer_command(si, split_points, max_model_bytes),
+                            # a slicer killed before it wrote its report: the log's tail is the message
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                             "env": env + source_env,
                             "volumeMounts": [models_mount, tmp_mount, *source_mounts],
                             "securityContext": _restricted(),

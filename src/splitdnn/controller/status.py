@@ -28,6 +28,7 @@ class Condition(StrEnum):
     VALID = "Valid"
     READY = "Ready"
     METRICS_AVAILABLE = "MetricsAvailable"  # the feedback loop's
+    MODEL_READY = "ModelReady"  # the tier pods' slicers fetched, loaded and sliced the model (their reports)
 
 
 class Reason(StrEnum):
@@ -39,6 +40,7 @@ class Reason(StrEnum):
     TIERS_NOT_READY = "TiersNotReady"
     PROMETHEUS_QUERIED = "PrometheusQueried"
     PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
+    MODEL_SLICED = "ModelSliced"  # (a failing slicer's reason is its own word: NotFound, DigestMismatch, ...)
 
 
 class EventReason(StrEnum):
@@ -55,6 +57,7 @@ class EventReason(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     METRICS_AVAILABLE = "MetricsAvailable"
     SWITCHED_OVER = "SwitchedOver"  # the loop's new split serves: every tier of it ready
+    MODEL_FAILED = "ModelFailed"  # a tier pod's slicer could not fetch, load or slice the model
 
 
 def stamp(seconds: float) -> str:
@@ -124,24 +127,61 @@ def failed_status(previous: dict, generation: int, problems: list[str]) -> dict:
     }
 
 
-def tier_runtime(tier, index: int, report: str | None, previous: dict | None) -> dict:
+CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError")
+
+
+def slicer_report(state: dict) -> dict | None:
+    """What a tier pod's slicer init container said (`kube.slicer_reports` gives its `state`: the termination
+    `message`, `exitCode`, `reason`, or the `waiting` reason and `waitingMessage`): `splitdnn slice --report`'s
+    JSON — `slices` (and `model`: the file's sha256 and bytes) on success, `error` (`reason`, `message`) when it
+    failed — or, for what the slicer could not write itself (killed, a missing Secret), an `error` made from the
+    pod's status. None: nothing said yet."""
+    message = state.get("message") or ""
+    if state.get("waiting") in CONFIG_ERRORS:
+        text = state.get("waitingMessage") or state["waiting"]
+        missing = "secret" in text.lower() and "not found" in text.lower()
+        return {"error": {"reason": "SecretNotFound" if missing else state["waiting"], "message": text[:300]}}
+    if state.get("exitCode") is None:
+        return None
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        doc = None
+    if state["exitCode"] == 0:
+        return doc if isinstance(doc, dict) else {"unreadable": message[:200]}
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return doc
+    last = next((line for line in reversed(message.splitlines()) if line.strip()), "")  # the log's last line
+    what = f"exit code {state['exitCode']}" + (f": {last.strip()[:300]}" if last else "")
+    return {"error": {"reason": state.get("reason") or "SlicerFailed", "message": f"the slicer failed ({what})"}}
+
+
+def tier_runtime(tier, index: int, report: dict | None, previous: dict | None) -> dict:
     """status.tiers[] `runtime` (and `runtimeNote`: why not litert) of tier `index` (a spec.Tier). A tier without
-    `runtime` runs litert where its slice converted to .tflite (`agent.runtime.choose`): its pods' slicer `report`
-    (`splitdnn slice --report`, the JSON of their termination message) says which; until one is in, the
-    `previous` status entry of the same split stands, or nothing is said."""
+    `runtime` runs litert where its slice converted to .tflite (`agent.runtime.choose`): its pods' `slicer_report`
+    says which; until one is in, the `previous` status entry of the same split stands, or nothing is said."""
     from splitdnn.agent.runtime import choose
 
     if tier.runtime is not None or tier.devices > 1:
         runtime, why = choose(tier.runtime, {}, cooperative=tier.devices > 1)
-    elif report is not None:
+    elif report is not None and "slices" in report:
         try:
-            entry = json.loads(report)["slices"][index]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return {"runtimeNote": f"unreadable slicer report: {report[:200]!r}"}
-        runtime, why = choose(None, entry)
+            entry = report["slices"][index]
+            runtime, why = choose(None, entry)
+        except (KeyError, IndexError, TypeError):
+            return {"runtimeNote": f"unreadable slicer report: {json.dumps(report)[:200]}"}
+    elif report is not None and "unreadable" in report:
+        return {"runtimeNote": f"unreadable slicer report: {report['unreadable']!r}"}
     else:
         return {k: v for k, v in (previous or {}).items() if k in ("runtime", "runtimeNote")}
     return {"runtime": runtime, **({"runtimeNote": why} if why and tier.devices == 1 else {})}
+
+
+def model_failed(status: dict) -> bool:
+    """The status is Failed because a slicer could not fetch, load or slice the model (not an invalid spec)."""
+    return any(
+        c.get("type") == Condition.MODEL_READY and c.get("status") == "False" for c in status.get("conditions") or []
+    )
 
 
 def running_status(
@@ -152,11 +192,12 @@ def running_status(
     previous = previous or {}
     same_split = (previous.get("plan") or {}).get("splitId") == plan.get("splitId")
     previous_tiers = {t.get("name"): t for t in previous.get("tiers") or []} if same_split else {}
+    said = {tier: slicer_report(state) for (split, tier), state in (reports or {}).items() if split == plan["splitId"]}
     tiers = []
     for i, t in enumerate(si.tiers):
         name = object_name(si.name, t["name"])
         r = deployment_ready(deployments.get(name))
-        report = (reports or {}).get((plan.get("splitId"), t["name"]))
+        report = said.get(t["name"])
         tiers.append(
             {
                 "name": t["name"],
@@ -172,7 +213,10 @@ def running_status(
     not_ready = [t["name"] for t in tiers if not t["ready"]]
     prev_phase = previous.get("phase")
     same_generation = previous.get("observedGeneration") == generation
-    if not not_ready:
+    failure = next(((t, r["error"]) for t, r in said.items() if r and isinstance(r.get("error"), dict)), None)
+    if failure is not None:
+        phase, message = Phase.FAILED, f"tier {failure[0]}: {failure[1].get('message', '')}"
+    elif not not_ready:
         phase, message = Phase.RUNNING, f"all {len(tiers)} tiers ready"
     elif same_generation and prev_phase in (Phase.RUNNING, Phase.DEGRADED):
         phase, message = Phase.DEGRADED, f"tiers not ready: {', '.join(not_ready)}"
@@ -201,9 +245,28 @@ def running_status(
                 message,
             ),
             # conditions other handlers own (the feedback loop's MetricsAvailable) are kept as they are
-            *[c for c in prev_conditions if c.get("type") not in (Condition.VALID, Condition.READY)],
+            *[
+                c
+                for c in prev_conditions
+                if c.get("type") not in (Condition.VALID, Condition.READY, Condition.MODEL_READY)
+            ],
         ],
     }
+    sliced = next((r["model"] for r in said.values() if r and isinstance(r.get("model"), dict)), None)
+    if failure is not None:
+        reason = str(failure[1].get("reason") or "SlicerFailed")
+        status["conditions"].append(_condition(prev_conditions, Condition.MODEL_READY, "False", reason, message))
+    elif sliced is not None or any(r and "slices" in r for r in said.values()):
+        what = f"sha256 {sliced['sha256']}" if sliced else si.model_source
+        status["conditions"].append(
+            _condition(prev_conditions, Condition.MODEL_READY, "True", Reason.MODEL_SLICED, f"sliced {what}")
+        )
+    else:  # nothing said yet: what was said stands
+        status["conditions"] += [c for c in prev_conditions if c.get("type") == Condition.MODEL_READY]
+    if sliced is not None:
+        status["model"] = {"digest": sliced.get("sha256"), "bytes": sliced.get("bytes")}
+    elif previous.get("model") and failure is None:
+        status["model"] = previous["model"]
     return status
 
 
