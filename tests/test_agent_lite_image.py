@@ -5,6 +5,7 @@ outputs here; the arm64 agent answers Predict like the amd64 one.
 Skipped when docker or the image is not there (building it is CI's image step, `scripts/e2e.sh prepare`, not this
 test's)."""
 
+import os
 import shutil
 import subprocess
 import time
@@ -114,6 +115,10 @@ def serve_and_predict(tag: str, slices: Path, slice_name: str, feed: dict) -> tu
                     if exc.code() != grpc.StatusCode.UNAVAILABLE:
                         raise
                     time.sleep(0.5)
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", name], capture_output=True, text=True)
+        status = Path(f"/proc/{pid.stdout.strip()}/status").read_text()
+        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+        print(f"{tag}: agent RSS with {slice_name} after a Predict: {rss:.0f} MiB")
         return tensors_of(reply.outputs), ready
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
@@ -140,6 +145,81 @@ def test_arm64_agent_answers_predict_like_the_amd64_agent(cnn14_model, cnn14_gra
     print(f"CNN14 slice1 Predict: arm64 (qemu-user) vs amd64 max abs diff {diff:.2e}")
     print(f"start -> serving: amd64 {amd_ready:.1f} s, arm64 under emulation {arm_ready:.1f} s")
     assert arm["dense_1"].shape == amd["dense_1"].shape == (2, 10)
+    assert diff <= 1e-5
+
+
+@pytest.mark.slow
+def test_the_tf_free_agent_calls_tensorflow_agents_bit_identically(cnn14_model, cnn14_graph, tmp_path):
+    """tensorflow-serving-api's client → the device tier in the agent-lite image (LiteRT, no TensorFlow in the
+    image) → edge and cloud agents on TensorFlow here, over the tier link: the answer is bit-identical to LiteRT's
+    device slice followed by the TensorFlow slices computed here, and within 1e-5 of the all-TensorFlow chain."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from splitdnn.agent.litert_runtime import load as load_litert
+    from splitdnn.agent.local import start_agents, stop_all, wait_ready
+    from splitdnn.agent.metrics import scrape
+    from splitdnn.agent.wire import predict_request, tensors_of
+
+    if not have_image(AMD64):
+        pytest.skip(f"{AMD64} not built (scripts/build-images.sh agent-lite)")
+    slices = tmp_path / "slices"
+    export_slices(cnn14_model, cnn14_graph, resolve_cuts(cnn14_graph, ["conv2d", "flatten"]), slices)
+    for path in (tmp_path, slices, *slices.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the image runs as uid 10001
+    x = np.random.default_rng(3).random((4, 28, 28, 1), dtype=np.float32)
+    import tensorflow as tf
+
+    # what the chain must answer, bit for bit: the TensorFlow slices behind the device applied to what LiteRT
+    # computes for the device slice (the same wheel and CPU as in the image): the wire changes no bit
+    values = load_litert(slices, "slice0").compute({"input": x})
+    for k in (1, 2):
+        signature = tf.saved_model.load(str(slices / f"slice{k}" / "1")).signatures["serving_default"]
+        values = {n: v.numpy() for n, v in signature(**values).items()}
+    expected = values["dense_1"]
+
+    def ask(address: str) -> np.ndarray:
+        with grpc.insecure_channel(address) as channel:
+            client = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for _ in range(120):  # UNAVAILABLE until the chain behind the tier is wired
+                try:
+                    return tensors_of(client.Predict(predict_request("cnn14", {"input": x}), timeout=60).outputs)[
+                        "dense_1"
+                    ]
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    time.sleep(0.5)
+        raise AssertionError(f"{address} never answered")
+
+    agents = start_agents(
+        str(slices), tmp_path, [{"name": t, "runtime": "tensorflow"} for t in ("device", "edge", "cloud")], "interop"
+    )
+    name = f"splitdnn-interop-{os.getpid()}"
+    try:
+        wait_ready(agents, timeout=240)
+        all_tf = ask(agents[0].grpc_addr)
+        grpc_port, metrics_port = free_ports(2)
+        argv = f"agent --runtime litert --slices /work --slice slice0 --si interop --host 127.0.0.1 --port {grpc_port}"
+        argv += f" --metrics-port {metrics_port} --next {agents[1].grpc_addr}"
+        subprocess.run(
+            ["docker", "run", "-d", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp", "--network", "host"]
+            + ["-v", f"{slices}:/work:ro", AMD64, *argv.split()],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        lite_first = ask(f"127.0.0.1:{grpc_port}")
+        samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert {dict(lab)["runtime"] for (n, lab), v in samples.items() if n == "splitdnn_runtime_info" and v} == {
+            "litert"
+        }
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        stop_all(agents)
+    diff = float(np.abs(lite_first - all_tf).max())
+    print(f"TF-free device -> TensorFlow edge, cloud: bit-identical to LiteRT then TF here; vs all TF {diff:.2e}")
+    assert np.array_equal(lite_first, expected)
     assert diff <= 1e-5
 
 

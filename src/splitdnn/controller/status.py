@@ -213,7 +213,14 @@ def running_status(
     not_ready = [t["name"] for t in tiers if not t["ready"]]
     prev_phase = previous.get("phase")
     same_generation = previous.get("observedGeneration") == generation
-    failure = next(((t, r["error"]) for t, r in said.items() if r and isinstance(r.get("error"), dict)), None)
+    failure = next(  # the first tier (device side first) whose slicer failed
+        (
+            (t["name"], said_t["error"])
+            for t in si.tiers
+            if (said_t := said.get(t["name"])) and isinstance(said_t.get("error"), dict)
+        ),
+        None,
+    )
     if failure is not None:
         phase, message = Phase.FAILED, f"tier {failure[0]}: {failure[1].get('message', '')}"
     elif not not_ready:
