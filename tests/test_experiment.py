@@ -291,8 +291,26 @@ def test_splits_pairs_sample_and_resource():
     assert si.tier_names == list(exp.TIERS) and si.spec["splitPoints"] == ["block_1_project_BN", "block_5_add"]
 
 
+@pytest.mark.slow
+def test_splits_on_litert_profile_and_serve_with_litert(tmp_path):
+    """`--runtime litert`: the profile times LiteRT blocks and every tier serves its .tflite slice; the results say
+    so and carry a prediction and a measurement per run."""
+    proc = run_cli(
+        *("experiment", "splits", "--model", "MobileNetV2", "--input-shape", "32,32,3", "--sample", "1"),
+        *("--frames", "6", "--fps", "10", "--runtime", "litert", "--out", tmp_path),
+        timeout=900,
+    )
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["runtime"] == "litert" and len(result["runs"]) == 1, proc.stderr[-2000:]
+    (run,) = result["runs"]
+    assert set(run["predicted"]["stage_seconds"]) == set(run["measured"]["stage_seconds"]) == set(exp.TIERS)
+    (sample,) = run["repeats"]
+    assert sample["completed"] > 0 and sample["runtimes"] == dict.fromkeys(exp.TIERS, "litert"), sample
+    assert "three local tiers on litert" in (tmp_path / "results.md").read_text()
+
+
 def test_splits_bad_options_exit_2():
-    for args in (["--runtime", "litert"], ["--input-shape", "32,x"], ["--fps", "0"]):
+    for args in (["--runtime", "onnx"], ["--input-shape", "32,x"], ["--fps", "0"]):
         proc = run_cli("experiment", "splits", "--model", "MobileNetV2", *args, check=False, timeout=60)
         assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
 

@@ -89,6 +89,25 @@ def test_profile_then_plan_from_profiles(tmp_path):
     assert r.returncode == 2 and "--link" in r.stderr
 
 
+def test_profile_through_the_runtime_the_tier_serves_with():
+    """`--runtime` as the agent's: LiteRT (`litert`, or `auto` where every block converts) times the blocks' .tflite
+    through the same Stage; each block says which runtime computed it. CNN14's LiteRT blocks are far cheaper than
+    TensorFlow's (measured side by side in benchmarks/bench_litert.py), so a profile of the wrong runtime would be
+    far off what the tier measures."""
+    from splitdnn.planner.profile import profile_model
+
+    docs = {rt: profile_model("cnn14", "device", warmup=2, repeats=5, progress=False, runtime=rt) for rt in RUNTIMES}
+    for rt, doc in docs.items():
+        want = "tensorflow" if rt == "tensorflow" else "litert"
+        assert doc["runtime"] == rt and {b["runtime"] for b in doc["blocks"]} == {want}, rt
+        assert [b["name"] for b in doc["blocks"]] == [b["name"] for b in docs["tensorflow"]["blocks"]]
+    r = run_cli("profile", "cnn14", "--tier", "d", "--out", "/dev/null", "--runtime", "onnx", check=False)
+    assert r.returncode == 2 and "--runtime 'onnx'" in r.stderr
+
+
+RUNTIMES = ("tensorflow", "litert", "auto")
+
+
 def test_the_empty_call_is_timed_beside_each_block():
     """A burst of load while profiling starts (three Jobs loading TensorFlow on one host) must fall on the block
     and the empty call alike. Timed up front, alone in the burst, the empty call cost 10.5 ms here against the

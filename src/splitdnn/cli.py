@@ -348,13 +348,19 @@ def profile_cmd(
     multi_tensor: bool = typer.Option(
         False, "--multi-tensor", help="Blocks between every cut, not only single-tensor cuts."
     ),
+    runtime: str = typer.Option(
+        "tensorflow", help="the runtime the tier serves with (the agent's --runtime): tensorflow, litert or auto"
+    ),
 ) -> None:
     """Measure per-block compute time and the fixed per-call cost of MODEL on this machine, served the way an
-    agent serves a slice (SavedModel runtime, Stage thread; warm-up, repeats, median)."""
+    agent serves a slice (its runtime, Stage thread; warm-up, repeats, median)."""
+    from splitdnn.agent.runtime import AUTO, RUNTIMES
     from splitdnn.planner.profile import profile_model
 
+    if runtime not in (*RUNTIMES, AUTO):
+        fail(f"--runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, AUTO))}")
     try:
-        doc = profile_model(model, tier, warmup=warmup, repeats=repeats, multi_tensor=multi_tensor)
+        doc = profile_model(model, tier, warmup=warmup, repeats=repeats, multi_tensor=multi_tensor, runtime=runtime)
     except (ValueError, OSError) as exc:
         fail(str(exc))
     with open(out, "w") as fh:
@@ -802,7 +808,9 @@ def experiment_splits(
     fps: float = typer.Option(10.0, help="source frame rate"),
     repeats: int = typer.Option(1, help="runs per pair (medians reported)"),
     seed: int = typer.Option(0, help="seed of the pair sample and the synthetic frames"),
-    runtime: str = typer.Option("tf", "--runtime", help="tf (SavedModel); litert is a future option"),
+    runtime: str = typer.Option(
+        "tensorflow", "--runtime", help="what the tiers serve with and the profile times: tensorflow or litert"
+    ),
     out: str = typer.Option("out/splits", help="results.json and results.md go here"),
 ):
     """Cost model vs measurement on a keras.applications model split over three local tiers."""
@@ -811,8 +819,9 @@ def experiment_splits(
     from splitdnn import experiment as exp
     from splitdnn.experiment_splits import run_splits
 
-    if runtime != "tf":
-        fail(f"--runtime {runtime!r}: only tf is available here (litert is not in this build yet)")
+    runtime = {"tf": "tensorflow"}.get(runtime, runtime)  # (tf: its name before litert came)
+    if runtime not in ("tensorflow", "litert"):
+        fail(f"--runtime {runtime!r}: expected tensorflow or litert")
     app_name = model.removeprefix("keras.applications.")
     try:
         shape = [int(d) for d in input_shape.split(",")]
@@ -830,6 +839,7 @@ def experiment_splits(
             Path(out),
             sample=sample or None,
             repeats=repeats,
+            runtime=runtime,
             say=exp.say_stderr,
         )
     except ValueError as exc:  # unknown model, an input the model does not accept

@@ -370,6 +370,7 @@ def run_once(resource: dict, slices: Path, netns: bool, say: Callable[[str], Non
     out["time_s"] = round(result["source_seconds"], 4)
     out["latency_mean_seconds"] = result.get("latency_mean_seconds")
     out["stage_seconds_mean"] = {t["name"]: t["stage_seconds_mean"] for t in result["tiers"]}
+    out["runtimes"] = {t["name"]: t["runtime"] for t in result["tiers"]}  # what each agent said it computes with
     if result.get("last_error"):
         out["last_error"] = result["last_error"]
     return out

@@ -34,8 +34,10 @@ def split_pairs(points: Sequence[str], sample: int | None, seed: int = 0) -> lis
     return pairs
 
 
-def resource(app: str, input_shape: Sequence[int], points: Sequence[str], workload: exp.Workload) -> dict:
-    """The SplitInference of one run: three local tiers, no emulated overhead or delay."""
+def resource(
+    app: str, input_shape: Sequence[int], points: Sequence[str], workload: exp.Workload, runtime: str = "tensorflow"
+) -> dict:
+    """The SplitInference of one run: three local tiers on `runtime`, no emulated overhead or delay."""
     return {
         "apiVersion": "splitdnn.io/v1alpha1",
         "kind": "SplitInference",
@@ -43,7 +45,7 @@ def resource(app: str, input_shape: Sequence[int], points: Sequence[str], worklo
         "spec": {
             "model": {"kerasApplication": app, "inputShape": list(input_shape)},
             "splitPoints": list(points),
-            "tiers": [{"name": t, "runtime": "tensorflow"} for t in TIERS],  # what its profiles measure
+            "tiers": [{"name": t, "runtime": runtime} for t in TIERS],  # what its profile measures
             "workload": {
                 "fps": workload.fps,
                 "frames": workload.frames,
@@ -66,6 +68,7 @@ def run_splits(
     sample: int | None = 6,
     repeats: int = 1,
     netns: bool = False,
+    runtime: str = "tensorflow",
     say: Callable[[str], None] = lambda m: None,
 ) -> dict:
     from splitdnn.graph import build_graph
@@ -82,7 +85,9 @@ def run_splits(
     pairs = split_pairs(points, sample, workload.seed)
     say(f"{app} at {tuple(input_shape)}: {len(points)} single-tensor split points, {len(pairs)} pairs to run")
     say("profiling through the serving path…")
-    profile = profile_model(spec, "local", warmup=5, repeats=30, progress=False, input_shape=input_shape)
+    profile = profile_model(
+        spec, "local", warmup=5, repeats=30, progress=False, input_shape=input_shape, runtime=runtime
+    )
     stream = exp.measure_stream()
     say(
         f"call cost {profile['call_seconds'] * 1e3:.3f} ms, {sum(b['time'] for b in profile['blocks']) * 1e3:.1f} ms"
@@ -106,7 +111,8 @@ def run_splits(
         for r in range(repeats):
             load = os.getloadavg()[0]
             w = exp.Workload(**{**workload.__dict__, "seed": workload.seed + r})
-            s = exp.run_once(resource(app, input_shape, [d, e], w), slices, netns, partial(exp._tagged, say, tag))
+            si = resource(app, input_shape, [d, e], w, runtime)
+            s = exp.run_once(si, slices, netns, partial(exp._tagged, say, tag))
             s["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             samples.append(s)
         run = {
@@ -128,6 +134,7 @@ def run_splits(
         "experiment": "splits",
         "model": spec,
         "input_shape": list(input_shape),
+        "runtime": runtime,
         "link_emulation": "netns" if netns else "loopback",
         "workload": {"frames": workload.frames, "fps": workload.fps, "seed": workload.seed, "repeats": repeats},
         "split_points": points,
@@ -152,7 +159,8 @@ def _ms(stages: dict) -> str:
 
 def markdown(result: dict) -> str:
     lines = [
-        f"# {result['model']} at {tuple(result['input_shape'])}, three local tiers",
+        f"# {result['model']} at {tuple(result['input_shape'])}, three local tiers on "
+        f"{result.get('runtime', 'tensorflow')}",
         "",
         "| Split (device / edge) | predicted stage ms (device / edge / cloud) | measured | predicted latency ms |"
         " measured | drop |",

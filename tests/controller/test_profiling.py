@@ -37,7 +37,9 @@ def test_job_runs_the_profiler_on_the_tiers_nodes():
     assert pod["nodeSelector"] == {"splitdnn.io/tier": "device"} and pod["restartPolicy"] == "Never"
     (c,) = pod["containers"]
     assert c["image"] == "splitdnn/agent:test" and c["resources"] == {"limits": {"memory": "1Gi"}}
-    assert "splitdnn profile cnn14 --tier device" in c["command"][2] and profiling.MARKER in c["command"][2]
+    # the profile times the runtime the tier serves with (no tiers[].runtime: auto, LiteRT where blocks convert)
+    assert "splitdnn profile cnn14 --tier device --runtime auto" in c["command"][2]
+    assert profiling.MARKER in c["command"][2]
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
 
 

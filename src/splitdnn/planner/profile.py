@@ -15,7 +15,7 @@ burst would otherwise swallow every block timed after it. Raw medians and sample
 Profile file (``splitdnn profile MODEL --tier NAME --out FILE``)::
 
     {"format": "splitdnn.profile/1", "model": "cnn14", "tier": "device", "multi_tensor": false,
-     "runtime": "savedmodel", "input_bytes": 3136, "warmup": 3, "repeats": 10, "call_seconds": 0.0004,
+     "runtime": "tensorflow", "input_bytes": 3136, "warmup": 3, "repeats": 10, "call_seconds": 0.0004,
      "overhead_s": 0.0004, "host": "...",
      "blocks": [{"name": "conv2d", "layers": [0, 1], "time": 0.0021, "median_s": 0.0025, "call_s": 0.0004,
                  "samples_s": [...], "out_bytes": 86528, "flops": 123456}]}
@@ -88,17 +88,20 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[floa
     return samples
 
 
-def _served(slices_dir: str, name: str, feed_of: Callable[[list], dict]) -> tuple[Callable[[], object], list[float]]:
-    """Slice `name` loaded by the agent's runtime and called through the agent's Stage (its worker thread): a call
-    function and the list the Stage's own timing (what `splitdnn_stage_compute_seconds` observes) lands in."""
+def _served(
+    slices_dir: str, name: str, feed_of: Callable[[list], dict], runtime_name: str = "tensorflow"
+) -> tuple[Callable[[], object], list[float], str]:
+    """Slice `name` loaded by the agent's runtime (`runtime_name`: as the agent's --runtime) and called through the
+    agent's Stage (its worker thread): a call function, the list the Stage's own timing (what
+    `splitdnn_stage_compute_seconds` observes) lands in, and the runtime that computes it."""
     from splitdnn.agent import runtime
     from splitdnn.agent.stage import Stage
 
-    rt = runtime.load(slices_dir, name)
+    rt = runtime.load(slices_dir, name, runtime_name)
     took: list[float] = []
     stage = Stage(rt.compute, on_done=took.append, queue_size=1, name=f"profile-{name}")
     feed = rt.validate(feed_of(rt.entry.inputs))
-    return partial(stage, feed), took
+    return partial(stage, feed), took, rt.name
 
 
 def profile_model(
@@ -109,12 +112,14 @@ def profile_model(
     multi_tensor: bool = False,
     progress: bool = True,
     input_shape: Sequence[int] | None = None,
+    runtime: str = "tensorflow",
 ) -> dict:
     """Measure per-block compute time and the fixed per-call cost of model `spec` on this machine, through the
-    serving path: every block is exported as a slice (SavedModel, `slicer.export_slices`), loaded by the agent's
-    runtime (`agent.runtime.load`) and called through the agent's Stage thread, exactly as a tier serves it; the
-    fixed call cost is the same for an identity slice (a 32-byte tensor). A block's time is its median minus the
-    median call cost; the call cost is reported as `call_seconds`. Returns the profile document."""
+    serving path: every block is exported as a slice (`slicer.export_slices`), loaded by the agent's runtime
+    (`agent.runtime.load` with `runtime`: tensorflow, litert or auto, as the agent's --runtime) and called through
+    the agent's Stage thread, exactly as a tier serves it; the fixed call cost is the same for an identity slice (a
+    32-byte tensor). A block's time is its median minus the median call cost; the call cost is reported as
+    `call_seconds`; each block says which runtime computed it. Returns the profile document."""
     import tempfile
 
     import keras
@@ -137,13 +142,14 @@ def profile_model(
         return dict(zip(names, _random_inputs(g, names)))
 
     with tempfile.TemporaryDirectory(prefix="splitdnn-profile-") as tmp:
-        export_slices(ident, (ig := build_graph(ident)), [], f"{tmp}/empty")
-        empty, empty_took = _served(f"{tmp}/empty", "slice0", partial(random_feed, ig))
-        export_slices(model, graph, [b["layers"][1] for b in blocks[:-1]], f"{tmp}/blocks")
+        tflite = runtime != "tensorflow"  # (converting every block costs time only LiteRT needs)
+        export_slices(ident, (ig := build_graph(ident)), [], f"{tmp}/empty", tflite=tflite)
+        empty, empty_took, _ = _served(f"{tmp}/empty", "slice0", partial(random_feed, ig), runtime)
+        export_slices(model, graph, [b["layers"][1] for b in blocks[:-1]], f"{tmp}/blocks", tflite=tflite)
 
         def run_all(advance: Callable[[], None]) -> None:
             for k, b in enumerate(blocks):
-                call, took = _served(f"{tmp}/blocks", f"slice{k}", partial(random_feed, graph))
+                call, took, b["runtime"] = _served(f"{tmp}/blocks", f"slice{k}", partial(random_feed, graph), runtime)
                 del empty_took[:]
                 time_paired(call, empty, warmup, repeats)
                 samples, refs = took[-repeats:], empty_took[-repeats:]
@@ -172,7 +178,7 @@ def profile_model(
         "model": spec,
         "tier": tier,
         "multi_tensor": multi_tensor,
-        "runtime": "savedmodel",  # the agent's runtime, called through its Stage thread
+        "runtime": runtime,  # the agent's --runtime, called through its Stage thread (each block: which computed it)
         "input_bytes": int(graph.input_bytes),
         "warmup": warmup,
         "repeats": repeats,
