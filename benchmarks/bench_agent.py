@@ -3,10 +3,10 @@
     PYTHONPATH=src python benchmarks/bench_agent.py [--quick]
 
 1. per-hop overhead on loopback for 10 kB, 1 MB and 10 MB tensors: numpy -> TensorProto -> serialized
-   PredictRequest -> chunked gRPC stream -> parsed -> numpy at the receiver -> acknowledgement (the agents' own
-   code path without compute), chunks of 4 MB and of 500 kB (Cho 2021's max message size), next to a bare grpcio
-   unary call of the same bytes in the same run (bytes in, empty reply: the floor any gRPC hop pays) and the
-   ratio hop / bare (goal ≤ 1.2);
+   PredictRequest -> the agent's `Downstream.forward` (unary when it fits one message, else a chunked gRPC stream
+   with an acknowledgement) -> parsed -> numpy at the receiver (the agents' own code path without compute), chunks
+   of 4 MB and of 500 kB (Cho 2021's max message size), next to a bare grpcio unary echo of the same bytes (bytes
+   back) and a bare send (empty reply) in the same run, and the ratios (goal: hop ≤ 1.2 × echo);
 2. sustained throughput of a 3-tier CNN14 pipeline (no link delays) driven far above capacity, against
    1 / bottleneck stage time measured in the same run: the example's overhead 10/5/1 on TensorFlow, then
    overheadRatio 0 on TensorFlow and on LiteRT side by side;
@@ -31,27 +31,35 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def _sink_server(port_queue):
+    """The receiving end of a hop without compute: the agent's link methods parse the request into numpy and
+    reply empty; beside them a bare grpcio echo (bytes in, the same bytes back) and a bare send (empty reply)."""
     from concurrent import futures
 
     import grpc
-    from tensorflow_serving.apis import predict_pb2
 
-    from splitdnn.agent.server import GRPC_OPTIONS
+    from splitdnn.agent import messages
+    from splitdnn.agent.server import GRPC_OPTIONS, SERVER_SECONDS
     from splitdnn.agent.wire import tensors_of
 
     def chunked(request_iterator, context):
-        request = predict_pb2.PredictRequest.FromString(b"".join(request_iterator))
-        tensors_of(request.inputs)
+        data = b"".join(request_iterator)
+        yield b""  # the acknowledgement
+        tensors_of(messages.PredictRequest.FromString(data).inputs)
         yield b""
 
-    def bare(request, context):  # raw bytes in (no deserializer), an empty reply
+    def one(data, context):
+        start = time.monotonic()
+        tensors_of(messages.PredictRequest.FromString(data).inputs)
+        context.set_trailing_metadata(((SERVER_SECONDS, f"{time.monotonic() - start:.6f}"),))
         return b""
 
     server = grpc.server(futures.ThreadPoolExecutor(4), options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "splitdnn.Link", {"PredictChunked": grpc.stream_stream_rpc_method_handler(chunked)}),))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Bare", {"Send": grpc.unary_unary_rpc_method_handler(bare)}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("splitdnn.Link", {
+        "PredictChunked": grpc.stream_stream_rpc_method_handler(chunked),
+        "PredictOne": grpc.unary_unary_rpc_method_handler(one)}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Bare", {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda data, context: data),
+        "Send": grpc.unary_unary_rpc_method_handler(lambda data, context: b"")}),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     port_queue.put(port)
@@ -59,39 +67,50 @@ def _sink_server(port_queue):
 
 
 def per_hop(repeats: int) -> None:
+    """The agent's own hop (`Downstream.forward`: unary when the request fits one message, else a chunked stream)
+    beside a bare grpcio unary echo and send of the same serialized bytes, interleaved in one run."""
     import grpc
     import numpy as np
 
-    from splitdnn.agent.server import CHUNKED_METHOD, GRPC_OPTIONS
-    from splitdnn.agent.wire import predict_request, split_chunks
+    from splitdnn.agent.downstream import Downstream
+    from splitdnn.agent.link import LinkEmulator, LinkParams
+    from splitdnn.agent.metrics import AgentMetrics
+    from splitdnn.agent.server import GRPC_OPTIONS
+    from splitdnn.agent.wire import predict_request
 
     queue = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=_sink_server, args=(queue,), daemon=True)
     proc.start()
     port = queue.get(timeout=120)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
-    push = channel.stream_stream(CHUNKED_METHOD)
-    send = channel.unary_unary("/bench.Bare/Send")
-    print("\n1. per-hop overhead on loopback (serialize + gRPC chunked stream + deserialize + ack), median of", repeats)
-    print(f"{'tensor':>8} {'chunk':>8} {'serialize ms':>13} {'hop ms':>9} {'bare ms':>9} {'hop/bare':>9} {'MB/s':>8}")
+    echo, send = channel.unary_unary("/bench.Bare/Echo"), channel.unary_unary("/bench.Bare/Send")
+    print("\n1. per-hop overhead on loopback (serialize + the agent's hop + deserialize), median of", repeats)
+    print(f"{'tensor':>8} {'chunk':>8} {'path':>6} {'serialize':>10} {'hop ms':>8} {'echo ms':>8} {'send ms':>8} "
+          f"{'hop/echo':>9} {'hop/send':>9}")
     for size in (10_000, 1_000_000, 10_000_000):
         array = np.random.default_rng(0).random(size // 4, dtype=np.float32)
         for chunk in (4 * 1024 * 1024, 500_000):
-            ser, hop, floor = [], [], []
-            for _ in range(repeats + 1):  # interleaved, so both see the same machine load
+            link = Downstream(f"127.0.0.1:{port}", LinkEmulator(LinkParams()), AgentMetrics("bench", "bench"), chunk)
+            ser, hop, echoed, sent = [], [], [], []
+            for _ in range(repeats + 1):  # interleaved, so all see the same machine load
                 t0 = time.perf_counter()
                 data = predict_request("bench", {"x": array}).SerializeToString()
                 t1 = time.perf_counter()
-                next(push(iter(split_chunks(data, chunk)), timeout=60, wait_for_ready=True))
+                link.forward(data, timeout=60)
                 t2 = time.perf_counter()
-                send(data, timeout=60, wait_for_ready=True)
+                echo(data, timeout=60, wait_for_ready=True)
                 t3 = time.perf_counter()
+                send(data, timeout=60, wait_for_ready=True)
+                t4 = time.perf_counter()
                 ser.append(t1 - t0)
                 hop.append(t2 - t0)
-                floor.append(t3 - t2)
-            ser, hop, bare = statistics.median(ser[1:]), statistics.median(hop[1:]), statistics.median(floor[1:])
-            print(f"{size / 1e6:>7.2f}M {chunk / 1e6:>7.2f}M {ser * 1e3:>13.2f} {hop * 1e3:>9.2f} {bare * 1e3:>9.2f} "
-                  f"{hop / bare:>8.2f}× {size / hop / 1e6:>8.1f}")
+                echoed.append(t3 - t2)
+                sent.append(t4 - t3)
+            ser, hop, e, b = (statistics.median(v[1:]) for v in (ser, hop, echoed, sent))
+            path = "unary" if len(data) <= chunk else "stream"
+            print(f"{size / 1e6:>7.2f}M {chunk / 1e6:>7.2f}M {path:>6} {ser * 1e3:>10.2f} {hop * 1e3:>8.2f} "
+                  f"{e * 1e3:>8.2f} {b * 1e3:>8.2f} {hop / e:>8.2f}× {hop / b:>8.2f}×")
+            link.close()
     channel.close()
     proc.terminate()
 

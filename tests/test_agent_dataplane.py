@@ -100,6 +100,54 @@ def test_bad_requests_get_invalid_argument_and_the_agent_keeps_serving(chain_age
     channel.close()
 
 
+def test_one_message_requests_go_unary_and_streams_remain_for_an_earlier_next_tier(chain_agents, cnn14_model):
+    """A frame that fits one message crosses on /splitdnn.Link/PredictOne (the receiver says its own time in the
+    trailing metadata); garbage there is INVALID_ARGUMENT. A next tier without the method (an earlier version,
+    mid-rollout) makes the sender fall back to the chunked stream for good, and the frame still gets its answer."""
+    from concurrent import futures
+
+    from splitdnn.agent.downstream import CHUNKED_METHOD, ONE_METHOD, SERVER_SECONDS, Downstream
+    from splitdnn.agent.link import LinkEmulator, LinkParams
+    from splitdnn.agent.metrics import AgentMetrics
+    from splitdnn.agent.wire import predict_request
+
+    _, agents = chain_agents
+    conv = np.asarray(cnn14_model.get_layer("conv2d")(frame(2, seed=4)))
+    request = predict_request("cnn14", {"conv2d": conv}).SerializeToString()  # 173 kB: one 500 kB message
+    with grpc.insecure_channel(agents[1].grpc_addr) as channel:  # the edge tier, as the device calls it
+        reply, call = channel.unary_unary(ONE_METHOD).with_call(request, timeout=30)
+        assert float(dict(call.trailing_metadata())[SERVER_SECONDS]) > 0
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(ONE_METHOD)(b"\xff garbage", timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a PredictRequest" in err.value.details()
+
+    # an earlier next tier: only the chunked stream (it acknowledges, then answers)
+    def chunked(request_iterator, context):
+        b"".join(request_iterator)
+        yield b""
+        yield reply
+
+    old = grpc.server(futures.ThreadPoolExecutor(2))
+    old.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "splitdnn.Link", {"PredictChunked": grpc.stream_stream_rpc_method_handler(chunked)}
+            ),
+        )
+    )
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    link = Downstream(f"127.0.0.1:{port}", LinkEmulator(LinkParams()), AgentMetrics("t", "t"), 500_000)
+    try:
+        assert link.unary and link.forward(request, timeout=30) == reply
+        assert not link.unary  # it asked PredictOne once, got UNIMPLEMENTED, and streams from now on
+        assert link.forward(request, timeout=30) == reply
+    finally:
+        link.close()
+        old.stop(None)
+    assert CHUNKED_METHOD == "/splitdnn.Link/PredictChunked"
+
+
 def test_middle_tier_validates_its_own_inputs(chain_agents):
     chain, agents = chain_agents
     client, channel = stub(agents[1].grpc_addr)

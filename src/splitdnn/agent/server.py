@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -36,7 +37,15 @@ from typing import Any, NoReturn
 import grpc
 
 from splitdnn.agent import api
-from splitdnn.agent.downstream import CHUNKED_METHOD, GRPC_OPTIONS, PING_METHOD, Downstream, server_options
+from splitdnn.agent.downstream import (
+    CHUNKED_METHOD,
+    GRPC_OPTIONS,
+    ONE_METHOD,
+    PING_METHOD,
+    SERVER_SECONDS,
+    Downstream,
+    server_options,
+)
 from splitdnn.agent.link import LinkEmulator, LinkParams
 from splitdnn.agent.metrics import AgentMetrics
 from splitdnn.agent.runtime import SIGNATURE, BadRequest
@@ -45,7 +54,16 @@ from splitdnn.agent.wire import TooLarge, tensors_of
 
 log = logging.getLogger("splitdnn.agent")
 
-__all__ = ["CHUNKED_METHOD", "GRPC_OPTIONS", "PING_METHOD", "SIGNATURE", "AgentConfig", "BadRequest", "serve"]
+__all__ = [
+    "CHUNKED_METHOD",
+    "GRPC_OPTIONS",
+    "ONE_METHOD",
+    "PING_METHOD",
+    "SIGNATURE",
+    "AgentConfig",
+    "BadRequest",
+    "serve",
+]
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -245,6 +263,19 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{tier.name}: not a PredictRequest: {exc}")
         yield from tier.reply_chunks(_predict(tier, request, context, False, next_address))
 
+    def one(data: bytes, context):
+        """A request in one message (`downstream.ONE_METHOD`); the reply whole, and this tier's time (parse,
+        compute, the tiers behind it) in the trailing metadata for the sender's transfer time."""
+        assert tier is not None
+        start = time.monotonic()
+        try:
+            request = messages.PredictRequest.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{tier.name}: not a PredictRequest: {exc}")
+        reply = b"".join(tier.reply_chunks(_predict(tier, request, context, False, next_address)))
+        context.set_trailing_metadata(((SERVER_SECONDS, f"{time.monotonic() - start:.6f}"),))
+        return reply
+
     def ping(request, context):
         """Empty while the chain behind this tier is ready, else why not: the previous tier's readiness follows it.
         (Not this tier's own stopping: a draining tier still serves what the previous tier sends.)"""
@@ -275,6 +306,7 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
         "splitdnn.Link",
         {
             "PredictChunked": grpc.stream_stream_rpc_method_handler(chunked),
+            "PredictOne": grpc.unary_unary_rpc_method_handler(one),
             "Ping": grpc.unary_unary_rpc_method_handler(ping),
         },
     )

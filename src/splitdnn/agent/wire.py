@@ -1,7 +1,8 @@
 """Tensors on the wire: numpy <-> `TensorProto` with `tensor_content`, and chunking of serialized messages.
 
 A message larger than the link's `maxMessageBytes` is cut into pieces of at most that many bytes and sent as a
-client stream (see `server.CHUNKED_METHOD`); the receiver concatenates them and parses one `PredictRequest`.
+client stream (see `server.CHUNKED_METHOD`); the receiver concatenates them and parses one `PredictRequest`. One
+that fits goes whole (`server.ONE_METHOD`).
 """
 
 from __future__ import annotations
