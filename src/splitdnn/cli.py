@@ -72,14 +72,19 @@ def _load_graph(
         )
         return model, build_graph(model), fetched
     except (ModelSourceError, ValueError) as exc:
-        _write_report(report, {"error": {"reason": getattr(exc, "reason", "InvalidModel"), "message": str(exc)}})
-        fail(str(exc))
+        _fail_reported(report, getattr(exc, "reason", "InvalidModel"), str(exc))
 
 
 def _write_report(path: str | None, doc: dict) -> None:
     """`slice --report`: one short JSON line (a pod's termination message holds 4 KiB)."""
     if path:
         Path(path).write_text(json.dumps(doc, separators=(",", ":"))[:4000] + "\n")
+
+
+def _fail_reported(report: str | None, reason: str, message: str) -> None:
+    """`fail`, after writing the reason word and the message to `slice --report`'s file (when given)."""
+    _write_report(report, {"error": {"reason": reason, "message": message}})
+    fail(message)
 
 
 def _shape(shape) -> str:
@@ -178,8 +183,7 @@ def slice_(
     try:
         cuts = resolve_cuts(graph, points)
     except CutError as exc:
-        _write_report(report, {"error": {"reason": "InvalidSplitPoint", "message": str(exc)}})
-        fail(str(exc))
+        _fail_reported(report, "InvalidSplitPoint", str(exc))
     try:
         manifest = export_slices(
             keras_model,
@@ -194,15 +198,13 @@ def slice_(
             keras=keras,
         )
     except ValueError as exc:  # e.g. a calibration directory without images, or images for a non-image model
-        _write_report(report, {"error": {"reason": "SliceFailed", "message": str(exc)}})
-        fail(str(exc))
+        _fail_reported(report, "SliceFailed", str(exc))
     if verify:
         diff = verify_slices(keras_model, graph, out)
         typer.echo(f"verified: max abs diff {diff:.2e} between the chained slices and the full model", err=True)
         if diff > 1e-5:
             message = f"slices do not compose to the model: max abs diff {diff:.2e} > 1e-5"
-            _write_report(report, {"error": {"reason": "SliceMismatch", "message": message}})
-            fail(message)
+            _fail_reported(report, "SliceMismatch", message)
         if tflite:
             from splitdnn.tflite import FLOAT_TOL, verify_tflite
 
@@ -214,8 +216,7 @@ def slice_(
             )
             if diff > FLOAT_TOL:
                 message = f".tflite slices do not compose to the model: max abs diff {diff:.2e} > {FLOAT_TOL}"
-                _write_report(report, {"error": {"reason": "SliceMismatch", "message": message}})
-                fail(message)
+                _fail_reported(report, "SliceMismatch", message)
     if report:
         from splitdnn.slicer import conversion_report
 
@@ -354,11 +355,11 @@ def profile_cmd(
 ) -> None:
     """Measure per-block compute time and the fixed per-call cost of MODEL on this machine, served the way an
     agent serves a slice (its runtime, Stage thread; warm-up, repeats, median)."""
-    from splitdnn.agent.runtime import AUTO, RUNTIMES
+    from splitdnn.agent.runtime import RUNTIME_CHOICES
     from splitdnn.planner.profile import profile_model
 
-    if runtime not in (*RUNTIMES, AUTO):
-        fail(f"--runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, AUTO))}")
+    if runtime not in RUNTIME_CHOICES:
+        fail(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_CHOICES)}")
     try:
         doc = profile_model(model, tier, warmup=warmup, repeats=repeats, multi_tensor=multi_tensor, runtime=runtime)
     except (ValueError, OSError) as exc:
@@ -439,7 +440,7 @@ def agent(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from splitdnn.agent.netem import load_report
-    from splitdnn.agent.runtime import AUTO, COOP_METHODS, RUNTIMES
+    from splitdnn.agent.runtime import COOP_METHODS, RUNTIME_CHOICES
     from splitdnn.agent.server import AgentConfig, emulation_plan, env_settings, serve
 
     try:
@@ -494,8 +495,8 @@ def agent(
                 "--fps > 0, --max-inflight ≥ 1, --frames ≥ 0, --warmup ≥ 0, --threads ≥ 1, 1 ≤ --devices ≤ 64 "
                 "are required"
             )
-        if runtime not in (*RUNTIMES, AUTO):
-            raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, AUTO))}")
+        if runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join(RUNTIME_CHOICES)}")
         if coop not in COOP_METHODS:
             raise ValueError(f"--coop {coop!r}: expected one of {', '.join(COOP_METHODS)}")
         if source and source != "synthetic":

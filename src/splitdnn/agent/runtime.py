@@ -21,6 +21,7 @@ import numpy as np
 SIGNATURE = "serving_default"
 RUNTIMES = ("tensorflow", "litert")
 AUTO = "auto"  # litert where the slice converted, else tensorflow (`choose`)
+RUNTIME_CHOICES = (*RUNTIMES, AUTO)  # what the agent's --runtime takes
 COOP_METHODS = ("mls", "sls", "off")  # how a tier of several devices splits its slice (planner.coop)
 
 
@@ -260,14 +261,14 @@ def load(
     devices: int = 1,
     coop: str = "mls",
 ) -> SliceRuntime:
-    """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (RUNTIMES or AUTO; the first
+    """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (one of RUNTIME_CHOICES; the first
     call pays TF's tracing or LiteRT's allocation). A slice without a `.tflite` cannot run on `litert`: the error
     gives the slicer's reason (e.g. a Flex op). `devices` > 1 (and `coop` not "off"): a cooperative group of that
     many workers computes the slice (CoopRuntime, TensorFlow)."""
     from splitdnn.agent.source import zero_frame
 
-    if runtime not in (*RUNTIMES, AUTO):
-        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join((*RUNTIMES, AUTO))})")
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIME_CHOICES)})")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if devices < 1 or coop not in COOP_METHODS:

@@ -253,26 +253,27 @@ def build_server(tier: Tier | None, max_workers: int = 32, next_address: str | N
             _abort(context, error)
         return api.model_status(tier.ready(), tier.stopping.is_set(), tier.not_ready_reason())
 
-    def chunked(request_iterator, context):
+    def forwarded(data: bytes, context) -> bytes:
+        """A previous tier's serialized PredictRequest, computed here (and behind): the reply to stream back."""
         assert tier is not None
-        data = read_stream(request_iterator, context, tier.max_request_bytes, tier.timeout, tier.name)
-        yield b""  # acknowledgement: the sender's transfer time ends here
         try:
             request = messages.PredictRequest.FromString(data)
         except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{tier.name}: not a PredictRequest: {exc}")
-        yield from tier.reply_chunks(_predict(tier, request, context, False, next_address))
+        return _predict(tier, request, context, False, next_address)
+
+    def chunked(request_iterator, context):
+        assert tier is not None
+        data = read_stream(request_iterator, context, tier.max_request_bytes, tier.timeout, tier.name)
+        yield b""  # acknowledgement: the sender's transfer time ends here
+        yield from tier.reply_chunks(forwarded(data, context))
 
     def one(data: bytes, context):
         """A request in one message (`downstream.ONE_METHOD`); the reply whole, and this tier's time (parse,
         compute, the tiers behind it) in the trailing metadata for the sender's transfer time."""
         assert tier is not None
         start = time.monotonic()
-        try:
-            request = messages.PredictRequest.FromString(data)
-        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{tier.name}: not a PredictRequest: {exc}")
-        reply = b"".join(tier.reply_chunks(_predict(tier, request, context, False, next_address)))
+        reply = b"".join(tier.reply_chunks(forwarded(data, context)))
         context.set_trailing_metadata(((SERVER_SECONDS, f"{time.monotonic() - start:.6f}"),))
         return reply
 

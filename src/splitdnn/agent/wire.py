@@ -129,8 +129,8 @@ def split_chunks(data: bytes, max_bytes: int) -> list[bytes]:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
     if not data:
         return [b""]
-    if len(data) <= max_bytes:  # one piece: the data itself, not a copy
-        return [bytes(data)] if not isinstance(data, bytes) else [data]
+    if len(data) <= max_bytes:  # one piece: the data itself (bytes() of a bytes object is that object: no copy)
+        return [bytes(data)]
     view = memoryview(data)
     return [bytes(view[i : i + max_bytes]) for i in range(0, len(data), max_bytes)]
 

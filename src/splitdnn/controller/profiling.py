@@ -38,7 +38,7 @@ def configmap_name(si_name: str) -> str:
     return f"{si_name}-profiles"
 
 
-def tier_runtime(si, index: int) -> str:
+def profiled_runtime(si, index: int) -> str:
     """What the tier's agent runs (its --runtime): the profile must time the same runtime."""
     t = si.typed.tiers[index]
     return "tensorflow" if t.devices > 1 else (t.runtime or "auto")
@@ -47,7 +47,7 @@ def tier_runtime(si, index: int) -> str:
 def render_job(si, index: int, image: str) -> dict:
     tier = si.tiers[index]
     tname = tier["name"]
-    runtime = tier_runtime(si, index)
+    runtime = profiled_runtime(si, index)
     script = (
         f"splitdnn profile {shlex.quote(si.model_source)} --tier {shlex.quote(tname)} --runtime {runtime}"
         f" --out /tmp/profile.json >&2 && echo {MARKER} && cat /tmp/profile.json"
