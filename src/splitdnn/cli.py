@@ -692,6 +692,115 @@ def probe_cmd(
         fail(f"cannot listen on {listen} or serve metrics on :{metrics_port}: {exc}")
 
 
+# --- artifacts: the store, the model Job, the tiers' fetch ------------------------------------------------------
+
+artifacts_app = typer.Typer(
+    no_args_is_help=True,
+    help="The artifact store: graphs and slices built once by TensorFlow, fetched by every tier (docs/operator.md).",
+)
+app.add_typer(artifacts_app, name="artifacts")
+STORE_HELP = "the artifact store's URL (http://HOST:PORT; the chart's splitdnn-artifacts Service)"
+
+
+def _points(at: str | None) -> list[str] | None:
+    return None if at is None else [p.strip() for p in at.split(",") if p.strip()]
+
+
+@artifacts_app.command("serve")
+def artifacts_serve(
+    root: str = typer.Option(..., help="directory holding blobs/ and refs/ (a PVC keeps them across restarts)"),
+    host: str = typer.Option("0.0.0.0", help="address to listen on"),
+    port: int = typer.Option(8080, help="HTTP port"),
+    max_blob_bytes: str = typer.Option("4Gi", help="refuse an upload larger than this (a model file or a slice)"),
+    verbose: bool = typer.Option(False, help="log every request"),
+):
+    """Serve the artifact store (no TensorFlow): GET/HEAD/PUT /blobs/sha256/HEX and /refs/{models,slices}/KEY.json."""
+    from splitdnn.artifacts import ArtifactServer
+    from splitdnn.storage import parse_bytes
+
+    try:
+        limit = parse_bytes(max_blob_bytes)
+    except ValueError as exc:
+        fail(f"--max-blob-bytes: {exc}")
+    server = ArtifactServer(Path(root), (host, port), limit, verbose)
+    typer.echo(f"artifact store {root} on http://{host}:{server.server_address[1]}: {server.stats()}", err=True)
+    server.serve_forever()
+
+
+@artifacts_app.command("build")
+def artifacts_build(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    store: str = typer.Option(..., help=STORE_HELP),
+    at: str | None = typer.Option(
+        None, "--at", help="also build the slices of this split (L1[,L2...]; '' = the whole model as one slice)"
+    ),
+    input_shape: str | None = typer.Option(None, help=INPUT_SHAPE_HELP),
+    sha256: str | None = typer.Option(None, "--sha256", help=SHA256_HELP),
+    max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
+    keras: bool = typer.Option(False, help="also write each slice as a flat .keras chain (for cooperative tiers)"),
+    report: str | None = typer.Option(None, help="write one short JSON line here (the model Job's termination log)"),
+):
+    """The model Job: fetch MODEL, store its file, digest and graph, and (with --at) its slices. TensorFlow runs
+    only for what the store does not have yet."""
+    from splitdnn import artifacts
+    from splitdnn.models import ModelSourceError
+    from splitdnn.slicer import CutError
+
+    try:
+        doc = artifacts.build(
+            artifacts.Store(store),
+            model,
+            _parse_shape(input_shape),
+            sha256,
+            _max_bytes(max_model_bytes),
+            _points(at),
+            keras,
+            say=lambda m: typer.echo(m, err=True),
+        )
+    except artifacts.ArtifactError as exc:
+        _fail_reported(report, exc.reason, str(exc))
+    except ModelSourceError as exc:
+        _fail_reported(report, exc.reason, str(exc))
+    except (CutError, KeyError) as exc:
+        _fail_reported(report, "InvalidSplitPoint", str(exc).strip("'\""))
+    except artifacts.SliceMismatch as exc:
+        _fail_reported(report, "SliceMismatch", str(exc))
+    except ValueError as exc:  # e.g. a point that names no layer, caught before any slicing
+        reason = "InvalidSplitPoint" if "split point" in str(exc) else "SliceFailed"
+        _fail_reported(report, reason, str(exc))
+    _write_report(report, doc)
+    built = ", ".join(doc["built"]) or "nothing: the store had it all"
+    typer.echo(f"model key {doc['key']} (sha256:{doc['model']['sha256'][:12]}): built {built}")
+
+
+@artifacts_app.command("fetch")
+def artifacts_fetch(
+    store: str = typer.Option(..., help=STORE_HELP),
+    model_key: str = typer.Option(..., "--model-key", help="the model's key (`artifacts build` prints it)"),
+    at: str = typer.Option(..., "--at", help="the split: L1[,L2...] ('' = one slice)"),
+    index: int = typer.Option(..., "--slice", help="which slice of the split to fetch (0 = the first tier's)"),
+    out: str = typer.Option(..., help="directory to write slices.json and slice<N>/ into"),
+    keras: bool = typer.Option(False, help="the slices built with --keras"),
+    wait: float = typer.Option(0.0, help="seconds to wait for a model Job still building the slices"),
+    report: str | None = typer.Option(None, help="write one short JSON line here (the init container's log)"),
+):
+    """A tier's init container: fetch one slice, check its digest, unpack it. No TensorFlow."""
+    from splitdnn import artifacts
+
+    points = _points(at) or []
+    if not 0 <= index <= len(points):
+        fail(f"--slice {index}: a split at {len(points)} point(s) has slices 0..{len(points)}")
+    try:
+        doc = artifacts.fetch(
+            artifacts.Store(store), model_key, points, index, Path(out), keras, wait, lambda m: typer.echo(m, err=True)
+        )
+    except artifacts.ArtifactError as exc:
+        _fail_reported(report, exc.reason, str(exc))
+    except ValueError as exc:
+        _fail_reported(report, "InvalidSplitPoint", str(exc))
+    _write_report(report, doc)
+
+
 # --- operator ----------------------------------------------------------------------------------------------------
 
 

@@ -156,7 +156,7 @@ def load_keras_file(path: Path, label: str):
         )
         raise ModelSourceError(f"model {label!r} is not a .keras archive (a zip file): {what}", "NotKerasArchive")
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # keras raises many types; the user needs the file name and the reason
         text = str(exc)
         if "Lambda" in text and "safe_mode" in text:
@@ -167,3 +167,20 @@ def load_keras_file(path: Path, label: str):
             ) from exc
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
         raise ModelSourceError(f"cannot load model {label!r}: {first[:300]}") from exc
+    return functional(model) if isinstance(model, keras.Sequential) else model
+
+
+def functional(model):
+    """A Sequential model loaded from a file as a functional model of the same layers and weights: a loaded
+    Sequential rebuilds its graph on first use, so its layers' inputs are not its previous layers' outputs and the
+    graph cannot be followed (`build_graph` said "consumes a tensor produced outside the model's layer order")."""
+    import keras
+
+    first = model.inputs[0]
+    inputs = keras.Input(shape=tuple(first.shape[1:]), dtype=first.dtype, name=getattr(first, "name", None))
+    x = inputs
+    for layer in model.layers:
+        clone = layer.__class__.from_config(layer.get_config())
+        x = clone(x)
+        clone.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name=model.name)

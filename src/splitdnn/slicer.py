@@ -164,10 +164,11 @@ def export_slices(
     calibration: str | None = None,
     frames: int = 100,
     keras: bool = False,
+    only: set[str] | None = None,
 ) -> dict:
-    """Write every slice as a SavedModel, (with `tflite`) as a checked `.tflite` (see `splitdnn.tflite`), (with
-    `keras`) as a flat `.keras` chain of its layers for cooperative tiers (see `chain_keras_model`), and
-    `slices.json`; returns the manifest."""
+    """Write every slice (`only`: the slices of these names) as a SavedModel, (with `tflite`) as a checked
+    `.tflite` (see `splitdnn.tflite`), (with `keras`) as a flat `.keras` chain of its layers for cooperative tiers
+    (see `chain_keras_model`), and `slices.json`; returns the manifest."""
     import tensorflow as tf
 
     out_dir = Path(out_dir)
@@ -177,7 +178,8 @@ def export_slices(
         "cuts": [graph.layers[i].name for i in cuts],
         "slices": [],
     }
-    specs = plan_slices(graph, cuts)
+    every = plan_slices(graph, cuts)
+    specs = [s for s in every if only is None or s.name in only]
     for spec in specs:
         run = slice_function(model, graph, spec)
         module = tf.Module()
@@ -207,7 +209,10 @@ def export_slices(
     if tflite:
         from splitdnn.tflite import export_tflite
 
-        export_tflite(model, graph, specs, out_dir, manifest, quantize, calibration, frames, progress=progress)
+        if quantize and only is not None:
+            raise ValueError("quantization calibrates along the whole chain: export every slice")
+        # (every slice: the check's probe frames run through the ones not exported too)
+        export_tflite(model, graph, every, out_dir, manifest, quantize, calibration, frames, progress=progress)
     elif quantize:
         raise ValueError("quantization writes .tflite slices: it needs tflite=True")
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -283,3 +288,20 @@ def verify_slices(model, graph: ModelGraph, directory: str | Path, seed: int = 0
         signature = tf.saved_model.load(str(directory / entry["path"])).signatures["serving_default"]
         values = {k: v.numpy() for k, v in signature(**{t["name"]: values[t["name"]] for t in entry["inputs"]}).items()}
     return max(float(np.abs(values[n] - np.asarray(e)).max()) for n, e in zip(graph.outputs, expected))
+
+
+def verify_slice(model, graph: ModelGraph, directory: str | Path, entry: dict, seed: int = 0) -> float:
+    """One exported slice's SavedModel against the Keras slice on a random frame of its own inputs (a slice
+    exported alone, `export_slices(only=…)`, has no chain to compose); the max abs difference."""
+    import numpy as np
+    import tensorflow as tf
+
+    first, last = (graph.layer_index(n) for n in entry["layers"])
+    cuts = ([first - 1] if first > 0 else []) + ([last] if last < len(graph.layers) - 1 else [])
+    spec = next(s for s in plan_slices(graph, cuts) if (s.first, s.last) == (first, last))
+    rng = np.random.default_rng(seed)
+    feed = {n: rng.random(frame_shape(graph, n)).astype(graph.tensors[n].dtype) for n in spec.inputs}
+    want = slice_function(model, graph, spec)(feed)
+    signature = tf.saved_model.load(str(Path(directory) / entry["path"])).signatures["serving_default"]
+    got = {k: v.numpy() for k, v in signature(**feed).items()}
+    return max((float(np.abs(got[n] - np.asarray(want[n])).max()) for n in spec.outputs), default=0.0)

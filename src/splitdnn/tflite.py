@@ -199,6 +199,9 @@ def export_tflite(
     rng = np.random.default_rng(seed)
     probe = {n: rng.random(frame_shape(graph, n, batch=2)).astype(graph.tensors[n].dtype) for n in graph.inputs}
     for spec, km in zip(specs, keras_models):
+        if spec.name not in entries:  # a slice not exported this time (`export_slices(only=…)`): only the probe
+            probe = _keras_outputs(km, [{"name": n} for n in spec.inputs], probe)  # moves on through it
+            continue
         entry = entries[spec.name]
         result = convert_and_check(km, entry["inputs"], entry["outputs"], probe)
         for key in ("tflite", "tflite_max_abs_diff", "tflite_error"):
