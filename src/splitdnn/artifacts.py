@@ -354,7 +354,10 @@ def fetch(
     deadline = time.monotonic() + wait_seconds
     while True:
         model = store.get_ref("models", key)
-        refs = slice_refs(store, model, split_points, keras) if model else []
+        refs = slice_refs(store, model, split_points, keras) if model is not None and usable(model) else []
+        failed = next((r for r in [model, *refs] if r and "error" in r), None)
+        if failed is not None:  # the model Job could not build it: its reason, not a timeout
+            raise ArtifactError(failed["error"]["reason"], failed["error"]["message"])
         if model and all(refs):
             break
         if time.monotonic() >= deadline:
@@ -382,7 +385,7 @@ def fetch(
     from splitdnn.slicer import conversion_report
 
     return {
-        "model": {"sha256": model["digest"], "bytes": model["bytes"]},  # type: ignore[index]
+        "model": {"sha256": model["digest"], "bytes": model["bytes"]},
         "slice": {"name": f"slice{index}", "sha256": ref["blob"], "bytes": size},
         **conversion_report(doc),
     }
@@ -405,7 +408,8 @@ def _tar(directory: Path, dest: Path) -> None:
             tar.add(path, arcname=str(path.relative_to(directory)), recursive=False, filter=clean)
 
 
-def build(
+def _build(
+    stage: list[str],
     store: Store,
     source: str,
     input_shape: Sequence[int] | None = None,
@@ -415,12 +419,10 @@ def build(
     keras: bool = False,
     say: Callable[[str], None] = lambda _m: None,
 ) -> dict:
-    """Make sure the store has the model (file, digest, graph) and, unless `split_points` is None, the slices of
-    that split (`[]`: the whole model as one slice); TensorFlow
-    runs only for what is missing. Returns the report (`built`: what this call computed). Raises
-    splitdnn.models.ModelSourceError (bad model), ValueError (bad split point), ArtifactError (store)."""
+    """`build`; `stage` holds the refs a failure at this point is recorded in (the operator checks split points
+    against the graph itself: a bad one is not recorded)."""
     key = model_key(source, input_shape, sha256)
-    model = store.get_ref("models", key)
+    model = usable(store.get_ref("models", key))
     keras_model = None
     built: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -433,22 +435,24 @@ def build(
             if fetched is None:  # a builtin or keras.applications model: code; its file is what the tiers slice
                 keras_model.save(path)
             digest, size = store.put_blob(path)
-            graph = build_graph(keras_model).summary()
+            summary = build_graph(keras_model).summary()
             model = {
                 "format": MODEL_FORMAT,
                 "source": source,
                 "digest": digest,
                 "bytes": size,
-                "graph": graph.to_json(),
+                "graph": summary.to_json(),
             }
             store.put_ref("models", key, model)
             built.append("graph")
-            say(f"model {source}: sha256:{digest[:12]}, {size / 1e6:.1f} MB, {len(graph.layers)} layers")
+            say(f"model {source}: sha256:{digest[:12]}, {size / 1e6:.1f} MB, {len(summary.layers)} layers")
+        stage.clear()
         points = [] if split_points is None else list(split_points)
         slices = (
             split_slices(model["digest"], model["graph"]["layers"], points, keras) if split_points is not None else []
         )
-        missing = [s for s in slices if store.get_ref("slices", s.key) is None]
+        missing = [s for s in slices if usable(store.get_ref("slices", s.key)) is None]
+        stage[:] = [f"slices/{s.key}" for s in missing]
         if missing:
             from splitdnn.graph import build_graph
             from splitdnn.models import load_keras_file, load_source
@@ -476,9 +480,63 @@ def build(
                 store.put_ref("slices", s.key, {"format": SLICE_FORMAT, "blob": digest, "bytes": size, "entry": entry})
                 built.append(s.name)
                 say(f"{s.name} ({s.first} .. {s.last}): sha256:{digest[:12]}, {size / 1e6:.1f} MB")
+    stage.clear()
     report: dict[str, Any] = {"model": {"sha256": model["digest"], "bytes": model["bytes"]}, "key": key, "built": built}
     if slices:
         from splitdnn.slicer import conversion_report
 
-        report |= conversion_report(manifest(model, points, [store.get_ref("slices", s.key) for s in slices]))
+        done_refs = [store.get_ref("slices", s.key) or {} for s in slices]
+        report |= conversion_report(manifest(model, points, done_refs))
     return report
+
+
+def build(
+    store: Store,
+    source: str,
+    input_shape: Sequence[int] | None = None,
+    sha256: str | None = None,
+    max_bytes: int | None = None,
+    split_points: Sequence[str] | None = None,
+    keras: bool = False,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict:
+    """Make sure the store has the model (file, digest, graph) and, unless `split_points` is None, the slices of
+    that split (`[]`: the whole model as one slice); TensorFlow runs only for what is missing. Returns the report
+    (`built`: what this call computed). A failure is also recorded in the store where the operator (a model) or
+    the waiting tiers (slices) look, with its reason word (`failure_reason`), and raised."""
+    stage = [f"models/{model_key(source, input_shape, sha256)}"]
+    try:
+        return _build(stage, store, source, input_shape, sha256, max_bytes, split_points, keras, say)
+    except Exception as exc:
+        error = {"reason": failure_reason(exc), "message": str(exc).strip("'\"")[:1000], "time": time.time()}
+        for where in stage:
+            kind, key = where.split("/")
+            try:
+                store.put_ref(kind, key, {"format": MODEL_FORMAT if kind == "models" else SLICE_FORMAT, "error": error})
+            except ArtifactError:
+                pass  # the store is what failed: the Job's own report says so
+        raise
+
+
+def usable(ref: dict | None) -> dict | None:
+    """A ref, unless it records a failed build (a later build tries again)."""
+    return None if ref is None or "error" in ref else ref
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The condition's reason word for a failed build: the storage's (NotFound, Unreachable, DigestMismatch…),
+    NotKerasArchive / UnsafeModel / InvalidModel, InvalidSplitPoint, SliceMismatch, SliceFailed, the store's."""
+    from splitdnn.slicer import CutError
+
+    if isinstance(exc, ArtifactError):
+        return exc.reason
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:  # ModelSourceError
+        return reason
+    if isinstance(exc, SliceMismatch):
+        return "SliceMismatch"
+    if isinstance(exc, CutError) or (isinstance(exc, ValueError) and "split point" in str(exc)):
+        return "InvalidSplitPoint"
+    if isinstance(exc, ValueError):
+        return "SliceFailed" if "slice" in str(exc).lower() else "InvalidModel"
+    return type(exc).__name__

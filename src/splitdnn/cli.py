@@ -743,8 +743,6 @@ def artifacts_build(
     """The model Job: fetch MODEL, store its file, digest and graph, and (with --at) its slices. TensorFlow runs
     only for what the store does not have yet."""
     from splitdnn import artifacts
-    from splitdnn.models import ModelSourceError
-    from splitdnn.slicer import CutError
 
     try:
         doc = artifacts.build(
@@ -757,17 +755,8 @@ def artifacts_build(
             keras,
             say=lambda m: typer.echo(m, err=True),
         )
-    except artifacts.ArtifactError as exc:
-        _fail_reported(report, exc.reason, str(exc))
-    except ModelSourceError as exc:
-        _fail_reported(report, exc.reason, str(exc))
-    except (CutError, KeyError) as exc:
-        _fail_reported(report, "InvalidSplitPoint", str(exc).strip("'\""))
-    except artifacts.SliceMismatch as exc:
-        _fail_reported(report, "SliceMismatch", str(exc))
-    except ValueError as exc:  # e.g. a point that names no layer, caught before any slicing
-        reason = "InvalidSplitPoint" if "split point" in str(exc) else "SliceFailed"
-        _fail_reported(report, reason, str(exc))
+    except (artifacts.ArtifactError, ValueError) as exc:  # (ModelSourceError, CutError: ValueErrors)
+        _fail_reported(report, artifacts.failure_reason(exc), str(exc).strip("'\""))
     _write_report(report, doc)
     built = ", ".join(doc["built"]) or "nothing: the store had it all"
     typer.echo(f"model key {doc['key']} (sha256:{doc['model']['sha256'][:12]}): built {built}")
