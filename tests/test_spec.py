@@ -238,3 +238,13 @@ def test_the_typed_view_follows_edits_of_the_dict():
     si.tiers[1]["netem"] = {"delay": "5ms"}
     assert si.typed.split_points == ["flatten"] and si.typed.tiers[1].netem.delay == "5ms"
     assert spec_mod.Spec.from_dict(si.spec).to_dict() == si.spec  # the dict form round-trips
+
+
+def test_the_operators_list_of_keras_applications_is_the_installed_keras():
+    """The operator has no TensorFlow: its list of keras.applications names must be Keras' own."""
+    import keras
+
+    from splitdnn.spec import KERAS_APPLICATIONS
+
+    installed = {n for n in dir(keras.applications) if n[:1].isupper() and callable(getattr(keras.applications, n))}
+    assert set(KERAS_APPLICATIONS) == installed

@@ -121,6 +121,19 @@ class Node:
         return out
 
 
+# keras.applications' models (Keras 3; tests/test_spec.py checks the list against the installed Keras): the operator,
+# which has no TensorFlow, refuses another name at once instead of after a model Job
+KERAS_APPLICATIONS = (
+    *("ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge"),
+    *("DenseNet121", "DenseNet169", "DenseNet201"),
+    *(f"EfficientNetB{i}" for i in range(8)),
+    *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "L", "M", "S")),
+    *("InceptionResNetV2", "InceptionV3", "MobileNet", "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small"),
+    *("NASNetLarge", "NASNetMobile", "ResNet101", "ResNet101V2", "ResNet152", "ResNet152V2", "ResNet50"),
+    *("ResNet50V2", "VGG16", "VGG19", "Xception"),
+)
+
+
 @dataclass
 class Model(Node):
     """Exactly one of builtin, storage_uri, keras_application (the schema checks it); sha256 and secret_name go with
@@ -149,6 +162,13 @@ class Model(Node):
             found.append("model.sha256 pins a model file: it needs model.storageUri")
         if self.secret_name and not (self.storage_uri or "").startswith("s3://"):
             found.append("model.secretName holds S3 credentials: it needs an s3:// model.storageUri")
+        if self.keras_application and self.keras_application not in KERAS_APPLICATIONS:
+            close = [n for n in KERAS_APPLICATIONS if n.lower().startswith(self.keras_application.lower()[:4])][:4]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            found.append(
+                f"unknown model 'keras.applications.{self.keras_application}': keras.applications has no model "
+                f"named {self.keras_application!r}{hint}"
+            )
         return found
 
 
