@@ -83,7 +83,7 @@ def test_a_slice_without_keras_or_on_litert_is_refused(coop_slices, tmp_path):
         assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr[-2000:])
 
 
-def test_the_spec_reaches_the_agent_and_the_slicer():
+def test_the_spec_reaches_the_agent_and_the_model_job():
     from splitdnn.controller import render
 
     (si,) = load_file(EXAMPLE)
@@ -95,7 +95,10 @@ def test_the_spec_reaches_the_agent_and_the_slicer():
         slices="/m", slice_name="slice1", port=1, metrics_port=2, tier="edge", si="c", tier_spec=edge
     )
     assert "--devices" not in edge_argv
-    assert render.slicer_command(si, si.typed.split_points)[-1] == "--keras"
+    # the model Job writes the .keras chains, and the tiers fetch the slices built with them
+    assert render.build_command(si, si.typed.split_points, "http://store")[-1] == "--keras"
+    plan = {"modelKey": render.model_key(si), "splitPoints": si.typed.split_points}
+    assert render.fetch_command(si, plan, 0, "http://store")[-1] == "--keras"
     pod = render.agent_command(si, 0, "abc")
     assert flag_values(pod, ["--devices", "--coop"]) == {"--devices": "3", "--coop": "mls"}
 

@@ -603,22 +603,22 @@ def test_cli_inspect_s3_and_wrong_key(s3, cache):
     assert "refused the credentials" in bad.stderr and "AWS_ACCESS_KEY_ID" in bad.stderr
 
 
-def test_the_operator_leaves_a_storage_uri_to_the_slicer():
-    """The operator reads no remote model (the pods' slicer fetches it; a model Job later): no network here, or
-    this port, where nobody listens, would give Unreachable."""
+def test_a_storage_uri_is_read_by_the_model_job_only():
+    """Nothing here reads a remote model in process (the operator has no TensorFlow; the model Job fetches it): no
+    network here, or this port, where nobody listens, would give Unreachable."""
     from splitdnn.controller import plan as plan_mod
 
     for uri in ("http://127.0.0.1:9/m.keras", "https://127.0.0.1:9/presigned?sig=1", "s3://b/m.keras"):
-        with pytest.raises(plan_mod.ModelUnavailable, match="the slicer checks it"):
+        with pytest.raises(plan_mod.ModelUnavailable, match="the model Job fetches it"):
             plan_mod.model_summary(uri)
 
 
-# --- the slicer init container's wiring (controller.render), run for real -----------------------------------------
+# --- the model Job's wiring (controller.render), run for real ----------------------------------------------------
 
 
-def pod_slicer(uri: str, secret: str | None = None):
-    """The slicer init container and the pod volumes the operator renders for a SplitInference whose model is at
-    `uri` (secretName `secret`)."""
+def model_job(uri: str, store: str, secret: str | None = None):
+    """The model Job's container and the pod volumes the operator renders for a SplitInference whose model is at
+    `uri` (secretName `secret`), and the SplitInference."""
     from splitdnn.controller import render
     from splitdnn.spec import GROUP, KIND, VERSION, from_resource
 
@@ -631,10 +631,15 @@ def pod_slicer(uri: str, secret: str | None = None):
             "spec": {"model": model, "splitPoints": ["join", "pool"], "tiers": [{"name": t} for t in ("a", "b", "c")]},
         }
     )
-    deployment = render.render_deployment(si, {"splitPoints": ["join", "pool"], "splitId": "s1"}, 0, "img")
-    pod = deployment["spec"]["template"]["spec"]
-    (slicer,) = [c for c in pod["initContainers"] if c["name"] == "slicer"]
-    return slicer, pod["volumes"]
+    job = render.render_model_job(si, ["join", "pool"], "img", store)
+    pod = job["spec"]["template"]["spec"]
+    (builder,) = pod["containers"]
+    # a tier pod needs neither the Secret nor the claim: it fetches its slice from the store
+    tier = render.render_deployment(
+        si, {"splitPoints": ["join", "pool"], "splitId": "s1", "modelKey": "k"}, 0, "i", store
+    )
+    assert "secretKeyRef" not in json.dumps(tier) and "persistentVolumeClaim" not in json.dumps(tier)
+    return builder, pod["volumes"], si
 
 
 def resolve_env(container: dict, secrets: dict[str, dict]) -> dict:
@@ -655,67 +660,82 @@ def resolve_env(container: dict, secrets: dict[str, dict]) -> dict:
     return env
 
 
-def run_slicer(container: dict, env: dict, out: Path, cache: Path) -> subprocess.CompletedProcess:
+def run_build(container: dict, env: dict, report: Path, cache: Path) -> subprocess.CompletedProcess:
     cmd = container["command"]
-    assert cmd[:2] == ["splitdnn", "slice"]
+    assert cmd[:3] == ["splitdnn", "artifacts", "build"]
     cmd = [sys.executable, "-m", "splitdnn", *cmd[1:]]
-    cmd[cmd.index("--out") + 1] = str(out)
-    cmd[cmd.index("--report") + 1] = f"{out}.report.json"  # the pod's /dev/termination-log
+    cmd[cmd.index("--report") + 1] = str(report)  # the pod's /dev/termination-log
     full = {"PATH": os.environ["PATH"], "SPLITDNN_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src"), **env}
     full.pop("HOME", None)
     return subprocess.run(cmd, env={**full, "HOME": str(cache)}, capture_output=True, text=True, timeout=600)
 
 
+@pytest.fixture
+def store(tmp_path):
+    from splitdnn import artifacts
+
+    server = artifacts.start_server(tmp_path / "store")
+    yield artifacts.Store(f"http://127.0.0.1:{server.server_address[1]}", timeout=10)
+    server.shutdown()
+
+
 @pytest.mark.slow
-def test_the_pods_slicer_fetches_an_s3_model_with_the_secret_it_names(s3, models, tmp_path):
-    slicer, volumes = pod_slicer("s3://models/team/m.keras", "team-s3")
-    assert {v["name"] for v in volumes} == {"models", "run", "tmp", "plan"}
+def test_the_model_job_fetches_an_s3_model_with_the_secret_it_names(s3, models, store, tmp_path):
+    from splitdnn import artifacts
+    from splitdnn.controller import render
+    from splitdnn.controller.status import slicer_report
+
+    builder, volumes, si = model_job("s3://models/team/m.keras", store.url, "team-s3")
+    assert {v["name"] for v in volumes} == {"tmp"}
     secret = dict(s3)  # the Secret's data keys, as a user writes them (KServe's names)
-    env = resolve_env(slicer, {"team-s3": secret})
+    with pytest.raises(AssertionError, match="has no key AWS_ACCESS_KEY_ID"):
+        resolve_env(builder, {"team-s3": {"AWS_SECRET_ACCESS_KEY": "x"}})
+    # the wrong key first: the reason in the Job's report and in the store, where the operator reads it
+    wrong = resolve_env(builder, {"team-s3": {**secret, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}})
+    refused = run_build(builder, wrong, tmp_path / "r1.json", tmp_path / "cache1")
+    assert refused.returncode != 0 and "refused the credentials" in refused.stderr, refused.stderr[-3000:]
+    said = slicer_report({"message": (tmp_path / "r1.json").read_text(), "exitCode": 2})
+    assert said["error"]["reason"] == "BadCredentials" and "refused the credentials" in said["error"]["message"]
+    assert store.get_ref("models", render.model_key(si))["error"]["reason"] == "BadCredentials"
+    # the Secret fixed: the next Job builds it
+    env = resolve_env(builder, {"team-s3": secret})
     assert {k: env[k] for k in secret} == secret
-    done = run_slicer(slicer, env, tmp_path / "out", tmp_path / "cache")
+    done = run_build(builder, env, tmp_path / "r2.json", tmp_path / "cache2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [s["name"] for s in json.loads((tmp_path / "out" / "slices.json").read_text())["slices"]] == [
+    said = slicer_report({"message": (tmp_path / "r2.json").read_text(), "exitCode": 0})
+    assert said["model"]["sha256"] == sha(models["dir"] / "m.keras") and len(said["slices"]) == 3
+    out = tmp_path / "tier"
+    for i in range(3):
+        artifacts.fetch(store, render.model_key(si), ["join", "pool"], i, out)
+    assert [s["name"] for s in json.loads((out / "slices.json").read_text())["slices"]] == [
         "slice0",
         "slice1",
         "slice2",
     ]
-    # the report the operator reads from the pod: the model file's digest; for the wrong key, the reason
-    from splitdnn.controller.status import slicer_report
-
-    said = slicer_report({"message": Path(f"{tmp_path / 'out'}.report.json").read_text(), "exitCode": 0})
-    assert said["model"]["sha256"] == sha(models["dir"] / "m.keras") and len(said["slices"]) == 3
-    wrong = resolve_env(slicer, {"team-s3": {**secret, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}})
-    refused = run_slicer(slicer, wrong, tmp_path / "out2", tmp_path / "cache2")
-    assert refused.returncode != 0 and "refused the credentials" in refused.stderr, refused.stderr[-3000:]
-    said = slicer_report({"message": Path(f"{tmp_path / 'out2'}.report.json").read_text(), "exitCode": 2})
-    assert said["error"]["reason"] == "BadCredentials" and "refused the credentials" in said["error"]["message"]
-    with pytest.raises(AssertionError, match="has no key AWS_ACCESS_KEY_ID"):
-        resolve_env(slicer, {"team-s3": {"AWS_SECRET_ACCESS_KEY": "x"}})
 
 
 @pytest.mark.slow
-def test_the_pods_slicer_reads_a_pvc_model_where_the_claim_is_mounted(models, tmp_path):
+def test_the_model_job_reads_a_pvc_model_where_the_claim_is_mounted(models, store, tmp_path):
     from splitdnn.controller.render import PVC_ROOT
 
-    slicer, volumes = pod_slicer("pvc://team-models/v1/m.keras")
+    builder, volumes, _ = model_job("pvc://team-models/v1/m.keras", store.url)
     (claim,) = [v for v in volumes if "persistentVolumeClaim" in v]
     assert claim["persistentVolumeClaim"] == {"claimName": "team-models", "readOnly": True}
-    (mount,) = [m for m in slicer["volumeMounts"] if m["name"] == claim["name"]]
+    (mount,) = [m for m in builder["volumeMounts"] if m["name"] == claim["name"]]
     assert mount == {"name": claim["name"], "mountPath": f"{PVC_ROOT}/team-models", "readOnly": True}
-    env = resolve_env(slicer, {})
+    env = resolve_env(builder, {})
     assert env["SPLITDNN_PVC_ROOT"] == PVC_ROOT
     # the claim's files where the kubelet would mount them (PVC_ROOT under tmp_path)
     root = tmp_path / "pvc"
     (root / "team-models" / "v1").mkdir(parents=True)
     shutil.copy(models["dir"] / "m.keras", root / "team-models" / "v1" / "m.keras")
-    done = run_slicer(slicer, {**env, "SPLITDNN_PVC_ROOT": str(root)}, tmp_path / "out", tmp_path / "cache")
+    done = run_build(builder, {**env, "SPLITDNN_PVC_ROOT": str(root)}, tmp_path / "r.json", tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "out" / "slices.json").is_file()
-    missing = run_slicer(
-        pod_slicer("pvc://team-models/v2/m.keras")[0],
+    assert json.loads((tmp_path / "r.json").read_text())["built"] == ["graph", "slice0", "slice1", "slice2"]
+    missing = run_build(
+        model_job("pvc://team-models/v2/m.keras", store.url)[0],
         {**env, "SPLITDNN_PVC_ROOT": str(root)},
-        tmp_path / "o3",
+        tmp_path / "r3.json",
         tmp_path / "c3",
     )
     assert missing.returncode != 0 and "team-models" in missing.stderr, missing.stderr[-3000:]

@@ -148,7 +148,7 @@ def test_a_rolling_edit_is_deploying_then_a_broken_tier_makes_it_degraded():
     [
         ({"splitPoints": ["conv2d", "no_such_layer"]}, "split point 'no_such_layer' is not a layer"),
         ({"splitPoints": ["conv2d"]}, "1 split points for 3 tiers"),
-        ({"model": {"kerasApplication": "NoSuchNet"}}, "unknown model"),
+        ({"model": {"kerasApplication": "NoSuchNet"}}, "unknown model"),  # (known without TensorFlow)
     ],
 )
 def test_an_invalid_spec_is_failed_with_one_event_naming_the_problem(changes, needle):
@@ -164,6 +164,29 @@ def test_an_invalid_spec_is_failed_with_one_event_naming_the_problem(changes, ne
     # the next pass over the same spec: no second Event
     _, again = deploy(body(status=st, **changes), cause="timer")
     assert again.events == [] and again.result == "failed"
+
+
+def test_a_model_that_cannot_be_built_is_failed_with_its_reason_and_one_event():
+    """The model (the model Job's work in the operator; built in process here) fails: ModelReady False with the
+    reason, one ModelFailed Event, nothing applied, and a Deployment's change does not refresh it to Running."""
+    gone = core.ModelState(key="k", failure=("NotFound", "https://h.example/m.keras: HTTP 404 Not Found"))
+    out = core.prepare(core.desired(body(), lambda si: gone), "create", existing={})
+    assert out.result == "failed" and out.apply == []
+    st = out.status
+    assert st["phase"] == Phase.FAILED and "HTTP 404" in st["message"]
+    ready = next(c for c in st["conditions"] if c["type"] == Condition.MODEL_READY)
+    assert (ready["status"], ready["reason"]) == ("False", "NotFound")
+    # while the Job builds: Pending, nothing applied, ModelReady Unknown
+    building = core.ModelState(key="k", building="model Job splitdnn-model-x is building the graph")
+    wait = core.prepare(core.desired(body(), lambda si: building), "create", existing={})
+    assert wait.result == "building" and wait.apply == [] and wait.status["phase"] == Phase.PENDING
+    # a spec problem is named before the model's state
+    bad = core.prepare(core.desired(body(splitPoints=["conv2d"]), lambda si: building), "create", existing={})
+    assert bad.status["phase"] == Phase.FAILED and "1 split points for 3 tiers" in bad.status["message"]
+    (event,) = core.status_events({}, st)
+    assert event.reason == EventReason.MODEL_FAILED and event.warning
+    assert core.status_events(st, dict(st)) == []
+    assert core.refresh({**body(status=st), "metadata": {"name": "cnn", "generation": 1}}, {}) is None
 
 
 def test_a_spec_the_parser_refuses_is_failed_too():

@@ -71,12 +71,14 @@ def test_deployment_pod_contract(si, plan):
     assert pod["nodeSelector"] == {"splitdnn.io/tier": "device"}
     assert d["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     slicer, netem = pod["initContainers"]
-    assert slicer["name"] == "slicer"
+    assert slicer["name"] == "fetch-slice"  # its own slice from the artifact store: no TensorFlow in a tier pod
     assert slicer["command"] == [
-        *("splitdnn", "slice", "cnn14", "--at", "conv2d,flatten", "--out", "/models"),
-        *("--report", "/dev/termination-log"),  # the operator reads the tiers' runtimes from it
+        *("splitdnn", "artifacts", "fetch", "--store", "http://splitdnn-artifacts:8080"),
+        *("--model-key", render.model_key(si), "--at", "conv2d,flatten", "--slice", "0", "--out", "/models"),
+        *("--wait", "900", "--report", "/dev/termination-log"),  # the operator reads the tiers' runtimes from it
     ]
     assert {"name": "models", "mountPath": "/models"} in slicer["volumeMounts"]
+    assert "env" not in slicer or not any("secretKeyRef" in str(e) for e in slicer["env"])  # the Job's, not here
     assert netem["name"] == "netem"
     assert netem["command"] == [
         "splitdnn",
@@ -218,36 +220,30 @@ def test_model_sources():
     }
     r = copy.deepcopy(base)
     r["spec"]["model"] = {"kerasApplication": "MobileNetV2", "inputShape": [96, 96, 3]}
-    assert render.slicer_command(from_resource(r), ["a"]) == [
-        "splitdnn",
-        "slice",
-        "keras.applications.MobileNetV2",
-        "--at",
-        "a",
-        "--out",
-        "/models",
-        "--report",
-        "/dev/termination-log",
-        "--input-shape",
-        "96,96,3",
+    assert render.build_command(from_resource(r), ["a"], "http://s:8080") == [
+        *("splitdnn", "artifacts", "build", "keras.applications.MobileNetV2", "--store", "http://s:8080"),
+        *("--report", "/dev/termination-log", "--at", "a", "--input-shape", "96,96,3"),
     ]
     r = copy.deepcopy(base)
     r["spec"]["model"] = {"storageUri": "/data/m.keras"}
-    assert render.slicer_command(from_resource(r), ["a"])[2] == "/data/m.keras"
+    assert render.build_command(from_resource(r), None, "http://s:8080")[3] == "/data/m.keras"
     pin = "ab" * 32
     r["spec"]["model"] = {"storageUri": "https://models.example/m.keras", "sha256": pin}
     pinned = from_resource(r)
-    assert render.slicer_command(pinned, ["a"])[2:] == [
-        "https://models.example/m.keras",
-        "--at",
-        "a",
-        "--out",
-        "/models",
-        "--report",
-        "/dev/termination-log",
-        "--sha256",
-        pin,
+    assert render.build_command(pinned, ["a"], "http://s:8080")[3:] == [
+        *("https://models.example/m.keras", "--store", "http://s:8080", "--report", "/dev/termination-log"),
+        *("--at", "a", "--sha256", pin),
     ]
+    job = render.render_model_job(
+        pinned, ["a"], "img:1", "http://s:8080", node_selector={"kubernetes.io/arch": "amd64"}
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    assert job["metadata"]["name"] == render.model_job_name(render.model_key(pinned), ["a"], False)
+    unpinned = copy.deepcopy(r)
+    del unpinned["spec"]["model"]["sha256"]
+    assert render.model_key(pinned) != render.model_key(from_resource(unpinned))  # another pin: another build
     # a new pin is new content: other slices, another split id
     r["spec"]["model"]["sha256"] = "cd" * 32
     assert render.split_id(pinned, ["a"]) != render.split_id(from_resource(r), ["a"])
@@ -269,7 +265,7 @@ def test_new_split_points_change_pod_template(si, plan):
     plan2 = plan_mod.build_plan(si, SUMMARY)
     b = objs_by(render.render_all(si, plan2, image="i"))[("Deployment", "cnn14-edge")]
     assert a["spec"]["template"] != b["spec"]["template"]
-    assert b["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == "max_pooling2d,dense"
+    assert b["spec"]["template"]["spec"]["initContainers"][0]["command"][8] == "max_pooling2d,dense"
     assert a["spec"]["selector"] == b["spec"]["selector"]  # selectors are immutable
 
 
@@ -426,7 +422,7 @@ def test_failed_status_and_transition_times():
     assert again["conditions"][0]["lastTransitionTime"] == valid["lastTransitionTime"]
 
 
-def test_max_model_bytes_goes_to_a_storage_uri_slicer_only(si, plan, monkeypatch):
+def test_max_model_bytes_goes_to_a_storage_uri_model_job_only(si, plan):
     import yaml
 
     resource = yaml.safe_load(open("examples/cnn14.yaml"))
@@ -436,12 +432,6 @@ def test_max_model_bytes_goes_to_a_storage_uri_slicer_only(si, plan, monkeypatch
     assert render.max_model_bytes({"SPLITDNN_MAX_MODEL_BYTES": "2Gi"}) == "2Gi"
     with pytest.raises(ValueError, match="SPLITDNN_MAX_MODEL_BYTES: bad size '2 pies'"):
         render.max_model_bytes({"SPLITDNN_MAX_MODEL_BYTES": "2 pies"})
-    monkeypatch.setenv("SPLITDNN_MAX_MODEL_BYTES", "2Gi")
-    slicers = {
-        name: objs_by(render.render_all(s, plan, image="img:1"))[("Deployment", f"{s.name}-device")]["spec"][
-            "template"
-        ]["spec"]["initContainers"][0]["command"]
-        for name, s in (("builtin", si), ("own", own))
-    }
-    assert "--max-model-bytes" not in slicers["builtin"]
-    assert slicers["own"][-2:] == ["--max-model-bytes", "2Gi"]
+    builds = {name: render.build_command(s, None, "http://s", "2Gi") for name, s in (("builtin", si), ("own", own))}
+    assert "--max-model-bytes" not in builds["builtin"]
+    assert builds["own"][-2:] == ["--max-model-bytes", "2Gi"]

@@ -64,6 +64,11 @@ def test_helm_lint():
     assert "0 chart(s) failed" in p.stdout
 
 
+def operator_deployment(docs):
+    (dep,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == RELEASE]
+    return dep
+
+
 def test_render_defaults():
     docs = render()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
@@ -72,8 +77,26 @@ def test_render_defaults():
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["spec"] == yaml.safe_load((ROOT / "crds" / "splitinference.yaml").read_text())["spec"]
-    dep = next(d for d in docs if d["kind"] == "Deployment")
+    dep = operator_deployment(docs)
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SPLITDNN_ARTIFACTS_URL"] == "http://splitdnn-artifacts.splitdnn-system.svc:8080"
+    # the artifact store: the operator image (no TensorFlow), an emptyDir unless a claim is named
+    store = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "splitdnn-artifacts")
+    (c,) = store["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == operator_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert c["args"][:4] == ["artifacts", "serve", "--root", "/data"]
+    data = next(v for v in store["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert data == {"name": "data", "emptyDir": {}}
+    claimed = render("artifacts.persistence.existingClaim=models", "modelJob.nodeSelector.big=yes")
+    store = next(d for d in claimed if d["kind"] == "Deployment" and d["metadata"]["name"] == "splitdnn-artifacts")
+    data = next(v for v in store["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "models"}}
+    env = {
+        e["name"]: e.get("value")
+        for e in operator_deployment(claimed)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert json.loads(env["SPLITDNN_MODEL_JOB_NODE_SELECTOR"]) == {"big": "yes"}
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "splitdnn"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -88,8 +111,8 @@ def test_render_defaults():
     rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "splitdnn")["rules"]
     verbs = {v for r in rules for v in r["verbs"]}
     assert "*" not in verbs
-    # the only deletion: an earlier split's Services (everything else goes with its owner, by the GC)
-    assert [r["resources"] for r in rules if "delete" in r["verbs"]] == [["services"]]
+    # the only deletions: an earlier split's Services, a failed model Job (everything else goes with its owner)
+    assert [r["resources"] for r in rules if "delete" in r["verbs"]] == [["services"], ["jobs"]]
     assert not any("secrets" in r["resources"] or "*" in r["resources"] for r in rules)
 
 
@@ -114,7 +137,7 @@ def test_render_values():
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]}
     ]
     assert not any(k in ("ServiceAccount", "CustomResourceDefinition", "ServiceMonitor") for k, _ in kinds)
-    dep = next(d for d in docs if d["kind"] == "Deployment")
+    dep = operator_deployment(docs)
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "op"
     assert pod["containers"][0]["image"] == "r/op:9"
@@ -189,12 +212,13 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
         assert can("delete", "deployments", "-n", "default") == "no"
         assert can("get", "secrets", "-n", "default") == "no"
         assert can("create", "pods", "-n", "default") == "no"
+        assert can("delete", "jobs", "-n", "default") == "yes"  # a failed model Job is replaced
 
         ns = f"sa-{uuid.uuid4().hex[:6]}"
         kubectl(kc, "create", "namespace", ns)
         wait_for(lambda: kubectl(kc, "get", "sa", "default", "-n", ns, check=False).returncode == 0, timeout=30)
         sa_kc = sa_kubeconfig(kc, RELEASE_NS, "splitdnn", tmp_path / "sa.kubeconfig")
-        op = OperatorProcess(sa_kc, None, tmp_path / "operator.log").start()
+        op = OperatorProcess(sa_kc, None, tmp_path / "operator.log", runner_kubeconfig=kc).start()
         try:
             kubectl(kc, "apply", "-n", ns, "-f", str(ROOT / "examples" / "cnn14.yaml"))
 
@@ -226,7 +250,7 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
                         "-n",
                         ns,
                         "-o",
-                        "jsonpath={.spec.template.spec.initContainers[0].command[4]}",
+                        "jsonpath={.spec.template.spec.initContainers[0].command[8]}",
                     ).stdout
                     == "max_pooling2d,dense"
                 ),
@@ -309,7 +333,7 @@ def test_helm_install_and_operator_as_the_chart_serviceaccount(controlplane, tmp
 
 def test_max_model_bytes_reaches_the_operator():
     def env(*sets):
-        dep = next(d for d in render(*sets) if d["kind"] == "Deployment")
+        dep = operator_deployment(render(*sets))
         return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 
     assert "SPLITDNN_MAX_MODEL_BYTES" not in env()
@@ -358,7 +382,7 @@ def test_prometheus_of_the_release_only_when_enabled():
         e["name"]
         for d in render()
         if d["kind"] == "Deployment"
-        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])
     }
 
 

@@ -90,7 +90,7 @@ def test_auto_mode_deploys_the_planned_split_with_predictions(crd, ns, op, made)
     assert pred["latencySeconds"] > 0 and pred["bottleneckSeconds"] > 0 and "dropRate" in pred and pred["bottleneckAt"]
     deps = children(kc, ns, "auto")["deployments"]
     assert all(
-        d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(st["splitPoints"])
+        d["spec"]["template"]["spec"]["initContainers"][0]["command"][8] == ",".join(st["splitPoints"])
         for d in deps.values()
     )
     # a profiling Job per tier on that tier's nodes
@@ -218,7 +218,7 @@ def test_feedback_timer_measures_and_resplits_once(crd, ns, exporter, op):
             def rolled():
                 deps = children(kc, ns, "loop")["deployments"]
                 return all(
-                    d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == ",".join(new)
+                    d["spec"]["template"]["spec"]["initContainers"][0]["command"][8] == ",".join(new)
                     for d in deps.values()
                 )
 
@@ -293,7 +293,7 @@ def test_operator_killed_mid_resplit_finishes_it_and_the_cooldown_holds(crd, own
             )
             assert paused.alive(), paused.log()[-4000:]
             deps = children(kc, ns, name)["deployments"]
-            cuts = {n: d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] for n, d in deps.items()}
+            cuts = {n: d["spec"]["template"]["spec"]["initContainers"][0]["command"][8] for n, d in deps.items()}
             moved = [n for n, c in cuts.items() if c != ",".join(START)]
             assert len(moved) == 1, cuts  # one tier rolled to the new split, the others not yet
             new = cuts[moved[0]]
@@ -307,7 +307,7 @@ def test_operator_killed_mid_resplit_finishes_it_and_the_cooldown_holds(crd, own
                 st = get_si(kc, ns, name).get("status") or {}
                 kids = children(kc, ns, name)["deployments"]
                 done = all(
-                    d["spec"]["template"]["spec"]["initContainers"][0]["command"][4] == new for d in kids.values()
+                    d["spec"]["template"]["spec"]["initContainers"][0]["command"][8] == new for d in kids.values()
                 )
                 return done and ",".join(st.get("splitPoints") or []) == new and st
 

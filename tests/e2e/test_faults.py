@@ -8,8 +8,9 @@
    after the operator's restart and leaves the other untouched (same pods, frames still flowing, nothing failed);
    deleting one leaves the other Running.
 
-The tiers run on LiteRT (`tiers[].runtime: litert`): the slicer init container writes checked `.tflite` slices and
-an agent starts in about a second, so the recovery time measures Kubernetes and the chain, not TensorFlow's import.
+The tiers run on LiteRT (`tiers[].runtime: litert`): the model Job writes checked `.tflite` slices once, each pod
+fetches its own, and an agent starts in about a second, so the recovery time measures Kubernetes and the chain, not
+TensorFlow's import.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
    edge node, and a pod on the device node reaches a Service backed by a pod on the cloud node by DNS name
    (CNI across nodes, kube-proxy, CoreDNS);
 3. splitdnn itself: the operator and agent images built on the base image, `helm install` of helm/splitdnn,
-   `kubectl apply -f examples/cnn14.yaml`: tier pods Running on their nodes, the slicer and netem init containers
+   `kubectl apply -f examples/cnn14.yaml`: tier pods Running on their nodes, the fetch-slice and netem init containers
    ran (the netem one probes the node's kernel: with sch_netem tc delays the link, without it the agent emulates
    the delay in-process, and the metric names the path the probe implies), frames flow and
    splitdnn_frames_total grows; deleting the SplitInference removes everything it made.
@@ -297,9 +297,9 @@ BAD_MODELS = {  # name -> (model, the ModelReady reason the operator must give, 
 
 
 def bad_models_get_a_condition(cluster) -> None:
-    """Tier pods whose slicer cannot fetch the model (or cannot start without its Secret): the SplitInference is
-    Failed, its ModelReady condition gives the reason, one ModelFailed Event says it (from the pods' slicer
-    reports, read at the next resync)."""
+    """A model the model Job cannot fetch (or whose Job cannot start without its Secret): the SplitInference is
+    Failed, its ModelReady condition gives the reason, one ModelFailed Event says it, and no tier pod of it exists
+    (the operator renders tiers only from a graph the Job stored)."""
     import json
 
     for name, (model, _, _) in BAD_MODELS.items():
@@ -323,10 +323,84 @@ def bad_models_get_a_condition(cluster) -> None:
             events = kubectl_json(cluster, "get", "events", "--field-selector", f"involvedObject.name={name}")
             model_failed = [e for e in events["items"] if e["reason"] == "ModelFailed"]
             assert len(model_failed) == 1 and model_failed[0]["type"] == "Warning", model_failed
-            print(f"[{name}] {st['phase']}: {cond['reason']}: {cond['message']}")
+            tiers = kubectl_json(cluster, "get", "deployments,pods", "-l", f"splitdnn.io/splitinference={name}")
+            assert tiers["items"] == [], [i["metadata"]["name"] for i in tiers["items"]]
+            print(f"[{name}] {st['phase']}: {cond['reason']}: {cond['message']} (no tier objects)")
     finally:
         for name in BAD_MODELS:
             cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
+
+
+def model_jobs(cluster) -> list[str]:
+    return [
+        j["metadata"]["name"]
+        for j in kubectl_json(cluster, "get", "jobs", "-l", "app.kubernetes.io/component=model-job")["items"]
+    ]
+
+
+def a_restarted_tier_runs_no_tensorflow(cluster, pods: dict) -> None:
+    """Delete the edge tier's pod: its replacement fetches its slice from the artifact store (the fetch's log says
+    so) and no new model Job runs."""
+    jobs = model_jobs(cluster)
+    cluster.kubectl("delete", "pod", pods["edge"], "--wait=false")
+
+    def replaced():
+        items = kubectl_json(cluster, "get", "pods", "-l", f"{SI_SELECTOR},{TIER_LABEL}=edge")["items"]
+        new = [p for p in items if p["metadata"]["name"] != pods["edge"] and p["status"]["phase"] == "Running"]
+        return new and new[0]["metadata"]["name"]
+
+    name = wait_for("a new edge pod Running", replaced, timeout=240)
+    log = cluster.kubectl("logs", name, "-c", "fetch-slice")
+    assert "fetched slice1" in log, log[-2000:]
+    assert model_jobs(cluster) == jobs, (jobs, model_jobs(cluster))
+    print(f"edge pod replaced by {name}: {log.strip().splitlines()[-1]}; model Jobs still {jobs}")
+
+
+def a_second_splitinference_of_the_same_model_runs_no_job(cluster) -> None:
+    """A second SplitInference of the same model and split: its tiers fetch what the first one's model Job built;
+    no Job runs. Prints apply → all tiers Available, beside the first apply's."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples" / "cnn14.yaml").read_text())
+    doc["metadata"]["name"] = "again"
+    jobs = model_jobs(cluster)
+    started = time.monotonic()
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    try:
+        tiers_available(cluster, "again", tiers=TIERS)
+        took = time.monotonic() - started
+        assert model_jobs(cluster) == jobs, (jobs, model_jobs(cluster))
+        print(f"second apply of the same model and split: all tiers Available in {took:.1f} s, model Jobs {jobs}")
+    finally:
+        cluster.kubectl("delete", "si", "again", "--ignore-not-found", "--wait=false")
+
+
+def a_broken_edit_keeps_the_previous_split_serving(cluster) -> None:
+    """Edit the running SplitInference to a model nobody serves: Failed with the reason, the tier Deployments are
+    not touched (their pods keep serving); the edit reverted, Running again."""
+    before = {
+        d["metadata"]["name"]: d["metadata"]["generation"]
+        for d in kubectl_json(cluster, "get", "deployments", "-l", SI_SELECTOR)["items"]
+    }
+    broken = '{"spec":{"model":{"builtin":null,"storageUri":"http://nowhere.invalid/m.keras"}}}'
+    cluster.kubectl("patch", "si", SI, "--type=merge", "-p", broken)
+
+    def failed():
+        st = kubectl_json(cluster, "get", "si", SI).get("status") or {}
+        return st.get("phase") == "Failed" and st
+
+    st = wait_for("the broken edit: Failed", failed, timeout=240)
+    assert "nowhere.invalid" in st["message"], st["message"]
+    after = kubectl_json(cluster, "get", "deployments", "-l", SI_SELECTOR)["items"]
+    assert {d["metadata"]["name"]: d["metadata"]["generation"] for d in after} == before
+    assert all((d.get("status") or {}).get("readyReplicas") == 1 for d in after), [d.get("status") for d in after]
+    cluster.kubectl("patch", "si", SI, "--type=merge", "-p", '{"spec":{"model":{"storageUri":null,"builtin":"cnn14"}}}')
+    wait_for(
+        "Running again",
+        lambda: (kubectl_json(cluster, "get", "si", SI).get("status") or {}).get("phase") == "Running",
+        timeout=240,
+    )
+    print(f"broken edit: {st['message']}; Deployments untouched {before}; reverted: Running")
 
 
 def test_splitinference_end_to_end(kind_cluster):
@@ -349,7 +423,7 @@ def test_splitinference_end_to_end(kind_cluster):
             pods[tier] = p["metadata"]["name"]
             assert tiers[p["spec"]["nodeName"]] == tier, (tier, p["spec"]["nodeName"])
             inits = {s["name"]: s for s in p["status"].get("initContainerStatuses", [])}
-            for name in ("slicer", "netem"):
+            for name in ("fetch-slice", "netem"):
                 assert name in inits, (tier, sorted(inits))
                 term = inits[name]["state"].get("terminated") or {}
                 assert term.get("exitCode") == 0, (tier, name, inits[name]["state"])
@@ -377,7 +451,7 @@ def test_splitinference_end_to_end(kind_cluster):
             )
 
         # no tiers[].runtime in the example: CNN14's slices convert, so every tier runs LiteRT, and the status says
-        # so (the operator reads it from the slicer's report, the pods' termination message)
+        # so (the operator reads it from the fetch-slice report, the pods' termination message)
         st = wait_for(
             "status.tiers[].runtime",
             lambda: (
@@ -408,8 +482,17 @@ def test_splitinference_end_to_end(kind_cluster):
         with timed("re-split while frames flow: no frame fails"):
             resplit_without_failed_frames(kind_cluster)
 
-        with timed("a model the slicer cannot fetch, a missing Secret -> Failed with the reason"):
+        with timed("a second SplitInference of the same model and split -> no model Job"):
+            a_second_splitinference_of_the_same_model_runs_no_job(kind_cluster)
+
+        with timed("a tier pod deleted -> back without TensorFlow"):
+            a_restarted_tier_runs_no_tensorflow(kind_cluster, pods)
+
+        with timed("a model the model Job cannot fetch, a missing Secret -> Failed with the reason, no tiers"):
             bad_models_get_a_condition(kind_cluster)
+
+        with timed("a broken edit -> Failed, the previous split keeps serving; reverted -> Running"):
+            a_broken_edit_keeps_the_previous_split_serving(kind_cluster)
 
         with timed("delete SplitInference -> everything gone"):
             kind_cluster.kubectl("delete", "-f", str(ROOT / "examples" / "cnn14.yaml"), "--timeout=180s")

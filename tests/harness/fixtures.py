@@ -94,19 +94,33 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None, check: bool =
 class OperatorProcess:
     """`splitdnn operator` as a subprocess (the way a user runs it), logs in a file."""
 
-    def __init__(self, kubeconfig: str, namespace: str | None, log_path: Path, resync: float = 2.0, extra_env=None):
+    def __init__(
+        self,
+        kubeconfig: str,
+        namespace: str | None,
+        log_path: Path,
+        resync: float = 2.0,
+        extra_env=None,
+        runner_kubeconfig: str | None = None,
+    ):
+        """`runner_kubeconfig`: an admin kubeconfig for the model-Job runner when `kubeconfig` is a restricted one."""
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, Path(log_path)
         self.resync, self.extra_env, self.proc = resync, dict(extra_env or {}), None
+        self.runner_kubeconfig = runner_kubeconfig
 
     def start(self):
         import subprocess
         import sys
+
+        from harness.model_jobs import runner
 
         env = dict(
             os.environ,
             KUBECONFIG=self.kubeconfig,
             SPLITDNN_RESYNC_SECONDS=str(self.resync),
             SPLITDNN_AGENT_IMAGE="splitdnn/agent:test",
+            # a real artifact store, and the model Jobs run by the harness (kwok nodes run no containers)
+            **runner(self.runner_kubeconfig or self.kubeconfig).env(),
             **self.extra_env,
         )
         env.pop("SPLITDNN_KUBECONFIG", None)

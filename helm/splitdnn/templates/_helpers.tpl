@@ -83,10 +83,11 @@ app.kubernetes.io/component: {{ .component }}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch]
-# planner.mode auto: profiling Jobs on each tier's nodes, their pods' logs (the profile document)
+# model Jobs (the artifact store's builds; a failed one is replaced after a pause) and, for planner.mode auto,
+# profiling Jobs on each tier's nodes, their pods' logs (the profile document)
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, create]
+  verbs: [get, list, create, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from splitdnn.controller import feedback_pass, render
+from splitdnn.controller import feedback_pass, model_job, render
 from splitdnn.controller import kube as kube_mod
 from splitdnn.controller import metrics as metrics_mod
 from splitdnn.controller import profiling as profiling_mod
@@ -29,7 +29,9 @@ from splitdnn.spec import GROUP, PLURAL, VERSION
 
 EVENT_COMPONENT = "splitdnn-operator"
 MANAGED = {"app.kubernetes.io/managed-by": render.MANAGER}
+BUILD_POLL_SECONDS = 3  # how often a create/update looks at a model Job that is building the graph
 REFRESH_ATTEMPTS = 3  # conditional status writes of one child event (each re-reads the owner after a conflict)
+REFRESH_LATER_SECONDS = 2.0  # a Deployment change that came before its pass wrote the status: looked at again
 
 
 def _post(body: Any, events: list[core.Event]) -> None:
@@ -61,8 +63,9 @@ class Operator:
 
     def reconcile(self, body: Any, patch: Any, logger: kopf.Logger, cause: str) -> None:
         meta = body["metadata"]
-        d = core.desired(body)
         k = self.kube
+        jobs = model_job.ModelJobs(k, body, self.settings)
+        d = core.desired(body, jobs.model)
         prof = stored = None
         if d.wants_profiling and d.si is not None:
             try:  # per-tier profiling Jobs; their results land in the ConfigMap <name>-profiles
@@ -75,6 +78,9 @@ class Operator:
             stored = self.stored_profiles(d.namespace, d.si)
         existing = k.children(d.namespace, d.name) if not d.problems else {}
         out = core.prepare(d, cause, existing, prof, stored)
+        if out.plan is not None and d.si is not None:  # its slices: built by a Job now, fetched by the tiers
+            if failure := jobs.slices(d.si, out.plan):
+                logger.warning("model Job: %s: %s", *failure)
         _post(body, out.events)
         if out.apply:
             from kubernetes.client.exceptions import ApiException
@@ -105,6 +111,9 @@ class Operator:
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
         self.write_status(body, patch, d.previous, out.status or {})
         metrics_mod.reconciled(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
+        if out.result == "building" and cause != "timer":  # look again soon (the timer would, later)
+            self.kube.patch_status(d.namespace, d.name, out.status or {})
+            raise kopf.TemporaryError(f"waiting: {(out.status or {}).get('message')}", delay=BUILD_POLL_SECONDS)
 
     def write_status(self, body: Any, patch: Any, previous: dict, new: dict) -> None:
         if not status_mod.status_changed(previous, new):
@@ -141,7 +150,9 @@ class Operator:
 
     # --- a child Deployment changed ------------------------------------------------------------------------------
 
-    def refresh_status(self, namespace: str, name: str, deployments: dict, logger: kopf.Logger) -> None:
+    def refresh_status(
+        self, namespace: str, name: str, deployments: dict, logger: kopf.Logger, retry: bool = True
+    ) -> None:
         """Readiness from the tier Deployments (`deployments`: name → object, from the index) into the owner's
         status; the write is conditional on the owner's resourceVersion, so it never overwrites a newer status (after
         a conflict it re-reads the owner and recomputes)."""
@@ -159,6 +170,9 @@ class Operator:
             reports = self.kube.slicer_reports(namespace, name)
             out = core.refresh(obj, deployments, now=time.time(), reports=reports)
             if out is None or out.status is None:
+                written = (obj.get("status") or {}).get("observedGeneration") == obj["metadata"].get("generation")
+                if retry and not written:
+                    self.refresh_later(namespace, name, logger)
                 return
             try:
                 co.patch_namespaced_custom_object_status(
@@ -188,6 +202,24 @@ class Operator:
             name,
             REFRESH_ATTEMPTS,
         )
+
+    def refresh_later(self, namespace: str, name: str, logger: kopf.Logger) -> None:
+        """A Deployment changed while the pass that applied it had not written its status yet (that status is
+        computed from the Deployments as read just after the apply): look again once it has, with the Deployments
+        as they are then, or this change would wait for the timer."""
+
+        def again() -> None:
+            try:
+                deployments = {
+                    n: readiness_view(o)
+                    for (kind, n), o in self.kube.children(namespace, name).items()
+                    if kind == "Deployment"
+                }
+                self.refresh_status(namespace, name, deployments, logger, retry=False)
+            except Exception as exc:  # noqa: BLE001 - the timer's pass repairs it
+                logger.info("delayed status refresh of %s/%s: %s", namespace, name, exc)
+
+        threading.Timer(REFRESH_LATER_SECONDS, again).start()
 
     # --- the feedback loop ---------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from splitdnn.controller.render import LABEL_SI, MANAGER
 
@@ -106,6 +107,53 @@ class Kube:
         core, _ = self._apis()
         return bool(core.list_namespaced_pod(namespace, label_selector=selector, limit=1).items)
 
+    def get_job(self, namespace: str, name: str) -> dict | None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp: Any = client.BatchV1Api(self.api).read_namespaced_job(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(resp.data)
+
+    def create_job(self, namespace: str, obj: dict) -> None:
+        """Create a Job; one that exists already (a pass beside this one made it) is fine."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.BatchV1Api(self.api).create_namespaced_job(namespace, obj)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and its pods; already gone is fine."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.BatchV1Api(self.api).delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def container_reports(self, namespace: str, job_name: str) -> dict[str, dict]:
+        """The model Job's pods' build container states, by pod name (`container_state`)."""
+        from splitdnn.controller.render import BUILDER
+
+        core, _ = self._apis()
+        resp = core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}", _preload_content=False)
+        found = {}
+        for pod in json.loads(resp.data)["items"]:
+            state = container_state((pod.get("status") or {}).get("containerStatuses") or [], BUILDER)
+            if state is not None:
+                found[pod["metadata"]["name"]] = state
+        return found
+
     def slicer_reports(self, namespace: str, si_name: str) -> dict[tuple[str, str], dict]:
         """What the slicer init containers of a SplitInference's pods said, by (split id, tier): the termination
         `message`, `exitCode` and `reason` of their last run, or the `waiting` reason and `waitingMessage` of one
@@ -118,16 +166,13 @@ class Kube:
         for pod in json.loads(resp.data)["items"]:
             labels = pod["metadata"].get("labels") or {}
             key = (labels.get(LABEL_SPLIT, ""), labels.get(LABEL_TIER, ""))
-            for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
-                if st.get("name") != SLICER:
-                    continue
-                state = st.get("state") or {}
-                done = state.get("terminated") or (st.get("lastState") or {}).get("terminated")
-                if done and (key not in found or done.get("exitCode") == 0):  # a pod that sliced wins
-                    found[key] = {k: done.get(k) for k in ("message", "exitCode", "reason")}
-                elif (state.get("waiting") or {}).get("reason") and key not in found:
-                    waiting = state["waiting"]
-                    found[key] = {"waiting": waiting.get("reason"), "waitingMessage": waiting.get("message")}
+            state = container_state((pod.get("status") or {}).get("initContainerStatuses") or [], SLICER)
+            if state is None:
+                continue
+            if "exitCode" in state and (key not in found or state.get("exitCode") == 0):  # a pod that fetched wins
+                found[key] = state
+            elif "waiting" in state and key not in found:
+                found[key] = state
         return found
 
     def delete_service(self, namespace: str, name: str) -> None:
@@ -167,3 +212,20 @@ class Kube:
             for item in json.loads(resp.data)["items"]:
                 found[(kind, item["metadata"]["name"])] = item
         return found
+
+
+def container_state(statuses: list, container: str) -> dict | None:
+    """A container's last run: its termination `message`, `exitCode` and `reason`, or the `waiting` reason and
+    `waitingMessage` of one that cannot start (a missing Secret); None when it has said nothing yet
+    (`status.slicer_report` reads it)."""
+    for st in statuses:
+        if st.get("name") != container:
+            continue
+        state = st.get("state") or {}
+        done = state.get("terminated") or (st.get("lastState") or {}).get("terminated")
+        if done:
+            return {k: done.get(k) for k in ("message", "exitCode", "reason")}
+        if (state.get("waiting") or {}).get("reason"):
+            waiting = state["waiting"]
+            return {"waiting": waiting.get("reason"), "waitingMessage": waiting.get("message")}
+    return None

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from splitdnn.controller.render import split_id, split_service_name
+from splitdnn.controller.render import model_key, split_id, split_service_name
 from splitdnn.graph import GraphSummary
 from splitdnn.spec import SplitInference, cross_field_problems
 from splitdnn.storage import is_uri
@@ -33,8 +33,8 @@ def model_summary(source: str, input_shape: tuple | None = None) -> GraphSummary
     from splitdnn.models import load_model
 
     if is_uri(source) or (source.endswith(".keras") and not Path(source).is_file()):
-        # a storageUri is fetched by the pods' slicer, not inside the operator (issue #15: a model Job later)
-        raise ModelUnavailable(f"model file {source!r} is not in the operator's file system; the slicer checks it")
+        # a storageUri is fetched by the model Job (controller.model_job), never by the operator
+        raise ModelUnavailable(f"model file {source!r} is not in this file system; the model Job fetches it")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return build_graph(load_model(source, input_shape)).summary()
 
@@ -62,10 +62,16 @@ def name_problems(si: SplitInference) -> list[str]:
     return found
 
 
-def problems(si: SplitInference, summary: GraphSummary | None) -> list[str]:
-    """Everything that makes the resource undeployable, each naming the problem."""
+def problems(si: SplitInference, summary: GraphSummary | None, need_model: bool = True) -> list[str]:
+    """Everything that makes the resource undeployable, each naming the problem (`need_model`: also that the
+    planner has no graph to plan from)."""
     found = name_problems(si) + cross_field_problems(si, list(summary.layers) if summary else None)
-    if si.spec.get("planner", {}).get("mode") == "auto" and not si.spec.get("splitPoints") and summary is None:
+    if (
+        need_model
+        and si.spec.get("planner", {}).get("mode") == "auto"
+        and not si.spec.get("splitPoints")
+        and summary is None
+    ):
         found.append(
             "planner.mode auto needs a model the operator can load (a .keras file in the operator's "
             "file system, or a builtin/kerasApplication model): set splitPoints"
@@ -88,6 +94,7 @@ def build_plan(si: SplitInference, summary: GraphSummary | None) -> dict[str, An
         "splitInference": si.name,
         "namespace": si.namespace,
         "model": si.model_source,
+        "modelKey": model_key(si),  # the tiers fetch their slices from the artifact store by it
         "mode": planner.get("mode", "fixed"),
         "objective": planner.get("objective", "throughput"),
         "splitPoints": points,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,35 @@ class Event:
     warning: bool = False
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What is known of the model a spec names: its graph (from the artifact store, or built here by `in_process`),
+    or why not yet (`building`: the model Job is at it) or never (`failure`: reason, message)."""
+
+    key: str | None = None
+    summary: GraphSummary | None = None
+    digest: str | None = None
+    bytes: int | None = None
+    building: str | None = None
+    failure: tuple[str, str] | None = None
+
+
+ModelLookup = Callable[[SplitInference], ModelState]
+
+
+def in_process(si: SplitInference) -> ModelState:
+    """The model's graph built in this process with TensorFlow: `splitdnn render` and the core's tests. The
+    operator uses the artifact store instead (`controller.model_job`)."""
+    shape = tuple(si.input_shape) if si.input_shape else None
+    try:
+        return ModelState(summary=plan_mod.model_summary(si.model_source, shape), key=render.model_key(si))
+    except plan_mod.ModelUnavailable:
+        return ModelState(key=render.model_key(si))
+    except Exception as exc:  # noqa: BLE001 - ModelSourceError, ValueError from Keras builders: the model is wrong
+        msg = str(exc) if str(exc).startswith("unknown model") else f"cannot load model {si.model_source!r}: {exc}"
+        return ModelState(failure=(getattr(exc, "reason", "InvalidModel"), msg), key=render.model_key(si))
+
+
 @dataclass
 class Desired:
     """What the resource asks for: its parsed spec (with the loop's split, see `effective_spec`) and model."""
@@ -47,6 +77,7 @@ class Desired:
     si: SplitInference | None = None
     summary: GraphSummary | None = None
     problems: list[str] = field(default_factory=list)
+    model: ModelState = field(default_factory=ModelState)
 
     @property
     def wants_profiling(self) -> bool:
@@ -123,19 +154,8 @@ def parse(body: dict) -> SplitInference:
     )
 
 
-def load_summary(si: SplitInference) -> tuple[GraphSummary | None, list[str]]:
-    """(summary or None, problems). A model only the agent image has is no problem: it is planned without."""
-    shape = tuple(si.input_shape) if si.input_shape else None
-    try:
-        return plan_mod.model_summary(si.model_source, shape), []
-    except plan_mod.ModelUnavailable:
-        return None, []
-    except Exception as exc:  # noqa: BLE001 - ModelSourceError, ValueError from Keras builders: the model is wrong
-        msg = str(exc) if str(exc).startswith("unknown model") else f"cannot load model {si.model_source!r}: {exc}"
-        return None, [msg]
-
-
-def desired(body: dict) -> Desired:
+def desired(body: dict, lookup: ModelLookup = in_process) -> Desired:
+    """Parse and validate; `lookup` gives the model's graph (the operator's reads the artifact store)."""
     meta = body["metadata"]
     d = Desired(
         name=meta["name"],
@@ -148,9 +168,11 @@ def desired(body: dict) -> Desired:
     except SpecError as exc:
         d.problems = [str(exc)]
         return d
-    d.summary, d.problems = load_summary(d.si)
     # before the shell lists children by a label holding the name (a name too long for a label value is a 400)
-    d.problems = plan_mod.name_problems(d.si) + d.problems
+    d.problems = plan_mod.name_problems(d.si)
+    if not d.problems:
+        d.model = lookup(d.si)
+        d.summary = d.model.summary
     return d
 
 
@@ -189,6 +211,11 @@ def prepare(
     `stored_profiles`: per-tier profiles from the ConfigMap (for the predicted figures of a fixed split)."""
     if d.problems or d.si is None:
         return failed(d, d.problems)
+    if d.model.failure is not None or d.model.building is not None:  # no plan without the graph: nothing applied
+        if spec_problems := plan_mod.problems(d.si, None, need_model=False):  # what the spec says wrong first
+            return failed(d, spec_problems)
+        new = status_mod.model_status(d.previous, d.generation, d.model.building, d.model.failure)
+        return Outcome(status=new, result="failed" if d.model.failure else "building")
     si, summary = d.si, d.summary
     events: list[Event] = []
     estimate = None
@@ -213,6 +240,8 @@ def prepare(
         return out
 
     plan = plan_mod.build_plan(si, summary)
+    if d.model.digest:  # a new model file is a new plan: the tiers roll to it
+        plan["modelDigest"] = d.model.digest
     if summary:
         try:
             plan["predicted"].update(
@@ -279,6 +308,11 @@ def settle(d: Desired, prepared: Outcome, deployments: dict, reports: dict | Non
     the tier pods' slicer reports (`status.running_status`)."""
     assert d.si is not None and prepared.plan is not None
     new = status_mod.running_status(d.si, prepared.plan, deployments, d.previous, d.generation, reports)
+    if "modelJob" in d.previous:
+        new["modelJob"] = None  # (merge patch: null deletes the key)
+    if d.model.digest:
+        new.setdefault("model", {"digest": d.model.digest, "bytes": d.model.bytes})
+        status_mod.model_built(new, d.previous, d.model.digest)
     if prepared.profiling:
         new["profiling"] = prepared.profiling
     return Outcome(status=new, plan=prepared.plan, profiling=prepared.profiling)
@@ -339,6 +373,7 @@ def refresh(obj: dict, deployments: dict, now: float | None = None, reports: dic
         previous.get("phase") is None
         or (previous.get("phase") == Phase.FAILED and not status_mod.model_failed(previous))  # the spec's problem
         or not plan
+        or previous.get("modelJob")  # the model Job's status: the next reconcile pass owns it
         or previous.get("observedGeneration") != generation
     ):
         return None

@@ -47,8 +47,12 @@ MANAGER = "splitdnn-operator"
 LABEL_SI = "splitdnn.io/splitinference"
 LABEL_TIER = "splitdnn.io/tier"
 LABEL_SPLIT = "splitdnn.io/split"
-SLICER = "slicer"  # the init container that slices the model
-SLICER_REPORT = "/dev/termination-log"  # its `splitdnn slice --report`: the pod's status carries it to the operator
+SLICER = "fetch-slice"  # the init container that fetches the tier's slice from the artifact store (no TensorFlow)
+SLICER_REPORT = "/dev/termination-log"  # its `--report`: the pod's status carries it to the operator
+BUILDER = "build"  # the model Job's container (`splitdnn artifacts build`: TensorFlow, once per model and split)
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MODEL_JOB_COMPONENT = "model-job"
+FETCH_WAIT_SECONDS = 900  # a tier pod waits this long for the model Job still slicing its split
 DRAIN_TIMEOUT_SECONDS = 90  # an old pod keeps serving its previous tier this long at most (see render_deployment)
 ANNOTATION_PLAN_HASH = "splitdnn.io/plan-hash"
 
@@ -56,6 +60,20 @@ ANNOTATION_PLAN_HASH = "splitdnn.io/plan-hash"
 def agent_image(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("SPLITDNN_AGENT_IMAGE") or f"splitdnn/agent:{__version__}"
+
+
+def artifacts_url(env: Mapping[str, str] | None = None) -> str:
+    """The artifact store's URL (SPLITDNN_ARTIFACTS_URL; the chart sets its own Service)."""
+    env = os.environ if env is None else env
+    return (env.get("SPLITDNN_ARTIFACTS_URL") or "http://splitdnn-artifacts:8080").rstrip("/")
+
+
+def model_job_node_selector(env: Mapping[str, str] | None = None) -> dict:
+    """Where model Jobs run (SPLITDNN_MODEL_JOB_NODE_SELECTOR, JSON; the chart's `modelJob.nodeSelector`): a node
+    with the memory and CPU for TensorFlow, not a Raspberry Pi of the device tier."""
+    env = os.environ if env is None else env
+    raw = (env.get("SPLITDNN_MODEL_JOB_NODE_SELECTOR") or "").strip()
+    return dict(json.loads(raw)) if raw else {}
 
 
 def max_model_bytes(env: Mapping[str, str] | None = None) -> str | None:
@@ -123,9 +141,20 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def slicer_command(si: SplitInference, split_points: list[str], max_model_bytes: str | None = None) -> list[str]:
-    cmd = ["splitdnn", "slice", si.model_source, "--at", ",".join(split_points), "--out", MODELS_DIR]
-    cmd += ["--report", SLICER_REPORT]  # which slices converted to .tflite: the operator reads it (status.tiers)
+def model_key(si: SplitInference) -> str:
+    """The artifact store's key of the model the spec names (`splitdnn.artifacts.model_key`)."""
+    from splitdnn.artifacts import model_key as key
+
+    return key(si.model_source, si.input_shape, si.typed.model.sha256)
+
+
+def build_command(
+    si: SplitInference, split_points: list[str] | None, store: str, max_model_bytes: str | None = None
+) -> list[str]:
+    """The model Job's `splitdnn artifacts build`: the graph, and with `split_points` that split's slices."""
+    cmd = ["splitdnn", "artifacts", "build", si.model_source, "--store", store, "--report", SLICER_REPORT]
+    if split_points is not None:
+        cmd += ["--at", ",".join(split_points)]
     if max_model_bytes and si.typed.model.storage_uri:
         cmd += ["--max-model-bytes", max_model_bytes]
     if si.input_shape:
@@ -135,6 +164,82 @@ def slicer_command(si: SplitInference, split_points: list[str], max_model_bytes:
     if si.typed.cooperative:  # a cooperative tier's workers load its slice as .keras
         cmd += ["--keras"]
     return cmd
+
+
+def fetch_command(si: SplitInference, plan: dict, index: int, store: str) -> list[str]:
+    """A tier pod's init container: its own slice from the artifact store, digest checked, no TensorFlow."""
+    cmd = ["splitdnn", "artifacts", "fetch", "--store", store, "--model-key", plan["modelKey"]]
+    cmd += ["--at", ",".join(plan["splitPoints"]), "--slice", str(index), "--out", MODELS_DIR]
+    cmd += ["--wait", str(FETCH_WAIT_SECONDS), "--report", SLICER_REPORT]
+    return cmd + (["--keras"] if si.typed.cooperative else [])
+
+
+def model_job_name(key: str, split_points: list[str] | None, keras: bool) -> str:
+    """One Job per model and split, whichever SplitInference asks (a second one finds it, or its artifacts)."""
+    return f"splitdnn-model-{stable_hash([key, split_points, keras])[:12]}"
+
+
+def render_model_job(
+    si: SplitInference,
+    split_points: list[str] | None,
+    image: str,
+    store: str,
+    max_model_bytes: str | None = None,
+    node_selector: dict | None = None,
+) -> dict:
+    """The model Job: fetch the model, store its file, digest and graph, slice `split_points` (None: the graph
+    only, for the planner), each only if the store lacks it. No retries (a bad URL fails the same way twice):
+    the operator reads the failure and starts a new Job after a pause (`model_job.RETRY_SECONDS`)."""
+    key = model_key(si)
+    env = [{"name": "HOME", "value": "/tmp"}, {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}]
+    source_env, source_mounts, source_volumes = model_source_wiring(si)
+    # (not the SplitInference's label: one Job serves every SplitInference of the model, and its pods are no tier's)
+    labels = {
+        "app.kubernetes.io/name": "splitdnn-model-job",
+        "app.kubernetes.io/managed-by": MANAGER,
+        "app.kubernetes.io/part-of": "splitdnn",
+        LABEL_COMPONENT: MODEL_JOB_COMPONENT,
+        "splitdnn.io/model-key": key,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": model_job_name(key, split_points, si.typed.cooperative),
+            "namespace": si.namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 3600,
+            "activeDeadlineSeconds": 3600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": dict(node_selector or {}),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"fsGroup": AGENT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": BUILDER,
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": build_command(si, split_points, store, max_model_bytes),
+                            # killed before it wrote its report (OOM): the log's tail is the message
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "env": env + source_env,
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *source_mounts],
+                            "securityContext": _restricted(),
+                            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}, *source_volumes],
+                },
+            },
+        },
+    }
 
 
 PVC_ROOT = "/pvc"  # a pvc:// model's claim is mounted at PVC_ROOT/CLAIM in the slicer init container
@@ -245,13 +350,10 @@ def _restricted(uid: int | None = AGENT_UID) -> dict:
     return sc
 
 
-def render_deployment(
-    si: SplitInference, plan: dict, index: int, image: str, max_model_bytes: str | None = None
-) -> dict:
+def render_deployment(si: SplitInference, plan: dict, index: int, image: str, store: str) -> dict:
     tier = si.tiers[index]
     tname = tier["name"]
     name = object_name(si.name, tname)
-    split_points = plan["splitPoints"]
     split = plan["splitId"]
     env = [
         {"name": "HOME", "value": "/tmp"},
@@ -283,7 +385,6 @@ def render_deployment(
         "prometheus.io/path": "/metrics",
     }
     container_defaults = {"image": image, "imagePullPolicy": "IfNotPresent", "env": env}
-    source_env, source_mounts, source_volumes = model_source_wiring(si)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -312,11 +413,10 @@ def render_deployment(
                         {
                             **container_defaults,
                             "name": SLICER,
-                            "command": slicer_command(si, split_points, max_model_bytes),
-                            # a slicer killed before it wrote its report: the log's tail is the message
+                            "command": fetch_command(si, plan, index, store),
+                            # killed before it wrote its report: the log's tail is the message
                             "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "env": env + source_env,
-                            "volumeMounts": [models_mount, tmp_mount, *source_mounts],
+                            "volumeMounts": [models_mount, tmp_mount],
                             "securityContext": _restricted(),
                             "resources": copy.deepcopy(resources),
                         },
@@ -370,7 +470,6 @@ def render_deployment(
                         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "plan", "configMap": {"name": plan_configmap_name(si.name)}},
-                        *source_volumes,
                     ],
                 },
             },
@@ -441,12 +540,12 @@ def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list
     """Every child object, in apply order: the plan first (pods mount it), then per tier its Services and its
     Deployment."""
     image = image or agent_image()
-    limit = max_model_bytes()
+    store = artifacts_url()
     split = plan["splitId"]
     objs = [render_configmap(si, plan)]
     for i in range(len(si.tiers)):
         objs.append(render_service(si, i))
         if i > 0:
             objs.append(render_split_service(si, i, split))
-        objs.append(render_deployment(si, plan, i, image, limit))
+        objs.append(render_deployment(si, plan, i, image, store))
     return objs

@@ -41,6 +41,8 @@ class Reason(StrEnum):
     PROMETHEUS_QUERIED = "PrometheusQueried"
     PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
     MODEL_SLICED = "ModelSliced"  # (a failing slicer's reason is its own word: NotFound, DigestMismatch, ...)
+    MODEL_BUILDING = "ModelBuilding"  # the model Job is fetching the model and reading its graph
+    MODEL_BUILT = "ModelBuilt"  # the model Job stored the model's file and graph (the tiers' reports may add more)
 
 
 class EventReason(StrEnum):
@@ -125,6 +127,49 @@ def failed_status(previous: dict, generation: int, problems: list[str]) -> dict:
             ),
         ],
     }
+
+
+def model_status(previous: dict, generation: int, building: str | None, failure: tuple[str, str] | None) -> dict:
+    """The status while the model Job builds the graph (`building`: what it waits for), or after it failed
+    (`failure`: reason, message). The children, if any (an earlier healthy spec's), are left serving: only the
+    phase and the conditions say what is wrong with this one."""
+    previous = previous or {}
+    prev_conditions = previous.get("conditions", [])
+    kept = [c for c in prev_conditions if c.get("type") not in (Condition.VALID, Condition.MODEL_READY)]
+    if failure is not None:
+        reason, message = failure
+        model = _condition(prev_conditions, Condition.MODEL_READY, "False", reason, message)
+        phase = Phase.FAILED
+    else:
+        message = str(building)
+        model = _condition(prev_conditions, Condition.MODEL_READY, "Unknown", Reason.MODEL_BUILDING, message)
+        phase = Phase(previous["phase"]) if previous.get("phase") in (Phase.RUNNING, Phase.DEGRADED) else Phase.PENDING
+    status = {**previous, "phase": phase.value, "message": message, "observedGeneration": generation}
+    # (a Deployment's change must not refresh this status from the old plan's tiers: `reconcile.refresh` skips it)
+    status["modelJob"] = {"state": "failed" if failure else "building", "message": message}
+    status["conditions"] = [
+        _condition(prev_conditions, Condition.VALID, "True", Reason.SPEC_VALID, "the spec is valid"),
+        *kept,
+        model,
+    ]
+    return status
+
+
+def model_built(status: dict, previous: dict, digest: str) -> None:
+    """ModelReady True once the model Job has built the model, unless the tiers' reports said more (sliced) or
+    worse (a failed fetch)."""
+    conditions = status.setdefault("conditions", [])
+    current = next((c for c in conditions if c.get("type") == Condition.MODEL_READY), None)
+    if current is not None and current.get("status") != "Unknown":
+        return
+    built = _condition(
+        (previous or {}).get("conditions", []),
+        Condition.MODEL_READY,
+        "True",
+        Reason.MODEL_BUILT,
+        f"sha256 {digest}: fetched and read by the model Job",
+    )
+    status["conditions"] = [c for c in conditions if c is not current] + [built]
 
 
 CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError")
