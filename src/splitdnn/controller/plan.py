@@ -73,8 +73,8 @@ def problems(si: SplitInference, summary: GraphSummary | None, need_model: bool 
         and summary is None
     ):
         found.append(
-            "planner.mode auto needs a model the operator can load (a .keras file in the operator's "
-            "file system, or a builtin/kerasApplication model): set splitPoints"
+            "planner.mode auto needs the model's graph, which only a model Job reads for a storageUri model "
+            "(the operator does; `splitdnn render` cannot): set splitPoints"
         )
     return found
 

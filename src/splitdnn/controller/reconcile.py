@@ -168,8 +168,9 @@ def desired(body: dict, lookup: ModelLookup = in_process) -> Desired:
     except SpecError as exc:
         d.problems = [str(exc)]
         return d
-    # before the shell lists children by a label holding the name (a name too long for a label value is a 400)
-    d.problems = plan_mod.name_problems(d.si)
+    # before the shell lists children by a label holding the name (a name too long for a label value is a 400);
+    # and what the spec says wrong without the model's layers: no model Job for a spec that cannot deploy anyway
+    d.problems = plan_mod.problems(d.si, None, need_model=False)
     if not d.problems:
         d.model = lookup(d.si)
         d.summary = d.model.summary
@@ -212,8 +213,6 @@ def prepare(
     if d.problems or d.si is None:
         return failed(d, d.problems)
     if d.model.failure is not None or d.model.building is not None:  # no plan without the graph: nothing applied
-        if spec_problems := plan_mod.problems(d.si, None, need_model=False):  # what the spec says wrong first
-            return failed(d, spec_problems)
         new = status_mod.model_status(d.previous, d.generation, d.model.building, d.model.failure)
         return Outcome(status=new, result="failed" if d.model.failure else "building")
     si, summary = d.si, d.summary
