@@ -121,6 +121,8 @@ def install_splitdnn(cluster, prometheus: bool = False, link_probe: bool = False
             "agent.image.tag=dev",
             "--set-string",
             r"nodeSelector.splitdnn\.io/tier=cloud",
+            "--set-string",  # TensorFlow's model Jobs on the cloud node too (a real device tier is a Pi)
+            r"modelJob.nodeSelector.splitdnn\.io/tier=cloud",
             *extra,
             "--wait",
             "--timeout",
