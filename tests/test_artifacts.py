@@ -149,3 +149,17 @@ def test_bad_model_and_bad_split_point_get_their_reason(store, tmp_path):
     assert point.returncode == 2, point.stderr
     assert json.loads(report.read_text())["error"]["reason"] == "InvalidSplitPoint"
     assert "nosuchlayer" in point.stderr
+
+
+def test_a_slice_archive_cannot_write_outside_its_directory(tmp_path):
+    import io
+    import tarfile
+
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with tarfile.open(bad) as tar, pytest.raises(artifacts.ArtifactError, match="refused"):
+        artifacts._extract(tar, tmp_path / "slice0")
+    assert not (tmp_path / "escaped.txt").exists()

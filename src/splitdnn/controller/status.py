@@ -198,7 +198,7 @@ def slicer_report(state: dict) -> dict | None:
         return doc
     last = next((line for line in reversed(message.splitlines()) if line.strip()), "")  # the log's last line
     what = f"exit code {state['exitCode']}" + (f": {last.strip()[:300]}" if last else "")
-    return {"error": {"reason": state.get("reason") or "SlicerFailed", "message": f"the slicer failed ({what})"}}
+    return {"error": {"reason": state.get("reason") or "SlicerFailed", "message": f"it failed ({what})"}}
 
 
 def tier_runtime(tier, index: int, report: dict | None, previous: dict | None) -> dict:

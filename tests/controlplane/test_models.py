@@ -1,0 +1,195 @@
+"""A user's own models through the operator on the real control plane: the model Job (run by the harness: kwok runs no
+containers) fetches, checks and builds into the real artifact store; the operator, which has no TensorFlow, plans
+from the graph it stored. Every bad input ends Failed with the reason in ModelReady, one ModelFailed Event and no
+tier object; the good model's slices, fetched from the store the tiers use, compute the model's own outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from harness.fixtures import OperatorProcess, kubectl, wait_for
+from harness.model_jobs import runner
+
+TIMEOUT = 240  # a model Job imports TensorFlow on a busy 2-core machine
+LIMIT = "1Mi"  # the operator's SPLITDNN_MAX_MODEL_BYTES here: the 2 MB file is too large
+
+
+def own_model():
+    """Not a builtin: a small functional model with a branch, trained a little on a rule so it means something."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    L = keras.layers
+    x = keras.Input(shape=(12, 12, 3), name="image")
+    stem = L.Conv2D(8, 3, activation="relu", name="stem")(x)
+    left = L.Conv2D(8, 3, padding="same", activation="relu", name="left")(stem)
+    right = L.Conv2D(8, 1, name="right")(stem)
+    joined = L.Add(name="join")([left, right])
+    pooled = L.GlobalAveragePooling2D(name="pool")(joined)
+    model = keras.Model(x, L.Dense(2, activation="softmax", name="head")(pooled), name="mine")
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 12, 12, 3), dtype=np.float32)
+    labels = (images[..., 0].mean(axis=(1, 2)) > 0.5).astype("int32")  # brighter red channel or not
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=2, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import keras
+
+    d = tmp_path_factory.mktemp("served")
+    model = own_model()
+    model.save(d / "mine.keras")
+    inp = keras.Input(shape=(4,))
+    keras.Model(inp, keras.layers.Lambda(lambda t: t * 2.0, name="double")(inp)).save(d / "lambda.keras")
+    (d / "page.keras").write_text("<html><body>Please log in</body></html>\n")
+    (d / "big.keras").write_bytes(b"\0" * 2_000_000)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(d), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    frame = np.random.default_rng(1).random((1, 12, 12, 3), dtype=np.float32)
+    yield {
+        "url": f"http://127.0.0.1:{server.server_address[1]}",
+        "dir": d,
+        "frame": frame,
+        "outputs": np.asarray(model(frame)),
+    }
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def operator(crd, ns, tmp_path_factory):
+    op = OperatorProcess(
+        crd, ns, tmp_path_factory.mktemp("op") / "operator.log", extra_env={"SPLITDNN_MAX_MODEL_BYTES": LIMIT}
+    ).start()
+    yield op
+    op.stop()
+    print(op.log()[-4000:])
+
+
+def resource(name: str, model: dict, points=("join", "pool")) -> dict:
+    return {
+        "apiVersion": "splitdnn.io/v1alpha1",
+        "kind": "SplitInference",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "splitPoints": list(points),
+            "tiers": [{"name": t} for t in ("device", "edge", "cloud")],
+        },
+    }
+
+
+def status(kc, ns, name) -> dict:
+    p = kubectl(kc, "get", "si", name, "-n", ns, "-o", "json", check=False)
+    return (json.loads(p.stdout).get("status") or {}) if p.returncode == 0 else {}
+
+
+def test_a_users_model_served_over_http_is_built_once_and_its_slices_compute_it(crd, ns, operator, made, files):
+    from splitdnn import artifacts
+
+    kc = crd
+    made.append("mine")
+    kubectl(
+        kc,
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=yaml.safe_dump(resource("mine", {"storageUri": files["url"] + "/mine.keras"})),
+    )
+    st = wait_for(
+        lambda: (s := status(kc, ns, "mine")).get("phase") == "Running" and s, timeout=TIMEOUT, what="Running"
+    )
+    digest = hashlib.sha256((files["dir"] / "mine.keras").read_bytes()).hexdigest()
+    assert st["model"]["digest"] == digest
+    assert [t["firstLayer"] for t in st["plan"]["tiers"]] == ["image", "pool", "head"]  # the graph the Job read
+    # the slices the tiers fetch (from the store the tiers use), chained: the model's own outputs
+    store = artifacts.Store(runner(kc).url)
+    out = Path(files["dir"]) / "tiers"
+    for i in range(3):
+        artifacts.fetch(store, st["plan"]["modelKey"], ["join", "pool"], i, out, wait_seconds=TIMEOUT)
+    import tensorflow as tf
+
+    doc = json.loads((out / "slices.json").read_text())
+    values = {"image": files["frame"]}
+    for entry in doc["slices"]:
+        fn = tf.saved_model.load(str(out / entry["path"])).signatures["serving_default"]
+        values = {k: v.numpy() for k, v in fn(**{t["name"]: values[t["name"]] for t in entry["inputs"]}).items()}
+    assert float(np.abs(values["head"] - files["outputs"]).max()) <= 1e-5
+    # a second SplitInference of the same model and split: no model Job
+    jobs = kubectl(kc, "get", "jobs", "-n", ns, "-o", "name").stdout.split()
+    made.append("again")
+    kubectl(
+        kc,
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=yaml.safe_dump(resource("again", {"storageUri": files["url"] + "/mine.keras"})),
+    )
+    wait_for(lambda: status(kc, ns, "again").get("phase") == "Running", timeout=TIMEOUT, what="second Running")
+    assert kubectl(kc, "get", "jobs", "-n", ns, "-o", "name").stdout.split() == jobs
+
+
+BAD = {  # name -> (where the model is, the ModelReady reason, words of the message)
+    "gone": ({"path": "/nothing-here.keras"}, "NotFound", "404"),
+    "nobody": ({"url": "http://127.0.0.1:9/m.keras"}, "Unreachable", "127.0.0.1:9"),
+    "pinned": ({"path": "/mine.keras", "sha256": "0" * 64}, "DigestMismatch", "sha256"),
+    "page": ({"path": "/page.keras"}, "NotKerasArchive", "not a .keras archive"),
+    "code": ({"path": "/lambda.keras"}, "UnsafeModel", "Lambda"),
+    "huge": ({"path": "/big.keras"}, "TooLarge", "over the limit"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_a_bad_model_is_failed_with_its_reason_one_event_and_no_tiers(crd, ns, operator, made, files, name):
+    kc = crd
+    where, reason, words = BAD[name]
+    model = {"storageUri": where.get("url") or files["url"] + where["path"]}
+    if "sha256" in where:
+        model["sha256"] = where["sha256"]
+    made.append(name)
+    kubectl(kc, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(resource(name, model)))
+
+    def failed():
+        st = status(kc, ns, name)
+        cond = {c["type"]: c for c in st.get("conditions") or []}.get("ModelReady")
+        return st.get("phase") == "Failed" and cond and cond["status"] == "False" and cond
+
+    cond = wait_for(failed, timeout=TIMEOUT, what=f"{name}: Failed with ModelReady False")
+    assert cond["reason"] == reason and words in cond["message"], cond
+    events = json.loads(
+        kubectl(kc, "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout
+    )["items"]
+    assert [e["type"] for e in events if e["reason"] == "ModelFailed"] == ["Warning"], events
+    tiers = kubectl(
+        kc, "get", "deployments,services,configmaps", "-n", ns, "-l", f"splitdnn.io/splitinference={name}", "-o", "name"
+    )
+    assert tiers.stdout.split() == []
+
+
+def test_a_split_point_the_model_does_not_have_is_named_without_tiers(crd, ns, operator, made, files):
+    kc = crd
+    made.append("nolayer")
+    r = resource("nolayer", {"storageUri": files["url"] + "/mine.keras"}, ("join", "no_such_layer"))
+    kubectl(kc, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(r))
+    st = wait_for(
+        lambda: (s := status(kc, ns, "nolayer")).get("phase") == "Failed" and s, timeout=TIMEOUT, what="Failed"
+    )
+    valid = {c["type"]: c for c in st["conditions"]}["Valid"]
+    assert valid["status"] == "False" and "no_such_layer" in valid["message"], valid
+    tiers = kubectl(kc, "get", "deployments", "-n", ns, "-l", "splitdnn.io/splitinference=nolayer", "-o", "name")
+    assert tiers.stdout.split() == []
