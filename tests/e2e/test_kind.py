@@ -338,15 +338,28 @@ def model_jobs(cluster) -> list[str]:
     ]
 
 
-def a_restarted_tier_runs_no_tensorflow(cluster, pods: dict) -> None:
+def a_restarted_tier_runs_no_tensorflow(cluster) -> None:
     """Delete the edge tier's pod: its replacement fetches its slice from the artifact store (the fetch's log says
     so) and no new model Job runs."""
     jobs = model_jobs(cluster)
-    cluster.kubectl("delete", "pod", pods["edge"], "--wait=false")
+    edge = f"{SI_SELECTOR},{TIER_LABEL}=edge"
+    serving = [
+        p["metadata"]["name"]
+        for p in kubectl_json(cluster, "get", "pods", "-l", edge)["items"]
+        if not p["metadata"].get("deletionTimestamp") and p["status"]["phase"] == "Running"
+    ]
+    old = serving[0]  # (an earlier split's pod may still be draining: not that one)
+    cluster.kubectl("delete", "pod", old, "--wait=false")
 
     def replaced():
-        items = kubectl_json(cluster, "get", "pods", "-l", f"{SI_SELECTOR},{TIER_LABEL}=edge")["items"]
-        new = [p for p in items if p["metadata"]["name"] != pods["edge"] and p["status"]["phase"] == "Running"]
+        items = kubectl_json(cluster, "get", "pods", "-l", edge)["items"]
+        new = [
+            p
+            for p in items
+            if p["metadata"]["name"] not in serving
+            and p["status"]["phase"] == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
         return new and new[0]["metadata"]["name"]
 
     name = wait_for("a new edge pod Running", replaced, timeout=240)
@@ -486,7 +499,7 @@ def test_splitinference_end_to_end(kind_cluster):
             a_second_splitinference_of_the_same_model_runs_no_job(kind_cluster)
 
         with timed("a tier pod deleted -> back without TensorFlow"):
-            a_restarted_tier_runs_no_tensorflow(kind_cluster, pods)
+            a_restarted_tier_runs_no_tensorflow(kind_cluster)
 
         with timed("a model the model Job cannot fetch, a missing Secret -> Failed with the reason, no tiers"):
             bad_models_get_a_condition(kind_cluster)

@@ -64,7 +64,7 @@ class Operator:
     def reconcile(self, body: Any, patch: Any, logger: kopf.Logger, cause: str) -> None:
         meta = body["metadata"]
         k = self.kube
-        jobs = model_job.ModelJobs(k, body, self.settings)
+        jobs = model_job.ModelJobs(k, body)
         d = core.desired(body, jobs.model)
         prof = stored = None
         if d.wants_profiling and d.si is not None:

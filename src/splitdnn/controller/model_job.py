@@ -45,7 +45,7 @@ def _finished(job: dict) -> str | None:
 class ModelJobs:
     """The store and the Jobs for one reconcile pass (`kube`: controller.kube.Kube; `owner`: the resource body)."""
 
-    def __init__(self, kube: Any, owner: Any, settings: Any):
+    def __init__(self, kube: Any, owner: Any):
         self.kube, self.owner = kube, owner
         self.url = render.artifacts_url()
         self.store = Store(self.url, timeout=STORE_TIMEOUT)
