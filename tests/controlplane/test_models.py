@@ -90,6 +90,10 @@ def resource(name: str, model: dict, points=("join", "pool")) -> dict:
     }
 
 
+def apply(kc, ns, doc: dict) -> None:
+    kubectl(kc, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(doc))
+
+
 def status(kc, ns, name) -> dict:
     p = kubectl(kc, "get", "si", name, "-n", ns, "-o", "json", check=False)
     return (json.loads(p.stdout).get("status") or {}) if p.returncode == 0 else {}
@@ -100,15 +104,7 @@ def test_a_users_model_served_over_http_is_built_once_and_its_slices_compute_it(
 
     kc = crd
     made.append("mine")
-    kubectl(
-        kc,
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        "-",
-        input=yaml.safe_dump(resource("mine", {"storageUri": files["url"] + "/mine.keras"})),
-    )
+    apply(kc, ns, resource("mine", {"storageUri": files["url"] + "/mine.keras"}))
     st = wait_for(
         lambda: (s := status(kc, ns, "mine")).get("phase") == "Running" and s, timeout=TIMEOUT, what="Running"
     )
@@ -131,15 +127,7 @@ def test_a_users_model_served_over_http_is_built_once_and_its_slices_compute_it(
     # a second SplitInference of the same model and split: no model Job
     jobs = kubectl(kc, "get", "jobs", "-n", ns, "-o", "name").stdout.split()
     made.append("again")
-    kubectl(
-        kc,
-        "apply",
-        "-n",
-        ns,
-        "-f",
-        "-",
-        input=yaml.safe_dump(resource("again", {"storageUri": files["url"] + "/mine.keras"})),
-    )
+    apply(kc, ns, resource("again", {"storageUri": files["url"] + "/mine.keras"}))
     wait_for(lambda: status(kc, ns, "again").get("phase") == "Running", timeout=TIMEOUT, what="second Running")
     assert kubectl(kc, "get", "jobs", "-n", ns, "-o", "name").stdout.split() == jobs
 
@@ -162,7 +150,7 @@ def test_a_bad_model_is_failed_with_its_reason_one_event_and_no_tiers(crd, ns, o
     if "sha256" in where:
         model["sha256"] = where["sha256"]
     made.append(name)
-    kubectl(kc, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(resource(name, model)))
+    apply(kc, ns, resource(name, model))
 
     def failed():
         st = status(kc, ns, name)
@@ -185,7 +173,7 @@ def test_a_split_point_the_model_does_not_have_is_named_without_tiers(crd, ns, o
     kc = crd
     made.append("nolayer")
     r = resource("nolayer", {"storageUri": files["url"] + "/mine.keras"}, ("join", "no_such_layer"))
-    kubectl(kc, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(r))
+    apply(kc, ns, r)
     st = wait_for(
         lambda: (s := status(kc, ns, "nolayer")).get("phase") == "Failed" and s, timeout=TIMEOUT, what="Failed"
     )
