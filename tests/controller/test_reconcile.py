@@ -372,3 +372,25 @@ def test_register_binds_the_handlers_to_the_settings():
     assert {h.id for h in registry._watching.get_all_handlers()} == {"on_child_deployment"}
     activities = {h.id for h in registry._activities.get_all_handlers()}
     assert {"login", "configure"} <= activities  # a registry of our own must bring the login
+
+
+def test_a_new_model_file_rolls_the_tiers_and_its_digest_reaches_the_status():
+    """The same spec, a model whose file the Job found changed (a new digest: a new pin, a new URI): the tiers'
+    pod templates change (they roll to slices of the new file); the digest is in the plan and the status."""
+    summary = core.in_process(core.parse(body())).summary
+
+    def with_digest(digest):
+        model = core.ModelState(key="k", summary=summary, digest=digest, bytes=1000)
+        d = core.desired(body(), lambda si: model)
+        out = core.prepare(d, "create", existing={})
+        templates = {o["metadata"]["name"]: o["spec"]["template"] for o in out.apply if o["kind"] == "Deployment"}
+        return d, out, templates
+
+    d, out, a = with_digest("a" * 64)
+    _, _, b = with_digest("b" * 64)
+    assert set(a) == set(b) and all(a[n] != b[n] for n in a)
+    assert out.plan["modelDigest"] == "a" * 64
+    settled = core.settle(d, out, deployments_of(out.apply)).status
+    assert settled["model"] == {"digest": "a" * 64, "bytes": 1000}
+    ready = next(c for c in settled["conditions"] if c["type"] == Condition.MODEL_READY)
+    assert (ready["status"], ready["reason"]) == ("True", "ModelBuilt")
