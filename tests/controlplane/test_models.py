@@ -17,30 +17,10 @@ import yaml
 
 from harness.fixtures import OperatorProcess, kubectl, wait_for
 from harness.model_jobs import runner
+from harness.own_model import own_model
 
 TIMEOUT = 240  # a model Job imports TensorFlow on a busy 2-core machine
 LIMIT = "1Mi"  # the operator's SPLITDNN_MAX_MODEL_BYTES here: the 2 MB file is too large
-
-
-def own_model():
-    """Not a builtin: a small functional model with a branch, trained a little on a rule so it means something."""
-    import keras
-
-    keras.utils.set_random_seed(11)
-    L = keras.layers
-    x = keras.Input(shape=(12, 12, 3), name="image")
-    stem = L.Conv2D(8, 3, activation="relu", name="stem")(x)
-    left = L.Conv2D(8, 3, padding="same", activation="relu", name="left")(stem)
-    right = L.Conv2D(8, 1, name="right")(stem)
-    joined = L.Add(name="join")([left, right])
-    pooled = L.GlobalAveragePooling2D(name="pool")(joined)
-    model = keras.Model(x, L.Dense(2, activation="softmax", name="head")(pooled), name="mine")
-    rng = np.random.default_rng(0)
-    images = rng.random((64, 12, 12, 3), dtype=np.float32)
-    labels = (images[..., 0].mean(axis=(1, 2)) > 0.5).astype("int32")  # brighter red channel or not
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(images, labels, epochs=2, verbose=0)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -388,6 +388,103 @@ def a_second_splitinference_of_the_same_model_runs_no_job(cluster) -> None:
         cluster.kubectl("delete", "si", "again", "--ignore-not-found", "--wait=false")
 
 
+MODEL_SERVER = """
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: models}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: model-server, labels: {app: model-server}}
+spec:
+  nodeSelector: {splitdnn.io/tier: cloud}  # where the model Jobs run: the claim (one node's disk) mounts there
+  containers:
+    - name: http
+      image: splitdnn/agent:dev
+      imagePullPolicy: IfNotPresent
+      command: [python3, -m, http.server, "8000", --directory, /data]
+      ports: [{containerPort: 8000}]
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: models}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: model-server}
+spec:
+  selector: {app: model-server}
+  ports: [{port: 8000, targetPort: 8000}]
+"""
+
+
+def predict(cluster, si: str, model: str, frame) -> list:
+    """TF Serving's REST Predict of `model` (its Keras name) on the SplitInference's first tier, through the API
+    server's service proxy."""
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
+        json.dump({"instances": frame.tolist()}, body)
+        body.flush()
+        out = cluster.kubectl(
+            "create",
+            "--raw",
+            f"/api/v1/namespaces/default/services/{si}-device:http/proxy/v1/models/{model}:predict",
+            "-f",
+            body.name,
+        )
+    return json.loads(out)["predictions"]
+
+
+def a_users_own_model_from_an_http_pod_and_a_pvc(cluster, tmp_path) -> None:
+    """A model of the test's own (branching, trained a little, not a builtin) on a claim that an HTTP server pod in
+    the cluster serves: one SplitInference names it by http://, one by pvc://. Each first tier's Predict gives
+    the model's own outputs, computed here."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from harness.own_model import SPLIT, own_model
+
+    model = own_model()
+    model.save(tmp_path / "mine.keras")
+    frame = np.random.default_rng(2).random((1, 12, 12, 3), dtype=np.float32)
+    want = np.asarray(model(frame))
+    cluster.kubectl("apply", "-f", "-", input=MODEL_SERVER)
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", "pod/model-server", "--timeout=240s")
+        cluster.kubectl("cp", str(tmp_path / "mine.keras"), "model-server:/data/mine.keras", "-c", "http")
+        tiers = [
+            {"name": t, "nodeSelector": {"splitdnn.io/tier": t}, "resources": {"requests": {"cpu": "100m"}}}
+            for t in ("device", "cloud")
+        ]
+        sources = {"own-http": "http://model-server.default.svc:8000/mine.keras", "own-pvc": "pvc://models/mine.keras"}
+        for name, uri in sources.items():
+            doc = {
+                "apiVersion": "splitdnn.io/v1alpha1",
+                "kind": "SplitInference",
+                "metadata": {"name": name},
+                "spec": {"model": {"storageUri": uri}, "splitPoints": SPLIT, "tiers": tiers},
+            }
+            cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+        for name in sources:
+            tiers_available(cluster, name, tiers=("device", "cloud"))
+            got = np.asarray(predict(cluster, name, model.name, frame))
+            diff = float(np.abs(got - want).max())
+            st = kubectl_json(cluster, "get", "si", name)["status"]
+            print(
+                f"[{name}] Predict = the model's own outputs, max abs diff {diff:.1e}; model {json.dumps(st['model'])}"
+            )
+            assert diff <= 1e-5, (got, want)
+    finally:
+        for name in ("own-http", "own-pvc"):
+            cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=MODEL_SERVER)
+
+
 def a_broken_edit_keeps_the_previous_split_serving(cluster) -> None:
     """Edit the running SplitInference to a model nobody serves: Failed with the reason, the tier Deployments are
     not touched (their pods keep serving); the edit reverted, Running again."""
@@ -416,7 +513,7 @@ def a_broken_edit_keeps_the_previous_split_serving(cluster) -> None:
     print(f"broken edit: {st['message']}; Deployments untouched {before}; reverted: Running")
 
 
-def test_splitinference_end_to_end(kind_cluster):
+def test_splitinference_end_to_end(kind_cluster, tmp_path):
     missing = missing_pieces()
     if missing:
         pytest.skip("not on this branch yet: " + "; ".join(missing))
@@ -517,6 +614,9 @@ def test_splitinference_end_to_end(kind_cluster):
                 return not left or None
 
             wait_for("every object of the SplitInference to be deleted", gone, timeout=180)
+
+        with timed("a user's own model from an HTTP pod and from a PVC -> Predict = its outputs"):
+            a_users_own_model_from_an_http_pod_and_a_pvc(kind_cluster, tmp_path)
 
         with timed("planner.mode auto: profiling Jobs on the tier nodes -> plan from profiles"):
             auto_plan_from_profiling_jobs(kind_cluster)

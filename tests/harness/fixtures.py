@@ -91,8 +91,23 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None, check: bool =
     return cp.kubectl(kubeconfig, *args, input=input, check=check)
 
 
+# `splitdnn ARGS` in a process that cannot import TensorFlow or Keras
+WITHOUT_TENSORFLOW = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'):
+            raise ImportError('no TensorFlow in the operator (blocked ' + name + ')')
+sys.meta_path.insert(0, Block())
+from splitdnn.cli import main
+sys.argv = ['splitdnn'] + sys.argv[1:]
+main()
+"""
+
+
 class OperatorProcess:
-    """`splitdnn operator` as a subprocess (the way a user runs it), logs in a file."""
+    """`splitdnn operator` as a subprocess (the way a user runs it; TensorFlow blocked, as in its image), logs in a
+    file."""
 
     def __init__(
         self,
@@ -128,8 +143,8 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "splitdnn",
+                "-c",
+                WITHOUT_TENSORFLOW,  # as in the operator's image, which has none
                 "operator",
                 "--liveness",
                 "",

@@ -10,9 +10,8 @@ from typing import Any
 
 from splitdnn import feedback
 from splitdnn.adapt import Policy
-from splitdnn.controller import plan as plan_mod
 from splitdnn.controller import status as status_mod
-from splitdnn.controller.reconcile import Event, epoch, parse
+from splitdnn.controller.reconcile import Event, ModelLookup, epoch, in_process, parse
 from splitdnn.controller.status import Condition, EventReason, Phase, Reason
 from splitdnn.planner import deploy
 
@@ -63,10 +62,18 @@ def last_change(previous: dict) -> float | None:
     return max(changes) if changes else None
 
 
-def run(body: dict, now: float, prometheus: Any, profiles: dict | None = None, promql_namespace: bool = False) -> Pass:
+def run(
+    body: dict,
+    now: float,
+    prometheus: Any,
+    profiles: dict | None = None,
+    promql_namespace: bool = False,
+    lookup: ModelLookup = in_process,
+) -> Pass:
     """Measure (through `prometheus`, a splitdnn.prom.Prometheus or anything with its `scalar`/`by_label`; None
     when no URL is set), re-plan with the measured figures, maybe re-split. Never raises for Prometheus trouble:
-    the MetricsAvailable condition (and an Event on the transition) say so and the split stays."""
+    the MetricsAvailable condition (and an Event on the transition) say so and the split stays. `lookup` gives
+    the model's graph (the operator's reads the artifact store: it has no TensorFlow)."""
     if why := due(body, now):
         return Pass(why)
     meta = body["metadata"]
@@ -86,8 +93,12 @@ def run(body: dict, now: float, prometheus: Any, profiles: dict | None = None, p
 
     try:
         si = parse(body)
-        summary = plan_mod.model_summary(si.model_source, tuple(si.input_shape) if si.input_shape else None)
-        problem = deploy.problem_for(si, summary, profiles or {})
+        model = lookup(si)
+        if model.summary is None:
+            raise ValueError(
+                "the model's graph is not built: " + (model.failure[1] if model.failure else str(model.building))
+            )
+        problem = deploy.problem_for(si, model.summary, profiles or {})
     except Exception as exc:  # noqa: BLE001 - whatever stops planning is reported in status.measured.error
         return cannot_plan(exc)
     if not url or prometheus is None:

@@ -242,6 +242,7 @@ class Operator:
             Prometheus(url, timeout=5) if url else None,
             profiles,
             promql_namespace=self.settings.promql_namespace,
+            lookup=model_job.ModelJobs(self.kube, body).model,  # the graph from the store (no TensorFlow here)
         )
         metrics_mod.decided(meta, time.monotonic() - started, p.resplit_reason)
         # Kopf cannot send a NaN or an Infinity (not JSON), and its status patch then stalls this timer for good
