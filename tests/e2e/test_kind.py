@@ -401,6 +401,7 @@ kind: Pod
 metadata: {name: model-server, labels: {app: model-server}}
 spec:
   nodeSelector: {splitdnn.io/tier: cloud}  # where the model Jobs run: the claim (one node's disk) mounts there
+  securityContext: {runAsUser: 0}  # the claim's directory (local-path) is root's; kubectl cp writes into it
   containers:
     - name: http
       image: splitdnn/agent:dev
