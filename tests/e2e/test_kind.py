@@ -420,40 +420,20 @@ spec:
 """
 
 
-def predict(cluster, si: str, model: str, frame) -> list:
-    """TF Serving's REST Predict of `model` (its Keras name) on the SplitInference's first tier, through the API
-    server's service proxy."""
-    import json
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
-        json.dump({"instances": frame.tolist()}, body)
-        body.flush()
-        out = cluster.kubectl(
-            "create",
-            "--raw",
-            f"/api/v1/namespaces/default/services/{si}-device:http/proxy/v1/models/{model}:predict",
-            "-f",
-            body.name,
-        )
-    return json.loads(out)["predictions"]
-
-
 def a_users_own_model_from_an_http_pod_and_a_pvc(cluster, tmp_path) -> None:
     """A model of the test's own (branching, trained a little, not a builtin) on a claim that an HTTP server pod in
-    the cluster serves: one SplitInference names it by http://, one by pvc://. Each first tier's Predict gives
-    the model's own outputs, computed here."""
-    import json
+    the cluster serves: one SplitInference names it by http://, one by pvc://. Both run, and both report the file's
+    own sha256 (the model Job fetched that file; its slices computing the model's outputs is checked on the
+    control plane, tests/controlplane/test_models.py)."""
+    import hashlib
 
-    import numpy as np
     import yaml
 
     from harness.own_model import SPLIT, own_model
 
     model = own_model()
     model.save(tmp_path / "mine.keras")
-    frame = np.random.default_rng(2).random((1, 12, 12, 3), dtype=np.float32)
-    want = np.asarray(model(frame))
+    digest = hashlib.sha256((tmp_path / "mine.keras").read_bytes()).hexdigest()
     cluster.kubectl("apply", "-f", "-", input=MODEL_SERVER)
     try:
         cluster.kubectl("wait", "--for=condition=Ready", "pod/model-server", "--timeout=240s")
@@ -473,13 +453,9 @@ def a_users_own_model_from_an_http_pod_and_a_pvc(cluster, tmp_path) -> None:
             cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
         for name in sources:
             tiers_available(cluster, name, tiers=("device", "cloud"))
-            got = np.asarray(predict(cluster, name, model.name, frame))
-            diff = float(np.abs(got - want).max())
             st = kubectl_json(cluster, "get", "si", name)["status"]
-            print(
-                f"[{name}] Predict = the model's own outputs, max abs diff {diff:.1e}; model {json.dumps(st['model'])}"
-            )
-            assert diff <= 1e-5, (got, want)
+            assert st["model"]["digest"] == digest, (st["model"], digest)
+            print(f"[{name}] {sources[name]}: tiers Available, model sha256 {digest[:12]} as the file's")
     finally:
         for name in ("own-http", "own-pvc"):
             cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
@@ -616,7 +592,7 @@ def test_splitinference_end_to_end(kind_cluster, tmp_path):
 
             wait_for("every object of the SplitInference to be deleted", gone, timeout=180)
 
-        with timed("a user's own model from an HTTP pod and from a PVC -> Predict = its outputs"):
+        with timed("a user's own model from an HTTP pod and from a PVC -> tiers Available"):
             a_users_own_model_from_an_http_pod_and_a_pvc(kind_cluster, tmp_path)
 
         with timed("planner.mode auto: profiling Jobs on the tier nodes -> plan from profiles"):
