@@ -89,7 +89,8 @@ def test_the_podmonitors_only_when_enabled_and_served():
     monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodMonitor"}
     assert set(monitors) == {"splitdnn", "splitdnn-agents"}
     operator = monitors["splitdnn"]["spec"]
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    # the operator's Deployment (the chart also runs the artifact store)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "splitdnn"]
     assert operator["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert operator["podMetricsEndpoints"][0]["port"] == "metrics"
     ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
