@@ -418,88 +418,6 @@ def _tar(directory: Path, dest: Path) -> None:
             tar.add(path, arcname=str(path.relative_to(directory)), recursive=False, filter=clean)
 
 
-def _build(
-    stage: list[str],
-    store: Store,
-    source: str,
-    input_shape: Sequence[int] | None = None,
-    sha256: str | None = None,
-    max_bytes: int | None = None,
-    split_points: Sequence[str] | None = None,
-    keras: bool = False,
-    say: Callable[[str], None] = lambda _m: None,
-) -> dict:
-    """`build`; `stage` holds the refs a failure at this point is recorded in (the operator checks split points
-    against the graph itself: a bad one is not recorded)."""
-    key = model_key(source, input_shape, sha256)
-    model = usable(store.get_ref("models", key))
-    keras_model = None
-    built: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        if model is None:
-            from splitdnn.graph import build_graph
-            from splitdnn.models import load_source
-
-            keras_model, fetched = load_source(source, input_shape, sha256=sha256, max_bytes=max_bytes, say=say)
-            path = fetched.path if fetched else Path(tmp) / "model.keras"
-            if fetched is None:  # a builtin or keras.applications model: code; its file is what the tiers slice
-                keras_model.save(path)
-            digest, size = store.put_blob(path)
-            summary = build_graph(keras_model).summary()
-            model = {
-                "format": MODEL_FORMAT,
-                "source": source,
-                "digest": digest,
-                "bytes": size,
-                "graph": summary.to_json(),
-            }
-            store.put_ref("models", key, model)
-            built.append("graph")
-            say(f"model {source}: sha256:{digest[:12]}, {size / 1e6:.1f} MB, {len(summary.layers)} layers")
-        stage.clear()
-        points = [] if split_points is None else list(split_points)
-        slices = (
-            split_slices(model["digest"], model["graph"]["layers"], points, keras) if split_points is not None else []
-        )
-        missing = [s for s in slices if usable(store.get_ref("slices", s.key)) is None]
-        stage[:] = [f"slices/{s.key}" for s in missing]
-        if missing:
-            from splitdnn.graph import build_graph
-            from splitdnn.models import load_keras_file, load_source
-            from splitdnn.slicer import export_slices, resolve_cuts, verify_slice
-
-            if keras_model is None and model["digest"] and (storage.is_uri(source) or source.endswith(".keras")):
-                path = Path(tmp) / "model.keras"  # the store's copy, its digest checked on the way
-                store.get_blob(model["digest"], path)
-                keras_model = load_keras_file(path, source)
-            elif keras_model is None:  # code (a builtin, keras.applications): built again, seeded the same
-                keras_model = load_source(source, input_shape)[0]
-            graph = build_graph(keras_model)
-            cuts = resolve_cuts(graph, points)
-            out = Path(tmp) / "slices"
-            done = export_slices(
-                keras_model, graph, cuts, out, progress=say, keras=keras, only={s.name for s in missing}
-            )
-            for s, entry in zip(missing, done["slices"]):
-                diff = verify_slice(keras_model, graph, out, entry)
-                if diff > 1e-5:
-                    raise SliceMismatch(f"{s.name}: the SavedModel differs from the model by {diff:.2e} > 1e-5")
-                blob = Path(tmp) / f"{s.name}.tar"
-                _tar(out / s.name, blob)
-                digest, size = store.put_blob(blob)
-                store.put_ref("slices", s.key, {"format": SLICE_FORMAT, "blob": digest, "bytes": size, "entry": entry})
-                built.append(s.name)
-                say(f"{s.name} ({s.first} .. {s.last}): sha256:{digest[:12]}, {size / 1e6:.1f} MB")
-    stage.clear()
-    report: dict[str, Any] = {"model": {"sha256": model["digest"], "bytes": model["bytes"]}, "key": key, "built": built}
-    if slices:
-        from splitdnn.slicer import conversion_report
-
-        done_refs = [store.get_ref("slices", s.key) or {} for s in slices]
-        report |= conversion_report(manifest(model, points, done_refs))
-    return report
-
-
 def build(
     store: Store,
     source: str,
@@ -514,9 +432,84 @@ def build(
     that split (`[]`: the whole model as one slice); TensorFlow runs only for what is missing. Returns the report
     (`built`: what this call computed). A failure is also recorded in the store where the operator (a model) or
     the waiting tiers (slices) look, with its reason word (`failure_reason`), and raised."""
-    stage = [f"models/{model_key(source, input_shape, sha256)}"]
+    key = model_key(source, input_shape, sha256)
+    stage = [f"models/{key}"]  # the refs a failure here is recorded in (a bad split point is not: the operator
+    # checks split points against the graph itself)
     try:
-        return _build(stage, store, source, input_shape, sha256, max_bytes, split_points, keras, say)
+        model = usable(store.get_ref("models", key))
+        keras_model = None
+        built: list[str] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            if model is None:
+                from splitdnn.graph import build_graph
+                from splitdnn.models import load_source
+
+                keras_model, fetched = load_source(source, input_shape, sha256=sha256, max_bytes=max_bytes, say=say)
+                path = fetched.path if fetched else Path(tmp) / "model.keras"
+                if fetched is None:  # a builtin or keras.applications model: code; its file is what the tiers slice
+                    keras_model.save(path)
+                digest, size = store.put_blob(path)
+                summary = build_graph(keras_model).summary()
+                model = {
+                    "format": MODEL_FORMAT,
+                    "source": source,
+                    "digest": digest,
+                    "bytes": size,
+                    "graph": summary.to_json(),
+                }
+                store.put_ref("models", key, model)
+                built.append("graph")
+                say(f"model {source}: sha256:{digest[:12]}, {size / 1e6:.1f} MB, {len(summary.layers)} layers")
+            stage.clear()
+            points = [] if split_points is None else list(split_points)
+            slices = (
+                split_slices(model["digest"], model["graph"]["layers"], points, keras)
+                if split_points is not None
+                else []
+            )
+            missing = [s for s in slices if usable(store.get_ref("slices", s.key)) is None]
+            stage[:] = [f"slices/{s.key}" for s in missing]
+            if missing:
+                from splitdnn.graph import build_graph
+                from splitdnn.models import load_keras_file, load_source
+                from splitdnn.slicer import export_slices, resolve_cuts, verify_slice
+
+                if keras_model is None and model["digest"] and (storage.is_uri(source) or source.endswith(".keras")):
+                    path = Path(tmp) / "model.keras"  # the store's copy, its digest checked on the way
+                    store.get_blob(model["digest"], path)
+                    keras_model = load_keras_file(path, source)
+                elif keras_model is None:  # code (a builtin, keras.applications): built again, seeded the same
+                    keras_model = load_source(source, input_shape)[0]
+                graph = build_graph(keras_model)
+                cuts = resolve_cuts(graph, points)
+                out = Path(tmp) / "slices"
+                done = export_slices(
+                    keras_model, graph, cuts, out, progress=say, keras=keras, only={s.name for s in missing}
+                )
+                for s, entry in zip(missing, done["slices"]):
+                    diff = verify_slice(keras_model, graph, out, entry)
+                    if diff > 1e-5:
+                        raise SliceMismatch(f"{s.name}: the SavedModel differs from the model by {diff:.2e} > 1e-5")
+                    blob = Path(tmp) / f"{s.name}.tar"
+                    _tar(out / s.name, blob)
+                    digest, size = store.put_blob(blob)
+                    store.put_ref(
+                        "slices", s.key, {"format": SLICE_FORMAT, "blob": digest, "bytes": size, "entry": entry}
+                    )
+                    built.append(s.name)
+                    say(f"{s.name} ({s.first} .. {s.last}): sha256:{digest[:12]}, {size / 1e6:.1f} MB")
+        stage.clear()
+        report: dict[str, Any] = {
+            "model": {"sha256": model["digest"], "bytes": model["bytes"]},
+            "key": key,
+            "built": built,
+        }
+        if slices:
+            from splitdnn.slicer import conversion_report
+
+            done_refs = [store.get_ref("slices", s.key) or {} for s in slices]
+            report |= conversion_report(manifest(model, points, done_refs))
+        return report
     except Exception as exc:
         error = {"reason": failure_reason(exc), "message": str(exc).strip("'\"")[:1000], "time": time.time()}
         for where in stage:

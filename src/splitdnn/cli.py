@@ -44,6 +44,11 @@ def _max_bytes(text: str | None) -> int | None:
     return None
 
 
+def _points(at: str | None) -> list[str] | None:
+    """`--at L1,L2`: the layer names; None when not given."""
+    return None if at is None else [p.strip() for p in at.split(",") if p.strip()]
+
+
 def _parse_shape(text: str | None):
     if not text:
         return None
@@ -168,7 +173,7 @@ def slice_(
     """Cut MODEL after the given layers and export each slice as a TF Serving SavedModel (and a .tflite)."""
     from splitdnn.slicer import CutError, export_slices, resolve_cuts, verify_slices
 
-    points = [p for p in at.split(",") if p.strip()]
+    points = _points(at) or []
     if not points:
         fail("--at needs at least one layer name")
     if quantize not in (None, "fp16", "int8"):
@@ -700,10 +705,6 @@ artifacts_app = typer.Typer(
 )
 app.add_typer(artifacts_app, name="artifacts")
 STORE_HELP = "the artifact store's URL (http://HOST:PORT; the chart's splitdnn-artifacts Service)"
-
-
-def _points(at: str | None) -> list[str] | None:
-    return None if at is None else [p.strip() for p in at.split(",") if p.strip()]
 
 
 @artifacts_app.command("serve")
