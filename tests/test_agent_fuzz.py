@@ -383,6 +383,13 @@ def post(path: str, body: bytes, headers: str | None = None) -> bytes:
     return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}\r\n".encode() + body
 
 
+def chunked(path: str, body: bytes, size: int) -> bytes:
+    """`body` in HTTP/1.1 chunks of `size` bytes (what curl -T - and the API server's proxy send)."""
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    return post(path, framed, "Transfer-Encoding: chunked\r\n")
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-(2**70), 2**70) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=4),
@@ -403,6 +410,18 @@ def rest_bodies():
     return st.one_of(
         doc.map(lambda d: ("json", post(predict_path, json.dumps(d).encode()))),
         st.binary(max_size=2048).map(lambda b: ("garbage body", post(predict_path, b))),
+        st.tuples(doc, st.integers(1, 300)).map(
+            lambda a: ("json", chunked(predict_path, json.dumps(a[0]).encode(), a[1]))
+        ),
+        st.binary(max_size=600).map(
+            lambda b: ("garbage chunked body", post(predict_path, b, "Transfer-Encoding: chunked\r\n"))
+        ),
+        st.integers(LIMIT + 1, 2**40).map(
+            lambda n: (
+                "chunked body over the limit",
+                post(predict_path, b"%x\r\n{}" % n, "Transfer-Encoding: chunked\r\n"),
+            )
+        ),
         st.integers(100, 100_000).map(lambda n: ("deep nesting", post(predict_path, b'{"instances": ' + b"[" * n))),
         st.sampled_from(["abc", "-1", "1e3", "0x10", " ", "99999999999999999999999"]).map(
             lambda v: ("bad content-length", post(predict_path, b"{}", f"Content-Length: {v}\r\n"))

@@ -116,6 +116,39 @@ def test_predict_row_and_columnar_formats_equal_the_unsplit_model(chain, cnn14_m
     assert status == 200 and np.abs(np.array(columns["outputs"]) - expected[:1]).max() <= 1e-5
 
 
+def test_predict_with_a_chunked_body(chain, cnn14_model):
+    """A body without Content-Length, in chunks (curl -T -, Go clients, the API server's service proxy): answered
+    like a sized one; broken framing, an over-limit chunk and an unknown coding get TF Serving's error shape."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    _, urls = chain
+    url = urlsplit(urls[0])
+    x = frame(2, seed=5)
+    expected = np.asarray(cnn14_model(x, training=False))
+    data = json.dumps({"instances": x.tolist()}).encode()
+
+    def send(body, headers: dict, encode_chunked: bool = False) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        try:
+            conn.request("POST", "/v1/models/cnn14:predict", body, headers, encode_chunked=encode_chunked)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    pieces = iter([data[i : i + 1000] for i in range(0, len(data), 1000)])
+    status, doc = send(pieces, {"Transfer-Encoding": "chunked"}, encode_chunked=True)
+    assert status == 200, doc
+    assert np.abs(np.array(doc["predictions"]) - expected).max() <= 1e-5
+    status, doc = send(b"zz\r\n{}\r\n0\r\n\r\n", {"Transfer-Encoding": "chunked"})
+    assert status == 400 and "malformed chunk size" in doc["error"], doc
+    status, doc = send(b"%x\r\n{}" % (1 << 40), {"Transfer-Encoding": "chunked"})
+    assert status == 413 and "over the limit" in doc["error"], doc
+    status, doc = send(b"{}", {"Transfer-Encoding": "gzip", "Content-Length": "2"})
+    assert status == 501 and "not supported" in doc["error"], doc
+
+
 def test_a_batch_is_computed_once_sent_once_and_counted_per_row(chain):
     agents, urls = chain
 

@@ -26,6 +26,7 @@ from splitdnn.agent.tier import Tier
 from splitdnn.agent.wire import TooLarge, tensors_of
 
 log = logging.getLogger("splitdnn.agent.rest")
+HEX = b"0123456789abcdefABCDEF"
 
 PATH = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -73,6 +74,10 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
         timeout = tier.timeout  # a body (or an idle connection) that stalls this long is dropped
 
         def _answer(self, method: str) -> None:
+            coding = (self.headers.get("Transfer-Encoding") or "").strip().lower()
+            if coding:  # (curl -T -, Go's and the API server proxy's streamed bodies: no Content-Length)
+                self._answer_chunked(method, coding)
+                return
             text = (self.headers.get("Content-Length") or "0").strip()
             length = int(text) if text.isascii() and text.isdigit() else -1
             if length < 0:  # where the body ends is unknown: the connection cannot be reused
@@ -102,10 +107,57 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
                     status, doc = handle(tier, method, self.path, body, next_address)
             self._send_json(status, doc)
 
-        def _body(self, length: int) -> bytes:
+        def _answer_chunked(self, method: str, coding: str) -> None:
+            """A body in HTTP/1.1 chunks (RFC 9112 7.1), with the same limit and deadline as a sized one."""
+            if coding != "chunked":
+                self.close_connection = True
+                message = f"Transfer-Encoding {coding!r} is not supported (send chunked or a Content-Length)"
+                self._send_json(501, {"error": f"{tier.name}: {message}"})
+                return
+            try:
+                body = self._chunks(time.monotonic() + tier.timeout)
+            except ValueError as exc:  # the connection is out of step with the framing: not reusable
+                self.close_connection = True
+                status = 413 if "over the limit" in str(exc) else 400
+                self._send_json(status, {"error": f"{tier.name}: {exc}"})
+                return
+            self._send_json(*handle(tier, method, self.path, body, next_address))
+
+        def _chunks(self, end: float) -> bytes:
             parts: list[bytes] = []
             got = 0
-            end = time.monotonic() + tier.timeout  # in all: a byte every few seconds must not hold the thread
+            try:
+                while True:
+                    line = self.rfile.readline(1026)
+                    size_text = line.split(b";", 1)[0].strip()  # (chunk extensions are ignored)
+                    if not line.endswith(b"\n") or not size_text or not all(c in HEX for c in size_text):
+                        raise ValueError(f"a malformed chunk size line {line[:40]!r} in a chunked body")
+                    size = int(size_text, 16)
+                    if size == 0:
+                        while self.rfile.readline(8194) not in (b"\r\n", b"\n", b""):  # trailer fields: ignored
+                            pass
+                        return b"".join(parts)
+                    got += size
+                    if got > tier.max_request_bytes:
+                        raise ValueError(
+                            f"the chunked body is over the limit of {tier.max_request_bytes} bytes "
+                            "(--max-request-bytes)"
+                        )
+                    chunk = self._body(size, end)
+                    if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                        raise ValueError(
+                            "the chunked body ended inside a chunk, or did not arrive within "
+                            f"{tier.timeout:g} s (--timeout)"
+                        )
+                    parts.append(chunk)
+            except TimeoutError:
+                raise ValueError(f"the chunked body did not arrive within {tier.timeout:g} s (--timeout)") from None
+
+        def _body(self, length: int, end: float | None = None) -> bytes:
+            parts: list[bytes] = []
+            got = 0
+            if end is None:  # in all: a byte every few seconds must not hold the thread
+                end = time.monotonic() + tier.timeout
             try:
                 while got < length and time.monotonic() < end:
                     part = self.rfile.read1(length - got)
