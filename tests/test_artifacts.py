@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -163,3 +164,42 @@ def test_a_slice_archive_cannot_write_outside_its_directory(tmp_path):
     with tarfile.open(bad) as tar, pytest.raises(artifacts.ArtifactError, match="refused"):
         artifacts._extract(tar, tmp_path / "slice0")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_the_store_stops_on_sigterm_as_pid_1(tmp_path):
+    """In its pod the store is PID 1, which the kernel gives no default action for SIGTERM: without a handler a
+    deleted store pod kept serving for its whole grace period, behind the same Service as its successor (in kind a
+    new operator read a model graph from the old pod, then from the new one, and rolled every tier). Run as PID 1
+    of a PID namespace of its own, it exits 0 on SIGTERM, at once."""
+    import signal
+    import socket
+    import time
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    cmd = ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "splitdnn", "artifacts", "serve"]
+    cmd += ["--root", str(tmp_path / "store"), "--host", "127.0.0.1", "--port", str(number)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{number}/healthz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"the store did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
+        (init,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()  # PID 1 inside
+        assert Path(f"/proc/{init}/status").read_text().count("NSpid:\t" + init + "\t1\n") == 1
+        started = time.monotonic()
+        os.kill(int(init), signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+        print(f"store (PID 1) stopped {time.monotonic() - started:.2f} s after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

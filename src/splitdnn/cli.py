@@ -4,6 +4,7 @@ happen inside the commands so `splitdnn --help` stays fast."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import typer
@@ -663,6 +664,17 @@ def netem_clear(dev: str = typer.Option(..., "--dev", help="network interface, e
     typer.echo(f"{dev}: {'cleared' if removed else 'nothing to clear'}")
 
 
+def exit_on_sigterm() -> None:
+    """Exit 0 on SIGTERM. In a pod a server is PID 1, for which SIGTERM has no default action: a deleted artifact
+    store kept answering behind its successor's Service until the kubelet killed it 30 s later (found in kind: a
+    new operator read a model graph from the old store, then from the new one, and rolled every tier)."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 @app.command("probe")
 def probe_cmd(
     name: str = typer.Option(..., "--name", help="this node's name (the `from` label), e.g. the Kubernetes node"),
@@ -691,6 +703,7 @@ def probe_cmd(
         fail("no --peer and no --peers-dns: nothing to probe")
     if peers_dns and not peers_dns.rpartition(":")[2].isdigit():
         fail(f"--peers-dns {peers_dns!r}: expected HOST:PORT")
+    exit_on_sigterm()
     try:
         probe.serve(name, listen, peers, limits, metrics_port, peers_dns=peers_dns)
     except OSError as exc:
@@ -725,7 +738,11 @@ def artifacts_serve(
         fail(f"--max-blob-bytes: {exc}")
     server = ArtifactServer(Path(root), (host, port), limit, verbose)
     typer.echo(f"artifact store {root} on http://{host}:{server.server_address[1]}: {server.stats()}", err=True)
-    server.serve_forever()
+    exit_on_sigterm()  # (a PUT cut short never becomes a blob: uploads are checked, then renamed into place)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @artifacts_app.command("build")
