@@ -23,26 +23,11 @@ import numpy as np
 import pytest
 
 from harness.cli import ROOT
+from harness.own_model import own_model
 from splitdnn import storage
 from splitdnn.storage import StorageError, fetch, parse, parse_bytes, s3_env_from_secret, sigv4_headers
 
 # --- models of the test's own ---------------------------------------------------------------------------------------
-
-
-def branching_model():
-    """A small functional model with a branch (two convolutions added), not a builtin."""
-    import keras
-
-    keras.utils.set_random_seed(7)
-    L = keras.layers
-    x = keras.Input(shape=(12, 12, 3), name="image")
-    stem = L.Conv2D(8, 3, activation="relu", name="stem")(x)
-    left = L.Conv2D(8, 3, padding="same", activation="relu", name="left")(stem)
-    right = L.Conv2D(8, 1, name="right")(stem)
-    joined = L.Add(name="join")([left, right])
-    pooled = L.GlobalAveragePooling2D(name="pool")(joined)
-    out = L.Dense(4, activation="softmax", name="head")(pooled)
-    return keras.Model(x, out, name="mine")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +36,7 @@ def models(tmp_path_factory):
     import keras
 
     d = tmp_path_factory.mktemp("models")
-    model = branching_model()
+    model = own_model()  # (tests/harness/own_model.py: the one kind and the control plane serve too)
     model.save(d / "m.keras")
     frame = np.random.default_rng(0).random((1, 12, 12, 3), dtype=np.float32)
     inp = keras.Input(shape=(4,))

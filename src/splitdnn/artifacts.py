@@ -467,7 +467,8 @@ def build(
                 if split_points is not None
                 else []
             )
-            missing = [s for s in slices if usable(store.get_ref("slices", s.key)) is None]
+            refs = {s.key: store.get_ref("slices", s.key) for s in slices}
+            missing = [s for s in slices if usable(refs[s.key]) is None]
             stage[:] = [f"slices/{s.key}" for s in missing]
             if missing:
                 from splitdnn.graph import build_graph
@@ -493,9 +494,9 @@ def build(
                     blob = Path(tmp) / f"{s.name}.tar"
                     _tar(out / s.name, blob)
                     digest, size = store.put_blob(blob)
-                    store.put_ref(
-                        "slices", s.key, {"format": SLICE_FORMAT, "blob": digest, "bytes": size, "entry": entry}
-                    )
+                    ref = {"format": SLICE_FORMAT, "blob": digest, "bytes": size, "entry": entry}
+                    store.put_ref("slices", s.key, ref)
+                    refs[s.key] = ref
                     built.append(s.name)
                     say(f"{s.name} ({s.first} .. {s.last}): sha256:{digest[:12]}, {size / 1e6:.1f} MB")
         stage.clear()
@@ -507,8 +508,7 @@ def build(
         if slices:
             from splitdnn.slicer import conversion_report
 
-            done_refs = [store.get_ref("slices", s.key) or {} for s in slices]
-            report |= conversion_report(manifest(model, points, done_refs))
+            report |= conversion_report(manifest(model, points, [refs[s.key] or {} for s in slices]))
         return report
     except Exception as exc:
         error = {"reason": failure_reason(exc), "message": str(exc).strip("'\"")[:1000], "time": time.time()}

@@ -280,6 +280,11 @@ class SplitInference:
         return [t["name"] for t in self.tiers]
 
     @property
+    def planner_chooses(self) -> bool:
+        """planner.mode auto without splitPoints: the planner picks the split (from the model's graph)."""
+        return (self.spec.get("planner") or {}).get("mode") == "auto" and not self.spec.get("splitPoints")
+
+    @property
     def model_source(self) -> str:
         """The model spec string the CLI and `splitdnn.models.load_model` take."""
         return model_source(self.spec)

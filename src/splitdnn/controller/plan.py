@@ -66,12 +66,7 @@ def problems(si: SplitInference, summary: GraphSummary | None, need_model: bool 
     """Everything that makes the resource undeployable, each naming the problem (`need_model`: also that the
     planner has no graph to plan from)."""
     found = name_problems(si) + cross_field_problems(si, list(summary.layers) if summary else None)
-    if (
-        need_model
-        and si.spec.get("planner", {}).get("mode") == "auto"
-        and not si.spec.get("splitPoints")
-        and summary is None
-    ):
+    if need_model and si.planner_chooses and summary is None:
         found.append(
             "planner.mode auto needs the model's graph, which only a model Job reads for a storageUri model "
             "(the operator does; `splitdnn render` cannot): set splitPoints"

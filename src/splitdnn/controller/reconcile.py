@@ -82,13 +82,7 @@ class Desired:
     @property
     def wants_profiling(self) -> bool:
         """planner.mode auto without split points: the planner chooses, from per-tier profiles where there are."""
-        return bool(
-            not self.problems
-            and self.si is not None
-            and self.summary is not None
-            and self.si.spec.get("planner", {}).get("mode") == "auto"
-            and not self.si.spec.get("splitPoints")
-        )
+        return bool(not self.problems and self.si is not None and self.summary is not None and self.si.planner_chooses)
 
 
 @dataclass
