@@ -11,9 +11,12 @@ for the operator (or for that finalizer to be removed by hand).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -45,6 +48,8 @@ class Operator:
     def __init__(self, settings: Settings, kube: kube_mod.Kube | None = None):
         self.settings = settings
         self._kube = kube
+        self._locks: dict[tuple[str, str], threading.RLock] = {}
+        self._locks_guard = threading.Lock()
 
     @property
     def kube(self) -> kube_mod.Kube:
@@ -59,9 +64,43 @@ class Operator:
             logger.warning("fault injection: paused at %s", point)
             threading.Event().wait()
 
+    @contextlib.contextmanager
+    def one_at_a_time(self, body: Any, wait: bool = True) -> Iterator[bool]:
+        """Kopf runs a resource's change handler and its timers in parallel threads. Each pass decides from the
+        status (what to announce, which split is deployed), so two at once would both announce one transition (two
+        ModelFailed Events, found in kind) or render from a status the other has just replaced. Passes of one
+        resource hold its lock and write the status before they release it; a timer that finds it held skips its
+        tick (`wait=False` yields False), the change handler waits."""
+        meta = body["metadata"]
+        key = (meta.get("namespace", "default"), meta["name"])
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.RLock())
+        if not lock.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def current(self, body: Any) -> dict | None:
+        """`body` with the status as stored now (a handler's body can predate another pass's write); None: gone."""
+        meta = body["metadata"]
+        status = self.kube.get_status(meta.get("namespace", "default"), meta["name"])
+        return None if status is None else core.with_status(dict(body), status)
+
     # --- reconcile -----------------------------------------------------------------------------------------------
 
-    def reconcile(self, body: Any, patch: Any, logger: kopf.Logger, cause: str) -> None:
+    def reconcile(self, body: Any, logger: kopf.Logger, cause: str, wait: bool = True) -> None:
+        with self.one_at_a_time(body, wait) as mine:
+            if not mine:
+                logger.debug("another pass of this resource is running: this %s pass is skipped", cause)
+                return
+            fresh = self.current(body)
+            if fresh is not None:  # (deleted meanwhile: nothing to do)
+                self._reconcile(fresh, logger, cause)
+
+    def _reconcile(self, body: Any, logger: kopf.Logger, cause: str) -> None:
         meta = body["metadata"]
         k = self.kube
         jobs = model_job.ModelJobs(k, body)
@@ -109,18 +148,25 @@ class Operator:
                 out = core.settle(d, out, deployments, k.slicer_reports(d.namespace, d.name))
         if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))
-        self.write_status(body, patch, d.previous, out.status or {})
+        self.write_status(body, d.previous, out.status or {})
         metrics_mod.reconciled(meta, "invalid" if out.result == "failed" else cause, out.result, out.phase)
         if out.result == "building" and cause != "timer":  # look again soon (the timer would, later)
-            self.kube.patch_status(d.namespace, d.name, out.status or {})
             raise kopf.TemporaryError(f"waiting: {(out.status or {}).get('message')}", delay=BUILD_POLL_SECONDS)
 
-    def write_status(self, body: Any, patch: Any, previous: dict, new: dict) -> None:
+    def write_status(self, body: Any, previous: dict, new: dict) -> None:
+        """The new status, written now (under the resource's lock: the next pass reads it), and its Events."""
         if not status_mod.status_changed(previous, new):
             return
+        from kubernetes.client.exceptions import ApiException
+
+        meta = body["metadata"]
+        try:
+            self.kube.patch_status(meta.get("namespace", "default"), meta["name"], new)
+        except ApiException as exc:
+            if exc.status == 404:  # deleted meanwhile
+                return
+            raise
         _post(body, core.status_events(previous, new))
-        for key, value in new.items():
-            patch.status[key] = value
 
     def retire_splits(self, body: Any, existing: dict, current: str, logger: kopf.Logger) -> list[str]:
         """Delete the per-split Services of earlier splits once no pod of that split is left (terminating pods
@@ -219,11 +265,20 @@ class Operator:
             except Exception as exc:  # noqa: BLE001 - the timer's pass repairs it
                 logger.info("delayed status refresh of %s/%s: %s", namespace, name, exc)
 
-        threading.Timer(REFRESH_LATER_SECONDS, again).start()
+        # in this handler's context: Kopf posts Events through context variables (without them the Event of the
+        # change this refresh writes was lost: LookupError settings_var, found by test_operator)
+        threading.Timer(REFRESH_LATER_SECONDS, contextvars.copy_context().run, (again,)).start()
 
     # --- the feedback loop ---------------------------------------------------------------------------------------
 
-    def adapt(self, body: Any, patch: Any, logger: kopf.Logger, now: float) -> str:
+    def adapt(self, body: Any, logger: kopf.Logger, now: float) -> str:
+        with self.one_at_a_time(body, wait=False) as mine:
+            fresh = self.current(body) if mine else None
+            if fresh is None:
+                return "busy" if not mine else "gone"
+            return self._adapt(fresh, logger, now)
+
+    def _adapt(self, body: Any, logger: kopf.Logger, now: float) -> str:
         from splitdnn.prom import Prometheus
 
         if why := feedback_pass.due(body, now):
@@ -245,20 +300,18 @@ class Operator:
             lookup=model_job.ModelJobs(self.kube, body).model,  # the graph from the store (no TensorFlow here)
         )
         metrics_mod.decided(meta, time.monotonic() - started, p.resplit_reason)
-        # Kopf cannot send a NaN or an Infinity (not JSON), and its status patch then stalls this timer for good
-        # without a word: fail loudly instead (Kopf logs it and retries)
+        # a NaN or an Infinity is not JSON: the API would refuse the status (through Kopf's patch, this timer stalled
+        # for good without a word); fail loudly instead (Kopf logs it and retries)
         json.dumps(p.status, allow_nan=False)
-        for key, value in p.status.items():
-            patch.status[key] = value
+        # The decision goes to the API before the first tier rolls: an operator that dies mid-roll must find it on
+        # restart (else it would roll that tier back to the old split and, the cooldown's start lost, decide again).
+        if p.status:
+            self.kube.patch_status(meta.get("namespace", "default"), meta["name"], p.status)
         _post(body, p.events)
         for e in p.events:
             (logger.warning if e.warning else logger.info)("%s: %s", e.reason, e.message)
         if p.resplit:  # roll the tiers to the new split now, through the same reconcile as every other change
-            # The decision goes to the API before the first tier rolls: an operator that dies mid-roll must find
-            # it on restart (else it would roll that tier back to the old split and, the cooldown's start lost,
-            # decide again). Kopf writes the same keys again when the handler returns.
-            self.kube.patch_status(meta.get("namespace", "default"), meta["name"], p.status)
-            self.reconcile(core.with_status(body, {**(body.get("status") or {}), **p.status}), patch, logger, "resplit")
+            self._reconcile(core.with_status(body, {**(body.get("status") or {}), **p.status}), logger, "resplit")
         return p.result
 
 
@@ -294,13 +347,13 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, kube: kube_mod
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="on_change", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="on_change", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="on_change", registry=registry)
-    def on_change(body: Any, patch: Any, logger: kopf.Logger, reason: Any, **_: Any) -> None:
-        op.reconcile(body, patch, logger, cause=str(reason))
+    def on_change(body: Any, logger: kopf.Logger, reason: Any, **_: Any) -> None:
+        op.reconcile(body, logger, cause=str(reason))  # (each pass writes the status itself, not Kopf's patch)
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=every, initial_delay=every / 2, registry=registry)
-    def resync(body: Any, patch: Any, logger: kopf.Logger, **_: Any) -> None:
+    def resync(body: Any, logger: kopf.Logger, **_: Any) -> None:
         """Repairs drift (a deleted or edited child comes back) and refreshes per-tier readiness."""
-        op.reconcile(body, patch, logger, cause="timer")
+        op.reconcile(body, logger, cause="timer", wait=False)  # (a pass already running does it)
 
     @kopf.index("apps", "v1", "deployments", id="tier_deployments", labels=MANAGED, registry=registry)
     def tier_deployments(body: Any, namespace: Any, labels: Any, **_: Any) -> Any:
@@ -335,9 +388,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, kube: kube_mod
         when=adaptation_enabled,
         registry=registry,
     )
-    def adapt(body: Any, patch: Any, logger: kopf.Logger, **_: Any) -> None:
+    def adapt(body: Any, logger: kopf.Logger, **_: Any) -> None:
         """Every `adaptation.interval`: measure in Prometheus, re-plan with the measured figures, maybe re-split."""
-        op.adapt(body, patch, logger, now=time.time())
+        op.adapt(body, logger, now=time.time())
 
     return op
 

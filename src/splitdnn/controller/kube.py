@@ -186,6 +186,23 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def get_status(self, namespace: str, name: str) -> dict | None:
+        """A SplitInference's status as stored now (None: the resource is gone)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from splitdnn.spec import GROUP, PLURAL, VERSION
+
+        try:
+            obj: Any = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(obj.get("status") or {})
+
     def patch_status(self, namespace: str, name: str, status: dict) -> None:
         """Merge `status` into a SplitInference's status subresource now (not when the Kopf handler returns)."""
         from kubernetes import client
