@@ -22,13 +22,13 @@ from splitdnn.graph import GraphSummary
 from splitdnn.spec import SplitInference
 
 RETRY_SECONDS = 60.0
+MESSAGE_CHARS = 1000  # of a build's failure (what the store records: artifacts.build)
 STORE_TIMEOUT = 5.0
 
 
 def _planned_points(si: SplitInference) -> list[str] | None:
     """The split a model Job can slice before the graph is known: spec.splitPoints unless the planner chooses."""
-    auto = (si.spec.get("planner") or {}).get("mode") == "auto" and not si.spec.get("splitPoints")
-    return None if auto else list(si.spec.get("splitPoints") or [])
+    return None if si.planner_chooses else list(si.spec.get("splitPoints") or [])
 
 
 def _finished(job: dict) -> str | None:
@@ -91,7 +91,13 @@ class ModelJobs:
         """Make sure a Job builds what is missing (`error`: the failure the store recorded, if any); returns the
         failure as (reason, message) while there is one."""
         name = self.name(si, points)
-        recorded = (error["reason"], error["message"]) if error else None
+
+        def failure(found: dict) -> tuple[str, str]:
+            # the same words whether the store or the Job's pod tells it (a new message is a new ModelFailed Event:
+            # one failure told both ways made two, found in kind)
+            return found["reason"], f"model Job {name}: {str(found['message'])[:MESSAGE_CHARS]}"
+
+        recorded = failure(error) if error else None
         job = self.kube.get_job(si.namespace, name)
         if job is None:
             if error is None or time.time() - float(error.get("time") or 0) > RETRY_SECONDS:
@@ -103,9 +109,7 @@ class ModelJobs:
             return recorded
         # what the Job's pod says: a missing Secret (it never starts), a kill before the build could record it
         said = [status_mod.slicer_report(s) or {} for s in self.kube.container_reports(si.namespace, name).values()]
-        from_pod = next(
-            ((d["error"]["reason"], f"model Job {name}: {d['error']['message']}") for d in said if "error" in d), None
-        )
+        from_pod = next((failure(d["error"]) for d in said if "error" in d), None)
         done = _finished(job)
         if done is None:
             return from_pod or recorded
