@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from kindutil import (
     ROOT,
@@ -148,7 +150,6 @@ def resplit_without_failed_frames(cluster) -> None:
     line, written when its drain ends) and the new device's counters must show no failed frame: each split's
     tiers reach each other through that split's Services, pods are Ready only once the chain behind them is,
     and stopping agents drain (docs/closed-loop.md, "Frames across a re-split")."""
-    import json
     import subprocess
 
     cluster.kubectl(
@@ -234,7 +235,6 @@ AUTO = "auto"
 def auto_plan_from_profiling_jobs(cluster) -> None:
     """planner.mode auto without splitPoints: the operator runs `splitdnn profile` as a Job on each tier's nodes,
     stores the profiles in the ConfigMap auto-profiles and plans from them (FLOPs estimates until then)."""
-    import json
 
     import yaml
 
@@ -300,7 +300,6 @@ def bad_models_get_a_condition(cluster) -> None:
     """A model the model Job cannot fetch (or whose Job cannot start without its Secret): the SplitInference is
     Failed, its ModelReady condition gives the reason, one ModelFailed Event says it, and no tier pod of it exists
     (the operator renders tiers only from a graph the Job stored)."""
-    import json
 
     for name, (model, _, _) in BAD_MODELS.items():
         doc = {
@@ -320,7 +319,10 @@ def bad_models_get_a_condition(cluster) -> None:
 
             st, cond = wait_for(f"{name}: Failed with ModelReady False", failed, timeout=240)
             assert cond["reason"] == reason and words in cond["message"], cond
-            events = kubectl_json(cluster, "get", "events", "--field-selector", f"involvedObject.name={name}")
+            # once both the store and the Job's pod have told the failure (one Event, not one per teller)
+            wait_for(f"{name}: model Job finished", lambda name=name: job_finished(cluster, name), timeout=120)
+            uid = kubectl_json(cluster, "get", "si", name)["metadata"]["uid"]
+            events = kubectl_json(cluster, "get", "events", "--field-selector", f"involvedObject.uid={uid}")
             model_failed = [e for e in events["items"] if e["reason"] == "ModelFailed"]
             assert len(model_failed) == 1 and model_failed[0]["type"] == "Warning", model_failed
             tiers = kubectl_json(cluster, "get", "deployments,pods", "-l", f"splitdnn.io/splitinference={name}")
@@ -329,6 +331,25 @@ def bad_models_get_a_condition(cluster) -> None:
     finally:
         for name in BAD_MODELS:
             cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
+
+
+def job_finished(cluster, si: str) -> bool:
+    """The SplitInference's model Job has failed for good, or its pod cannot start (a missing Secret)."""
+    uid = kubectl_json(cluster, "get", "si", si)["metadata"]["uid"]
+    for job in kubectl_json(cluster, "get", "jobs", "-l", "app.kubernetes.io/component=model-job")["items"]:
+        if all(o.get("uid") != uid for o in job["metadata"].get("ownerReferences") or []):
+            continue
+        if (job.get("status") or {}).get("failed"):
+            return True
+        pods = kubectl_json(cluster, "get", "pods", "-l", f"job-name={job['metadata']['name']}")["items"]
+        waiting = [
+            (c.get("state") or {}).get("waiting", {}).get("reason")
+            for p in pods
+            for c in (p.get("status") or {}).get("containerStatuses") or []
+        ]
+        if "CreateContainerConfigError" in waiting:
+            return True
+    return False
 
 
 def model_jobs(cluster) -> list[str]:
@@ -386,6 +407,49 @@ def a_second_splitinference_of_the_same_model_runs_no_job(cluster) -> None:
         print(f"second apply of the same model and split: all tiers Available in {took:.1f} s, model Jobs {jobs}")
     finally:
         cluster.kubectl("delete", "si", "again", "--ignore-not-found", "--wait=false")
+
+
+def a_hundred_layer_model_first_and_second_apply(cluster) -> None:
+    """A 100+-layer keras.applications model (MobileNetV2 at 96×96: 155 layers) over three tiers: apply → all tiers
+    Available with its model Job (graph, then three slices), then a second SplitInference of the same model and
+    split with no Job. Prints both times (the issue's apply → Ready figures beside CNN14's)."""
+    import yaml
+
+    def doc(name: str) -> str:
+        tiers = [
+            {"name": t, "nodeSelector": {"splitdnn.io/tier": t}, "resources": {"requests": {"cpu": "100m"}}}
+            for t in TIERS
+        ]
+        spec = {
+            "model": {"kerasApplication": "MobileNetV2", "inputShape": [96, 96, 3]},
+            "splitPoints": ["block_6_expand_relu", "block_13_expand_relu"],
+            "tiers": tiers,
+        }
+        return yaml.safe_dump(
+            {"apiVersion": "splitdnn.io/v1alpha1", "kind": "SplitInference", "metadata": {"name": name}, "spec": spec}
+        )
+
+    took = {}
+    jobs = model_jobs(cluster)
+    try:
+        for name in ("mnv2", "mnv2-again"):
+            started = time.monotonic()
+            cluster.kubectl("apply", "-f", "-", input=doc(name))
+            tiers_available(cluster, name, tiers=TIERS)
+            took[name] = time.monotonic() - started
+            if name == "mnv2":
+                st = kubectl_json(cluster, "get", "si", name)["status"]
+                assert st["plan"]["tiers"][0]["firstLayer"] and len(model_jobs(cluster)) == len(jobs) + 1, st
+                jobs = model_jobs(cluster)
+            else:
+                assert model_jobs(cluster) == jobs, (jobs, model_jobs(cluster))
+        print(
+            f"MobileNetV2 96x96 (155 layers): apply -> 3 tiers Available {took['mnv2']:.1f} s first (model Job "
+            f"included), {took['mnv2-again']:.1f} s second (no Job)"
+        )
+    finally:
+        for name in ("mnv2", "mnv2-again"):
+            cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
 
 
 MODEL_SERVER = """
@@ -456,6 +520,17 @@ def a_users_own_model_from_an_http_pod_and_a_pvc(cluster, tmp_path) -> None:
             st = kubectl_json(cluster, "get", "si", name)["status"]
             assert st["model"]["digest"] == digest, (st["model"], digest)
             print(f"[{name}] {sources[name]}: tiers Available, model sha256 {digest[:12]} as the file's")
+        # the first tier's REST Predict, as a user calls it without a port-forward: through the API server's service
+        # proxy (which streams the body chunked), answers with the model's own outputs
+        x = np.random.default_rng(3).random((2, 12, 12, 3), dtype=np.float32)
+        expected = np.asarray(model(x, training=False))
+        (tmp_path / "predict.json").write_text(json.dumps({"instances": x.tolist()}))
+        for name in sources:
+            path = f"/api/v1/namespaces/default/services/{name}-device:8501/proxy/v1/models/{model.name}:predict"
+            answer = json.loads(cluster.kubectl("create", "--raw", path, "-f", str(tmp_path / "predict.json")))
+            got = np.asarray(answer["predictions"])
+            assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5, (name, answer)
+            print(f"[{name}] REST Predict through the API server proxy: max |diff| {np.abs(got - expected).max():.1e}")
     finally:
         for name in ("own-http", "own-pvc"):
             cluster.kubectl("delete", "si", name, "--ignore-not-found", "--wait=false")
@@ -571,6 +646,9 @@ def test_splitinference_end_to_end(kind_cluster, tmp_path):
 
         with timed("a second SplitInference of the same model and split -> no model Job"):
             a_second_splitinference_of_the_same_model_runs_no_job(kind_cluster)
+
+        with timed("MobileNetV2 (155 layers): first apply with its model Job, second without"):
+            a_hundred_layer_model_first_and_second_apply(kind_cluster)
 
         with timed("a tier pod deleted -> back without TensorFlow"):
             a_restarted_tier_runs_no_tensorflow(kind_cluster)
