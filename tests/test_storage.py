@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 
 from harness.cli import ROOT
 from harness.own_model import own_model
+from harness.s3 import s3_server
 from splitdnn import storage
 from splitdnn.storage import StorageError, fetch, parse, parse_bytes, s3_env_from_secret, sigv4_headers
 
@@ -494,54 +493,11 @@ def test_cli_run_a_spec_whose_model_is_on_a_web_server(server, models, cache, tm
 # --- S3: a real S3-compatible server -----------------------------------------------------------------------------
 
 
-def s3_server_binary() -> Path | None:
-    cache = Path(os.environ.get("SPLITDNN_CACHE") or Path.home() / ".cache" / "splitdnn")
-    path = cache / "bin" / "versitygw"
-    return path if os.access(path, os.X_OK) else None
-
-
 @pytest.fixture
 def s3(tmp_path, models):
-    """versitygw over a POSIX directory, root credentials (access key, secret); bucket `models` holds team/m.keras,
-    uploaded with a signed PUT as a user would."""
-    binary = s3_server_binary()
-    if binary is None:
-        pytest.skip("no S3 server: run scripts/build-s3.sh (scripts/test.sh does)")
-    root = tmp_path / "s3"
-    (root / "models").mkdir(parents=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    access, secret = "splitdnn-test", "s3cret-Key-for-the-tests"
-    log = (tmp_path / "versitygw.log").open("w")
-    proc = subprocess.Popen(
-        [binary, "--access", access, "--secret", secret, "--port", f"127.0.0.1:{port}", "posix", root],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"versitygw did not start: {(tmp_path / 'versitygw.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-    env = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "S3_ENDPOINT": f"127.0.0.1:{port}"}
-    env["S3_USE_HTTPS"] = "0"
-    body = (models["dir"] / "m.keras").read_bytes()
-    url = f"http://127.0.0.1:{port}/models/team/m.keras"
-    signed = sigv4_headers(
-        url, "us-east-1", access, secret, method="PUT", payload_sha256=hashlib.sha256(body).hexdigest()
-    )
-    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT", headers=signed)) as put:
-        assert put.status == 200 and put.headers["ETag"]
-    yield env
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    """versitygw (tests/harness/s3.py); bucket `models` holds team/m.keras."""
+    with s3_server(tmp_path / "s3", {"models/team/m.keras": (models["dir"] / "m.keras").read_bytes()}) as env:
+        yield env
 
 
 @pytest.mark.slow

@@ -68,10 +68,15 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def model_key(source: str, input_shape: Sequence[int] | None = None, sha256: str | None = None) -> str:
-    """What a spec names (not what the file holds: that is the digest the build finds)."""
+def model_key(
+    source: str, input_shape: Sequence[int] | None = None, sha256: str | None = None, scope: str | None = None
+) -> str:
+    """What a spec names (not what the file holds: that is the digest the build finds). `scope`: whose the source
+    is when its name alone does not say (a namespace's claim, a Secret's credentials: see
+    controller.render.model_scope); unscoped keys are unchanged."""
     shape = [int(d) for d in input_shape] if input_shape else None
-    return _digest({"format": MODEL_FORMAT, "source": source, "inputShape": shape, "sha256": sha256})[:32]
+    named = {"format": MODEL_FORMAT, "source": source, "inputShape": shape, "sha256": sha256}
+    return _digest({**named, "scope": scope} if scope else named)[:32]
 
 
 @dataclass(frozen=True)
@@ -427,12 +432,14 @@ def build(
     split_points: Sequence[str] | None = None,
     keras: bool = False,
     say: Callable[[str], None] = lambda _m: None,
+    scope: str | None = None,
 ) -> dict:
     """Make sure the store has the model (file, digest, graph) and, unless `split_points` is None, the slices of
-    that split (`[]`: the whole model as one slice); TensorFlow runs only for what is missing. Returns the report
+    that split (`[]`: the whole model as one slice); TensorFlow runs only for what is missing (`scope`: the model
+    key's, see `model_key`). Returns the report
     (`built`: what this call computed). A failure is also recorded in the store where the operator (a model) or
     the waiting tiers (slices) look, with its reason word (`failure_reason`), and raised."""
-    key = model_key(source, input_shape, sha256)
+    key = model_key(source, input_shape, sha256, scope)
     stage = [f"models/{key}"]  # the refs a failure here is recorded in (a bad split point is not: the operator
     # checks split points against the graph itself)
     try:

@@ -757,6 +757,9 @@ def artifacts_build(
     max_model_bytes: str | None = typer.Option(None, "--max-model-bytes", help=MAX_MODEL_BYTES_HELP),
     keras: bool = typer.Option(False, help="also write each slice as a flat .keras chain (for cooperative tiers)"),
     report: str | None = typer.Option(None, help="write one short JSON line here (the model Job's termination log)"),
+    scope: str | None = typer.Option(
+        None, help="whose model this is, part of its key (the operator passes NAMESPACE/pvc or NAMESPACE/secret/NAME)"
+    ),
 ):
     """The model Job: fetch MODEL, store its file, digest and graph, and (with --at) its slices. TensorFlow runs
     only for what the store does not have yet."""
@@ -772,6 +775,7 @@ def artifacts_build(
             _points(at),
             keras,
             say=lambda m: typer.echo(m, err=True),
+            scope=scope,
         )
     except (artifacts.ArtifactError, ValueError) as exc:  # (ModelSourceError, CutError: ValueErrors)
         _fail_reported(report, artifacts.failure_reason(exc), str(exc).strip("'\""))

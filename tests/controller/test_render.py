@@ -249,6 +249,38 @@ def test_model_sources():
     assert render.split_id(pinned, ["a"]) != render.split_id(from_resource(r), ["a"])
 
 
+def test_a_claim_or_a_secret_scopes_the_model_key_and_the_job_builds_under_that_key():
+    """Two namespaces' pvc://models/m.keras are two files; a model read with a Secret is that Secret's (a wrong key
+    must fail, not reuse another Secret's graph): their keys differ. A public URL is one key everywhere. The key the
+    model Job's command builds under is the key the operator reads."""
+    from splitdnn import artifacts
+
+    def spec(namespace: str, model: dict):
+        doc = {
+            "apiVersion": "splitdnn.io/v1alpha1",
+            "kind": "SplitInference",
+            "metadata": {"name": "m", "namespace": namespace},
+            "spec": {"model": model, "splitPoints": ["a"], "tiers": [{"name": "d"}, {"name": "c"}]},
+        }
+        return from_resource(doc)
+
+    pvc, s3, web = {"storageUri": "pvc://models/m.keras"}, "s3://b/m.keras", {"storageUri": "https://x.example/m.keras"}
+    assert render.model_key(spec("a", pvc)) != render.model_key(spec("b", pvc))
+    assert render.model_key(spec("a", web)) == render.model_key(spec("b", web))
+    keys = {
+        render.model_key(spec(ns, {"storageUri": s3, "secretName": name}))
+        for ns, name in (("a", "right"), ("a", "wrong"), ("b", "right"))
+    }
+    assert len(keys) == 3
+    assert render.model_key(spec("a", {"storageUri": s3})) not in keys
+    for model in (pvc, web, {"storageUri": s3, "secretName": "right"}, {"builtin": "cnn14"}):
+        one = spec("a", model)
+        cmd = render.build_command(one, ["a"], "http://s:8080")
+        scope = cmd[cmd.index("--scope") + 1] if "--scope" in cmd else None
+        key = artifacts.model_key(one.model_source, one.input_shape, one.typed.model.sha256, scope)
+        assert key == render.model_key(one), (model, cmd)
+
+
 def test_service(si, plan):
     svc = objs_by(render.render_all(si, plan, image="i"))[("Service", "cnn14-edge")]
     assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {("grpc", 8500), ("http", 8501), ("metrics", 9100)}

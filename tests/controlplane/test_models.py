@@ -161,3 +161,59 @@ def test_a_split_point_the_model_does_not_have_is_named_without_tiers(crd, ns, o
     assert valid["status"] == "False" and "no_such_layer" in valid["message"], valid
     tiers = kubectl(kc, "get", "deployments", "-n", ns, "-l", "splitdnn.io/splitinference=nolayer", "-o", "name")
     assert tiers.stdout.split() == []
+
+
+def test_an_s3_model_runs_with_its_secret_and_a_wrong_key_is_named(crd, ns, operator, made, files, tmp_path):
+    """s3:// through the operator: a real S3 server (versitygw), credentials from the Secret `model.secretName`
+    names, handed to the model Job by secretKeyRef (the harness runner resolves them as the kubelet would). The right
+    key: Running, the file's digest. A wrong key: Failed with BadCredentials, one ModelFailed Event, no tiers, no
+    crash loop (the Job is not retried before RETRY_SECONDS)."""
+    from harness.s3 import s3_server
+
+    kc = crd
+    body = (files["dir"] / "mine.keras").read_bytes()
+    with s3_server(tmp_path / "s3", {"models/team/mine.keras": body}) as env:
+        for secret, key in (("s3-right", env["AWS_SECRET_ACCESS_KEY"]), ("s3-wrong", "not-the-key")):
+            data = {**env, "AWS_SECRET_ACCESS_KEY": key}
+            kubectl(kc, "delete", "secret", secret, "-n", ns, "--ignore-not-found")
+            kubectl(
+                kc,
+                "create",
+                "secret",
+                "generic",
+                secret,
+                "-n",
+                ns,
+                *[f"--from-literal={k}={v}" for k, v in data.items()],
+            )
+        for name, secret in (("s3-ok", "s3-right"), ("s3-bad", "s3-wrong")):
+            made.append(name)  # (the same URI: the Secret is part of the model key, render.model_scope)
+            apply(kc, ns, resource(name, {"storageUri": "s3://models/team/mine.keras", "secretName": secret}))
+        st = wait_for(
+            lambda: (s := status(kc, ns, "s3-ok")).get("phase") == "Running" and s,
+            timeout=TIMEOUT,
+            what="s3-ok Running",
+        )
+        assert st["model"]["digest"] == hashlib.sha256(body).hexdigest(), st["model"]
+
+        def failed():
+            s = status(kc, ns, "s3-bad")
+            cond = {c["type"]: c for c in s.get("conditions") or []}.get("ModelReady")
+            return s.get("phase") == "Failed" and cond and cond["status"] == "False" and cond
+
+        cond = wait_for(failed, timeout=TIMEOUT, what="s3-bad: Failed with ModelReady False")
+        assert cond["reason"] == "BadCredentials" and "AWS_SECRET_ACCESS_KEY" in cond["message"], cond
+        events = json.loads(
+            kubectl(
+                kc, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=s3-bad", "-o", "json"
+            ).stdout
+        )["items"]
+        assert [e["type"] for e in events if e["reason"] == "ModelFailed"] == ["Warning"], events
+        tiers = kubectl(kc, "get", "deployments", "-n", ns, "-l", "splitdnn.io/splitinference=s3-bad", "-o", "name")
+        assert tiers.stdout.split() == []
+
+        def builds():
+            return [r for r in runner(kc).ran if r["namespace"] == ns and "s3://models/team/mine.keras" in r["command"]]
+
+        ran = wait_for(lambda: len(builds()) == 2 and builds(), timeout=60, what="the failed build's process ended")
+        assert sorted(r["returncode"] != 0 for r in ran) == [False, True], ran  # one build each: no retry loop

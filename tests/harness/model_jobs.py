@@ -84,7 +84,12 @@ class ModelJobRunner:
         report = self.root / f"{meta['uid']}.report"
         command = [sys.executable, "-m", "splitdnn", *command[1:]]
         command = [str(report) if c == "/dev/termination-log" else c for c in command]
-        env = dict(os.environ, **{e["name"]: e["value"] for e in container.get("env") or [] if "value" in e})
+        try:
+            given = self._environment(meta["namespace"], container.get("env") or [])
+        except LookupError as exc:  # a missing Secret: the kubelet would not start the pod (the operator sees that
+            print(f"model Job {meta['name']}: not started: {exc}", file=self.log, flush=True)  # in kind, not here)
+            return
+        env = dict(os.environ, **given)
         env.pop("HOME", None)
         started = time.monotonic()
         print(f"model Job {meta['namespace']}/{meta['name']}: {' '.join(command[3:])}", file=self.log, flush=True)
@@ -98,6 +103,32 @@ class ModelJobRunner:
                 "seconds": round(time.monotonic() - started, 1),
             }
         )
+
+    def _environment(self, namespace: str, entries: list[dict]) -> dict[str, str]:
+        """The container's environment as the kubelet gives it: values, and Secret keys (`secretKeyRef`, optional
+        ones skipped when absent); LookupError for a Secret or a required key that is not there."""
+        import base64
+
+        env, secrets = {}, {}
+        for e in entries:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+                continue
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                continue
+            if ref["name"] not in secrets:
+                p = cp.kubectl(
+                    self.kubeconfig, "get", "secret", ref["name"], "-n", namespace, "-o", "json", check=False
+                )
+                secrets[ref["name"]] = json.loads(p.stdout).get("data") or {} if p.returncode == 0 else None
+            data = secrets[ref["name"]]
+            if data is None or ref["key"] not in data:
+                if ref.get("optional"):
+                    continue
+                raise LookupError(f"secret {ref['name']!r} or its key {ref['key']!r} not found")
+            env[e["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        return env
 
 
 def _free_port() -> int:

@@ -141,11 +141,24 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def model_scope(si: SplitInference) -> str | None:
+    """Whose model the spec names, where its URI alone does not say: a `pvc://` claim is its namespace's (two
+    namespaces' `pvc://models/m.keras` are two files), and a model read with a Secret's credentials is for those
+    who hold that Secret (a wrong key must fail, not reuse a graph another Secret fetched). Content stays shared:
+    slices are keyed by the file's digest."""
+    m = si.typed.model
+    if (m.storage_uri or "").startswith("pvc://"):
+        return f"{si.namespace}/pvc"
+    if m.secret_name:
+        return f"{si.namespace}/secret/{m.secret_name}"
+    return None
+
+
 def model_key(si: SplitInference) -> str:
     """The artifact store's key of the model the spec names (`splitdnn.artifacts.model_key`)."""
     from splitdnn.artifacts import model_key as key
 
-    return key(si.model_source, si.input_shape, si.typed.model.sha256)
+    return key(si.model_source, si.input_shape, si.typed.model.sha256, model_scope(si))
 
 
 def build_command(
@@ -161,6 +174,8 @@ def build_command(
         cmd += ["--input-shape", ",".join(str(d) for d in si.input_shape)]
     if si.typed.model.sha256:
         cmd += ["--sha256", si.typed.model.sha256]
+    if scope := model_scope(si):
+        cmd += ["--scope", scope]
     if si.typed.cooperative:  # a cooperative tier's workers load its slice as .keras
         cmd += ["--keras"]
     return cmd
