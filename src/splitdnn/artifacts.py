@@ -49,6 +49,7 @@ CHUNK = 1 << 20
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEY = re.compile(r"^[0-9a-f]{16,64}$")
 KINDS = ("models", "slices")
+FAILURE_MESSAGE_CHARS = 1000  # of a failed build's message (the Job's report is a termination message: ≤ 4 kB)
 
 
 class ArtifactError(RuntimeError):
@@ -518,7 +519,7 @@ def build(
             report |= conversion_report(manifest(model, points, [refs[s.key] or {} for s in slices]))
         return report
     except Exception as exc:
-        error = {"reason": failure_reason(exc), "message": str(exc).strip("'\"")[:1000], "time": time.time()}
+        error = {**failure(exc), "time": time.time()}
         for where in stage:
             kind, key = where.split("/")
             try:
@@ -531,6 +532,12 @@ def build(
 def usable(ref: dict | None) -> dict | None:
     """A ref, unless it records a failed build (a later build tries again)."""
     return None if ref is None or "error" in ref else ref
+
+
+def failure(exc: BaseException) -> dict[str, str]:
+    """A failed build as both its tellers say it, the store's error ref and the model Job's report (the operator
+    announces a new message as a new ModelFailed Event): its reason word and its message."""
+    return {"reason": failure_reason(exc), "message": str(exc).strip("'\"")[:FAILURE_MESSAGE_CHARS]}
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -778,7 +778,7 @@ def artifacts_build(
             scope=scope,
         )
     except (artifacts.ArtifactError, ValueError) as exc:  # (ModelSourceError, CutError: ValueErrors)
-        _fail_reported(report, artifacts.failure_reason(exc), str(exc).strip("'\""))
+        _fail_reported(report, **artifacts.failure(exc))
     _write_report(report, doc)
     built = ", ".join(doc["built"]) or "nothing: the store had it all"
     typer.echo(f"model key {doc['key']} (sha256:{doc['model']['sha256'][:12]}): built {built}")

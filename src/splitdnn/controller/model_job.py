@@ -22,7 +22,6 @@ from splitdnn.graph import GraphSummary
 from splitdnn.spec import SplitInference
 
 RETRY_SECONDS = 60.0
-MESSAGE_CHARS = 1000  # of a build's failure (what the store records: artifacts.build)
 STORE_TIMEOUT = 5.0
 
 
@@ -93,9 +92,9 @@ class ModelJobs:
         name = self.name(si, points)
 
         def failure(found: dict) -> tuple[str, str]:
-            # the same words whether the store or the Job's pod tells it (a new message is a new ModelFailed Event:
-            # one failure told both ways made two, found in kind)
-            return found["reason"], f"model Job {name}: {str(found['message'])[:MESSAGE_CHARS]}"
+            # the same words whether the store or the Job's pod tells it (artifacts.failure words both; a new message
+            # is a new ModelFailed Event: one failure told two ways made two, found in kind)
+            return found["reason"], f"model Job {name}: {found['message']}"
 
         recorded = failure(error) if error else None
         job = self.kube.get_job(si.namespace, name)
