@@ -86,8 +86,8 @@ class Operator:
     def current(self, body: Any) -> dict | None:
         """`body` with the status as stored now (a handler's body can predate another pass's write); None: gone."""
         meta = body["metadata"]
-        status = self.kube.get_status(meta.get("namespace", "default"), meta["name"])
-        return None if status is None else core.with_status(dict(body), status)
+        stored = self.kube.get_si(meta.get("namespace", "default"), meta["name"])
+        return None if stored is None else core.with_status(dict(body), dict(stored.get("status") or {}))
 
     # --- reconcile -----------------------------------------------------------------------------------------------
 
@@ -207,12 +207,9 @@ class Operator:
 
         co = client.CustomObjectsApi(self.kube.api)
         for _attempt in range(REFRESH_ATTEMPTS):
-            try:
-                obj: Any = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-                raise
+            obj = self.kube.get_si(namespace, name)
+            if obj is None:
+                return
             reports = self.kube.slicer_reports(namespace, name)
             out = core.refresh(obj, deployments, now=time.time(), reports=reports)
             if out is None or out.status is None:

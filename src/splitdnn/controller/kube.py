@@ -186,8 +186,8 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def get_status(self, namespace: str, name: str) -> dict | None:
-        """A SplitInference's status as stored now (None: the resource is gone)."""
+    def get_si(self, namespace: str, name: str) -> dict | None:
+        """A SplitInference as stored now (None: the resource is gone)."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
@@ -201,7 +201,7 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-        return dict(obj.get("status") or {})
+        return obj
 
     def patch_status(self, namespace: str, name: str, status: dict) -> None:
         """Merge `status` into a SplitInference's status subresource now (not when the Kopf handler returns)."""
