@@ -118,8 +118,7 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
                 body = self._chunks(time.monotonic() + tier.timeout)
             except ValueError as exc:  # the connection is out of step with the framing: not reusable
                 self.close_connection = True
-                status = 413 if "over the limit" in str(exc) else 400
-                self._send_json(status, {"error": f"{tier.name}: {exc}"})
+                self._send_json(413 if isinstance(exc, TooLarge) else 400, {"error": f"{tier.name}: {exc}"})
                 return
             self._send_json(*handle(tier, method, self.path, body, next_address))
 
@@ -139,7 +138,7 @@ def serve(tier: Tier, port: int, host: str = "0.0.0.0", next_address: str | None
                         return b"".join(parts)
                     got += size
                     if got > tier.max_request_bytes:
-                        raise ValueError(
+                        raise TooLarge(
                             f"the chunked body is over the limit of {tier.max_request_bytes} bytes "
                             "(--max-request-bytes)"
                         )
