@@ -14,23 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.fixtures import WITHOUT_TENSORFLOW
 from splitdnn import artifacts
 from splitdnn.graph import build_graph
 from splitdnn.models import cnn14
 from splitdnn.slicer import verify_slices
 
 SPLIT = ["conv2d_1", "flatten"]
-NO_TF = (
-    "import sys\n"
-    "class Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name.split('.')[0] in ('tensorflow', 'keras'):\n"
-    "            raise ImportError('blocked ' + name)\n"
-    "sys.meta_path.insert(0, Block())\n"
-    "from splitdnn.cli import main\n"
-    "sys.argv = ['splitdnn'] + sys.argv[1:]\n"
-    "main()\n"
-)
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def store(tmp_path):
 
 
 def fetch_without_tf(store_url: str, key: str, at: list[str], index: int, out: Path, report: Path):
-    cmd = [sys.executable, "-c", NO_TF, "artifacts", "fetch", "--store", store_url, "--model-key", key]
+    cmd = [sys.executable, "-c", WITHOUT_TENSORFLOW, "artifacts", "fetch", "--store", store_url, "--model-key", key]
     cmd += ["--at", ",".join(at), "--slice", str(index), "--out", str(out), "--report", str(report)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 

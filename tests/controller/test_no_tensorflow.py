@@ -10,15 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.fixtures import BLOCK_TENSORFLOW
+
 ROOT = Path(__file__).resolve().parents[2]
 
-PASSES = r"""
+PASSES = (
+    BLOCK_TENSORFLOW
+    + r"""
 import json, sys, time
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'):
-            raise ImportError('blocked ' + name)
-sys.meta_path.insert(0, Block())
 import yaml
 from splitdnn.controller import feedback_pass, handlers, reconcile as core
 from splitdnn.graph import GraphSummary
@@ -45,6 +44,7 @@ planned = core.prepare(core.desired(auto, lookup), "create", existing={})
 assert planned.plan and len(planned.plan["splitPoints"]) == 2, planned.status
 print(json.dumps({"modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))}))
 """
+)
 
 
 def test_the_operators_passes_run_without_tensorflow(tmp_path):

@@ -91,18 +91,25 @@ def kubectl(kubeconfig: str, *args: str, input: str | None = None, check: bool =
     return cp.kubectl(kubeconfig, *args, input=input, check=check)
 
 
-# `splitdnn ARGS` in a process that cannot import TensorFlow or Keras
-WITHOUT_TENSORFLOW = """
+# the start of a script for a process that cannot import TensorFlow or Keras (as in the operator's image and
+# a tier's fetch: neither has them)
+BLOCK_TENSORFLOW = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'):
-            raise ImportError('no TensorFlow in the operator (blocked ' + name + ')')
+            raise ImportError('no TensorFlow here (blocked ' + name + ')')
 sys.meta_path.insert(0, Block())
+"""
+# `splitdnn ARGS` in such a process
+WITHOUT_TENSORFLOW = (
+    BLOCK_TENSORFLOW
+    + """
 from splitdnn.cli import main
 sys.argv = ['splitdnn'] + sys.argv[1:]
 main()
 """
+)
 
 
 class OperatorProcess:

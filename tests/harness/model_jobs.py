@@ -8,6 +8,7 @@ learns the outcome where it always does: from the store. One runner per test ses
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -36,6 +37,7 @@ class ModelJobRunner:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        atexit.register(self.store.terminate)  # (it outlived pytest before: found after a session's runs)
         self.url = f"http://127.0.0.1:{self.port}"
         self.done: set[str] = set()
         self.ran: list[dict] = []  # {name, namespace, command, returncode, seconds}
