@@ -23,6 +23,17 @@ def cnn14_graph(cnn14_model):
     return build_graph(cnn14_model)
 
 
+@pytest.fixture(scope="session")
+def coop_slices(tmp_path_factory, cnn14_model, cnn14_graph):
+    """CNN14 cut after max_pooling2d_1 and flatten, each slice also as .keras (what a cooperative tier computes)."""
+    from splitdnn.slicer import export_slices, resolve_cuts
+
+    out = tmp_path_factory.mktemp("coop-slices")
+    cuts = resolve_cuts(cnn14_graph, ["max_pooling2d_1", "flatten"])
+    export_slices(cnn14_model, cnn14_graph, cuts, out, tflite=False, keras=True)
+    return str(out)
+
+
 # The real Kubernetes control plane (Go-built, kwok nodes): see tests/harness/fixtures.py
 from harness.fixtures import controlplane, kube_api, namespace  # noqa: E402,F401  (re-exported fixtures)
 

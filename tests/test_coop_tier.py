@@ -25,16 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "coop-cnn14.yaml"
 
 
-@pytest.fixture(scope="module")
-def coop_slices(tmp_path_factory, cnn14_model, cnn14_graph):
-    from splitdnn.slicer import export_slices, resolve_cuts
-
-    out = tmp_path_factory.mktemp("coop-slices")
-    cuts = resolve_cuts(cnn14_graph, ["max_pooling2d_1", "flatten"])
-    export_slices(cnn14_model, cnn14_graph, cuts, out, tflite=False, keras=True)
-    return str(out)
-
-
 @pytest.mark.parametrize("method,devices", [("mls", 3), ("sls", 2)])
 def test_a_group_computes_the_slice_like_the_slice(coop_slices, method, devices):
     x = np.random.default_rng(devices).random((2, 28, 28, 1), dtype=np.float32)

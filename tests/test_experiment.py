@@ -250,6 +250,13 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert [r["split"] for r in fixed] == [list(exp.PAPER[1])[0], list(exp.PAPER[1])[7]]
     assert [(r["device_after"], r["edge_after"]) for r in fixed] == [exp.fixed_splits()[0], exp.fixed_splits()[7]]
     assert sum(r["planner"] for r in runs) == 1
+    # the planner's run is the split re-planned from the two fixed pairs' measured stage times (the loop's fit)
+    # and, as the loop measures each new split it deploys, every split it tried on the way (at most MAX_EXPLORE)
+    again = doc["planner"]["1"]["replanned"]
+    planned = next(r for r in runs if r["planner"])
+    assert again["observed_runs"] == 2 + len(again["explored"]) and len(again["explored"]) <= exp.MAX_EXPLORE
+    assert (planned["device_after"], planned["edge_after"]) == (again["device_after"], again["edge_after"])
+    assert all(0 <= x["drop_rate"] <= 1 and x["stage_seconds_mean"] for x in again["explored"])
     assert doc["workload"]["warmup_frames"] == exp.WARMUP_FRAMES
     # measured (clamped at 0 on a loaded machine), not the 1-ms default; sizes are in benchmarks/bench_stream.py
     assert doc["planner"]["1"]["chunk_seconds"] >= 0.0 and doc["planner"]["1"]["chunk_seconds"] != exp.CHUNK_SECONDS
@@ -330,3 +337,33 @@ def test_cross_calibration_predicts_each_run_from_the_others():
     for r in runs:
         assert r["calibrated"]["stage_seconds"] == pytest.approx(r["measured"]["stage_seconds"], rel=1e-3)
     assert exp.prediction_error(runs, "calibrated")["stage_p90"] < 0.01 < exp.prediction_error(runs)["stage_median"]
+
+
+def test_the_loop_replan_measures_a_new_choice_and_plans_again():
+    """loop_replan with a fake `run` whose stage times follow a known line: a first choice outside what was
+    measured is run, its measurement joins the fit, and the loop stops at a split it has measured."""
+    from splitdnn.planner.deploy import split_of
+
+    problem = exp.planner_problem(exp.CONFIGS[1], _profile(), 0.0, None, 1e9)
+    runs_made = []
+
+    def truth(d: str, e: str) -> dict:  # the device's real cost: 4 ms per profiled ms, plus 1 ms per call
+        ends = split_of(problem, [d, e])
+        base = {t: 0.0 for t in problem.tiers}
+        prev = 0
+        for t, end in zip(problem.tiers, ends):
+            base[t] = sum(b.time[t] for b in problem.blocks[prev:end])
+            prev = max(prev, end)
+        stages = {t: 0.001 + 4 * v for t, v in base.items()}
+        return {"stage_seconds_mean": stages, "drop_rate": 0.0}
+
+    def run(d: str, e: str) -> tuple[str, dict]:
+        runs_made.append((d, e))
+        return f"{d}/{e}", truth(d, e)
+
+    fixed = {pair: [truth(*pair)] for pair in exp.fixed_splits()[:2]}
+    out = exp.loop_replan(problem, fixed, 60.0, run)
+    assert [(x["device_after"], x["edge_after"]) for x in out["explored"]] == runs_made
+    assert 1 <= len(runs_made) <= exp.MAX_EXPLORE, runs_made  # the first re-plan leaves the measured pairs
+    assert (out["device_after"], out["edge_after"]) in set(fixed) | set(runs_made)
+    assert out["observed_runs"] == 2 + len(runs_made)

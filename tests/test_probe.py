@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from harness.mesh import Mesh
 from splitdnn.agent import netns
 from splitdnn.probe import (
     FIRST_PROBE_BYTES,
@@ -88,62 +89,12 @@ RATES = {"a": 4_000_000 / 8, "b": 40_000_000 / 8, "c": 40_000_000 / 8}  # egress
 PORT, METRICS = 9200, 9101
 
 
-def sh(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-class Mesh:
-    """Namespaces <tag>a, <tag>b, <tag>c, each with a veth into a bridge in namespace <tag>sw, 10.79.<o>.0/24."""
-
-    def __init__(self):
-        self.tag = f"pr{os.getpid() % 100000}"
-        self.octet = 10 + os.getpid() % 200
-        self.names: list[str] = []
-
-    def ns(self, node: str) -> str:
-        return f"{self.tag}{node}"
-
-    def addr(self, node: str) -> str:
-        return f"10.79.{self.octet}.{1 + 'abc'.index(node)}"
-
-    def __enter__(self):
-        sw = self.ns("sw")
-        sh("ip", "netns", "add", sw)
-        self.names.append(sw)
-        sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", sw, "link", "set", "br0", "up")
-        for node in RATES:
-            ns = self.ns(node)
-            sh("ip", "netns", "add", ns)
-            self.names.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{node}", "netns", sw)
-            sh("ip", "-n", sw, "link", "set", f"p{node}", "master", "br0", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{self.addr(node)}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            # a bucket of 20 ms of the rate: with 10 ms, tbf reached its rate on some days and half of it on others
-            # (here, with Docker's br_netfilter on the bridge: 40 mbit links gave 2.4-2.7 MB/s of 5)
-            kbit = int(RATES[node] * 8 / 1000)
-            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", f"{kbit}kbit",
-               "burst", f"{kbit // 50}kbit", "latency", "200ms")  # fmt: skip
-        return self
-
-    def __exit__(self, *exc):
-        for ns in reversed(self.names):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-
-    def tx_bytes(self, node: str) -> int:
-        return int(sh("ip", "netns", "exec", self.ns(node), "cat", "/sys/class/net/eth0/statistics/tx_bytes"))
-
-    def metrics(self, node: str) -> dict[tuple[str, str, str], float]:
-        code = (
-            f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{METRICS}/metrics').read().decode())"
-        )
-        text = sh("ip", "netns", "exec", self.ns(node), sys.executable, "-c", code)
-        out = {}
-        for m in re.finditer(r'^(splitdnn_node_link_\w+)\{from="(\w)",to="(\w)"\} (\S+)$', text, re.M):
-            out[(m.group(1), m.group(2), m.group(3))] = float(m.group(4))
-        return out
+def metrics(mesh: Mesh, node: str) -> dict[tuple[str, str, str], float]:
+    text = mesh.get(node, f"http://127.0.0.1:{METRICS}/metrics")
+    out = {}
+    for m in re.finditer(r'^(splitdnn_node_link_\w+)\{from="(\w)",to="(\w)"\} (\S+)$', text, re.M):
+        out[(m.group(1), m.group(2), m.group(3))] = float(m.group(4))
+    return out
 
 
 @pytest.mark.slow
@@ -151,7 +102,7 @@ class Mesh:
 @pytest.mark.skipif(not NETNS_OK, reason=f"needs network namespaces: {NETNS_WHY}")
 def test_probes_measure_shaped_links_within_budget(tmp_path):
     budget = 0.01
-    with Mesh() as mesh:
+    with Mesh(RATES) as mesh:
         procs = []
         try:
             for node in RATES:
@@ -166,7 +117,7 @@ def test_probes_measure_shaped_links_within_budget(tmp_path):
                 m = {}
                 for node in RATES:
                     try:
-                        m.update(mesh.metrics(node))
+                        m.update(metrics(mesh, node))
                     except subprocess.CalledProcessError:
                         return None
                 bws = [k for k in m if k[0] == "splitdnn_node_link_bandwidth_bytes_per_second"]

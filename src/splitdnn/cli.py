@@ -409,6 +409,11 @@ def agent(
         1, help="> 1: a cooperative group of this many device workers computes the slice (CoopAI; TensorFlow)"
     ),
     coop: str = typer.Option("mls", help="how a cooperative group splits the slice: mls, sls or off"),
+    coop_devices: str | None = typer.Option(
+        None,
+        help="the group's devices as HOST:PORT,… (`splitdnn coop-device`s, one per --devices; key in "
+        "SPLITDNN_COOP_KEY); default: start them as processes of this agent",
+    ),
     delay: str | None = typer.Option(None, help="in-process emulation of the outgoing link: delay, e.g. 250ms"),
     jitter: str | None = typer.Option(None, help="… jitter, e.g. 10ms"),
     loss: str | None = typer.Option(None, help="… loss, e.g. 1%"),
@@ -468,6 +473,7 @@ def agent(
             threads=threads,
             devices=devices,
             coop=coop,
+            coop_devices=coop_device_addresses(coop_devices, devices),
             link=link,
             tc_applied=tc_applied,
             host=host,
@@ -675,6 +681,52 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def coop_device_addresses(text: str | None, devices: int) -> list[tuple[str, int]] | None:
+    """--coop-devices HOST:PORT,… → addresses, one per device (checked against --devices)."""
+    if text is None:
+        return None
+    from splitdnn.coop_run import COOP_PORT, parse_address
+
+    addresses = [parse_address(a if ":" in a else f"{a}:{COOP_PORT}") for a in text.split(",") if a.strip()]
+    if len(addresses) != devices or devices < 2:
+        raise ValueError(f"--coop-devices names {len(addresses)} devices, --devices is {devices} (both ≥ 2, equal)")
+    return addresses
+
+
+@app.command("coop-device")
+def coop_device_cmd(
+    listen: str = typer.Option(
+        "0.0.0.0:8600", help="HOST:PORT to serve coordinators on (their key: SPLITDNN_COOP_KEY, required)"
+    ),
+    threads: int = typer.Option(1, help="TensorFlow threads for the parts this device computes"),
+    log_level: str = typer.Option("INFO", help="logging level"),
+):
+    """One device of a cooperative group (CoopAI): computes the parts of each block its coordinator (a tier's
+    agent with --coop-devices) sends, for every coordinator holding the group's key. It holds no slice of its own:
+    each coordinator sends its slice when it connects."""
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from splitdnn.coop_run import group_key, parse_address, serve
+
+    try:
+        address = parse_address(listen)
+        key = group_key()
+        if threads < 1:
+            raise ValueError(f"--threads must be ≥ 1, got {threads}")
+    except ValueError as exc:
+        fail(str(exc))
+    exit_on_sigterm()
+
+    def ready(bound) -> None:
+        logging.getLogger("splitdnn.coop").info("device serving coordinators on %s:%s", *bound)
+
+    try:
+        serve(address, key, threads, ready=ready)
+    except OSError as exc:
+        fail(f"cannot listen on {listen}: {exc}")
+
+
 @app.command("probe")
 def probe_cmd(
     name: str = typer.Option(..., "--name", help="this node's name (the `from` label), e.g. the Kubernetes node"),
@@ -857,6 +909,12 @@ def experiment_cho2021(
     slack: float = typer.Option(0.1, help="deadline = the ring's propagation delay + this many seconds"),
     warmup: int = typer.Option(3, help="frames sent one at a time before each run's counted frames"),
     no_planner: bool = typer.Option(False, "--no-planner", help="skip the planner's split"),
+    no_replan: bool = typer.Option(
+        False,
+        "--no-replan",
+        help="run the planner's split from the profiles only (default: re-planned, as the operator's loop does, from "
+        "the cost model calibrated on the fixed pairs' measured stage times before the planner's first run)",
+    ),
     loopback: bool = typer.Option(False, "--loopback", help="loopback even when network namespaces work"),
 ):
     """Cho 2021's CNN14 experiment: 8 split pairs × configurations, plus the planner's split, on real agents."""
@@ -890,6 +948,7 @@ def experiment_cho2021(
             planner=not no_planner,
             netns=False if loopback else None,
             say=exp.say_stderr,
+            replan=not no_replan,
         )
     except RuntimeError as exc:  # LocalRunError and friends: an agent that does not start
         fail(str(exc), 1)

@@ -1,42 +1,166 @@
-"""A cooperative group on this machine: N worker processes, one per device, driven by a coordinator over loopback TCP
-(`multiprocessing.connection`: pickled numpy parts). Each worker loads the same `.keras` model and computes the parts
-`splitdnn.coop.compute_part` defines; the coordinator scatters, gathers and runs what no device can.
+"""A cooperative group: N devices, each a `splitdnn coop-device` (a process here, a pod in a cluster), driven by a
+coordinator (the tier's agent) over TCP with `multiprocessing.connection` (pickled numpy parts, authenticated by
+the group's shared key: an HMAC challenge both ways before any pickle is read). The coordinator connects to every
+device and sends it the slice's `.keras` file; a device computes the parts `splitdnn.coop.compute_part` defines
+and holds no slice of its own, so one set of devices serves every split (and, during a roll, the old and the new
+coordinator at once: one thread, model and held output per coordinator). The coordinator scatters, gathers and runs
+what no device can.
 
 Two protocols. *Stateless*: for every block the coordinator sends each device all the input values its part needs
 and gets its whole result back. *Stateful* (the paper's, and what the MLS cost model charges): a device keeps its
 output when the block leaves it distributed; for the next block the coordinator fetches from each device only the
 values another device needs (τo) and sends each device only the values it lacks (ti); results come back only when
 they cannot stay (partial sums, softmax logits, the model's output, a layer the coordinator runs).
+
+A device that stops answering fails the frame in flight (`DeviceLost`); the next frame connects to it again (a
+restarted pod answers under the same name) and sends the slice again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import secrets
+import socket
+import struct
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Client, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
+log = logging.getLogger(__name__)
 
-def _worker(address, authkey: bytes, model_path: str, threads: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+COOP_PORT = 8600  # where a device listens (`splitdnn coop-device --listen`)
+KEY_ENV = "SPLITDNN_COOP_KEY"  # the group's shared key: coordinator and devices (in a cluster, the operator's Secret)
+MIN_KEY_CHARS = 16
+HANDSHAKE_SECONDS = 10.0  # a peer that connects and stays silent is dropped after this long
+
+
+class DeviceLost(RuntimeError):
+    """A device did not answer (gone, unreachable, too slow): the frame in flight is lost."""
+
+
+def group_key(env=None) -> bytes:
+    """The shared key from SPLITDNN_COOP_KEY (at least MIN_KEY_CHARS characters)."""
+    value = (os.environ if env is None else env).get(KEY_ENV, "")
+    if len(value) < MIN_KEY_CHARS:
+        raise ValueError(
+            f"{KEY_ENV} must hold the group's shared key (at least {MIN_KEY_CHARS} characters; in a cluster the "
+            f"operator's Secret provides it), got {len(value)} characters"
+        )
+    return value.encode()
+
+
+def parse_address(text: str, default_host: str = "") -> tuple[str, int]:
+    """`host:port` (or `:port`, `port`) → (host, port)."""
+    host, _, port = text.rpartition(":") if ":" in text else (default_host, "", text)
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535 or (not host and not default_host):
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return (host or default_host).strip("[]"), number
+
+
+def _set_timeout(fd: int, seconds: float, option: int = socket.SO_RCVTIMEO) -> None:
+    """SO_RCVTIMEO (or SO_SNDTIMEO) on a blocking socket's descriptor: a read (write) that waits longer fails
+    (EAGAIN) while the socket stays blocking, as `Connection` needs; 0 turns it off."""
+    whole = int(seconds)
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+    finally:
+        sock.detach()
+
+
+def _authenticate(sock: socket.socket, authkey: bytes, server: bool) -> Connection:
+    """Prove the key both ways on a connected socket (the listening side challenges first, as
+    `multiprocessing.connection` does); a peer silent for HANDSHAKE_SECONDS fails it. The returned Connection owns
+    the descriptor; on failure it is closed."""
+    sock.setblocking(True)
+    conn = Connection(sock.detach())
+    try:
+        _set_timeout(conn.fileno(), HANDSHAKE_SECONDS)
+        first, second = (deliver_challenge, answer_challenge) if server else (answer_challenge, deliver_challenge)
+        first(conn, authkey)
+        second(conn, authkey)
+        _set_timeout(conn.fileno(), 0)  # a coordinator may wait long between frames; calls poll with a limit
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect(address: tuple[str, int], authkey: bytes, send_timeout: float = 120.0) -> Connection:
+    """Connect to a device and prove the key both ways (as `multiprocessing.connection.Client`, with timeouts).
+    Afterwards a send that cannot go on for `send_timeout` (a hung device) fails instead of blocking for ever;
+    reads are bounded by the caller (`Connection.poll`)."""
+    conn = _authenticate(socket.create_connection(address, timeout=HANDSHAKE_SECONDS), authkey, server=False)
+    _set_timeout(conn.fileno(), send_timeout, socket.SO_SNDTIMEO)
+    return conn
+
+
+# --- the device side ---------------------------------------------------------------------------------------------
+
+
+class _Models:
+    """Slices the device has loaded, by content (sha256), shared by the coordinators that sent the same file."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._loaded: dict[str, list] = {}  # digest → [(model, layers, geoms), users]
+
+    def acquire(self, data: bytes):
+        from splitdnn.coop import chain_layers, describe
+        from splitdnn.models import load_model
+
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if digest in self._loaded:
+                self._loaded[digest][1] += 1
+                return digest, self._loaded[digest][0]
+            with tempfile.TemporaryDirectory(prefix="coop-") as tmp:  # Keras loads from a .keras path
+                path = os.path.join(tmp, "slice.keras")
+                with open(path, "wb") as f:
+                    f.write(data)
+                model = load_model(path)
+            entry = (model, chain_layers(model), describe(model))
+            self._loaded[digest] = [entry, 1]
+            return digest, entry
+
+    def release(self, digest: str) -> None:
+        with self._lock:
+            self._loaded[digest][1] -= 1
+            if self._loaded[digest][1] == 0:
+                del self._loaded[digest]
+
+
+def _serve_coordinator(conn: Connection, models: _Models) -> None:
+    """One coordinator's session: ("load", .keras bytes) first, then parts until None or the connection ends."""
     import numpy as np
-    import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    from splitdnn.coop import StripeTask, chain_layers, compute_part, describe, owned, plan_block
-    from splitdnn.models import load_model
+    from splitdnn.coop import StripeTask, compute_part, owned, plan_block
 
-    model = load_model(model_path)
-    layers, geoms, plans = chain_layers(model), describe(model), {}
+    msg = conn.recv()
+    if not (isinstance(msg, tuple) and msg[0] == "load"):
+        raise RuntimeError(f"expected the slice first, got {type(msg).__name__}")
+    try:
+        digest, (model, layers, geoms) = models.acquire(msg[1])
+    except Exception as exc:  # the coordinator says why its group cannot start
+        log.exception("cannot load the slice a coordinator sent")
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    plans: dict = {}
     held: Any = None  # this device's output of the last distributed block, as flat values
     held_range = (0, 0)
-    with Client(address, authkey=authkey) as conn:
-        conn.send(os.getpid())
+    try:
+        conn.send(("ready", os.getpid(), socket.gethostname()))
         while True:
             msg = conn.recv()
             if msg is None:
@@ -71,6 +195,53 @@ def _worker(address, authkey: bytes, model_path: str, threads: int) -> None:
             if keep:
                 held, held_range = y.reshape(y.shape[0], -1), owned(geoms, plan.last, plan.devices)[device]
             conn.send((y if reply else None, time.perf_counter() - started))
+    finally:
+        models.release(digest)
+
+
+def _session(sock: socket.socket, peer, authkey: bytes, models: _Models) -> None:
+    """Authenticate a connection, then serve its coordinator until it leaves."""
+    try:
+        conn = _authenticate(sock, authkey, server=True)
+    except AuthenticationError:
+        log.warning("refused %s:%s: it does not hold the group's key", *peer[:2])
+        return
+    except (OSError, EOFError):  # a port probe, or a peer that stayed silent
+        return
+    log.info("coordinator %s:%s connected", *peer[:2])
+    try:
+        _serve_coordinator(conn, models)
+    except (OSError, EOFError) as exc:
+        log.info("coordinator %s:%s left: %s", *peer[:2], exc or type(exc).__name__)
+    finally:
+        conn.close()
+
+
+def serve(address: tuple[str, int], authkey: bytes, threads: int = 1, ready=None, once: bool = False) -> None:
+    """A device: listen on `address` and serve every coordinator that holds `authkey`, each in its own thread.
+    `ready(address)` is called with the bound address; `once`: return when the first coordinator leaves."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    models = _Models()
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.create_server(address, family=family, backlog=16) as server:
+        if ready is not None:
+            ready(server.getsockname()[:2])
+        while True:
+            sock, peer = server.accept()
+            t = threading.Thread(target=_session, args=(sock, peer, authkey, models), daemon=True)
+            t.start()
+            if once:
+                t.join()
+                return
+
+
+def _local_device(pipe, authkey: bytes, threads: int) -> None:
+    """A device as a child process of the coordinator, on loopback: reports its port, serves its parent once."""
+    serve(("127.0.0.1", 0), authkey, threads, ready=pipe.send, once=True)
 
 
 def _pieces_of(have: tuple[int, int], needs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -96,59 +267,142 @@ class BlockStats:
 
 @dataclass
 class Group:
-    """`Group(model_path, n)` starts n workers (spawned processes) and waits until they have loaded the model."""
+    """`Group(model_path, n)` starts n devices as child processes on loopback; `Group(model_path, n,
+    addresses=[(host, port), ...], authkey=KEY)` uses n running `splitdnn coop-device`s (waiting for them to come
+    up, as pods do). Either way it connects to every device, sends it the slice and returns once all have loaded it
+    (`start_timeout` in all)."""
 
     model_path: str
     size: int
-    threads: int = 1  # TensorFlow threads per worker: one core, like a small device
+    threads: int = 1  # TensorFlow threads per local device: one core, like a small device
     start_timeout: float = 300.0
+    addresses: list[tuple[str, int]] | None = None  # running devices; None: start local ones
+    authkey: bytes | None = None  # the running devices' key
+    call_timeout: float = 120.0  # one device's answer to one message
     conns: list[Any] = field(default_factory=list)
     procs: list[Any] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # "host pid N" per device, as it reported itself
 
     def __post_init__(self):
+        with open(self.model_path, "rb") as f:
+            self._slice = f.read()
+        deadline = time.monotonic() + self.start_timeout
+        self.conns = [None] * self.size
+        self.names = [""] * self.size
+        self._pool = ThreadPoolExecutor(self.size)
+        try:
+            if self.addresses is None:
+                self.authkey = secrets.token_bytes(16)
+                self.addresses = self._start_local(deadline)
+            elif len(self.addresses) != self.size:
+                raise ValueError(
+                    f"a group of {self.size} devices needs {self.size} addresses, got {len(self.addresses)}"
+                )
+            elif not self.authkey:
+                raise ValueError("a group of running devices needs their key")
+            self._connect_all(deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_local(self, deadline: float) -> list[tuple[str, int]]:
         import multiprocessing as mp
 
-        authkey = secrets.token_bytes(16)
-        listener = Listener(("127.0.0.1", 0), authkey=authkey)
         ctx = mp.get_context("spawn")
-        self.procs = [
-            ctx.Process(target=_worker, args=(listener.address, authkey, self.model_path, self.threads), daemon=True)
-            for _ in range(self.size)
-        ]
-        for p in self.procs:
-            p.start()
-        accepted: list[Any] = []
+        pipes = []
+        for _ in range(self.size):
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_local_device, args=(child, self.authkey, self.threads), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            self.procs.append(proc)
+        addresses = []
+        for proc, pipe in zip(self.procs, pipes):
+            while not pipe.poll(0.5):
+                if proc.exitcode is not None:
+                    raise RuntimeError(
+                        f"a device process exited with code {proc.exitcode} (its traceback is on stderr)"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a device process did not start in {self.start_timeout:g} s")
+            addresses.append(tuple(pipe.recv()))
+        return addresses
 
-        def accept():
-            for _ in range(self.size):
-                conn = listener.accept()
-                conn.recv()  # the pid: the worker has loaded its model
-                accepted.append(conn)
+    def _connect_all(self, deadline: float) -> None:
+        """Connect to every device, retrying those not up yet (no DNS name, refused) until `deadline`."""
+        assert self.addresses is not None
+        why: dict[int, str] = {}
+        said = time.monotonic()
+        while True:
+            for d in range(self.size):
+                if self.conns[d] is None:
+                    try:
+                        self._open(d, deadline)
+                        why.pop(d, None)
+                    except (OSError, EOFError) as exc:
+                        why[d] = f"{exc or type(exc).__name__}"
+            if not why:
+                return
+            waiting = "; ".join(f"device {d} at {self._where(d)}: {w}" for d, w in sorted(why.items()))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.size - len(why)} of {self.size} devices started in "
+                                   f"{self.start_timeout:g} s: {waiting}")  # fmt: skip
+            if time.monotonic() - said > 10:
+                log.info("waiting for %d of %d devices: %s", len(why), self.size, waiting)
+                said = time.monotonic()
+            time.sleep(0.5)
 
-        t = threading.Thread(target=accept, daemon=True)
-        t.start()
-        deadline = time.monotonic() + self.start_timeout
-        while t.is_alive() and time.monotonic() < deadline:
-            t.join(0.5)
-            dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
-            if dead:
-                break
-        listener.close()
-        if len(accepted) < self.size:
-            self.close()
-            dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
-            why = (
-                f"a worker exited with code {dead[0]} (its traceback is on stderr)"
-                if dead
-                else (f"timed out after {self.start_timeout:g} s")
-            )
-            raise RuntimeError(f"only {len(accepted)} of {self.size} workers started: {why}")
-        self.conns = accepted
-        self._pool = ThreadPoolExecutor(self.size)
+    def _where(self, d: int) -> str:
+        assert self.addresses is not None
+        host, port = self.addresses[d]
+        return f"{host}:{port}"
+
+    def _open(self, d: int, deadline: float):
+        """Connect to device d and send it the slice; returns the connection once it has loaded it."""
+        assert self.addresses is not None and self.authkey is not None
+        try:
+            conn = connect(self.addresses[d], self.authkey, send_timeout=self.call_timeout)
+        except AuthenticationError as exc:  # not worth retrying: the keys differ
+            raise RuntimeError(f"device {d} at {self._where(d)} refused the key ({KEY_ENV} differs): {exc}") from exc
+        try:
+            conn.send(("load", self._slice))
+            if not conn.poll(max(1.0, deadline - time.monotonic())):
+                raise TimeoutError("did not load the slice in time")
+            reply = conn.recv()
+        except BaseException:
+            conn.close()
+            raise
+        if reply[0] == "error":
+            conn.close()
+            raise RuntimeError(f"device {d} at {self._where(d)} cannot load the slice: {reply[1]}")
+        _, pid, host = reply
+        self.conns[d], self.names[d] = conn, f"{host} pid {pid}"
+        return conn
 
     def _ask(self, device: int, msg):
-        self.conns[device].send(msg)
-        return self.conns[device].recv()
+        """Send one message to a device and wait for its answer. A device that left is connected again first."""
+        conn = self.conns[device]
+        try:
+            if conn is None:
+                conn = self._open(device, time.monotonic() + self.call_timeout)
+            conn.send(msg)
+            if not conn.poll(self.call_timeout):
+                raise TimeoutError(f"no answer in {self.call_timeout:g} s")
+            return conn.recv()
+        except (OSError, EOFError, AuthenticationError) as exc:
+            if self.conns[device] is not None:
+                self.conns[device].close()
+            self.conns[device] = None
+            raise DeviceLost(f"device {device} at {self._where(device)}: {exc or type(exc).__name__}") from exc
+
+    def _answers(self, futures: dict) -> dict:
+        """Every future's result; when one failed, only after all have ended (a connection is never used by two
+        threads at once)."""
+        errors = [f.exception() for f in futures.values()]
+        for error in errors:
+            if error is not None:
+                raise error
+        return {d: f.result() for d, f in futures.items()}
 
     def echo_seconds(self, nbytes: int, repeats: int = 5) -> float:
         """Median round trip of `nbytes` to worker 0 and back (the loopback link the group uses)."""
@@ -167,8 +421,7 @@ class Group:
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            for future in [self._pool.submit(self._ask, d, ("echo", b"")) for d in range(devices)]:
-                future.result()
+            self._answers({d: self._pool.submit(self._ask, d, ("echo", b"")) for d in range(devices)})
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 
@@ -216,7 +469,7 @@ class Group:
                 for d, p in enumerate(parts)
                 if p is not None
             }
-            answers = {d: f.result() for d, f in futures.items()}
+            answers = self._answers(futures)
             results = [answers[d][0] if d in answers else None for d in range(len(parts))]
             y = gather(layers, geoms, plan, results, x)
             stats.append(
@@ -235,8 +488,8 @@ class Group:
         """Fetch flat ranges from the devices that hold them into `flat` (the coordinator's copy); returns bytes."""
         futures = {d: self._pool.submit(self._ask, d, ("fetch", ranges)) for d, ranges in wanted.items() if ranges}
         moved = 0
-        for d, future in futures.items():
-            for (lo, hi), values in zip(wanted[d], future.result()):
+        for d, got in self._answers(futures).items():
+            for (lo, hi), values in zip(wanted[d], got):
                 flat[:, lo:hi] = values
                 moved += int(values.nbytes)
         return moved
@@ -282,7 +535,7 @@ class Group:
                 sent += int(before.nbytes + after.nbytes)
                 msg = ("run", tuple(block), d, before, after, need, have, keep, not keep or last)
                 futures[d] = self._pool.submit(self._ask, d, msg)
-            answers = {d: f.result() for d, f in futures.items()}
+            answers = self._answers(futures)
             results = [answers[d][0] if d in answers else None for d in range(k)]
             received += sum(int(r.nbytes) for r in results if r is not None)
             stats.append(
@@ -299,14 +552,18 @@ class Group:
         return flat.reshape(batch, *geoms[-1].out_shape), stats
 
     def close(self) -> None:
+        said_goodbye = any(conn is not None for conn in self.conns)  # local devices then end by themselves
         for conn in self.conns:
+            if conn is None:
+                continue
             try:
                 conn.send(None)
-                conn.close()
             except OSError:
                 pass
+            conn.close()
+        self.conns = [None] * self.size
         for p in self.procs:
-            p.join(10)
+            p.join(10 if said_goodbye else 0)
             if p.is_alive():
                 p.terminate()
         if hasattr(self, "_pool"):

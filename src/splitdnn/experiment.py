@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -259,23 +259,31 @@ def planner_split(
     bandwidth: float = DEFAULT_BANDWIDTH,
 ) -> dict:
     """The planner's recommendation (objective throughput at `fps`) and its predicted figures."""
-    from splitdnn.planner import evaluate_plan, plan
-    from splitdnn.planner.deploy import points_of, split_of
+    from splitdnn.planner import evaluate_plan
+    from splitdnn.planner.deploy import split_of
 
     problem = planner_problem(config, profile, chunk_seconds, call_seconds, bandwidth)
-    best = plan(problem, objective="throughput", top=1, fps=fps)[0]
-    device_after, edge_after = points_of(problem, best)
+    choice = best_split(problem, fps)
     predicted = {}
-    for d, e in fixed_splits() + [(device_after, edge_after)]:
+    for d, e in fixed_splits() + [(choice["device_after"], choice["edge_after"])]:
         p = evaluate_plan(problem, split_of(problem, [d, e]), fps=fps)
         predicted[f"{d},{e}"] = {"bottleneck_s": p.bottleneck, "latency_s": p.latency, "drop_rate": p.drop_rate}
+    return {**choice, "predicted": predicted}
+
+
+def best_split(problem, fps: float) -> dict:
+    """The planner's best split of `problem` (objective throughput at `fps`) and its predicted figures."""
+    from splitdnn.planner import plan
+    from splitdnn.planner.deploy import points_of
+
+    best = plan(problem, objective="throughput", top=1, fps=fps)[0]
+    device_after, edge_after = points_of(problem, best)
     return {
         "device_after": device_after,
         "edge_after": edge_after,
         "bottleneck_s": best.bottleneck,
         "latency_s": best.latency,
         "drop_rate": best.drop_rate,
-        "predicted": predicted,
     }
 
 
@@ -431,8 +439,13 @@ def run_experiment(
     planner: bool = True,
     netns: bool | None = None,
     say: Callable[[str], None] = lambda m: None,
+    replan: bool = True,
 ) -> dict:
-    """Run every (config, split pair) `repeats` times, plus the planner's split per config; write the outputs."""
+    """Run every (config, split pair) `repeats` times, plus the planner's split per config; write the outputs.
+    `replan`: as the operator's feedback loop does once it has measurements, the planner's split is chosen again
+    from the cost model calibrated (`planner.calibrate`) on the fixed pairs' measured stage times of the first
+    repeat, trying a new choice once and re-planning with its measurement (`loop_replan`), before the planner's
+    own first run (`planner[config].replanned`); without it, from the profiles only."""
     out.mkdir(parents=True, exist_ok=True)
     if netns is None:
         from splitdnn.agent.netns import available
@@ -460,10 +473,13 @@ def run_experiment(
         say(f"one more gRPC stream message costs {chunk_seconds * 1e3:.3f} ms; stream {bandwidth / 1e6:.0f} MB/s")
     runs: list[dict] = []
     plans: dict[int, dict] = {}
-    todo: list[tuple[int, str, str, bool]] = []
+    problems = (
+        {c: planner_problem(CONFIGS[c], profile, chunk_seconds, None, bandwidth) for c in configs} if profile else {}
+    )
+    todo: list[tuple[int, str | None, str | None, bool]] = []
     for c in configs:
         config = CONFIGS[c]
-        items = [(d, e, False) for d, e in chosen]
+        todo += [(c, d, e, False) for d, e in chosen]
         if profile is not None:
             rec = planner_split(config, profile, workload.fps, None, chunk_seconds, bandwidth)
             rec["call_seconds"] = profile["call_seconds"]
@@ -475,15 +491,31 @@ def run_experiment(
                 f"({split_label(rec['device_after'], rec['edge_after'], classes)}), predicted bottleneck "
                 f"{rec['bottleneck_s'] * 1e3:.1f} ms, drop {rec['drop_rate']:.2f} at {workload.fps:g} fps"
             )
-            items.append((rec["device_after"], rec["edge_after"], True))
-        todo += [(c, d, e, p) for d, e, p in items]
+            todo.append((c, None, None, True))  # after the config's fixed pairs: it may re-plan from them
     started = time.monotonic()
-    samples: dict[tuple[int, str, str, bool], list[dict]] = {item: [] for item in todo}
+    samples: dict[tuple[int, str | None, str | None, bool], list[dict]] = {item: [] for item in todo}
     # repeat r of every run before repeat r + 1 of any: a trend in the machine's load spreads over all pairs
     # instead of falling on the pairs that happened to run during it
     for r in range(repeats):
         w = replace(workload, seed=workload.seed + r)
-        for n, (c, d, e, is_plan) in enumerate(todo, 1):
+        for n, item in enumerate(todo, 1):
+            c, d, e, is_plan = item
+            if is_plan:
+                if replan and "replanned" not in plans[c]:
+                    fixed = {(fd, fe): v for (fc, fd, fe, p), v in samples.items() if fc == c and not p}
+                    plans[c]["replanned"] = loop_replan(
+                        problems[c], fixed, workload.fps, _explorer(CONFIGS[c], w, slices_dir, netns, say, classes), say
+                    )
+                    again = plans[c]["replanned"]
+                    say(
+                        f"config {c}: re-planned from {again['observed_runs']} measured runs "
+                        f"({len(again['explored'])} explored): {again['device_after']} / {again['edge_after']} "
+                        f"({split_label(again['device_after'], again['edge_after'], classes)}), calibrated "
+                        f"bottleneck {again['bottleneck_s'] * 1e3:.1f} ms, drop {again['drop_rate']:.2f}"
+                    )
+                chosen_plan = plans[c].get("replanned") or plans[c]
+                d, e = chosen_plan["device_after"], chosen_plan["edge_after"]
+            assert d is not None and e is not None
             label = split_label(d, e, classes)
             tag = f"[run {n}/{len(todo)} config {c} {label}{' (planner)' if is_plan else ''} repeat {r + 1}/{repeats}]"
             say(f"{tag} starting agents")
@@ -492,15 +524,17 @@ def run_experiment(
                 split_inference(CONFIGS[c], d, e, w), export_pair(slices_dir, d, e), netns, partial(_tagged, say, tag)
             )
             s["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
-            samples[(c, d, e, is_plan)].append(s)
+            samples[item].append(s)
             say(
                 f"{tag} time {s['time_s']:.2f} s, drop {s['drop_rate']:.2f}, load {s['loadavg_1min'][1]:.1f} "
                 f"({s['completed']} completed, {s['dropped']} dropped, {s['late']} late, {s['failed']} failed)"
             )
-    problems = (
-        {c: planner_problem(CONFIGS[c], profile, chunk_seconds, None, bandwidth) for c in configs} if profile else {}
-    )
-    for c, d, e, is_plan in todo:
+    for item in todo:
+        c, d, e, is_plan = item
+        if is_plan:
+            chosen_plan = plans[c].get("replanned") or plans[c]
+            d, e = chosen_plan["device_after"], chosen_plan["edge_after"]
+        assert d is not None and e is not None
         runs.append(
             {
                 "config": c,
@@ -509,7 +543,7 @@ def run_experiment(
                 "edge_after": e,
                 "frames": workload.frames,
                 "fps": workload.fps,
-                **summarize(samples[(c, d, e, is_plan)]),
+                **summarize(samples[item]),
                 "planner": is_plan,
                 **(
                     {"predicted": predict(problems[c], [d, e], CONFIGS[c].link_delays_ms()[-1] / 1e3)}
@@ -551,6 +585,75 @@ def run_experiment(
         result["calibrated_error"] = prediction_error(runs, "calibrated")
     write_outputs(result, out)
     return result
+
+
+def replan_from_runs(problem, measured: Mapping[tuple[str | None, str | None], Sequence[dict]], fps: float) -> dict:
+    """The planner's split (objective throughput at `fps`) from `problem` calibrated on measured runs
+    ({(device_after, edge_after): run summaries with "stage_seconds_mean"}) — the fit the feedback loop makes."""
+    from splitdnn.planner.calibrate import Calibration
+    from splitdnn.planner.deploy import split_of
+
+    cal = Calibration()
+    observed = 0
+    for (d, e), summaries in measured.items():
+        for s in summaries:
+            if d is not None and e is not None and s.get("stage_seconds_mean"):
+                cal.observe(problem, split_of(problem, [d, e]), s["stage_seconds_mean"], float(observed))
+                observed += 1
+    return {**best_split(cal.apply(problem), fps), "observed_runs": observed}
+
+
+MAX_EXPLORE = 3  # splits the loop emulation may try before it settles
+
+
+def loop_replan(
+    problem,
+    measured: Mapping[tuple[str | None, str | None], Sequence[dict]],
+    fps: float,
+    run: Callable[[str, str], tuple[str, dict]],
+    say: Callable[[str], None] = lambda m: None,
+) -> dict:
+    """The feedback loop's re-planning, window by window: re-plan from the calibration of every split measured so
+    far (`replan_from_runs`); a split not measured yet is run once (`run(device_after, edge_after)` → (what it
+    ran, its summary), as the
+    loop deploys it and measures a window) and the plan is made again with that measurement, until the choice is
+    a split already measured or MAX_EXPLORE splits were tried. A first re-plan extrapolates the calibrated lines
+    beyond the slices observed; the measurement of the split it chose corrects them, as in the operator."""
+    seen = {k: list(v) for k, v in measured.items()}
+    explored: list[dict] = []
+    while True:
+        choice = replan_from_runs(problem, seen, fps)
+        key = (choice["device_after"], choice["edge_after"])
+        if key in seen or len(explored) == MAX_EXPLORE:
+            return {**choice, "explored": explored}
+        what, s = run(key[0], key[1])
+        say(f"{what}: drop {s['drop_rate']:.2f}, stage ms {_ms(s.get('stage_seconds_mean'))}")
+        seen[key] = [s]
+        explored.append(
+            {
+                "device_after": key[0],
+                "edge_after": key[1],
+                "predicted_bottleneck_s": choice["bottleneck_s"],
+                "drop_rate": s["drop_rate"],
+                "stage_seconds_mean": s.get("stage_seconds_mean"),
+            }
+        )
+
+
+def _explorer(config: Config, w: Workload, slices_dir: Path, netns: bool, say: Callable[[str], None], classes):
+    """`loop_replan`'s `run`: one run of a split of `config`, tagged as the loop's exploration."""
+
+    def run(device_after: str, edge_after: str) -> tuple[str, dict]:
+        tag = f"[config {config.number} {split_label(device_after, edge_after, classes)} (loop: exploring)]"
+        resource = split_inference(config, device_after, edge_after, w)
+        slices = export_pair(slices_dir, device_after, edge_after)
+        return tag, run_once(resource, slices, netns, partial(_tagged, say, tag))
+
+    return run
+
+
+def _ms(stages: Mapping[str, float | None] | None) -> str:
+    return " / ".join("—" if v is None else f"{v * 1e3:.1f}" for v in (stages or {}).values())
 
 
 def cross_calibrate(problem, runs: Sequence[dict], back_delay: float) -> None:

@@ -13,6 +13,7 @@
 | `splitdnn_queue_depth` | gauge | frames waiting for this stage |
 | `splitdnn_slice_info{slice,cut,model}` | gauge = 1 | which slice this tier runs; `cut` = the layer after which it ends |
 | `splitdnn_runtime_info{runtime,threads,devices}` | gauge = 1 | the slice runtime: `tensorflow`, `litert` or `coop` (a cooperative group of `devices` workers); `threads` (or `default`) |
+| `splitdnn_coop_predicted_seconds{method,blocks}` | gauge | a cooperative tier: the stage time its plan (MLS or SLS, over F and G measured on the group at start-up) predicts; `blocks` as first-last×devices |
 | `splitdnn_link_emulation_info{path}` | gauge = 1 | how the outgoing link is shaped: `tc`, `inprocess` or `none` |
 """
 
@@ -67,6 +68,9 @@ class AgentMetrics:
             "splitdnn_runtime_info", "The runtime computing this tier's slice.", ["runtime", "threads", "devices"]
         )
         self._emulation = gauge("splitdnn_link_emulation_info", "How the outgoing link is shaped.", ["path"])
+        self._coop_predicted = gauge(
+            "splitdnn_coop_predicted_seconds", "A cooperative tier's predicted stage time.", ["method", "blocks"]
+        )
         self.base = base
 
     def set_link(self, rtt: float | None = None, bandwidth: float | None = None) -> None:
@@ -81,6 +85,10 @@ class AgentMetrics:
     def set_runtime(self, runtime: str, threads: int | None, devices: int = 1) -> None:
         labels = {"runtime": runtime, "threads": str(threads or "default"), "devices": str(devices)}
         self._runtime.labels(**self.base, **labels).set(1)
+
+    def set_coop_plan(self, method: str, blocks: list, seconds: float) -> None:
+        text = " ".join(f"{first}-{last}x{devices}" for first, last, devices, *_ in blocks)
+        self._coop_predicted.labels(**self.base, method=method, blocks=text).set(seconds)
 
     def set_emulation(self, paths: set[str]) -> None:
         for path in EMULATION_PATHS:

@@ -196,16 +196,25 @@ class CoopRuntime:
     """A slice computed by a cooperative group of `devices` workers (CoopAI, `splitdnn.coop`): the coordinator
     (this process) splits each block of layers by rows or output units, scatters the parts with the halo each
     needs, and gathers. The blocks come from MLS (or SLS) on F and G measured on the group at start-up. The
-    workers are processes of this tier (`splitdnn.coop_run.Group`), each with `threads` TensorFlow threads."""
+    devices are `addresses` (running `splitdnn coop-device`s) or else processes of this tier, each with `threads`
+    TensorFlow threads (`splitdnn.coop_run.Group`)."""
 
     name = "coop"
 
-    def __init__(self, slices_dir: str | Path, entry: SliceEntry, devices: int, method: str, threads: int | None):
+    def __init__(
+        self,
+        slices_dir: str | Path,
+        entry: SliceEntry,
+        devices: int,
+        method: str,
+        threads: int | None,
+        addresses: list[tuple[str, int]] | None = None,
+    ):
         import keras
 
         from splitdnn import coop
         from splitdnn.agent.source import zero_frame
-        from splitdnn.coop_run import Group
+        from splitdnn.coop_run import Group, group_key
         from splitdnn.mls import best_over_devices, mls, sls
         from splitdnn.slicer import load_manifest
 
@@ -221,12 +230,16 @@ class CoopRuntime:
         path = str(Path(slices_dir) / keras_path)
         self._model = keras.models.load_model(path)
         self._geoms = coop.describe(self._model)
-        self._group = Group(path, devices, threads=self.threads)
+        if addresses:  # running devices (pods), which share the group's key with this coordinator
+            self._group = Group(path, devices, addresses=addresses, authkey=group_key())
+        else:
+            self._group = Group(path, devices, threads=self.threads)
         x = next(iter(zero_frame(entry.inputs).values()))
         self.platform, _ = self._group.measure_platform(self._model, self._geoms, x)
         algo = sls if method == "sls" else mls
         self.plan = best_over_devices(self._geoms, devices, self.platform, algo)
         self._output = entry.outputs[0]["name"]
+        self.device_names = self._group.names
 
     def validate(self, tensors: Mapping[str, np.ndarray]) -> dict:
         return validate_tensors(self.entry.inputs, tensors, f"model {self.entry.model!r} slice {self.entry.name!r}")
@@ -260,6 +273,7 @@ def load(
     threads: int | None = None,
     devices: int = 1,
     coop: str = "mls",
+    coop_devices: list[tuple[str, int]] | None = None,
 ) -> SliceRuntime:
     """Load and warm up slice `slice_name` of `slices_dir/slices.json` with `runtime` (one of RUNTIME_CHOICES; the first
     call pays TF's tracing or LiteRT's allocation). A slice without a `.tflite` cannot run on `litert`: the error
@@ -284,7 +298,7 @@ def load(
     if devices > 1 and coop != "off":
         if runtime == "litert":
             raise ValueError("a cooperative tier (devices > 1) computes with TensorFlow: use runtime tensorflow")
-        loaded = CoopRuntime(slices_dir, entry, devices, coop, threads)
+        loaded = CoopRuntime(slices_dir, entry, devices, coop, threads, coop_devices)
     else:
         make = LiteRTRuntime if runtime == "litert" else SavedModelRuntime
         loaded = make(slices_dir, entry, threads)

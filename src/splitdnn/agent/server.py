@@ -86,6 +86,7 @@ class AgentConfig:
     threads: int | None = None  # its compute threads (None: the runtime's default)
     devices: int = 1  # > 1: a cooperative group of that many workers computes the slice (CoopAI)
     coop: str = "mls"  # how the group splits it: mls, sls, off (agent.runtime.COOP_METHODS)
+    coop_devices: list[tuple[str, int]] | None = None  # running `splitdnn coop-device`s (None: local processes)
     link: LinkParams = field(default_factory=LinkParams)  # what to emulate in-process (after the netem report)
     tc_applied: tuple = ()  # what the init container's tc applied (from the report)
     host: str = "0.0.0.0"
@@ -383,16 +384,27 @@ def build_tier(config: AgentConfig) -> Tier:
     from splitdnn.agent import runtime
 
     slice_runtime = runtime.load(
-        config.slices, config.slice, config.runtime, config.threads, devices=config.devices, coop=config.coop
+        config.slices,
+        config.slice,
+        config.runtime,
+        config.threads,
+        devices=config.devices,
+        coop=config.coop,
+        coop_devices=config.coop_devices,
     )
+    entry = slice_runtime.entry
+    name = config.tier or config.slice
+    metrics = AgentMetrics(config.si, name)
+    metrics.set_slice(config.slice, entry.cut, entry.model)
     devices = 1
     if isinstance(slice_runtime, runtime.CoopRuntime):
         devices = slice_runtime.devices
         plan, platform = slice_runtime.plan, slice_runtime.platform
         log.info(
-            "cooperative tier: %d device workers, %s plan on %d of them, blocks %s (F %.2f GFLOP/s, G %.2f Gbit/s "
+            "cooperative tier: %d devices (%s), %s plan on %d of them, blocks %s (F %.2f GFLOP/s, G %.2f Gbit/s "
             "measured; predicted %.2f ms)",
             config.devices,
+            ", ".join(slice_runtime.device_names),
             config.coop,
             plan.devices,
             plan.block_list,
@@ -400,10 +412,7 @@ def build_tier(config: AgentConfig) -> Tier:
             platform.bandwidth_bps / 1e9,
             plan.seconds * 1e3,
         )
-    entry = slice_runtime.entry
-    name = config.tier or config.slice
-    metrics = AgentMetrics(config.si, name)
-    metrics.set_slice(config.slice, entry.cut, entry.model)
+        metrics.set_coop_plan(config.coop, list(plan.blocks), plan.seconds)
     metrics.set_runtime(slice_runtime.name, slice_runtime.threads, devices)
     metrics.set_emulation(emulation_paths(config.tc_applied, config.link))
     emulator = LinkEmulator(config.link, seed=config.seed)
