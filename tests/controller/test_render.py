@@ -467,3 +467,73 @@ def test_max_model_bytes_goes_to_a_storage_uri_model_job_only(si, plan):
     builds = {name: render.build_command(s, None, "http://s", "2Gi") for name, s in (("builtin", si), ("own", own))}
     assert "--max-model-bytes" not in builds["builtin"]
     assert builds["own"][-2:] == ["--max-model-bytes", "2Gi"]
+
+
+def test_a_cooperative_tier_is_a_coordinator_and_a_group_of_device_pods_one_per_node():
+    from splitdnn.agent.command import flag_values
+    from splitdnn.controller import reconcile
+
+    coop = load_file("examples/coop-cnn14.yaml")[0]
+    coop.spec["splitPoints"] = ["conv2d", "flatten"]  # layers of SUMMARY
+    coop_plan = plan_mod.build_plan(coop, SUMMARY)
+    objs = render.render_all(coop, coop_plan, image="img:1")
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    device = names.index(("Deployment", "coop-cnn14-device"))
+    # the devices' Service and StatefulSet come before the coordinator that connects to them
+    assert names[device - 2 : device] == [
+        ("Service", "coop-cnn14-device-devices"),
+        ("StatefulSet", "coop-cnn14-device-devices"),
+    ]
+    assert sum(kind == "StatefulSet" for kind, _ in names) == 1  # edge and cloud are single devices
+    by = objs_by(objs)
+    sts, svc = by[("StatefulSet", "coop-cnn14-device-devices")], by[("Service", "coop-cnn14-device-devices")]
+    pod = sts["spec"]["template"]["spec"]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert (
+        svc["spec"]["selector"]
+        == sts["spec"]["selector"]["matchLabels"]
+        == {
+            render.LABEL_SI: "coop-cnn14",
+            render.LABEL_COOP_GROUP: "device",
+        }
+    )
+    # device pods are not the tier's agent: the tier Service must not select them
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    tier_selector = by[("Service", "coop-cnn14-device")]["spec"]["selector"]
+    assert not all(labels.get(k) == v for k, v in tier_selector.items())
+    (rule,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert rule == {"labelSelector": {"matchLabels": svc["spec"]["selector"]}, "topologyKey": "kubernetes.io/hostname"}
+    assert pod["nodeSelector"] == {"splitdnn.io/tier": "device"}
+    (container,) = pod["containers"]
+    assert container["command"][:4] == ["splitdnn", "coop-device", "--listen", "0.0.0.0:8600"]
+    key_ref = {"secretKeyRef": {"name": "coop-cnn14-coop", "key": "key"}}
+    assert {"name": "SPLITDNN_COOP_KEY", "valueFrom": key_ref} in container["env"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] and "initContainers" not in pod
+    # the coordinator: the tier's agent, with the devices' stable names and the same key
+    coordinator = by[("Deployment", "coop-cnn14-device")]["spec"]["template"]["spec"]["containers"][0]
+    addresses = [f"coop-cnn14-device-devices-{d}.coop-cnn14-device-devices:8600" for d in range(3)]
+    assert flag_values(coordinator["command"], ["--devices", "--coop-devices"]) == {
+        "--devices": "3",
+        "--coop-devices": ",".join(addresses),
+    }
+    assert {"name": "SPLITDNN_COOP_KEY", "valueFrom": key_ref} in coordinator["env"]
+    secret = render.coop_key_secret(coop)
+    assert secret is not None and secret["metadata"]["name"] == "coop-cnn14-coop" and "data" not in secret
+
+    # planner.coop off: one device computes the slice, no group, no key; the group left over is deleted
+    off = copy.deepcopy(coop)
+    off.spec["planner"]["coop"] = "off"
+    off_objs = render.render_all(off, plan_mod.build_plan(off, SUMMARY), image="img:1")
+    assert not any(o["kind"] == "StatefulSet" for o in off_objs) and render.coop_key_secret(off) is None
+    existing = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    rolling = copy.deepcopy(by[("Deployment", "coop-cnn14-device")])
+    rolling["metadata"]["generation"] = 2
+    rolling["status"] = {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1}  # the old coordinator is left
+    rolled = copy.deepcopy(rolling)
+    rolled["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    assert reconcile.stale_coop_groups(existing, off_objs, {"coop-cnn14-device": rolling}) == {}
+    assert reconcile.stale_coop_groups(existing, off_objs, {"coop-cnn14-device": rolled}) == {
+        "device": [("Service", "coop-cnn14-device-devices"), ("StatefulSet", "coop-cnn14-device-devices")]
+    }
+    assert reconcile.stale_coop_groups(existing, objs, {"coop-cnn14-device": rolled}) == {}

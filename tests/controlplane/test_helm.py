@@ -111,9 +111,12 @@ def test_render_defaults():
     rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "splitdnn")["rules"]
     verbs = {v for r in rules for v in r["verbs"]}
     assert "*" not in verbs
-    # the only deletions: an earlier split's Services, a failed model Job (everything else goes with its owner)
-    assert [r["resources"] for r in rules if "delete" in r["verbs"]] == [["services"], ["jobs"]]
-    assert not any("secrets" in r["resources"] or "*" in r["resources"] for r in rules)
+    # the only deletions: the device group of a tier that stopped being cooperative, an earlier split's Services, a
+    # failed model Job (everything else goes with its owner)
+    assert [r["resources"] for r in rules if "delete" in r["verbs"]] == [["statefulsets"], ["services"], ["jobs"]]
+    # Secrets: only created (a cooperative group's key), never read, listed or changed
+    assert [r["verbs"] for r in rules if "secrets" in r["resources"]] == [["create"]]
+    assert not any("*" in r["resources"] for r in rules)
 
 
 def test_render_values():

@@ -8,7 +8,9 @@
    `kubectl apply -f examples/cnn14.yaml`: tier pods Running on their nodes, the fetch-slice and netem init containers
    ran (the netem one probes the node's kernel: with sch_netem tc delays the link, without it the agent emulates
    the delay in-process, and the metric names the path the probe implies), frames flow and
-   splitdnn_frames_total grows; deleting the SplitInference removes everything it made.
+   splitdnn_frames_total grows; deleting the SplitInference removes everything it made;
+4. a cooperative device tier (examples/coop-cnn14.yaml on any node): three device pods on three nodes, frames
+   through the group, the group deleted when planner.coop goes off.
 """
 
 from __future__ import annotations
@@ -565,6 +567,72 @@ def a_broken_edit_keeps_the_previous_split_serving(cluster) -> None:
     print(f"broken edit: {st['message']}; Deployments untouched {before}; reverted: Running")
 
 
+def a_cooperative_tier_over_three_nodes(cluster) -> None:
+    """examples/coop-cnn14.yaml with its device tier on any node: three device pods (a StatefulSet) on three nodes,
+    the tier's agent coordinating them over the cluster network with the Secret's key; frames complete. Prints the
+    stage time measured beside the MLS prediction. Then planner.coop off: the group is deleted; deleting the
+    SplitInference removes the rest (the Secret too)."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "examples" / "coop-cnn14.yaml").read_text())
+    name = doc["metadata"]["name"]
+    doc["spec"]["tiers"][0]["nodeSelector"] = {}  # any worker: one device pod per node
+    doc["spec"]["workload"]["frames"] = 0  # endless: frames flow while we look
+    group = f"{name}-device-devices"
+    started = time.monotonic()
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    try:
+        tiers_available(cluster, name, tiers=TIERS)
+        took = time.monotonic() - started
+        devices = kubectl_json(
+            cluster, "get", "pods", "-l", f"splitdnn.io/coop-group=device,splitdnn.io/splitinference={name}"
+        )
+        nodes = sorted(p["spec"]["nodeName"] for p in devices["items"])
+        assert len(nodes) == 3 == len(set(nodes)), nodes  # one device per node (required anti-affinity)
+        (coordinator,) = serving_pods(cluster, name, "device")
+        log = cluster.kubectl("logs", coordinator["metadata"]["name"], "-c", "agent")
+        said = re.search(r"cooperative tier: 3 devices \(([^)]*)\)", log)
+        assert said and all(f"{group}-{d} " in said.group(1) for d in range(3)), log[-3000:]
+        secret = kubectl_json(cluster, "get", "secret", f"{name}-coop")
+        assert [o["kind"] for o in secret["metadata"]["ownerReferences"]] == ["SplitInference"]
+
+        pod = coordinator["metadata"]["name"]
+
+        def stage() -> tuple[float, float] | None:
+            text = metrics_of(cluster, pod)
+            count = metric_sum(text, "splitdnn_stage_compute_seconds_count")
+            if metric_sum(text, "splitdnn_frames_total", outcome="completed") < 5 or count < 5:
+                return None
+            return metric_sum(text, "splitdnn_stage_compute_seconds_sum") / count, text
+
+        mean, text = wait_for("5 frames completed through the group", stage, timeout=300)
+        predicted = metric_sum(text, "splitdnn_coop_predicted_seconds")
+        failed = metric_sum(text, "splitdnn_frames_total", outcome="failed")
+        plan = re.search(r'splitdnn_coop_predicted_seconds\{[^}]*blocks="([^"]*)"', text)
+        print(
+            f"cooperative device tier on nodes {nodes}: all tiers Available {took:.1f} s after apply; MLS blocks "
+            f"{plan.group(1) if plan else '?'}, predicted {predicted * 1e3:.1f} ms, measured stage mean "
+            f"{mean * 1e3:.1f} ms ({mean / predicted:.2f}x); frames failed {failed:.0f}"
+        )
+        assert predicted > 0 and failed == 0
+
+        doc["spec"]["planner"]["coop"] = "off"
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+        wait_for(
+            "the device group to be deleted (planner.coop off)",
+            lambda: not cluster.kubectl("get", "statefulsets,services", "-o", "name", "--ignore-not-found", "-l",
+                                        f"splitdnn.io/coop-group=device,splitdnn.io/splitinference={name}").split(),
+            timeout=180,
+        )  # fmt: skip
+    finally:
+        cluster.kubectl("delete", "si", name, "--ignore-not-found", "--timeout=180s")
+    wait_for(
+        "the group's Secret to go with its SplitInference",
+        lambda: not cluster.kubectl("get", "secret", f"{name}-coop", "-o", "name", "--ignore-not-found").strip(),
+        timeout=120,
+    )
+
+
 def test_splitinference_end_to_end(kind_cluster, tmp_path):
     missing = missing_pieces()
     if missing:
@@ -669,6 +737,9 @@ def test_splitinference_end_to_end(kind_cluster, tmp_path):
                 return not left or None
 
             wait_for("every object of the SplitInference to be deleted", gone, timeout=180)
+
+        with timed("a cooperative device tier: three device pods on three nodes"):
+            a_cooperative_tier_over_three_nodes(kind_cluster)
 
         with timed("a user's own model from an HTTP pod and from a PVC -> tiers Available"):
             a_users_own_model_from_an_http_pod_and_a_pvc(kind_cluster, tmp_path)

@@ -77,6 +77,14 @@ app.kubernetes.io/component: {{ .component }}
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# a cooperative tier's device pods (deleted when the tier stops being cooperative)
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch, create, patch, delete]
+# the cooperative group's key: created once, never read back
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +126,12 @@ class Operator:
             from kubernetes.client.exceptions import ApiException
 
             kopf.adopt(out.apply, owner=body)
+            if d.si is not None and (key_secret := render.coop_key_secret(d.si)) is not None:
+                # the group key of cooperative tiers: made once, before the pods that read it
+                kopf.adopt(key_secret, owner=body)
+                key_secret["stringData"] = {render.COOP_KEY: secrets.token_urlsafe(32)}
+                if k.create_secret(d.namespace, key_secret):
+                    logger.info("created the cooperative group key Secret %s", key_secret["metadata"]["name"])
             first_tier = next((i for i, o in enumerate(out.apply) if o["kind"] == "Deployment"), None)
             try:
                 for i, obj in enumerate(out.apply):
@@ -145,6 +152,13 @@ class Operator:
                 assert out.plan is not None
                 self.retire_splits(body, existing, out.plan["splitId"], logger)
                 deployments = {n: o for (kind, n), o in k.children(d.namespace, d.name).items() if kind == "Deployment"}
+                # a tier no longer cooperative: its devices go once no pod of its old coordinator is left (a later
+                # pass deletes them when the roll is still on now)
+                for tier, stale in core.stale_coop_groups(existing, out.apply, deployments).items():
+                    if k.count_pods(d.namespace, f"{render.LABEL_SI}={d.name},{render.LABEL_TIER}={tier}") <= 1:
+                        for kind, name in stale:
+                            k.delete(kind, d.namespace, name)
+                            logger.info("deleted %s/%s: tier %s is no longer cooperative", kind, name, tier)
                 out = core.settle(d, out, deployments, k.slicer_reports(d.namespace, d.name))
         if any(e.reason == status_mod.EventReason.INVALID_SPEC for e in out.events):
             logger.warning("invalid spec: %s", (out.status or {}).get("message"))

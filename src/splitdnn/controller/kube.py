@@ -72,7 +72,7 @@ class Kube:
         """Server-side apply (application/apply-patch+yaml, force, our field manager) through the dynamic
         client, whose server_side_apply is the same in every kubernetes client generation (the typed patch
         methods and ApiClient.call_api changed between 35 and 37)."""
-        if obj["kind"] not in ("Deployment", "Service", "ConfigMap"):
+        if obj["kind"] not in ("Deployment", "StatefulSet", "Service", "ConfigMap"):
             raise ValueError(f"cannot apply kind {obj['kind']}")
         resource = self._resource(obj["apiVersion"], obj["kind"])
         body = yaml_safe_json(obj)
@@ -107,6 +107,11 @@ class Kube:
         core, _ = self._apis()
         return bool(core.list_namespaced_pod(namespace, label_selector=selector, limit=1).items)
 
+    def count_pods(self, namespace: str, selector: str) -> int:
+        """Pods (terminating ones too) matching the label selector."""
+        core, _ = self._apis()
+        return len(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
     def get_job(self, namespace: str, name: str) -> dict | None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -129,6 +134,20 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    def create_secret(self, namespace: str, obj: dict) -> bool:
+        """Create a Secret unless one of its name exists (never read or replaced: the operator needs only the right
+        to create Secrets). Returns whether it created it."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.CoreV1Api(self.api).create_namespaced_secret(namespace, obj)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and its pods; already gone is fine."""
@@ -175,6 +194,17 @@ class Kube:
                 found[key] = state
         return found
 
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete a child (StatefulSet or Service); already gone is fine."""
+        from kubernetes.client.exceptions import ApiException
+
+        api_version = {"StatefulSet": "apps/v1", "Service": "v1"}[kind]
+        try:
+            self.dynamic.delete(self._resource(api_version, kind), name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def delete_service(self, namespace: str, name: str) -> None:
         """Delete a Service; already gone is fine."""
         from kubernetes.client.exceptions import ApiException
@@ -220,6 +250,7 @@ class Kube:
         found = {}
         for kind, lister in (
             ("Deployment", apps.list_namespaced_deployment),
+            ("StatefulSet", apps.list_namespaced_stateful_set),
             ("Service", core.list_namespaced_service),
             ("ConfigMap", core.list_namespaced_config_map),
         ):

@@ -292,6 +292,22 @@ def old_splits(existing: dict, current: str) -> dict[str, list[str]]:
     return {split: sorted(names) for split, names in sorted(old.items())}
 
 
+def stale_coop_groups(existing: dict, applied: list[dict], deployments: dict) -> dict[str, list[tuple[str, str]]]:
+    """{tier: [(kind, name)]} of the device StatefulSets and their Services that exist but were not rendered this
+    pass (the tier's devices went to 1, or planner.coop to off), for tiers whose Deployment (`deployments`: name →
+    object as read after the apply) has rolled out: the old coordinator still uses its devices until then."""
+    rendered = {(o["kind"], o["metadata"]["name"]) for o in applied}
+    stale: dict[str, list[tuple[str, str]]] = {}
+    for key, o in sorted(existing.items()):
+        tier = (o["metadata"].get("labels") or {}).get(render.LABEL_COOP_GROUP)
+        if key[0] not in ("StatefulSet", "Service") or tier is None or key in rendered:
+            continue
+        si_name = o["metadata"]["labels"].get(render.LABEL_SI, "")
+        if status_mod.deployment_ready(deployments.get(render.object_name(si_name, tier)))["updated"]:
+            stale.setdefault(tier, []).append(key)
+    return stale
+
+
 def retired_event(split: str, names: list[str]) -> Event:
     return Event(EventReason.SPLIT_RETIRED, f"split {split} has no pods left: deleted {', '.join(names)}")
 

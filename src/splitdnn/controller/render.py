@@ -13,7 +13,11 @@ No I/O and no Kubernetes client here, so every rule of the pod contract is unit-
 - init container `slicer`: `splitdnn slice MODEL --at L1,L2 --out /models` into the `models` emptyDir;
 - init container `netem`: `splitdnn netem apply --dev eth0 ... --report /run/splitdnn/netem.json`, the only
   container with an added capability (NET_ADMIN);
-- container `agent`: non-root, read-only root filesystem, probes, the tier's resources.
+- container `agent`: non-root, read-only root filesystem, probes, the tier's resources;
+- a cooperative tier (`devices` > 1, `planner.coop` not off): its agent is the group's coordinator, and a
+  StatefulSet `<si>-<tier>-devices` of `devices` pods (`splitdnn coop-device`, no slice of their own) behind a
+  headless Service of that name, one pod per node (required pod anti-affinity on the tier's nodes); coordinator
+  and devices share the key of the Secret `<si>-coop` (the operator creates it once, see `coop_key_secret`).
 
 Owner references are not set here: the operator adopts the objects (kopf.adopt) just before applying them.
 """
@@ -30,6 +34,7 @@ from typing import Any
 
 from splitdnn import __version__
 from splitdnn.agent.command import LINK_KEYS, agent_argv
+from splitdnn.coop_run import COOP_PORT, KEY_ENV
 from splitdnn.spec import Netem, SplitInference
 from splitdnn.storage import KSERVE_ANNOTATIONS, SECRET_KEYS
 from splitdnn.units import parse_duration
@@ -47,6 +52,8 @@ MANAGER = "splitdnn-operator"
 LABEL_SI = "splitdnn.io/splitinference"
 LABEL_TIER = "splitdnn.io/tier"
 LABEL_SPLIT = "splitdnn.io/split"
+LABEL_COOP_GROUP = "splitdnn.io/coop-group"  # a cooperative tier's device pods (not its agent: no LABEL_TIER)
+COOP_KEY = "key"  # the data key of the Secret <si>-coop
 SLICER = "fetch-slice"  # the init container that fetches the tier's slice from the artifact store (no TensorFlow)
 SLICER_REPORT = "/dev/termination-log"  # its `--report`: the pod's status carries it to the operator
 BUILDER = "build"  # the model Job's container (`splitdnn artifacts build`: TensorFlow, once per model and split)
@@ -335,7 +342,129 @@ def agent_command(si: SplitInference, index: int, split: str) -> list[str]:
         netem_report=NETEM_REPORT,  # the agent emulates in-process only what tc could not apply
         drain=(drain_quiet_seconds(si), DRAIN_TIMEOUT_SECONDS),
         coop=spec.planner.coop,
+        extra=["--coop-devices", ",".join(coop_device_addresses(si, index))] if cooperative(si, index) else (),
     )
+
+
+def cooperative(si: SplitInference, index: int) -> bool:
+    """Tier `index` is computed by a group of device pods."""
+    return si.typed.tiers[index].devices > 1 and si.typed.planner.coop != "off"
+
+
+def coop_group_name(si_name: str, tier: str) -> str:
+    """The StatefulSet and the headless Service of a cooperative tier's devices."""
+    return f"{si_name}-{tier}-devices"
+
+
+def coop_secret_name(si_name: str) -> str:
+    return f"{si_name}-coop"
+
+
+def coop_device_addresses(si: SplitInference, index: int) -> list[str]:
+    """The device pods' stable names (StatefulSet pod DNS through the headless Service), in device order."""
+    tier = si.typed.tiers[index]
+    group = coop_group_name(si.name, tier.name)
+    return [f"{group}-{d}.{group}:{COOP_PORT}" for d in range(tier.devices)]
+
+
+def coop_key_env(si_name: str) -> dict:
+    return {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": coop_secret_name(si_name), "key": COOP_KEY}}}
+
+
+def coop_key_secret(si: SplitInference) -> dict | None:
+    """The Secret holding a cooperative SplitInference's group key, without its data: the operator creates it
+    once with a random key (never applied again, so the key stays what the running pods hold); None when no tier
+    is cooperative."""
+    if not any(cooperative(si, i) for i in range(len(si.tiers))):
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": coop_secret_name(si.name), "namespace": si.namespace, "labels": common_labels(si.name)},
+        "type": "Opaque",
+    }
+
+
+def coop_group_labels(si_name: str, tier: str) -> dict:
+    return {LABEL_SI: si_name, LABEL_COOP_GROUP: tier}
+
+
+def render_coop_service(si: SplitInference, index: int) -> dict:
+    """The headless Service giving each device pod its stable name; names resolve before the pods are Ready
+    (the coordinator waits for them itself)."""
+    tname = si.tiers[index]["name"]
+    name = coop_group_name(si.name, tname)
+    labels = {**common_labels(si.name), LABEL_COMPONENT: name, LABEL_COOP_GROUP: tname}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": si.namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": coop_group_labels(si.name, tname),
+            "ports": [{"name": "coop", "port": COOP_PORT, "targetPort": "coop", "protocol": "TCP"}],
+        },
+    }
+
+
+def render_coop_statefulset(si: SplitInference, index: int, image: str) -> dict:
+    """A cooperative tier's `devices` device pods, one per node of the tier (required anti-affinity: the plan
+    counts them as separate devices, so two on one node would be a wrong plan; with fewer nodes than devices the
+    rest stay Pending and the tier never becomes Ready, which its status shows)."""
+    tier = si.tiers[index]
+    typed = si.typed.tiers[index]
+    name = coop_group_name(si.name, typed.name)
+    group = coop_group_labels(si.name, typed.name)
+    labels = {**common_labels(si.name), LABEL_COMPONENT: name, LABEL_COOP_GROUP: typed.name}
+    command = ["splitdnn", "coop-device", "--listen", f"0.0.0.0:{COOP_PORT}", "--threads", str(typed.threads or 1)]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": si.namespace, "labels": labels},
+        "spec": {
+            "replicas": typed.devices,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",  # devices are peers: start them together
+            "selector": {"matchLabels": group},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": dict(tier.get("nodeSelector") or {}),
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {"labelSelector": {"matchLabels": group}, "topologyKey": "kubernetes.io/hostname"}
+                            ]
+                        }
+                    },
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [
+                        {
+                            "name": "device",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": command,
+                            "env": [
+                                {"name": "HOME", "value": "/tmp"},
+                                {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
+                                coop_key_env(si.name),
+                            ],
+                            "ports": [{"name": "coop", "containerPort": COOP_PORT, "protocol": "TCP"}],
+                            "readinessProbe": {"tcpSocket": {"port": COOP_PORT}, "periodSeconds": 2},
+                            "resources": copy.deepcopy(tier.get("resources") or {}),
+                            "securityContext": _restricted(),
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
 
 
 def drain_quiet_seconds(si: SplitInference) -> float:
@@ -399,6 +528,8 @@ def render_deployment(si: SplitInference, plan: dict, index: int, image: str, st
         "prometheus.io/port": str(METRICS_PORT),
         "prometheus.io/path": "/metrics",
     }
+    if cooperative(si, index):
+        env.append(coop_key_env(si.name))
     container_defaults = {"image": image, "imagePullPolicy": "IfNotPresent", "env": env}
     return {
         "apiVersion": "apps/v1",
@@ -552,8 +683,8 @@ def render_configmap(si: SplitInference, plan: dict) -> dict:
 
 
 def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list[dict]:
-    """Every child object, in apply order: the plan first (pods mount it), then per tier its Services and its
-    Deployment."""
+    """Every child object, in apply order: the plan first (pods mount it), then per tier its Services, a
+    cooperative tier's devices and its Deployment."""
     image = image or agent_image()
     store = artifacts_url()
     split = plan["splitId"]
@@ -562,5 +693,7 @@ def render_all(si: SplitInference, plan: dict, image: str | None = None) -> list
         objs.append(render_service(si, i))
         if i > 0:
             objs.append(render_split_service(si, i, split))
+        if cooperative(si, i):
+            objs += [render_coop_service(si, i), render_coop_statefulset(si, i, image)]
         objs.append(render_deployment(si, plan, i, image, store))
     return objs
