@@ -74,6 +74,47 @@ def test_known_fixed_cost_and_scale_are_recovered_over_several_splits():
     assert got.compute == pytest.approx(served(unseen))
 
 
+def test_a_chunked_output_is_fitted_apart_from_the_compute():
+    # the device sends in chunks of <= 3000 bytes: ending after b0 (5000 bytes) or b1 (4000) takes 2 messages, after
+    # b2 or b3 one; each extra message costs its stage SEND more (the stream runs beside the next frame's compute)
+    p = problem()
+    p.links[("device", "edge")].max_message_bytes = 3000
+    send = 0.007
+
+    def measured(split):
+        out = served(split)
+        out["device"] += send if split[0] <= 2 else 0.0
+        return out
+
+    cal = Calibration()
+    device_splits = [(1, 3, 5), (2, 4, 5), (3, 4, 5), (4, 5, 5)]
+    for k, split in enumerate(device_splits):
+        cal.observe(p, split, measured(split), now=float(k))
+    fit = cal.fit(p)
+    assert fit["tiers"]["device"].slope == pytest.approx(2.5) and fit["tiers"]["device"].intercept == pytest.approx(
+        0.012
+    )
+    assert fit["send"]["device"] == pytest.approx(send)
+    assert cal.to_status(p)["tiers"]["device"]["sendSeconds"] == pytest.approx(send)
+    for split in device_splits:
+        assert evaluate_plan(cal.apply(p, split), split).compute["device"] == pytest.approx(measured(split)["device"])
+    # without the chunking known, one line cannot explain it: the smallest slices measure slower than larger ones
+    plain, base = Calibration(), problem()
+    for k, split in enumerate(device_splits):
+        plain.observe(base, split, measured(split), now=float(k))
+    errors = [
+        abs(evaluate_plan(plain.apply(base, s), s).compute["device"] / measured(s)["device"] - 1) for s in device_splits
+    ]
+    assert max(errors) > 0.05, errors  # 6.5 % off where the fit with the send term is exact
+
+
+def test_points_falling_with_the_compute_keep_the_profiled_slope():
+    # noise larger than the slices' differences: a least-squares slope < 0 would price every slice the same
+    f = fit_line([(0.004, 0.020), (0.008, 0.016)], prior_slope=1.0)
+    assert (f.slope, f.method, f.points) == (1.0, "intercept only", 2)
+    assert f.intercept == pytest.approx(0.018 - 0.006)
+
+
 def test_one_split_keeps_the_profiled_compute_and_fits_the_fixed_cost():
     p, cal = problem(), Calibration()
     split = SPLITS[0]
@@ -110,7 +151,8 @@ def test_link_fit_and_status_round_trip():
     new = cal.apply(p, (1, 3, 5))
     link = new.links[("device", "edge")]
     assert link.latency == pytest.approx(rtt / 2)
-    assert link.bandwidth == pytest.approx(2e5) and link.message_seconds == pytest.approx(0.0005)
+    assert link.bandwidth == pytest.approx(2e5) and link.hop_seconds == pytest.approx(0.0005)
+    assert link.message_seconds == 0.0  # the fit's fixed cost is per transfer, whatever its chunks
     # the network changes (a throttle): the newest window of a size replaces the older one at once
     cal.observe(p, (1, 3, 5), {}, 2.0, {"device": rtt}, {"device": 1e4}, {"device": rtt + 20000 / 1e4},
                 {"device": 20000.0})  # fmt: skip

@@ -52,11 +52,29 @@ def test_an_unused_tier_pays_no_call_cost_and_the_call_cost_moves_the_optimum():
     assert best.assignment["edge"] is None
 
 
+def test_a_chunked_output_costs_its_sender_per_extra_message():
+    # send_seconds: the device's 5000-byte output goes in 3 chunks of <= 2000 (its link's max): 2 extra messages
+    p = Problem.from_json(dict(DOC, send_seconds={"device": 0.003, "edge": 0.5}))
+    got = evaluate_plan(p, [1, 2, 3])
+    # the edge's 2500 bytes go in one message (its link has no chunking): no send cost; the cloud sends nothing on
+    stages = {"device": 0.004 + 0.010 + 2 * 0.003, "edge": 0.002 + 0.010, "cloud": 0.001 + 0.003}
+    assert got.compute == pytest.approx(stages)
+    # ending the device's slice after b (2500 bytes: 2 chunks) costs one extra message
+    assert evaluate_plan(p, [2, 2, 3]).compute["device"] == pytest.approx(0.004 + 0.030 + 0.003)
+    # the planner prices it: with a large send cost the device stops where its output fits one message
+    heavy = Problem.from_json(dict(DOC, send_seconds={"device": 1.0}))
+    for objective in ("latency", "throughput"):
+        best = plan(heavy, objective=objective)[0]
+        assert best.assignment["device"] in (None, ("a", "c")), best.assignment
+
+
 def test_json_round_trip_keeps_the_new_terms():
-    p = Problem.from_json(DOC)
+    doc = dict(DOC, send_seconds={"device": 0.003})
+    doc["links"] = [dict(DOC["links"][0], hop_seconds=0.002), *DOC["links"][1:]]
+    p = Problem.from_json(doc)
     again = Problem.from_json(p.to_json())
-    assert again.call_seconds == p.call_seconds
-    assert again.links == p.links
+    assert again.call_seconds == p.call_seconds and again.send_seconds == {"device": 0.003}
+    assert again.links == p.links and again.links[("device", "edge")].hop_seconds == 0.002
 
 
 def test_bad_call_seconds_name_the_field():
@@ -64,3 +82,5 @@ def test_bad_call_seconds_name_the_field():
         Problem.from_json(dict(DOC, call_seconds={"fog": 0.1}))
     with pytest.raises(ProblemError, match="call_seconds"):
         Problem.from_json(dict(DOC, call_seconds={"edge": -1}))
+    with pytest.raises(ProblemError, match="send_seconds: unknown tier"):
+        Problem.from_json(dict(DOC, send_seconds={"fog": 0.1}))

@@ -9,7 +9,8 @@ link's round trip is ``message + bytes / bandwidth``; latency = RTT / 2.
 Both are a line through observed points, one point per split (slice range, or tensor size) observed:
 
 * two or more distinct x: least squares (numpy.linalg.lstsq); a negative intercept refits through the origin, a
-  negative slope keeps the mean as a pure fixed cost;
+  negative slope is treated as one x (below) at the points' means: a zero slope would price every unmeasured
+  slice, however large, like the measured ones;
 * one x (a single split observed so far): the slope stays what the base problem says (scale 1: the profiled
   compute; the link's bandwidth as measured by its gauge or given by the spec) and only the intercept is fitted;
   if that intercept would be negative (the base overestimates), intercept 0 and slope = y / x instead — except
@@ -28,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .problem import Problem
+from .problem import Problem, extra_messages
 
 MAX_POINTS = 20  # observations kept per tier / link (the most recent distinct splits)
 AVERAGE_OVER = 5  # a split measured again: running mean over its last ~5 windows (a network or load change shows)
@@ -39,7 +40,7 @@ class LineFit:
     intercept: float
     slope: float
     points: int  # distinct x observed
-    method: str  # "least squares", "least squares through 0", "mean", "intercept only", "slope only", "none"
+    method: str  # "least squares", "least squares through 0", "intercept only", "slope only", "none"
 
 
 def fit_line(points: Sequence[tuple[float, float]], prior_slope: float, trust_prior: bool = False) -> LineFit:
@@ -58,14 +59,15 @@ def fit_line(points: Sequence[tuple[float, float]], prior_slope: float, trust_pr
         (slope, intercept), *_ = np.linalg.lstsq(np.vstack([xs, np.ones_like(xs)]).T, ys, rcond=None)
         if intercept < 0:
             return LineFit(0.0, max(0.0, float(xs @ ys / (xs @ xs))), distinct, "least squares through 0")
-        if slope < 0:
-            return LineFit(float(ys.mean()), 0.0, distinct, "mean")
-        return LineFit(float(intercept), float(slope), distinct, "least squares")
+        if slope >= 0:
+            return LineFit(float(intercept), float(slope), distinct, "least squares")
+    # one x, or points that fall as the compute grows (noise larger than the compute's differences): a slope of
+    # 0 would make every slice as cheap as the ones measured, so the prior slope stays and the mean moves the line
     x, y = float(xs.mean()), float(ys.mean())
     intercept = y - prior_slope * x
     if intercept >= 0 or x <= 0 or trust_prior:
-        return LineFit(max(0.0, intercept), prior_slope, 1, "intercept only")
-    return LineFit(0.0, y / x, 1, "slope only")
+        return LineFit(max(0.0, intercept), prior_slope, distinct, "intercept only")
+    return LineFit(0.0, y / x, distinct, "slope only")
 
 
 @dataclass
@@ -159,21 +161,32 @@ class Calibration:
         (intercept = per-message s, slope = s per byte)}} under the base `problem`."""
         names = [b.name for b in problem.blocks]
         tiers: dict[str, LineFit] = {}
+        send: dict[str, float] = {}
         for t in problem.tiers:
-            pts = []
+            # (predicted compute, seconds, extra messages): outputs in one message, and chunked ones
+            pts: list[tuple[float, float, int]] = []
+            streamed: list[tuple[float, float, int]] = []
             for p in self.stages:
                 if p.tier == t and p.first in names and p.last in names:
                     i, j = names.index(p.first), names.index(p.last) + 1
-                    pts.append((sum(b.time[t] for b in problem.blocks[i:j]), p.seconds))
+                    x = sum(b.time[t] for b in problem.blocks[i:j])
+                    extra = extra_messages(problem, t, j)
+                    (streamed if extra else pts).append((x, p.seconds, extra))
             if pts:
-                tiers[t] = fit_line(pts, 1.0)
+                tiers[t] = fit_line([(x, y) for x, y, _ in pts], 1.0)
+                if streamed:  # what the line leaves unexplained, per extra message (least squares through 0)
+                    f = tiers[t]
+                    r = [(y - f.intercept - f.slope * x, e) for x, y, e in streamed]
+                    send[t] = max(0.0, sum(a * e for a, e in r) / sum(e * e for _, e in r))
+            elif streamed:  # every split seen sends in chunks: nothing tells the chunks from the compute apart
+                tiers[t] = fit_line([(x, y) for x, y, _ in streamed], 1.0)
         links: dict[str, LineFit] = {}
         for t in problem.tiers:
-            pts = [(p.bytes, p.seconds) for p in self.links if p.tier == t]
-            if pts:
+            sizes = [(p.bytes, p.seconds) for p in self.links if p.tier == t]
+            if sizes:
                 base = self.bandwidth.get(t) or next((l.bandwidth for (a, _), l in problem.links.items() if a == t), 0)
-                links[t] = fit_line(pts, 1.0 / base if base else 0.0, trust_prior=t in self.bandwidth)
-        return {"tiers": tiers, "links": links}
+                links[t] = fit_line(sizes, 1.0 / base if base else 0.0, trust_prior=t in self.bandwidth)
+        return {"tiers": tiers, "links": links, "send": send}
 
     def apply(self, problem: Problem, split: Sequence[int] | None = None) -> Problem:
         """A copy of `problem` under the fit: block times × scale and call_seconds = the fitted fixed cost per tier;
@@ -186,6 +199,8 @@ class Calibration:
             for b in new.blocks:
                 b.time[t] *= f.slope
             new.call_seconds[t] = f.intercept
+        for t, v in fit["send"].items():
+            new.send_seconds[t] = v
         nxt = _next_used(new, split)
         for t in set(self.rtt) | set(fit["links"]) | set(self.bandwidth):
             link = new.links.get((t, nxt[t])) if t in nxt else None
@@ -196,8 +211,8 @@ class Calibration:
             lf = fit["links"].get(t)
             if lf is not None and lf.slope > 0:
                 link.bandwidth = 1.0 / lf.slope
-                link.message_seconds = lf.intercept
-                link.max_message_bytes = 0
+                link.message_seconds = 0.0
+                link.hop_seconds = lf.intercept  # per transfer, whatever its chunks
             elif t in self.bandwidth:
                 link.bandwidth = self.bandwidth[t]
         return new
@@ -217,6 +232,7 @@ class Calibration:
                     "computeScale": round(f.slope, 4),
                     "splits": f.points,
                     "method": f.method,
+                    **({"sendSeconds": r(fit["send"][t])} if t in fit["send"] else {}),
                 }
                 for t, f in fit["tiers"].items()
             },

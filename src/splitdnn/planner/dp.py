@@ -319,7 +319,9 @@ def label_search(cp: Compiled, objective: str, top: int, bound: int | None = Non
 
     lat_F, lat_G = _suffix_bounds(cp, lambda t, b: cp.ct[t][b], hopc, lambda t: cp.call[t])
     g_bounds = []
-    for ts, p, q in shares:
+    # the share bounds leave out send costs (≥ 0), which lower a share resource on the tiers it is not about: with
+    # send costs they are no bounds, so nothing is pruned by them (the final check below still applies)
+    for ts, p, q in [] if any(cp.send) else shares:
         g_bounds.append(
             _suffix_bounds(
                 cp,
@@ -447,6 +449,10 @@ class DPStrategy:
     name = "dp"
 
     def solve(self, cp: Compiled, objective: str, top: int) -> list[tuple]:
+        if any(cp.send):
+            # a range's cost then depends on where it ends beyond the prefix sums: the windows and shifted labels
+            # above assume it does not; the label search prices each range itself (small problems: calibrated ones)
+            return label_search(cp, objective, top)
         if cp.shares:
             return share_search(cp, objective, top)
         if objective == "throughput":

@@ -26,9 +26,9 @@ INF = 1 << 61  # "unreachable"; real costs stay far below (2**61 ticks is ~27 da
 
 
 def supports(cp: Compiled) -> bool:
-    """Whether this path models the problem: it charges no per-tier call cost and no per-message cost yet (the
+    """Whether this path models the problem: it charges no per-tier call or send cost and no per-message cost yet (the
     served-stage terms of a calibrated problem); the heap DP answers those."""
-    return not any(cp.call) and not any(cp.transfer(a, b, 0) for a, b in cp.link)
+    return not any(cp.call) and not any(cp.send) and not any(cp.transfer(a, b, 0) for a, b in cp.link)
 
 
 def _windows(cp: Compiled, t: int, cap: int | None) -> np.ndarray:

@@ -51,6 +51,7 @@ class Link:
     bandwidth: float  # bytes per second
     message_seconds: float = 0.0  # fixed cost of one message (serialisation at both ends, the gRPC call)
     max_message_bytes: int = 0  # a tensor is sent in messages (chunks) of at most this size; 0 = one message
+    hop_seconds: float = 0.0  # fixed cost of one hop whatever its messages (what a calibrated link fit measures)
 
     def messages(self, nbytes: int) -> int:
         """Messages a hop of `nbytes` takes: one, or one per chunk of at most `max_message_bytes`."""
@@ -97,6 +98,10 @@ class Problem:
     # fixed cost of one call of a tier's runtime, paid once per frame by every tier that runs blocks (the served
     # stage time is call_seconds + the sum of its blocks' times); tiers not named pay nothing
     call_seconds: dict[str, float] = field(default_factory=dict)
+    # stage time a tier pays per extra message of its output: a tensor over the tier's max_message_bytes goes on a
+    # stream in m > 1 chunks, whose sending runs in the tier's process beside the next frame's compute (and is
+    # slowed like it); a range ending at boundary j < n costs send_seconds × (messages − 1) more. Tiers not named: 0
+    send_seconds: dict[str, float] = field(default_factory=dict)
 
     # ---- JSON ------------------------------------------------------------------------------------------------
     @classmethod
@@ -135,16 +140,24 @@ class Problem:
                     "bandwidth": l.bandwidth,
                     **({"message_seconds": l.message_seconds} if l.message_seconds else {}),
                     **({"max_message_bytes": l.max_message_bytes} if l.max_message_bytes else {}),
+                    **({"hop_seconds": l.hop_seconds} if l.hop_seconds else {}),
                 }
                 for (a, b), l in self.links.items()
             ],
             **({"call_seconds": dict(self.call_seconds)} if self.call_seconds else {}),
+            **({"send_seconds": dict(self.send_seconds)} if self.send_seconds else {}),
             "constraints": self.constraints.to_json(),
         }
 
     def with_constraints(self, constraints: Constraints) -> Problem:
         return Problem(
-            self.tiers, self.blocks, self.input_bytes, self.links, constraints, call_seconds=dict(self.call_seconds)
+            self.tiers,
+            self.blocks,
+            self.input_bytes,
+            self.links,
+            constraints,
+            call_seconds=dict(self.call_seconds),
+            send_seconds=dict(self.send_seconds),
         )
 
     def compile(self) -> Compiled:
@@ -199,6 +212,11 @@ SCHEMA: dict[str, Any] = {  # "x-message": what to say when this node fails (the
             "additionalProperties": _NUMBER,
             "x-message": "'call_seconds' must map tier -> seconds (the fixed cost of one call of its runtime)",
         },
+        "send_seconds": {
+            "type": "object",
+            "additionalProperties": _NUMBER,
+            "x-message": "'send_seconds' must map tier -> seconds (stage time per extra message of its output)",
+        },
         "model": {},
         "notes": {},
         "blocks": {
@@ -242,6 +260,7 @@ SCHEMA: dict[str, Any] = {  # "x-message": what to say when this node fails (the
                     "bandwidth": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]},
                     "message_seconds": {"anyOf": [_NUMBER, {"type": "string"}]},
                     "max_message_bytes": {"type": "integer", "minimum": 0},
+                    "hop_seconds": {"anyOf": [_NUMBER, {"type": "string"}]},
                 },
             },
         },
@@ -350,13 +369,25 @@ def _parse_problem(data: Any, src: str) -> Problem:
             bandwidth,
             _unit(l.get("message_seconds", 0.0), parse_duration, f"{w}.message_seconds"),
             int(l.get("max_message_bytes", 0)),
+            _unit(l.get("hop_seconds", 0.0), parse_duration, f"{w}.hop_seconds"),
         )
-    calls = data.get("call_seconds") or {}
-    unknown = sorted(set(calls) - set(tiers))
-    _need(not unknown, f"{src}: call_seconds: unknown tier(s) {unknown} (tiers: {', '.join(tiers)})")
-    call_seconds = {t: _unit(v, None, f"{src}: call_seconds.{t}") for t, v in calls.items()}
+    per_tier = {}
+    for key in ("call_seconds", "send_seconds"):
+        given = data.get(key) or {}
+        unknown = sorted(set(given) - set(tiers))
+        _need(not unknown, f"{src}: {key}: unknown tier(s) {unknown} (tiers: {', '.join(tiers)})")
+        per_tier[key] = {t: _unit(v, None, f"{src}: {key}.{t}") for t, v in given.items()}
     constraints, warnings = _parse_constraints(data.get("constraints") or {}, tiers, blocks, src)
-    return Problem(tiers, blocks, int(data.get("input_bytes", 0)), links, constraints, warnings, call_seconds)
+    return Problem(
+        tiers,
+        blocks,
+        int(data.get("input_bytes", 0)),
+        links,
+        constraints,
+        warnings,
+        per_tier["call_seconds"],
+        per_tier["send_seconds"],
+    )
 
 
 def _parse_constraints(
@@ -429,6 +460,16 @@ def resolve_block(ref: str, blocks: list[Block], where: str = "constraint") -> i
 # ---- compiled (integer) form -------------------------------------------------------------------------------------
 
 
+def extra_messages(p: Problem, tier: str, j: int) -> int:
+    """Messages beyond the first that `tier`'s output at boundary j takes. The chunk size is the tier's own (its
+    links' smallest max_message_bytes: an agent's --max-message-bytes is per tier, whichever tier it sends to);
+    0 when unchunked, without links, or at j = n (the result goes back, not forward)."""
+    sizes = [l.max_message_bytes for (a, _), l in p.links.items() if a == tier and l.max_message_bytes > 0]
+    if j >= len(p.blocks) or not sizes:
+        return 0
+    return -(-p.blocks[j - 1].out_bytes // min(sizes)) - 1
+
+
 class Compiled:
     """Integer form of a problem shared by all strategies. Tier indices 0..T-1, block indices 0..n-1."""
 
@@ -449,6 +490,11 @@ class Compiled:
         self.input_bytes = p.input_bytes
         # per-tier fixed call cost, charged once on every used tier: a range i..j-1 on t costs S[t][j]-S[t][i]+call[t]
         self.call = [to_ticks(p.call_seconds.get(t, 0.0)) for t in p.tiers]
+        # send[t][j - 1]: what a range ending at boundary j costs tier t for sending its output in chunks
+        self.send: list[list[int] | None] = []
+        for name in p.tiers:
+            per = to_ticks(p.send_seconds.get(name, 0.0))
+            self.send.append([per * extra_messages(p, name, j) for j in range(1, n + 1)] if per else None)
         self.link: dict[tuple[int, int], tuple[int, float]] = {}  # (a, b) -> (latency ticks, bytes/s)
         self._links: dict[tuple[int, int], Link] = {}
         for (a, b), l in p.links.items():
@@ -486,13 +532,17 @@ class Compiled:
     def transfer(self, a: int, b: int, nbytes: int) -> int:
         """bytes / bandwidth + messages × per-message cost (ticks): the time the hop occupies the link."""
         link = self._links[(a, b)]
-        return int(round(nbytes * TICKS_PER_SECOND / link.bandwidth)) + link.messages(nbytes) * to_ticks(
-            link.message_seconds
+        return (
+            int(round(nbytes * TICKS_PER_SECOND / link.bandwidth))
+            + link.messages(nbytes) * to_ticks(link.message_seconds)
+            + to_ticks(link.hop_seconds)
         )
 
     def range_cost(self, t: int, i: int, j: int) -> int:
-        """Stage time (ticks) of tier t running blocks i..j-1 (j > i): the call cost plus the blocks."""
-        return self.S[t][j] - self.S[t][i] + self.call[t]
+        """Stage time (ticks) of tier t running blocks i..j-1 (j > i): the call cost plus the blocks, plus sending
+        the output in chunks (`Problem.send_seconds`)."""
+        send = self.send[t]
+        return self.S[t][j] - self.S[t][i] + self.call[t] + (send[j - 1] if send else 0)
 
     def hop_bytes(self, i: int) -> int:
         """Bytes crossing the boundary before block i (the input for i = 0)."""
