@@ -219,7 +219,7 @@ def test_chunk_cost_is_measured_on_a_real_grpc_stream():
 
 
 def test_bad_options_exit_2():
-    for args in (["--config", "4"], ["--pairs", "9"], ["--fps", "0"], ["--warmup", "-1"]):
+    for args in (["--config", "4"], ["--pairs", "9"], ["--fps", "0"], ["--warmup", "-1"], ["--runtime", "onnx"]):
         proc = run_cli("experiment", "cho2021", *args, check=False, timeout=60)
         assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
 
@@ -282,6 +282,25 @@ def test_smoke_one_config_every_pair_and_the_planner(tmp_path):
     assert doc["link_emulation"] in ("netns", "loopback")
     assert "network namespaces" in proc.stderr  # says which (and why, when unavailable)
     assert "| Split point | Time (s) | Frame drop |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cho2021_on_litert_serves_every_tier_from_its_tflite_slice(tmp_path):
+    """`--runtime litert`: every tier of a run says it computed with LiteRT, and the results say which runtime."""
+    proc = run_cli(
+        *("experiment", "cho2021", "--config", "1", "--pairs", "1", "--frames", "3", "--fps", "20"),
+        *("--no-planner", "--runtime", "litert", "--out", tmp_path),
+        timeout=600,
+    )
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["runtime"] == "litert", proc.stderr[-2000:]
+    ((sample,),) = [r["repeats"] for r in doc["runs"]]
+    assert sample["completed"] > 0 and sample["runtimes"] == dict.fromkeys(exp.TIERS, "litert"), sample
+    assert "runtime: litert" in (tmp_path / "results.md").read_text()
+    assert (
+        exp.split_inference(exp.CONFIGS[1], "conv2d", "flatten", exp.Workload())["spec"]["tiers"][0]["runtime"]
+        == "tensorflow"
+    )  # the paper's setup unless asked
 
 
 def test_splits_pairs_sample_and_resource():

@@ -916,6 +916,12 @@ def experiment_cho2021(
         "the cost model calibrated on the fixed pairs' measured stage times before the planner's first run)",
     ),
     loopback: bool = typer.Option(False, "--loopback", help="loopback even when network namespaces work"),
+    runtime: str = typer.Option(
+        "tensorflow",
+        "--runtime",
+        help="what every tier serves with and the planner's profile measures: tensorflow (the paper's setup) or "
+        "litert (its converted .tflite slices; ~20× cheaper stages: choose an --fps that stresses them)",
+    ),
 ):
     """Cho 2021's CNN14 experiment: 8 split pairs × configurations, plus the planner's split, on real agents."""
     from pathlib import Path
@@ -936,8 +942,12 @@ def experiment_cho2021(
         fail(f"--pairs {pairs!r}: expected numbers 1..{len(exp.PAIRS)} separated by commas")
     if frames < 1 or fps <= 0 or repeats < 1 or slack < 0 or warmup < 0:
         fail("--frames ≥ 1, --fps > 0, --repeats ≥ 1, --slack ≥ 0 and --warmup ≥ 0 are required")
+    if runtime not in exp.RUNTIMES:
+        fail(f"--runtime {runtime!r}: expected {' or '.join(exp.RUNTIMES)}")
     workload = exp.Workload(frames=frames, fps=fps, seed=seed, deadline_slack=slack, warmup=warmup)
-    exp.say_stderr(f"cho2021: configs {configs}, {frames} frames at {fps:g} fps, {repeats} repeat(s) → {out}")
+    exp.say_stderr(
+        f"cho2021: configs {configs}, {frames} frames at {fps:g} fps, {repeats} repeat(s), {runtime} → {out}"
+    )
     try:
         result = exp.run_experiment(
             configs,
@@ -949,6 +959,7 @@ def experiment_cho2021(
             netns=False if loopback else None,
             say=exp.say_stderr,
             replan=not no_replan,
+            runtime=runtime,
         )
     except RuntimeError as exc:  # LocalRunError and friends: an agent that does not start
         fail(str(exc), 1)

@@ -158,8 +158,14 @@ def fixed_splits() -> list[tuple[str, str]]:
 # ---- the SplitInference of one run ---------------------------------------------------------------------------------
 
 
-def split_inference(config: Config, device_after: str, edge_after: str, workload: Workload) -> dict:
-    """The SplitInference resource (a dict, valid against the CRD) for one (config, split) run."""
+RUNTIMES = ("tensorflow", "litert")
+
+
+def split_inference(
+    config: Config, device_after: str, edge_after: str, workload: Workload, runtime: str = "tensorflow"
+) -> dict:
+    """The SplitInference resource (a dict, valid against the CRD) for one (config, split) run; every tier serves
+    with `runtime` (the paper's setup: tensorflow)."""
     from splitdnn.units import format_duration
 
     delays = config.link_delays_ms()
@@ -168,7 +174,7 @@ def split_inference(config: Config, device_after: str, edge_after: str, workload
         tiers.append(
             {
                 "name": name,
-                "runtime": "tensorflow",  # the paper's setup (the default would run converted slices on LiteRT)
+                "runtime": runtime,  # named: the CRD's default (auto) would run converted slices on LiteRT
                 "overheadRatio": config.overhead[k],
                 "maxMessageBytes": config.max_bytes,
                 "netem": {"delay": f"{delays[k]:g}ms"},
@@ -440,12 +446,16 @@ def run_experiment(
     netns: bool | None = None,
     say: Callable[[str], None] = lambda m: None,
     replan: bool = True,
+    runtime: str = "tensorflow",
 ) -> dict:
     """Run every (config, split pair) `repeats` times, plus the planner's split per config; write the outputs.
     `replan`: as the operator's feedback loop does once it has measurements, the planner's split is chosen again
     from the cost model calibrated (`planner.calibrate`) on the fixed pairs' measured stage times of the first
     repeat, trying a new choice once and re-planning with its measurement (`loop_replan`), before the planner's
-    own first run (`planner[config].replanned`); without it, from the profiles only."""
+    own first run (`planner[config].replanned`); without it, from the profiles only. `runtime`: what every tier
+    serves with and the profile measures (`tensorflow`, the paper's setup, or `litert`)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: expected {' or '.join(RUNTIMES)}")
     out.mkdir(parents=True, exist_ok=True)
     if netns is None:
         from splitdnn.agent.netns import available
@@ -465,8 +475,8 @@ def run_experiment(
     if planner:
         from splitdnn.planner.profile import profile_model
 
-        say("profiling CNN14 blocks through the serving path on this machine for the planner…")
-        profile = profile_model(MODEL, tier="local", warmup=5, repeats=50, progress=False)
+        say(f"profiling CNN14 blocks through the serving path ({runtime}) on this machine for the planner…")
+        profile = profile_model(MODEL, tier="local", warmup=5, repeats=50, progress=False, runtime=runtime)
         say(f"served-slice call cost {profile['call_seconds'] * 1e3:.3f} ms (besides the layers)")
         stream = measure_stream()
         chunk_seconds, bandwidth = stream["message_seconds"], stream["bandwidth"]
@@ -504,7 +514,11 @@ def run_experiment(
                 if replan and "replanned" not in plans[c]:
                     fixed = {(fd, fe): v for (fc, fd, fe, p), v in samples.items() if fc == c and not p}
                     plans[c]["replanned"] = loop_replan(
-                        problems[c], fixed, workload.fps, _explorer(CONFIGS[c], w, slices_dir, netns, say, classes), say
+                        problems[c],
+                        fixed,
+                        workload.fps,
+                        _explorer(CONFIGS[c], w, slices_dir, netns, say, classes, runtime),
+                        say,
                     )
                     again = plans[c]["replanned"]
                     say(
@@ -521,7 +535,10 @@ def run_experiment(
             say(f"{tag} starting agents")
             load = os.getloadavg()[0]
             s = run_once(
-                split_inference(CONFIGS[c], d, e, w), export_pair(slices_dir, d, e), netns, partial(_tagged, say, tag)
+                split_inference(CONFIGS[c], d, e, w, runtime),
+                export_pair(slices_dir, d, e),
+                netns,
+                partial(_tagged, say, tag),
             )
             s["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]  # before, after
             samples[item].append(s)
@@ -555,6 +572,7 @@ def run_experiment(
     result = {
         "experiment": "cho2021",
         "model": MODEL,
+        "runtime": runtime,
         "link_emulation": "netns" if netns else "loopback",
         "workload": {
             "frames": workload.frames,
@@ -640,12 +658,20 @@ def loop_replan(
         )
 
 
-def _explorer(config: Config, w: Workload, slices_dir: Path, netns: bool, say: Callable[[str], None], classes):
+def _explorer(
+    config: Config,
+    w: Workload,
+    slices_dir: Path,
+    netns: bool,
+    say: Callable[[str], None],
+    classes,
+    runtime: str = "tensorflow",
+):
     """`loop_replan`'s `run`: one run of a split of `config`, tagged as the loop's exploration."""
 
     def run(device_after: str, edge_after: str) -> tuple[str, dict]:
         tag = f"[config {config.number} {split_label(device_after, edge_after, classes)} (loop: exploring)]"
-        resource = split_inference(config, device_after, edge_after, w)
+        resource = split_inference(config, device_after, edge_after, w, runtime)
         slices = export_pair(slices_dir, device_after, edge_after)
         return tag, run_once(resource, slices, netns, partial(_tagged, say, tag))
 
@@ -775,7 +801,7 @@ def markdown(result: dict) -> str:
     w = result["workload"]
     lines = [
         f"# Cho 2021 CNN14 experiment — {w['frames']} frames at {w['fps']:g} fps, "
-        f"{w['repeats']} repeat(s), links: {result['link_emulation']}",
+        f"{w['repeats']} repeat(s), links: {result['link_emulation']}, runtime: {result.get('runtime', 'tensorflow')}",
         "",
     ]
     if w["repeats"] > 1:
