@@ -77,6 +77,10 @@ def test_cli_and_operator_paths_give_the_same_cnn14_blocks_and_problem(cnn14_gra
     assert via_cli.blocks == via_operator.blocks
     assert via_cli.input_bytes == via_operator.input_bytes == cnn14_graph.input_bytes
     assert via_cli.constraints.use == via_operator.constraints.use
+    # the operator also knows each sender's chunking (tiers[].maxMessageBytes)
+    assert {l.max_message_bytes for l in via_operator.links.values()} == {500000}
+    for link in via_operator.links.values():
+        link.max_message_bytes = 0
     assert via_cli.links == via_operator.links
 
 

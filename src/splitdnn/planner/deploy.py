@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from splitdnn.graph import GraphSummary
+from splitdnn.spec import Tier
 from splitdnn.units import parse_duration, parse_rate
 
 from . import Plan, evaluate_plan, plan
@@ -54,7 +55,8 @@ def problem_for(
 ) -> Problem:
     """The planner problem before measurements: per-block compute from `profiles` ({tier: profile document},
     made on that tier's nodes) or FLOPs estimates (block FLOPs / tier speed × (1 + overheadRatio)), and a link
-    per consecutive tier pair from the spec's netem (latency = delay, bandwidth = rate, or fast)."""
+    per consecutive tier pair from the spec's netem (latency = delay, bandwidth = rate, or fast) and the sender's
+    maxMessageBytes."""
     profiles = profiles or {}
     tier_flops = tier_flops or {}
     blocks = blocks_of(summary)
@@ -82,6 +84,8 @@ def problem_for(
                 "to": b["name"],
                 "latency": parse_duration(netem["delay"]) if netem.get("delay") else 0.0,
                 "bandwidth": parse_rate(netem["rate"]) if netem.get("rate") else DEFAULT_LINK_BANDWIDTH,
+                # the sender's chunking: what the calibration's send cost counts messages with
+                "max_message_bytes": int(a.get("maxMessageBytes") or Tier.max_message_bytes),
             }
         )
     return assemble(
