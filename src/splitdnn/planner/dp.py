@@ -6,7 +6,8 @@ blocks i.. . A plan is a path ``source -> Enter(0|., t1) -> End(j1, t1) -> Enter
 with t1 < t2 < ... < tk. Edges ``End(i, t) -> Enter(i, t')`` are hops (link latency + bytes/bandwidth; filtered by
 links, upload caps, and "a required tier may not be jumped over"); edges ``Enter(i, t) -> End(j, t)`` run the
 range i..j-1 on t (filtered by pins/forbids and per-tier time caps, which turn the admissible i into a sliding
-window [lo(j), j-1] because compute times are non-negative).
+window [lo(j), j-1] because compute times are non-negative; a tier's send cost for a chunked output adds a
+constant per end j, which shifts that range's labels and lowers its cap: lo(j) is then found by bisection).
 
 Latency and bytes objectives (``topn_dp``): each state keeps its N best labels ``(objective, tie-breaks, block
 prefix)``. The cost of a range is ``S[t][j] - S[t][i]`` (prefix sums), so the best N over the window are the best N
@@ -45,8 +46,11 @@ from .problem import Compiled, feasible, metrics_of, sort_key
 def _windows(cp: Compiled, t: int, cap: int | None) -> list[int]:
     """lo[j] for j = 1..n (lo[0] unused): smallest admissible start of a range ending at j on tier t, or j if none.
 
-    Admissible start i: blocks i..j-1 allowed on t, and S[t][j]-S[t][i] + call[t] <= cap (cap = min(tier time cap,
-    B)): the call cost is the same for every range of t, so it just lowers the cap."""
+    Admissible start i: blocks i..j-1 allowed on t, and S[t][j]-S[t][i] + call[t] + send[t][j-1] <= cap (cap =
+    min(tier time cap, B)): the call cost is the same for every range of t, so it just lowers the cap; a send cost
+    lowers it per end j, so lo is then not monotone in j (found by bisection instead of a moving pointer)."""
+    from bisect import bisect_left
+
     n = cp.n
     S = cp.S[t]
     allowed = cp.allowed[t]
@@ -57,6 +61,7 @@ def _windows(cp: Compiled, t: int, cap: int | None) -> list[int]:
         cap = min(cap, tc)
     if cap is not None:
         cap -= cp.call[t]
+    send = cp.send[t]
     lo = [0] * (n + 1)
     barrier = 0  # first index after the last disallowed block seen
     p = 0  # cap pointer
@@ -65,7 +70,10 @@ def _windows(cp: Compiled, t: int, cap: int | None) -> list[int]:
             barrier = j
             lo[j] = j  # empty window
             continue
-        if cap is not None:
+        if cap is not None and send:
+            room = cap - send[j - 1]  # S non-decreasing: the first p with S[p] >= S[j] - room
+            p = bisect_left(S, S[j] - room, 0, j) if room >= 0 else j
+        elif cap is not None:
             while p < j and S[j] - S[p] > cap:
                 p += 1
             if S[j] - S[p] > cap:
@@ -117,6 +125,13 @@ def _final_ok(cp: Compiled, t: int) -> bool:
     return not any(r > t for r in cp.required)
 
 
+def _suffix_min(lo: list[int]) -> list[int]:
+    out = list(lo)
+    for j in range(len(out) - 2, 0, -1):
+        out[j] = min(out[j], out[j + 1])
+    return out
+
+
 # ---- latency / bytes: top-N DP -----------------------------------------------------------------------------------
 
 
@@ -133,6 +148,8 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
     lat_slot = 0 if objective == "latency" else 1  # label = (a, b, prefix); latency lives in slot lat_slot
     tiers = [t for t in range(T) if t not in cp.skip]
     lo = {t: _windows(cp, t, cap) for t in tiers}
+    # below gone[t][j] a start is outside every window from j on (lo itself is monotone unless a send cost varies)
+    gone = {t: _suffix_min(lo[t]) for t in tiers}
     heaps: dict[int, list] = {t: [] for t in tiers}
     end: list[dict[int, list]] = [dict() for _ in range(n + 1)]  # end[j][t] = labels
 
@@ -180,16 +197,17 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
                 continue
             hp = heaps[t]
             got: list = []
+            aside: list = []  # outside this window, maybe inside a later one
             while hp and len(got) < top:
                 item = heapq.heappop(hp)
-                if item[1] < lj:
-                    continue  # expired for good: lo is non-decreasing in j
-                got.append(item)
-            for item in got:
+                if item[1] < gone[t][j]:
+                    continue  # expired for good
+                (aside if item[1] < lj else got).append(item)
+            for item in got + aside:
                 heapq.heappush(hp, item)
             if not got:
                 continue
-            s = cp.S[t][j]
+            s = cp.S[t][j] + (cp.send[t][j - 1] if cp.send[t] else 0)
             if lat_slot == 0:
                 end[j][t] = [(a + s, b, pre + (j,)) for (a, b, pre), _ in got]
             else:
@@ -449,10 +467,6 @@ class DPStrategy:
     name = "dp"
 
     def solve(self, cp: Compiled, objective: str, top: int) -> list[tuple]:
-        if any(cp.send):
-            # a range's cost then depends on where it ends beyond the prefix sums: the windows and shifted labels
-            # above assume it does not; the label search prices each range itself (small problems: calibrated ones)
-            return label_search(cp, objective, top)
         if cp.shares:
             return share_search(cp, objective, top)
         if objective == "throughput":
