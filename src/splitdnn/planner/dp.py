@@ -207,7 +207,8 @@ def topn_dp(cp: Compiled, objective: str, top: int, cap: int | None = None) -> l
                 heapq.heappush(hp, item)
             if not got:
                 continue
-            s = cp.S[t][j] + (cp.send[t][j - 1] if cp.send[t] else 0)
+            send = cp.send[t]
+            s = cp.S[t][j] + (send[j - 1] if send else 0)
             if lat_slot == 0:
                 end[j][t] = [(a + s, b, pre + (j,)) for (a, b, pre), _ in got]
             else:
