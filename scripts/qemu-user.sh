@@ -33,13 +33,14 @@ fi
 mirror="${mirror%/}"
 host="$(dpkg --print-architecture)"
 
-cached() {  # the newest cached emulator, if any
-  find "$SPLITDNN_CACHE/qemu" -name "$name-static" -type f 2>/dev/null | sort -V | tail -n 1
+cached() {  # the newest cached emulator, if any (none yet on a cold machine: find fails, which pipefail would pass on)
+  { find "$SPLITDNN_CACHE/qemu" -name "$name-static" -type f 2>/dev/null || true; } | sort -V | tail -n 1
 }
 # the cached emulator (no network: warm runs and offline machines); else the version trixie's index names now
 binary=$(cached)
 if [[ -z "$binary" || -n "${QEMU_REFRESH:-}" ]]; then
-  entry=$(curl -fsSL --retry 3 "$mirror/dists/$SUITE/main/binary-$host/Packages.xz" | xz -dc \
+  # (awk stops at the entry, so curl may report a broken pipe: silenced; a real failure is the error below)
+  entry=$(curl -fsSL --retry 3 "$mirror/dists/$SUITE/main/binary-$host/Packages.xz" 2>/dev/null | xz -dc \
     | awk '/^Package: qemu-user$/ {p = 1} p && /^(Version|Filename|SHA256):/ {print $2} p && /^$/ {exit}' || true)
   version=$(sed -n 1p <<<"$entry"); filename=$(sed -n 2p <<<"$entry"); sha=$(sed -n 3p <<<"$entry")
   [[ -n "$version" && -n "$filename" ]] || { echo "scripts/qemu-user.sh: no qemu-user in $mirror/dists/$SUITE" >&2; exit 1; }
